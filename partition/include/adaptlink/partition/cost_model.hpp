@@ -1,0 +1,85 @@
+// Roofline cost model: how long a device takes for a range of nodes, how long a cut's transfer
+// takes, how much memory a stage needs. Every planner and the simulator use these numbers, so
+// there is one definition of "cost" in the project.
+//
+//   node time on a device, per pass = max(flops / (tflops * 1e12), bytes / (mem_bw_gbs * 1e9))
+//   stage time                      = sum of its nodes' times
+//   transfer time over one hop      = latency + bytes * 8 / (bandwidth_mbps * 1e6)
+//   star route between two devices  = both access hops (device -> AP -> device), store and forward,
+//                                     unless a direct link joins them
+//   mesh route                      = the direct link of the pair
+//
+// Per request: one prefill (vision over all crops, text over prompt + image tokens), then
+// `output_tokens` decode steps, the k-th with prefill_tokens + k tokens already in the KV cache.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "adaptlink/models/graph.hpp"
+#include "adaptlink/partition/scenario.hpp"
+
+namespace adaptlink::partition {
+
+// One hop of a route: which link resource it occupies, its bandwidth and latency.
+struct Hop {
+  int link = -1;  // index into CostModel::link_names()
+  Link spec;
+};
+
+// Measured per-node times (a profile file) that replace the roofline for some devices.
+struct NodeTimes {
+  std::vector<double> prefill_ms;           // per node, for the scenario's request shape
+  std::vector<double> decode_ms_at_zero;    // per node, decode step with an empty cache
+  std::vector<double> decode_ms_per_token;  // per node, growth per cached token
+};
+
+class CostModel {
+ public:
+  CostModel(const models::LayerGraph& graph, const Scenario& scenario);
+
+  [[nodiscard]] const models::LayerGraph& graph() const { return *graph_; }
+  [[nodiscard]] const Scenario& scenario() const { return *scenario_; }
+  [[nodiscard]] int num_devices() const { return static_cast<int>(scenario_->devices.size()); }
+  [[nodiscard]] int num_nodes() const { return graph_->size(); }
+  [[nodiscard]] const models::RequestShape& shape() const { return scenario_->workload.shape; }
+
+  // Replace the roofline for `device` with measured times (calibration hook).
+  void set_profile(int device, const NodeTimes& times);
+  // Scale a device's compute times (slowdown faults); 1 = nominal.
+  void set_slowdown(int device, double factor);
+
+  // Compute time (ms) of nodes [first, last] on `device`, O(1) from prefix sums.
+  [[nodiscard]] double prefill_ms(int device, int first, int last) const;
+  [[nodiscard]] double decode_total_ms(int device, int first, int last) const;  // all decode steps
+  [[nodiscard]] double decode_step_ms(int device, int first, int last, int past_tokens) const;
+  [[nodiscard]] double node_prefill_ms(int device, int node) const;
+  [[nodiscard]] double node_decode_step_ms(int device, int node, int past_tokens) const;
+
+  // Route between two devices (empty when from == to) and the time to send `bytes` along it.
+  [[nodiscard]] const std::vector<Hop>& route(int from, int to) const;
+  [[nodiscard]] double transfer_ms(int from, int to, double bytes) const;
+  [[nodiscard]] int num_links() const { return static_cast<int>(link_names_.size()); }
+  [[nodiscard]] const std::vector<std::string>& link_names() const { return link_names_; }
+
+  // Memory a device needs to hold nodes [first, last]: weights + KV cache for `in_flight`
+  // requests at full context + activation buffers (largest prefill intermediate, double-buffered).
+  [[nodiscard]] double memory_bytes(int first, int last) const;
+  [[nodiscard]] double weight_bytes(int first, int last) const;
+  [[nodiscard]] double kv_bytes(int first, int last) const;
+  [[nodiscard]] double buffer_bytes(int first, int last) const;
+
+ private:
+  const models::LayerGraph* graph_;
+  const Scenario* scenario_;
+  // [device][node + 1] prefix sums
+  std::vector<std::vector<double>> prefill_prefix_, decode_prefix_;
+  std::vector<double> weight_prefix_, kv_prefix_;
+  std::vector<double> slowdown_;
+  std::vector<std::optional<NodeTimes>> profile_;
+  std::vector<std::vector<std::vector<Hop>>> routes_;  // [from][to]
+  std::vector<std::string> link_names_;
+  void rebuild_device(int device);
+};
+
+}  // namespace adaptlink::partition

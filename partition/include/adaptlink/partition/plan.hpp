@@ -1,0 +1,69 @@
+// A plan: which device runs which contiguous node range, in pipeline order, plus backups; and the
+// one function that predicts a plan's performance (every planner optimises that same number).
+//
+// Pipeline model (per request):
+//   stage s busy time      C_s = prefill_ms + decode_total_ms of its range on its device
+//   link l busy time       L_l = sum over transfers crossing l of bytes / bandwidth
+//   transfers              after each stage, its last node's output goes to the next stage
+//                          (prefill activation once; per decode step only for text cuts); after the
+//                          prefill and after each decode step but the last, the sampled token (4
+//                          bytes) goes from the last stage to the stage holding text_embed
+//   latency alone          R0  = sum of C_s + every transfer's full time (latency + bytes / bw)
+//   bottleneck             W   = max over stages and links of busy time
+//   throughput (closed)    X   = min(in_flight / R0, 1 / W)        [requests / s, times in s]
+//   throughput (poisson)   X   = min(rate_per_s, 1 / W)
+//   latency                     R0 when X is not limited by W, else in_flight / X (Little's law)
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "adaptlink/partition/cost_model.hpp"
+
+namespace adaptlink::partition {
+
+struct Stage {
+  int device = -1;
+  int first_node = 0;  // inclusive, topological index
+  int last_node = 0;   // inclusive
+  double prefill_ms = 0;
+  double decode_ms = 0;  // all decode steps of one request
+  double memory_bytes = 0;
+};
+
+struct Backup {
+  int device = -1;
+  std::vector<int> covers;  // stage indices whose nodes the device preloads
+  double memory_bytes = 0;
+};
+
+struct Prediction {
+  double throughput_rps = 0;
+  double tokens_per_s = 0;
+  double bottleneck_ms = 0;  // W
+  double latency_ms = 0;
+  double alone_ms = 0;  // R0
+  bool feasible = false;  // every stage fits its device's memory
+};
+
+struct Plan {
+  std::string planner;
+  Objective objective = Objective::throughput;
+  std::vector<Stage> stages;
+  std::vector<Backup> backups;
+  std::vector<int> unbacked_stages;  // stages no backup covers
+  Prediction predicted;
+  double solve_ms = 0;
+};
+
+// Fills prefill_ms / decode_ms / memory_bytes of each stage and returns the prediction.
+Prediction evaluate(const CostModel& cost, std::vector<Stage>& stages);
+// Scalar to maximise for an objective: throughput (rps), or -latency for the latency objective.
+double score(const Prediction& prediction, Objective objective);
+
+// Plan JSON of DESIGN.md.
+nlohmann::json to_json(const Plan& plan, const CostModel& cost);
+
+}  // namespace adaptlink::partition

@@ -1,0 +1,41 @@
+// Planners behind one interface. Each takes the cost model (graph + scenario) and returns a plan
+// or an error that names the shortfall ("needs 13.6 GB, devices offer 11.0 GB").
+//
+//   uniform       the paper's baseline: equal decoder layers per active device in the given order,
+//                 vision tower + projector + text_embed on the first, head on the last
+//   proportional  decoder layers proportional to compute (tflops)
+//   memory        decoder layers proportional to memory (exo, llama.cpp RPC)
+//   adaptlink     DP over the ordered DAG choosing devices, order and cuts (see adaptlink.cpp)
+//   exhaustive    enumerates device subsets, orders and cuts (ground truth; small cases only)
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "adaptlink/partition/plan.hpp"
+
+namespace adaptlink::partition {
+
+class Planner {
+ public:
+  virtual ~Planner() = default;
+  [[nodiscard]] virtual std::string name() const = 0;
+  // `objective` overrides the scenario's planner.objective.
+  [[nodiscard]] virtual Expected<Plan> plan(const CostModel& cost, Objective objective) const = 0;
+};
+
+std::vector<std::string> planner_names();
+Expected<std::unique_ptr<Planner>> make_planner(std::string_view name);
+
+// Convenience: make_planner(name) -> plan -> timing (solve_ms) -> backups when the scenario asks.
+Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Objective objective);
+
+// Devices that take part in planning (role == active), in scenario order.
+std::vector<int> active_devices(const Scenario& scenario);
+
+// Error naming the memory shortfall of a whole model on the given devices.
+Error memory_shortfall(const CostModel& cost, const std::vector<int>& devices);
+
+}  // namespace adaptlink::partition

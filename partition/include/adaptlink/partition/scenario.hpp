@@ -1,0 +1,127 @@
+// Scenario files (TOML, see DESIGN.md): the model, the devices, the network, the workload, the
+// planner settings and the faults to inject. Parsing checks everything and names file, line and
+// column of the first problem; unknown keys are errors.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "adaptlink/error.hpp"
+#include "adaptlink/models/config.hpp"
+#include "adaptlink/models/graph.hpp"
+
+namespace adaptlink::partition {
+
+enum class Role { active, standby };
+
+struct Device {
+  std::string name;
+  std::string kind;  // catalogue entry it was built from ("" when fully explicit)
+  double tflops = 0;        // effective dense TFLOP/s at the model dtype
+  double mem_bytes = 0;     // memory available to the model
+  double mem_bw_gbs = 0;    // memory bandwidth, GB/s (1e9 bytes/s)
+  Role role = Role::active;
+  std::string endpoint;     // adaptlink-run only
+  double dropout_rate = 0;  // expected dropouts per hour
+};
+
+struct Link {
+  double bandwidth_mbps = 0;  // 1e6 bit/s
+  double latency_ms = 0;
+};
+
+enum class Topology { star, mesh };
+
+// Name of the access point in a star topology; `[[links]] between = ["dev", "ap"]` sets a
+// device's access link. A `between` of two devices adds a direct link (in a star it bypasses the AP).
+inline constexpr std::string_view kAccessPoint = "ap";
+
+struct Network {
+  Topology topology = Topology::star;
+  Link default_link{400, 2.0};
+  std::map<int, Link> access;                    // star: device index -> its link to the AP
+  std::map<std::pair<int, int>, Link> direct;    // (i < j) -> direct link
+
+  // Link between device i and the AP (star): override or default.
+  [[nodiscard]] Link access_link(int device) const;
+  // Direct link between i and j if one is declared (mesh: every pair has one, default otherwise).
+  [[nodiscard]] std::optional<Link> direct_link(int i, int j) const;
+};
+
+enum class Arrival { closed, poisson };
+
+struct Workload {
+  int requests = 100;
+  Arrival arrival = Arrival::closed;
+  int in_flight = 4;       // closed loop: requests in the system; also sizes the KV cache reservation
+  double rate_per_s = 1;   // poisson only
+  models::RequestShape shape;  // images_per_request, prompt_tokens, output_tokens
+};
+
+enum class Objective { throughput, latency };
+
+struct PlannerSettings {
+  std::string name = "adaptlink";
+  Objective objective = Objective::throughput;
+  bool backups = true;
+};
+
+enum class FaultKind { dropout, rejoin, slowdown, link };
+
+struct Fault {
+  double at_s = 0;
+  std::string device;
+  FaultKind kind = FaultKind::dropout;
+  double factor = 1;          // slowdown
+  double bandwidth_mbps = 0;  // link
+};
+
+struct ModelSpec {
+  std::string preset;  // preset name, or empty when `config` is used
+  std::filesystem::path config;  // resolved path to a config.json
+  models::Dtype dtype = models::Dtype::fp16;
+  models::LlavaConfig llava;  // the loaded configuration
+};
+
+struct Scenario {
+  std::string name;
+  std::filesystem::path source;  // file it was read from
+  ModelSpec model;
+  std::vector<Device> devices;
+  Network network;
+  Workload workload;
+  PlannerSettings planner;
+  std::vector<Fault> faults;
+
+  [[nodiscard]] int device_index(std::string_view name) const;  // -1 when absent
+};
+
+// A device catalogue entry (scenarios/devices.toml): defaults for `kind = "..."`.
+struct CatalogueEntry {
+  std::string kind;
+  double tflops = 0;
+  double mem_gb = 0;
+  double mem_bw_gbs = 0;
+  std::string description;
+};
+
+Expected<std::vector<CatalogueEntry>> load_catalogue(const std::filesystem::path& path);
+// The catalogue compiled into the binary (a copy of scenarios/devices.toml).
+const std::vector<CatalogueEntry>& builtin_catalogue();
+
+// Parses a scenario file. Relative `model.config` paths resolve against the file's folder.
+// Checks: types, unknown keys, ranges (positive speeds, bandwidths, memory; in_flight >= 1, ...),
+// unique device names, known catalogue kinds, fault devices that exist. Whether the model fits is
+// the planner's question (see partition/planner.hpp), reported the same way by `validate`.
+Expected<Scenario> load_scenario(const std::filesystem::path& path);
+Expected<Scenario> parse_scenario(std::string_view text, const std::filesystem::path& source);
+
+// The resolved scenario as TOML (every default and catalogue value written out).
+std::string to_toml(const Scenario& scenario);
+
+}  // namespace adaptlink::partition
