@@ -27,6 +27,13 @@ struct Hop {
   Link spec;
 };
 
+// Time (ms) to push `bytes` over one hop: latency + serialisation.
+inline double hop_ms(const Link& link, double bytes) {
+  return link.latency_ms + bytes * 8.0 / (link.bandwidth_mbps * 1e6) * 1e3;
+}
+// Time (ms) the hop's link is busy with `bytes` (serialisation only).
+inline double hop_busy_ms(const Link& link, double bytes) { return bytes * 8.0 / (link.bandwidth_mbps * 1e6) * 1e3; }
+
 // Measured per-node times (a profile file) that replace the roofline for some devices.
 struct NodeTimes {
   std::vector<double> prefill_ms;           // per node, for the scenario's request shape
@@ -75,6 +82,7 @@ class CostModel {
   // [device][node + 1] prefix sums
   std::vector<std::vector<double>> prefill_prefix_, decode_prefix_;
   std::vector<double> weight_prefix_, kv_prefix_;
+  std::vector<double> node_buffer_;  // per node: transient prefill buffer bytes
   std::vector<double> slowdown_;
   std::vector<std::optional<NodeTimes>> profile_;
   std::vector<std::vector<std::vector<Hop>>> routes_;  // [from][to]

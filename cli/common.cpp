@@ -1,0 +1,55 @@
+#include "common.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+namespace adaptlink::cli {
+
+int report(const Error& error, std::string_view program) {
+  std::string line = error.to_string();
+  std::replace(line.begin(), line.end(), '\n', ' ');
+  std::cerr << program << ": " << line << "\n";
+  return kExitBadInput;
+}
+
+Status write_output(const std::string& path, const std::string& text) {
+  if (path.empty() || path == "-") {
+    std::cout << text;
+    std::cout.flush();
+    return Ok{};
+  }
+  std::ofstream out(path, std::ios::binary);
+  if (!out) return make_error("{}: cannot open for writing", path);
+  out << text;
+  if (!out) return make_error("{}: write failed", path);
+  return Ok{};
+}
+
+std::string Table::str() const {
+  std::vector<size_t> width(header_.size(), 0);
+  auto measure = [&](const std::vector<std::string>& row) {
+    for (size_t c = 0; c < row.size() && c < width.size(); ++c) width[c] = std::max(width[c], row[c].size());
+  };
+  measure(header_);
+  for (const auto& r : rows_) measure(r);
+  auto line = [&](const std::vector<std::string>& row) {
+    std::string out;
+    for (size_t c = 0; c < width.size(); ++c) {
+      const std::string cell = c < row.size() ? row[c] : "";
+      const std::string pad(width[c] - cell.size(), ' ');
+      out += c == 0 ? cell + pad : "  " + pad + cell;
+    }
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    return out + "\n";
+  };
+  std::string out = line(header_);
+  size_t total = 0;
+  for (auto w : width) total += w + 2;
+  out += std::string(total > 2 ? total - 2 : 0, '-') + "\n";
+  for (const auto& r : rows_) out += line(r);
+  return out;
+}
+
+}  // namespace adaptlink::cli

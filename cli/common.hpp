@@ -1,0 +1,34 @@
+// Helpers shared by the command-line front ends: exit codes, one-line errors, tables, output files.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "adaptlink/error.hpp"
+
+namespace adaptlink::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;   // the run itself failed
+inline constexpr int kExitBadInput = 2;  // bad scenario, flag or file
+
+// Prints "adaptlink-sim: <error>" on one line to stderr and returns kExitBadInput.
+int report(const Error& error, std::string_view program = "adaptlink-sim");
+
+// Writes text to `path`, or to stdout when path is empty or "-".
+Status write_output(const std::string& path, const std::string& text);
+
+// A plain text table with right-aligned numeric columns.
+class Table {
+ public:
+  explicit Table(std::vector<std::string> header) : header_(std::move(header)) {}
+  void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  [[nodiscard]] std::string str() const;
+
+ private:
+  std::vector<std::string> header_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+}  // namespace adaptlink::cli

@@ -1,0 +1,159 @@
+// adaptlink-sim: what-if studies on scenario files.
+//   validate SCENARIO                  check the file and that the model fits the devices
+//   plan SCENARIO [--planner NAME]     partition the model and predict its performance
+//   run | compare | sweep              simulate with SimGrid (when built with ADAPTLINK_WITH_SIM)
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <functional>
+#include <iostream>
+
+#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/partition/problem.hpp"
+#include "common.hpp"
+#ifdef ADAPTLINK_WITH_SIM
+#include "sim_commands.hpp"
+#endif
+
+namespace al = adaptlink;
+namespace part = adaptlink::partition;
+
+namespace {
+
+std::string gb(double bytes) { return fmt::format("{:.2f}", bytes / 1e9); }
+
+std::string node_span(const part::CostModel& cost, const part::Stage& st) {
+  const auto& g = cost.graph();
+  if (st.first_node == st.last_node) return g.node(st.first_node).name;
+  return g.node(st.first_node).name + " .. " + g.node(st.last_node).name;
+}
+
+int cmd_validate(const std::string& file, const std::string& format) {
+  auto problem = part::load_problem(file);
+  if (!problem) return al::cli::report(problem.error());
+  const auto& p = **problem;
+  // The model must fit the active devices: the adaptlink planner decides that.
+  auto plan = part::make_plan(*p.cost, "adaptlink", p.scenario.planner.objective);
+  if (!plan) {
+    auto e = plan.error();
+    e.file = file;
+    return al::cli::report(e);
+  }
+  const auto active = part::active_devices(p.scenario);
+  if (format == "json") {
+    nlohmann::json j{{"scenario", p.scenario.name},
+                     {"valid", true},
+                     {"devices", p.scenario.devices.size()},
+                     {"active_devices", active.size()},
+                     {"nodes", p.graph.size()},
+                     {"parameters", p.graph.total_params()},
+                     {"weight_bytes", p.cost->weight_bytes(0, p.graph.size() - 1)}};
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::cout << fmt::format("{}: ok: '{}', {} devices ({} active), {} {} ({:.2f} B parameters, {} nodes), "
+                             "weights {:.1f} GB\n",
+                             file, p.scenario.name, p.scenario.devices.size(), active.size(),
+                             p.scenario.model.preset.empty() ? p.scenario.model.config.string()
+                                                             : p.scenario.model.preset,
+                             al::models::to_string(p.scenario.model.dtype), p.graph.total_params() / 1e9,
+                             p.graph.size(), p.cost->weight_bytes(0, p.graph.size() - 1) / 1e9);
+  }
+  return al::cli::kExitOk;
+}
+
+std::string plan_table(const part::Plan& plan, const part::CostModel& cost, const al::Expected<part::Plan>& uniform) {
+  const auto& sc = cost.scenario();
+  std::string out = fmt::format("scenario {}: planner {}, objective {}, solved in {:.1f} ms\n\n", sc.name,
+                                plan.planner, plan.objective == part::Objective::throughput ? "throughput" : "latency",
+                                plan.solve_ms);
+  al::cli::Table t({"stage", "device", "nodes", "layers", "prefill_ms", "decode_ms", "memory_GB", "of_GB"});
+  for (size_t s = 0; s < plan.stages.size(); ++s) {
+    const auto& st = plan.stages[s];
+    t.add({std::to_string(s), sc.devices[st.device].name, node_span(cost, st),
+           fmt::format("{}-{}", st.first_node, st.last_node), fmt::format("{:.1f}", st.prefill_ms),
+           fmt::format("{:.1f}", st.decode_ms), gb(st.memory_bytes), gb(sc.devices[st.device].mem_bytes)});
+  }
+  out += t.str();
+  const auto& pr = plan.predicted;
+  out += fmt::format("\npredicted: {:.4f} requests/s, {:.2f} tokens/s, bottleneck {:.1f} ms/request, latency {:.1f} ms\n",
+                     pr.throughput_rps, pr.tokens_per_s, pr.bottleneck_ms, pr.latency_ms);
+  if (uniform) {
+    out += fmt::format("vs uniform: {:.3f}x throughput (uniform {:.4f} requests/s)\n",
+                       pr.throughput_rps / uniform->predicted.throughput_rps, uniform->predicted.throughput_rps);
+  } else {
+    out += fmt::format("vs uniform: uniform is infeasible ({})\n", uniform.error().message);
+  }
+  if (!plan.backups.empty()) {
+    for (const auto& b : plan.backups) {
+      std::string covers;
+      for (int c : b.covers) covers += (covers.empty() ? "" : ",") + std::to_string(c);
+      out += fmt::format("backup: {} holds stages {} ({} GB)\n", sc.devices[b.device].name, covers, gb(b.memory_bytes));
+    }
+  }
+  return out;
+}
+
+int cmd_plan(const std::string& file, const std::string& planner, const std::string& objective,
+             const std::string& format, const std::string& output) {
+  auto problem = part::load_problem(file);
+  if (!problem) return al::cli::report(problem.error());
+  const auto& p = **problem;
+  auto obj = p.scenario.planner.objective;
+  if (objective == "throughput") obj = part::Objective::throughput;
+  if (objective == "latency") obj = part::Objective::latency;
+  const std::string name = planner.empty() ? p.scenario.planner.name : planner;
+  auto plan = part::make_plan(*p.cost, name, obj);
+  if (!plan) {
+    auto e = plan.error();
+    e.file = file;
+    return al::cli::report(e);
+  }
+  std::string text;
+  if (format == "json") {
+    text = part::to_json(*plan, *p.cost).dump(2) + "\n";
+  } else {
+    text = plan_table(*plan, *p.cost, part::make_plan(*p.cost, "uniform", obj));
+  }
+  if (auto st = al::cli::write_output(output, text); !st) return al::cli::report(st.error());
+  return al::cli::kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"adaptlink-sim: plan and simulate LLaVA inference split over heterogeneous edge devices"};
+  app.require_subcommand(1);
+  std::function<int()> action;
+
+  std::string file, format = "text", planner, objective, output;
+  auto* validate = app.add_subcommand("validate", "Check a scenario file and that the model fits its devices");
+  validate->add_option("scenario", file, "Scenario TOML file")->required();
+  validate->add_option("--format", format, "text | json")->check(CLI::IsMember({"text", "json"}));
+  validate->callback([&] { action = [&] { return cmd_validate(file, format); }; });
+
+  auto* plan = app.add_subcommand("plan", "Partition the model over the scenario's devices and predict performance");
+  plan->add_option("scenario", file, "Scenario TOML file")->required();
+  plan->add_option("--planner", planner, "uniform | proportional | memory | adaptlink | exhaustive (default: the "
+                                         "scenario's [planner].name)");
+  plan->add_option("--objective", objective, "throughput | latency (default: the scenario's)")
+      ->check(CLI::IsMember({"throughput", "latency"}));
+  plan->add_option("--format", format, "table | json")->check(CLI::IsMember({"table", "text", "json"}));
+  plan->add_option("-o,--output", output, "Write the plan to FILE instead of stdout");
+  plan->callback([&] { action = [&] { return cmd_plan(file, planner, objective, format, output); }; });
+
+#ifdef ADAPTLINK_WITH_SIM
+  add_sim_commands(app, action);
+#endif
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "adaptlink-sim: " << e.what() << " (see --help)\n";
+    return al::cli::kExitBadInput;
+  }
+  return action ? action() : al::cli::kExitBadInput;
+}

@@ -1,0 +1,190 @@
+#include "adaptlink/partition/cost_model.hpp"
+
+#include <algorithm>
+
+namespace adaptlink::partition {
+
+namespace {
+
+// Roofline time of one pass in ms.
+double roofline_ms(const models::Cost& cost, const Device& device) {
+  const double compute_s = cost.flops / (device.tflops * 1e12);
+  const double memory_s = cost.bytes / (device.mem_bw_gbs * 1e9);
+  return std::max(compute_s, memory_s) * 1e3;
+}
+
+}  // namespace
+
+CostModel::CostModel(const models::LayerGraph& graph, const Scenario& scenario)
+    : graph_(&graph), scenario_(&scenario) {
+  const int n = num_devices();
+  const int nodes = num_nodes();
+  slowdown_.assign(static_cast<size_t>(n), 1.0);
+  profile_.assign(static_cast<size_t>(n), std::nullopt);
+  prefill_prefix_.assign(static_cast<size_t>(n), std::vector<double>(static_cast<size_t>(nodes) + 1, 0.0));
+  decode_prefix_ = prefill_prefix_;
+
+  const double context = graph.max_context(shape());
+  const double in_flight = scenario.workload.in_flight;
+  weight_prefix_.assign(static_cast<size_t>(nodes) + 1, 0.0);
+  kv_prefix_.assign(static_cast<size_t>(nodes) + 1, 0.0);
+  for (int i = 0; i < nodes; ++i) {
+    const auto& node = graph.node(i);
+    weight_prefix_[i + 1] = weight_prefix_[i] + node.weight_bytes;
+    kv_prefix_[i + 1] = kv_prefix_[i] + node.kv_bytes_per_token * context * in_flight;
+  }
+  // Largest transient buffer a node needs in the prefill: its input and output activations
+  // (double-buffered for the pipeline) plus the widest intermediate (MLP or attention scores
+  // of one head, or the logits row of the head).
+  const auto& cfg = graph.config();
+  const double act = models::activation_bytes(graph.dtype());
+  const double text_tokens = graph.prefill_tokens(shape());
+  const double crop_tokens = static_cast<double>(shape().images) * cfg.vision_crops_per_image() *
+                             cfg.vision.num_positions();
+  node_buffer_.assign(static_cast<size_t>(nodes), 0.0);
+  for (int i = 0; i < nodes; ++i) {
+    const auto& node = graph.node(i);
+    const double io = 2.0 * graph.prefill_out_bytes(i, shape());
+    double widest = 0;
+    switch (node.kind) {
+      case models::NodeKind::vision_layer:
+        widest = crop_tokens * std::max<double>(cfg.vision.intermediate_size, cfg.vision.num_positions()) * act;
+        break;
+      case models::NodeKind::decoder_layer:
+        widest = text_tokens * std::max<double>(3.0 * cfg.text.intermediate_size, text_tokens) * act;
+        break;
+      case models::NodeKind::projector:
+        widest = crop_tokens * cfg.text.hidden_size * act;
+        break;
+      case models::NodeKind::head:
+        widest = static_cast<double>(cfg.text.vocab_size) * 4.0;
+        break;
+      default:
+        widest = 0;
+    }
+    node_buffer_[i] = io + widest;
+  }
+
+  for (int d = 0; d < n; ++d) rebuild_device(d);
+
+  // Links: star -> one access link per device (index = device), then direct links; mesh -> one
+  // link per pair.
+  const auto& net = scenario.network;
+  std::map<std::pair<int, int>, int> direct_index;
+  if (net.topology == Topology::star) {
+    for (int d = 0; d < n; ++d) link_names_.push_back(scenario.devices[d].name + "<->ap");
+  }
+  for (int i = 0; i < n; ++i) {
+    for (int j = i + 1; j < n; ++j) {
+      if (net.direct_link(i, j)) {
+        direct_index[{i, j}] = static_cast<int>(link_names_.size());
+        link_names_.push_back(scenario.devices[i].name + "<->" + scenario.devices[j].name);
+      }
+    }
+  }
+  routes_.assign(static_cast<size_t>(n), std::vector<std::vector<Hop>>(static_cast<size_t>(n)));
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < n; ++j) {
+      if (i == j) continue;
+      const auto key = std::make_pair(std::min(i, j), std::max(i, j));
+      if (auto direct = net.direct_link(i, j)) {
+        routes_[i][j] = {Hop{direct_index.at(key), *direct}};
+      } else {
+        ADAPTLINK_CHECK(net.topology == Topology::star, "mesh without a direct link");
+        routes_[i][j] = {Hop{i, net.access_link(i)}, Hop{j, net.access_link(j)}};
+      }
+    }
+  }
+}
+
+void CostModel::set_profile(int device, const NodeTimes& times) {
+  ADAPTLINK_CHECK(static_cast<int>(times.prefill_ms.size()) == num_nodes() &&
+                      static_cast<int>(times.decode_ms_at_zero.size()) == num_nodes() &&
+                      static_cast<int>(times.decode_ms_per_token.size()) == num_nodes(),
+                  "profile size mismatch");
+  profile_.at(static_cast<size_t>(device)) = times;
+  rebuild_device(device);
+}
+
+void CostModel::set_slowdown(int device, double factor) {
+  ADAPTLINK_CHECK(factor > 0);
+  slowdown_.at(static_cast<size_t>(device)) = factor;
+  rebuild_device(device);
+}
+
+double CostModel::node_prefill_ms(int device, int node) const {
+  double ms = 0;
+  if (const auto& p = profile_[device]) {
+    ms = p->prefill_ms[node];
+  } else {
+    ms = roofline_ms(graph_->prefill_cost(node, shape()), scenario_->devices[device]);
+  }
+  return ms * slowdown_[device];
+}
+
+double CostModel::node_decode_step_ms(int device, int node, int past_tokens) const {
+  if (graph_->node(node).is_vision()) return 0;
+  double ms = 0;
+  if (const auto& p = profile_[device]) {
+    ms = p->decode_ms_at_zero[node] + p->decode_ms_per_token[node] * past_tokens;
+  } else {
+    ms = roofline_ms(graph_->decode_cost(node, past_tokens), scenario_->devices[device]);
+  }
+  return ms * slowdown_[device];
+}
+
+void CostModel::rebuild_device(int device) {
+  const int nodes = num_nodes();
+  const int prefill_tokens = graph_->prefill_tokens(shape());
+  const int steps = shape().output_tokens;
+  auto& pre = prefill_prefix_[device];
+  auto& dec = decode_prefix_[device];
+  for (int i = 0; i < nodes; ++i) {
+    pre[i + 1] = pre[i] + node_prefill_ms(device, i);
+    double total = 0;
+    if (!graph_->node(i).is_vision()) {
+      for (int k = 0; k < steps; ++k) total += node_decode_step_ms(device, i, prefill_tokens + k);
+    }
+    dec[i + 1] = dec[i] + total;
+  }
+}
+
+double CostModel::prefill_ms(int device, int first, int last) const {
+  const auto& p = prefill_prefix_[device];
+  return p[last + 1] - p[first];
+}
+
+double CostModel::decode_total_ms(int device, int first, int last) const {
+  const auto& p = decode_prefix_[device];
+  return p[last + 1] - p[first];
+}
+
+double CostModel::decode_step_ms(int device, int first, int last, int past_tokens) const {
+  double ms = 0;
+  for (int i = first; i <= last; ++i) ms += node_decode_step_ms(device, i, past_tokens);
+  return ms;
+}
+
+const std::vector<Hop>& CostModel::route(int from, int to) const { return routes_[from][to]; }
+
+double CostModel::transfer_ms(int from, int to, double bytes) const {
+  double ms = 0;
+  for (const auto& hop : route(from, to)) ms += hop_ms(hop.spec, bytes);
+  return ms;
+}
+
+double CostModel::weight_bytes(int first, int last) const { return weight_prefix_[last + 1] - weight_prefix_[first]; }
+
+double CostModel::kv_bytes(int first, int last) const { return kv_prefix_[last + 1] - kv_prefix_[first]; }
+
+double CostModel::buffer_bytes(int first, int last) const {
+  double widest = 0;
+  for (int i = first; i <= last; ++i) widest = std::max(widest, node_buffer_[i]);
+  return widest;
+}
+
+double CostModel::memory_bytes(int first, int last) const {
+  return weight_bytes(first, last) + kv_bytes(first, last) + buffer_bytes(first, last);
+}
+
+}  // namespace adaptlink::partition

@@ -1,0 +1,123 @@
+#include "adaptlink/partition/plan.hpp"
+
+#include <algorithm>
+#include <limits>
+
+namespace adaptlink::partition {
+
+namespace {
+
+constexpr double kTokenBytes = 4.0;  // a sampled token id on the back edge
+
+// Index of the stage whose range holds text_embed (the decode loop starts there).
+int text_entry_stage(const CostModel& cost, const std::vector<Stage>& stages) {
+  const int te = cost.graph().text_embed_index();
+  for (size_t s = 0; s < stages.size(); ++s) {
+    if (stages[s].first_node <= te && te <= stages[s].last_node) return static_cast<int>(s);
+  }
+  return -1;
+}
+
+// Adds `count` transfers of `bytes` from device a to b: latency to R0, serialisation to link busy.
+void add_transfers(const CostModel& cost, int from, int to, double bytes, double count, double& alone_ms,
+                   std::vector<double>& link_busy_ms) {
+  if (bytes <= 0 || count <= 0 || from == to) return;
+  for (const auto& hop : cost.route(from, to)) {
+    alone_ms += count * hop_ms(hop.spec, bytes);
+    link_busy_ms[hop.link] += count * hop_busy_ms(hop.spec, bytes);
+  }
+}
+
+}  // namespace
+
+Prediction evaluate(const CostModel& cost, std::vector<Stage>& stages) {
+  Prediction p;
+  if (stages.empty()) return p;
+  const auto& graph = cost.graph();
+  const auto& shape = cost.shape();
+  const auto& workload = cost.scenario().workload;
+  const double steps = shape.output_tokens;
+
+  std::vector<double> link_busy_ms(static_cast<size_t>(cost.num_links()), 0.0);
+  double alone_ms = 0;
+  double bottleneck_ms = 0;
+  p.feasible = true;
+  for (auto& st : stages) {
+    st.prefill_ms = cost.prefill_ms(st.device, st.first_node, st.last_node);
+    st.decode_ms = cost.decode_total_ms(st.device, st.first_node, st.last_node);
+    st.memory_bytes = cost.memory_bytes(st.first_node, st.last_node);
+    if (st.memory_bytes > cost.scenario().devices[st.device].mem_bytes) p.feasible = false;
+    const double busy = st.prefill_ms + st.decode_ms;
+    alone_ms += busy;
+    bottleneck_ms = std::max(bottleneck_ms, busy);
+  }
+  for (size_t s = 0; s + 1 < stages.size(); ++s) {
+    const int cut = stages[s].last_node;
+    const int from = stages[s].device;
+    const int to = stages[s + 1].device;
+    add_transfers(cost, from, to, graph.prefill_out_bytes(cut, shape), 1, alone_ms, link_busy_ms);
+    add_transfers(cost, from, to, graph.decode_out_bytes(cut), steps, alone_ms, link_busy_ms);
+  }
+  const int entry = text_entry_stage(cost, stages);
+  if (entry >= 0 && entry != static_cast<int>(stages.size()) - 1) {
+    add_transfers(cost, stages.back().device, stages[entry].device, kTokenBytes, steps, alone_ms, link_busy_ms);
+  }
+  for (double busy : link_busy_ms) bottleneck_ms = std::max(bottleneck_ms, busy);
+
+  p.alone_ms = alone_ms;
+  p.bottleneck_ms = bottleneck_ms;
+  const double capacity_rps = bottleneck_ms > 0 ? 1e3 / bottleneck_ms : std::numeric_limits<double>::infinity();
+  if (workload.arrival == Arrival::closed) {
+    const double population_rps = workload.in_flight * 1e3 / alone_ms;
+    p.throughput_rps = std::min(population_rps, capacity_rps);
+    p.latency_ms = workload.in_flight * 1e3 / p.throughput_rps;  // Little's law; = R0 when not saturated
+  } else {
+    p.throughput_rps = std::min(workload.rate_per_s, capacity_rps);
+    p.latency_ms = alone_ms;
+  }
+  p.tokens_per_s = p.throughput_rps * shape.output_tokens;
+  return p;
+}
+
+double score(const Prediction& prediction, Objective objective) {
+  if (!prediction.feasible) return -std::numeric_limits<double>::infinity();
+  return objective == Objective::throughput ? prediction.throughput_rps : -prediction.alone_ms;
+}
+
+nlohmann::json to_json(const Plan& plan, const CostModel& cost) {
+  using nlohmann::json;
+  const auto& graph = cost.graph();
+  json stages = json::array();
+  for (const auto& st : plan.stages) {
+    json nodes = json::array();
+    for (int i = st.first_node; i <= st.last_node; ++i) nodes.push_back(graph.node(i).name);
+    stages.push_back({{"device", cost.scenario().devices[st.device].name},
+                      {"first_layer", st.first_node},
+                      {"last_layer", st.last_node},
+                      {"nodes", nodes},
+                      {"compute_ms", {{"prefill", st.prefill_ms}, {"decode", st.decode_ms}}},
+                      {"memory_bytes", st.memory_bytes},
+                      {"memory_available_bytes", cost.scenario().devices[st.device].mem_bytes}});
+  }
+  json backups = json::array();
+  for (const auto& b : plan.backups) {
+    backups.push_back(
+        {{"device", cost.scenario().devices[b.device].name}, {"covers", b.covers}, {"memory_bytes", b.memory_bytes}});
+  }
+  return json{{"planner", plan.planner},
+              {"objective", plan.objective == Objective::throughput ? "throughput" : "latency"},
+              {"model", graph.config().model_type},
+              {"dtype", std::string(models::to_string(graph.dtype()))},
+              {"stages", stages},
+              {"backups", backups},
+              {"unbacked_stages", plan.unbacked_stages},
+              {"predicted",
+               {{"throughput_rps", plan.predicted.throughput_rps},
+                {"tokens_per_s", plan.predicted.tokens_per_s},
+                {"bottleneck_ms", plan.predicted.bottleneck_ms},
+                {"latency_ms", plan.predicted.latency_ms},
+                {"alone_ms", plan.predicted.alone_ms}}},
+              {"solve_ms", plan.solve_ms}};
+}
+
+}  // namespace adaptlink::partition
