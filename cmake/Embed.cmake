@@ -4,7 +4,7 @@
 function(embed_text_files out_cpp namespace func)
   set(body "")
   foreach(f IN LISTS ARGN)
-    get_filename_component(stem ${f} NAME_WE)
+    get_filename_component(stem ${f} NAME_WLE)  # NAME_WLE: "llava-1.5-7b.json" -> "llava-1.5-7b"
     file(READ ${f} text)
     string(APPEND body "      {\"${stem}\", R\"adaptlink_embed(${text})adaptlink_embed\"},\n")
     set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${f})

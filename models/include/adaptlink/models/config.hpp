@@ -5,11 +5,10 @@
 
 #include <array>
 #include <filesystem>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "adaptlink/error.hpp"
 
@@ -27,6 +26,10 @@ struct TextConfig {
   int max_position_embeddings = 2048;
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;  // from `rope_theta` or `rope_parameters.rope_theta`
+  // RoPE scaling from `rope_parameters` (5.x) or `rope_scaling` (4.x): "default" means none; otherwise
+  // e.g. "linear" / "dynamic" / "llama3" with `factor` (models here do not use it, exec/ may reject it).
+  std::string rope_type = "default";
+  double rope_scaling_factor = 1.0;
   std::string hidden_act = "silu";
   bool tie_word_embeddings = false;
   bool attention_bias = false;
@@ -62,10 +65,10 @@ struct LlavaConfig {
   int image_token_index = 32000;
   std::string projector_hidden_act = "gelu";
   bool multimodal_projector_bias = true;
-  int vision_feature_layer = -2;                          // index into CLIP hidden states (0 = embeddings)
+  int vision_feature_layer = -2;                           // index into CLIP hidden states (0 = embeddings)
   std::string vision_feature_select_strategy = "default";  // default (drop CLS) | full
   bool tie_word_embeddings = false;                        // top-level flag (transformers 4.x reads the text one)
-  std::vector<std::array<int, 2>> image_grid_pinpoints;  // llava_next only: [height, width] candidates
+  std::vector<std::array<int, 2>> image_grid_pinpoints;    // llava_next only: [height, width] candidates
 
   // CLIP layers whose output is used: hidden_states[vision_feature_layer] needs this many layers.
   [[nodiscard]] int vision_layers_used() const;

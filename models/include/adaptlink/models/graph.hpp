@@ -9,7 +9,7 @@
 //
 // Costs are closed forms (see docs in graph.cpp):
 //   flops  = linear_flops_per_token * new_tokens + attn_flops_per_pair * query_key_pairs
-//   bytes  = weight_bytes (read once per pass) + io_bytes_per_token * new_tokens
+//   bytes  = weight_read_bytes (read once per pass) + io_bytes_per_token * new_tokens
 //            + kv_bytes_per_token * (past_tokens + new_tokens)   (KV read, decoder layers only)
 // where query_key_pairs counts the attention scores a pass computes (causal for the decoder,
 // bidirectional per crop for CLIP).
@@ -41,10 +41,13 @@ struct Node {
   NodeKind kind = NodeKind::decoder_layer;
   int layer = -1;  // index within its kind for vision_layer / decoder_layer, else -1
   long long params = 0;
-  double weight_bytes = 0;  // params * weight_bytes_per_param
+  double weight_bytes = 0;  // params * weight_bytes_per_param (memory footprint)
+  // Weight bytes one pass reads: weight_bytes, except the token embedding, whose lookup reads only the
+  // rows of the tokens it embeds (counted in io_bytes_per_token instead), so here 0 plus its image newline.
+  double weight_read_bytes = 0;
 
   // Per-token cost coefficients (see the file comment).
-  double linear_flops_per_token = 0;  // 2 * matmul params (+ elementwise work)
+  double linear_flops_per_token = 0;  // 2 * matmul params (elementwise work is ignored)
   double attn_flops_per_pair = 0;     // 4 * attention width for attention layers, else 0
   double io_bytes_per_token = 0;      // activations read + written per token
   double kv_bytes_per_token = 0;      // KV cache kept per token (decoder layers), 0 elsewhere
