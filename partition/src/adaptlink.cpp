@@ -41,25 +41,27 @@ struct Entry {
   int prev_k = -1;  // order position of the previous stage's device
   int prev_idx = -1;
   int start = 0;  // first node of this stage
+  int entry = -1;  // general mode: device of the stage holding text_embed (-1: not placed yet)
 };
 
 struct Ref {  // an entry of G[k][j] seen from a merged front
   double w, r0, pend;
   int k, idx;
+  int entry = -1;
 };
 
+// a is at least as good as b (entries with different back-edge ends are not comparable).
 template <typename T>
-bool dominated(const std::vector<T>& front, double w, double r0, double pend) {
-  for (const auto& f : front) {
-    if (f.w <= w && f.r0 <= r0 && f.pend <= pend) return true;
-  }
-  return false;
+bool dominates(const T& a, const T& b) {
+  return a.entry == b.entry && a.w <= b.w && a.r0 <= b.r0 && a.pend <= b.pend;
 }
 
 template <typename T>
 void insert_pareto(std::vector<T>& front, const T& e) {
-  if (dominated(front, e.w, e.r0, e.pend)) return;
-  std::erase_if(front, [&](const T& f) { return e.w <= f.w && e.r0 <= f.r0 && e.pend <= f.pend; });
+  for (const auto& f : front) {
+    if (dominates(f, e)) return;
+  }
+  std::erase_if(front, [&](const T& f) { return dominates(e, f); });
   if (front.size() >= kMaxFront) {
     // Keep the front bounded: drop the entry with the largest latency.
     auto worst = std::max_element(front.begin(), front.end(), [](const T& a, const T& b) { return a.r0 < b.r0; });
@@ -209,16 +211,11 @@ double Search::run(const std::vector<int>& order) {
             }
           }
         } else {
-          // General routes: the transfer at cut i - 1 depends on the previous device.
-          double back_time = 0, back_busy = 0;
-          if (back_edge_end(i, j) && net.topology == Topology::star) {
-            back_time = steps_ * hop_ms(own, kTokenBytes);
-            back_busy = steps_ * hop_busy_ms(own, kTokenBytes);
-          } else if (back_edge_end(i, j) && j == nodes_) {
-            back_time = steps_ * hop_ms(net.default_link, kTokenBytes);
-          }
+          // General routes: the transfer at cut i - 1 depends on the previous device. The token
+          // back edge is charged when the pipeline closes, from the entry device kept in the entry.
+          const bool holds_entry = i <= text_embed_ && text_embed_ < j;
           if (i == 0) {
-            const Entry e{busy, busy + back_time, back_busy, -1, -1, 0};
+            const Entry e{busy, busy, 0, -1, -1, 0, holds_entry ? d : -1};
             if (!hopeless(e.w, e.r0)) insert_pareto(out, e);
             continue;
           }
@@ -228,7 +225,6 @@ double Search::run(const std::vector<int>& order) {
             const int p = order[kp];
             // Transfer p -> d at cut i - 1, hop by hop.
             double time_ms = 0, w_links = 0, pend_p = 0, pend_d = 0;
-            bool closes_p = false;
             for (const auto& hop : cost_.route(p, d)) {
               double t = 0, b = 0;
               cut_hop(hop.spec, i - 1, t, b);
@@ -236,19 +232,18 @@ double Search::run(const std::vector<int>& order) {
               const bool access = net.topology == Topology::star && hop.link < cost_.num_devices();
               if (access && hop.link == p) {
                 pend_p += b;
-                closes_p = true;
               } else if (access && hop.link == d) {
                 pend_d += b;
               } else {
                 w_links = std::max(w_links, b);
               }
             }
-            (void)closes_p;
             for (int idx = 0; idx < static_cast<int>(srcs.size()); ++idx) {
               const auto& src = srcs[idx];
               const double w = std::max({src.w, src.pend + pend_p, w_links, busy});
-              const double r0 = src.r0 + time_ms + busy + back_time;
-              if (!hopeless(w, r0)) insert_pareto(out, Entry{w, r0, pend_d + back_busy, kp, idx, i});
+              const double r0 = src.r0 + time_ms + busy;
+              if (!hopeless(w, r0))
+                insert_pareto(out, Entry{w, r0, pend_d, kp, idx, i, holds_entry ? d : src.entry});
             }
           }
         }
@@ -259,7 +254,7 @@ double Search::run(const std::vector<int>& order) {
         const auto& front = g[k * width + j];
         for (int idx = 0; idx < static_cast<int>(front.size()); ++idx) {
           const auto& e = front[idx];
-          insert_pareto(merged[j], Ref{e.w, e.r0, e.pend, k, idx});
+          insert_pareto(merged[j], Ref{e.w, e.r0, e.pend, k, idx, e.entry});
         }
       }
     }
@@ -267,8 +262,12 @@ double Search::run(const std::vector<int>& order) {
     const auto& finals = g[k * width + nodes_];
     for (int idx = 0; idx < static_cast<int>(finals.size()); ++idx) {
       const auto& e = finals[idx];
-      const double w = std::max(e.w, e.pend);
-      if (hopeless(w, e.r0)) continue;
+      double w = std::max(e.w, e.pend);
+      double r0 = e.r0;
+      if (!decomposable_ && e.entry >= 0 && e.entry != order[k]) {
+        r0 += steps_ * cost_.transfer_ms(order[k], e.entry, kTokenBytes);
+      }
+      if (hopeless(w, r0)) continue;
       // Reconstruct and evaluate exactly (the DP is exact in decomposable mode; in general mode
       // the back edge is estimated, so the exact evaluation decides).
       std::vector<Stage> stages;

@@ -1,0 +1,232 @@
+// Planner tests: adaptlink against the exhaustive ground truth on seeded random instances, against
+// the uniform baseline, and the headline ratios on the bundled scenarios.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/partition/problem.hpp"
+
+namespace al = adaptlink;
+namespace part = adaptlink::partition;
+using al::models::LlavaConfig;
+
+namespace {
+
+// A small LLaVA with full-size layers: 2 CLIP-L layers (feature layer -1), 6 LLaMA-7B layers.
+LlavaConfig small_llava() {
+  LlavaConfig c;
+  c.vision.hidden_size = 1024;
+  c.vision.intermediate_size = 4096;
+  c.vision.num_hidden_layers = 2;
+  c.vision.num_attention_heads = 16;
+  c.vision.image_size = 336;
+  c.vision.patch_size = 14;
+  c.vision_feature_layer = -1;
+  c.text.hidden_size = 4096;
+  c.text.intermediate_size = 11008;
+  c.text.num_hidden_layers = 6;
+  c.text.num_attention_heads = 32;
+  c.text.num_key_value_heads = 32;
+  c.text.head_dim = 128;
+  c.text.vocab_size = 32064;
+  return c;
+}
+
+struct Instance {
+  std::unique_ptr<part::Problem> problem;
+  std::string description;
+};
+
+Instance random_instance(std::mt19937_64& rng, int index) {
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  auto log_uniform = [&](double lo, double hi) { return lo * std::pow(hi / lo, u(rng)); };
+  part::Scenario s;
+  s.name = "random-" + std::to_string(index);
+  s.model.llava = small_llava();
+  s.model.dtype = al::models::Dtype::fp16;
+  const int n = 2 + static_cast<int>(rng() % 4);  // 2..5 devices
+  const double compute_spread = log_uniform(10, 100);
+  const double memory_spread = log_uniform(2, 10);
+  const double bw_spread = log_uniform(2, 10);
+  // Model weights are ~2.7 GB; memories range so that some devices cannot hold everything.
+  const double mem_base = log_uniform(0.6e9, 3e9);
+  for (int d = 0; d < n; ++d) {
+    part::Device dev;
+    dev.name = "d" + std::to_string(d);
+    const double speed = std::pow(compute_spread, u(rng));  // 1 .. spread
+    dev.tflops = 0.3 * speed;
+    dev.mem_bw_gbs = 17 * std::pow(compute_spread, 0.5 * u(rng) + 0.25 * std::log(speed) / std::log(compute_spread));
+    dev.mem_bytes = mem_base * std::pow(memory_spread, u(rng));
+    s.devices.push_back(dev);
+  }
+  s.network.topology = (rng() % 3 == 0) ? part::Topology::mesh : part::Topology::star;
+  s.network.default_link = {log_uniform(50, 1000), log_uniform(0.2, 5)};
+  for (int d = 0; d < n; ++d) {
+    if (s.network.topology == part::Topology::star) {
+      s.network.access[d] = {s.network.default_link.bandwidth_mbps * std::pow(bw_spread, u(rng) - 0.5),
+                             log_uniform(0.2, 5)};
+    }
+    for (int e = d + 1; e < n; ++e) {
+      if (s.network.topology == part::Topology::mesh || rng() % 8 == 0) {
+        s.network.direct[{d, e}] = {s.network.default_link.bandwidth_mbps * std::pow(bw_spread, u(rng) - 0.5),
+                                    log_uniform(0.2, 5)};
+      }
+    }
+  }
+  s.workload.in_flight = 1 + static_cast<int>(rng() % 8);
+  s.workload.shape.prompt_tokens = 16 + static_cast<int>(rng() % 112);
+  s.workload.shape.output_tokens = 4 + static_cast<int>(rng() % 60);
+  s.planner.objective = rng() % 5 == 0 ? part::Objective::latency : part::Objective::throughput;
+  Instance inst;
+  inst.description = s.name + (s.network.topology == part::Topology::mesh ? " mesh" : " star") +
+                     " direct=" + std::to_string(s.network.direct.size()) + " n=" + std::to_string(n) +
+                     " in_flight=" + std::to_string(s.workload.in_flight);
+  inst.problem = part::make_problem(std::move(s));
+  return inst;
+}
+
+double bundled_ratio(const std::string& name) {
+  auto problem = part::load_problem(std::string(ADAPTLINK_SOURCE_DIR) + "/scenarios/" + name + ".toml");
+  EXPECT_TRUE(problem.has_value()) << (problem ? "" : problem.error().to_string());
+  const auto& cost = *(*problem)->cost;
+  auto adapt = part::make_plan(cost, "adaptlink", part::Objective::throughput);
+  auto uni = part::make_plan(cost, "uniform", part::Objective::throughput);
+  EXPECT_TRUE(adapt.has_value());
+  EXPECT_TRUE(uni.has_value());
+  return adapt->predicted.throughput_rps / uni->predicted.throughput_rps;
+}
+
+}  // namespace
+
+TEST(Planner, AdaptlinkMatchesExhaustiveOnRandomInstances) {
+  std::mt19937_64 rng(20261125);
+  int compared = 0, uniform_feasible = 0, infeasible = 0;
+  double worst_gap = 0;
+  for (int t = 0; compared < 300 && t < 1000; ++t) {
+    auto inst = random_instance(rng, t);
+    const auto& cost = *inst.problem->cost;
+    const auto objective = inst.problem->scenario.planner.objective;
+    auto truth = part::make_plan(cost, "exhaustive", objective);
+    auto ours = part::make_plan(cost, "adaptlink", objective);
+    ASSERT_EQ(truth.has_value(), ours.has_value()) << inst.description;
+    if (!truth) {
+      ++infeasible;
+      EXPECT_NE(ours.error().message.find("needs"), std::string::npos) << ours.error().message;
+      continue;
+    }
+    ++compared;
+    ASSERT_TRUE(ours->predicted.feasible);
+    worst_gap = std::max(worst_gap, 1 - part::score(ours->predicted, objective) / part::score(truth->predicted, objective) *
+                                            (objective == part::Objective::throughput ? 1 : -1) *
+                                            (objective == part::Objective::throughput ? 1 : -1));
+    const double s_truth = part::score(truth->predicted, objective);
+    const double s_ours = part::score(ours->predicted, objective);
+    if (objective == part::Objective::throughput) {
+      EXPECT_GE(s_ours, 0.99 * s_truth) << inst.description;
+    } else {
+      EXPECT_GE(s_ours, 1.01 * s_truth) << inst.description;  // scores are negative latencies
+    }
+    EXPECT_LE(s_ours, s_truth + 1e-9 * std::abs(s_truth)) << inst.description << ": better than the ground truth?";
+    auto uni = part::make_plan(cost, "uniform", objective);
+    if (uni) {
+      ++uniform_feasible;
+      EXPECT_GE(s_ours, part::score(uni->predicted, objective) - 1e-9 * std::abs(s_ours)) << inst.description;
+    }
+  }
+  EXPECT_GE(compared, 300);
+  EXPECT_GE(uniform_feasible, 100);
+  RecordProperty("compared", compared);
+  RecordProperty("infeasible", infeasible);
+  std::printf("compared %d instances (%d infeasible skipped, uniform feasible on %d); worst gap to exhaustive %.2e\n",
+              compared, infeasible, uniform_feasible, worst_gap);
+}
+
+TEST(Planner, JetsonQuartetBeatsUniformByThePapersMargin) { EXPECT_GE(bundled_ratio("jetson-quartet"), 1.37); }
+
+TEST(Planner, HomogeneousDevicesTie) {
+  const double r = bundled_ratio("homogeneous-4");
+  EXPECT_NEAR(r, 1.0, 0.01);
+}
+
+TEST(Planner, ProportionalAndMemoryFollowTheirWeights) {
+  auto problem = part::load_problem(std::string(ADAPTLINK_SOURCE_DIR) + "/scenarios/jetson-quartet.toml");
+  ASSERT_TRUE(problem);
+  const auto& p = **problem;
+  const int first_decoder = p.graph.first_decoder_index();
+  auto layers = [&](const part::Stage& st) {
+    const int lo = std::max(st.first_node, first_decoder);
+    const int hi = std::min(st.last_node, p.graph.head_index() - 1);
+    return std::max(0, hi - lo + 1);
+  };
+  for (const char* name : {"uniform", "proportional", "memory"}) {
+    auto plan = part::make_plan(*p.cost, name, part::Objective::throughput);
+    ASSERT_TRUE(plan) << name;
+    int total = 0;
+    double weight_total = 0;
+    for (const auto& st : plan->stages) {
+      total += layers(st);
+      const auto& d = p.scenario.devices[st.device];
+      weight_total += std::string(name) == "uniform" ? 1 : std::string(name) == "proportional" ? d.tflops : d.mem_bytes;
+    }
+    EXPECT_EQ(total, p.graph.num_decoder_layers()) << name;
+    EXPECT_EQ(plan->stages.front().first_node, 0) << name;
+    EXPECT_EQ(plan->stages.back().last_node, p.graph.head_index()) << name;
+    for (const auto& st : plan->stages) {
+      const auto& d = p.scenario.devices[st.device];
+      const double w = std::string(name) == "uniform" ? 1 : std::string(name) == "proportional" ? d.tflops : d.mem_bytes;
+      EXPECT_NEAR(layers(st), total * w / weight_total, 1.0) << name << " " << d.name;
+    }
+  }
+}
+
+TEST(Planner, ModelThatFitsNowhereNamesTheShortfall) {
+  part::Scenario s;
+  s.name = "too-small";
+  s.model.llava = small_llava();
+  for (int d = 0; d < 2; ++d) {
+    part::Device dev;
+    dev.name = "tiny" + std::to_string(d);
+    dev.tflops = 1;
+    dev.mem_bw_gbs = 10;
+    dev.mem_bytes = 0.5e9;
+    s.devices.push_back(dev);
+  }
+  auto problem = part::make_problem(std::move(s));
+  for (const char* name : {"adaptlink", "exhaustive", "uniform"}) {
+    auto plan = part::make_plan(*problem->cost, name, part::Objective::throughput);
+    ASSERT_FALSE(plan) << name;
+    EXPECT_NE(plan.error().message.find("needs"), std::string::npos) << plan.error().message;
+  }
+  auto plan = part::make_plan(*problem->cost, "adaptlink", part::Objective::throughput);
+  EXPECT_NE(plan.error().message.find("devices offer 1.0 GB"), std::string::npos) << plan.error().message;
+}
+
+TEST(Planner, UnknownPlannerIsAnError) {
+  auto p = part::make_planner("bogus");
+  ASSERT_FALSE(p);
+  EXPECT_NE(p.error().message.find("known: uniform"), std::string::npos);
+}
+
+TEST(Planner, PlanJsonHasTheDesignFields) {
+  auto problem = part::load_problem(std::string(ADAPTLINK_SOURCE_DIR) + "/scenarios/jetson-quartet.toml");
+  ASSERT_TRUE(problem);
+  auto plan = part::make_plan(*(*problem)->cost, "adaptlink", part::Objective::throughput);
+  ASSERT_TRUE(plan);
+  const auto j = part::to_json(*plan, *(*problem)->cost);
+  for (const char* key : {"planner", "objective", "stages", "backups", "predicted", "solve_ms"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  for (const char* key : {"throughput_rps", "tokens_per_s", "bottleneck_ms", "latency_ms"}) {
+    EXPECT_TRUE(j["predicted"].contains(key)) << key;
+  }
+  int expected_first = 0;
+  for (const auto& st : j["stages"]) {
+    EXPECT_EQ(st["first_layer"].get<int>(), expected_first);
+    expected_first = st["last_layer"].get<int>() + 1;
+    EXPECT_EQ(st["nodes"].size(), static_cast<size_t>(st["last_layer"].get<int>() - st["first_layer"].get<int>() + 1));
+    EXPECT_TRUE(st["compute_ms"].contains("prefill"));
+    EXPECT_TRUE(st["compute_ms"].contains("decode"));
+  }
+  EXPECT_EQ(expected_first, (*problem)->graph.size());
+}
