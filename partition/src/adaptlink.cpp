@@ -92,10 +92,16 @@ class Search {
     for (int i = 0; i < nodes_; ++i) {
       for (int j = i + 1; j <= nodes_; ++j) memory_[i * (nodes_ + 1) + j] = cost.memory_bytes(i, j - 1);
     }
-    decomposable_ = scenario.network.topology == Topology::star;
+    // Star without direct links: per-device access hops. Mesh where every pair uses the default
+    // link: each cut's transfer is the same whoever sends it, charged to the receiving stage.
+    const auto& net = scenario.network;
+    decomposable_ = true;
     for (size_t a = 0; a < devices_.size(); ++a) {
       for (size_t b = a + 1; b < devices_.size(); ++b) {
-        if (scenario.network.direct_link(devices_[a], devices_[b])) decomposable_ = false;
+        const auto key = std::make_pair(std::min(devices_[a], devices_[b]), std::max(devices_[a], devices_[b]));
+        if (net.topology == Topology::star ? net.direct_link(devices_[a], devices_[b]).has_value()
+                                           : net.direct.count(key) > 0)
+          decomposable_ = false;
       }
     }
   }
@@ -185,6 +191,37 @@ double Search::run(const std::vector<int>& order) {
             }())
           continue;
       }
+      // General mode: what arrives at d from every earlier position's stage ending at i, after the
+      // transfer at cut i - 1 (independent of where d's stage ends).
+      std::vector<Entry> arrivals;
+      if (!decomposable_ && i > 0) {
+        for (int kp = 0; kp < k; ++kp) {
+          const auto& srcs = g[kp * width + i];
+          if (srcs.empty()) continue;
+          const int p = order[kp];
+          double time_ms = 0, w_links = 0, pend_p = 0, pend_d = 0;
+          for (const auto& hop : cost_.route(p, d)) {
+            double t = 0, b = 0;
+            cut_hop(hop.spec, i - 1, t, b);
+            time_ms += t;
+            const bool access = net.topology == Topology::star && hop.link < cost_.num_devices();
+            if (access && hop.link == p) {
+              pend_p += b;
+            } else if (access && hop.link == d) {
+              pend_d += b;
+            } else {
+              w_links = std::max(w_links, b);
+            }
+          }
+          for (int idx = 0; idx < static_cast<int>(srcs.size()); ++idx) {
+            const auto& src = srcs[idx];
+            const double w = std::max({src.w, src.pend + pend_p, w_links});
+            const double r0 = src.r0 + time_ms;
+            if (!hopeless(w, r0)) insert_pareto(arrivals, Entry{w, r0, pend_d, kp, idx, i, src.entry});
+          }
+        }
+        if (arrivals.empty()) continue;
+      }
       for (int j = i + 1; j <= nodes_; ++j) {
         if (!fits(d, i, j)) break;  // memory only grows with j
         const double busy = stage_busy(d, i, j);
@@ -193,11 +230,20 @@ double Search::run(const std::vector<int>& order) {
         if (decomposable_) {
           // Every term of this stage is known from (d, i, j).
           double time_ms = 0, link_ms = 0;
-          if (i > 0) cut_hop(own, i - 1, time_ms, link_ms);
-          if (j < nodes_) cut_hop(own, j - 1, time_ms, link_ms);
-          if (back_edge_end(i, j)) {
-            time_ms += steps_ * hop_ms(own, kTokenBytes);
-            link_ms += steps_ * hop_busy_ms(own, kTokenBytes);
+          if (net.topology == Topology::star) {
+            if (i > 0) cut_hop(own, i - 1, time_ms, link_ms);
+            if (j < nodes_) cut_hop(own, j - 1, time_ms, link_ms);
+            if (back_edge_end(i, j)) {
+              time_ms += steps_ * hop_ms(own, kTokenBytes);
+              link_ms += steps_ * hop_busy_ms(own, kTokenBytes);
+            }
+          } else {
+            // Uniform mesh: the incoming cut's own link, and the back edge at the head's end.
+            if (i > 0) cut_hop(net.default_link, i - 1, time_ms, link_ms);
+            if (j == nodes_ && back_edge_end(i, j)) {
+              time_ms += steps_ * hop_ms(net.default_link, kTokenBytes);
+              link_ms = std::max(link_ms, steps_ * hop_busy_ms(net.default_link, kTokenBytes));
+            }
           }
           const double w_stage = std::max(busy, link_ms);
           const double r0_stage = busy + time_ms;
@@ -219,31 +265,15 @@ double Search::run(const std::vector<int>& order) {
             if (!hopeless(e.w, e.r0)) insert_pareto(out, e);
             continue;
           }
-          for (int kp = 0; kp < k; ++kp) {
-            const auto& srcs = g[kp * width + i];
-            if (srcs.empty()) continue;
-            const int p = order[kp];
-            // Transfer p -> d at cut i - 1, hop by hop.
-            double time_ms = 0, w_links = 0, pend_p = 0, pend_d = 0;
-            for (const auto& hop : cost_.route(p, d)) {
-              double t = 0, b = 0;
-              cut_hop(hop.spec, i - 1, t, b);
-              time_ms += t;
-              const bool access = net.topology == Topology::star && hop.link < cost_.num_devices();
-              if (access && hop.link == p) {
-                pend_p += b;
-              } else if (access && hop.link == d) {
-                pend_d += b;
-              } else {
-                w_links = std::max(w_links, b);
-              }
-            }
-            for (int idx = 0; idx < static_cast<int>(srcs.size()); ++idx) {
-              const auto& src = srcs[idx];
-              const double w = std::max({src.w, src.pend + pend_p, w_links, busy});
-              const double r0 = src.r0 + time_ms + busy;
-              if (!hopeless(w, r0))
-                insert_pareto(out, Entry{w, r0, pend_d, kp, idx, i, holds_entry ? d : src.entry});
+          for (const auto& a : arrivals) {
+            const double w = std::max(a.w, busy);
+            const double r0 = a.r0 + busy;
+            if (!hopeless(w, r0)) {
+              Entry e = a;
+              e.w = w;
+              e.r0 = r0;
+              if (holds_entry) e.entry = d;
+              insert_pareto(out, e);
             }
           }
         }
@@ -305,7 +335,7 @@ void Search::solve() {
     const Link l = net.topology == Topology::star ? net.access_link(d) : Link{};
     return std::make_tuple(devs[d].tflops, devs[d].mem_bytes, devs[d].mem_bw_gbs, l.bandwidth_mbps, l.latency_ms);
   };
-  const bool can_merge = decomposable_ || (net.topology == Topology::mesh && net.direct.empty());
+  const bool can_merge = decomposable_;
   std::map<decltype(signature(0)), int> class_of;
   std::vector<int> labels;
   for (size_t a = 0; a < devices_.size(); ++a) {
@@ -356,7 +386,9 @@ void Search::solve() {
   seeds.push_back(sorted_by([&](int d) { return std::min(devs[d].tflops * 1e3 / 2, devs[d].mem_bw_gbs); }));
   if (net.topology == Topology::star) seeds.push_back(sorted_by([&](int d) { return net.access_link(d).bandwidth_mbps; }));
   seeds.push_back(devices_);
-  int budget = kMaxHeuristicOrders;
+  // The general DP costs a factor n more per order than the decomposable one.
+  const int n_dev = static_cast<int>(devices_.size());
+  int budget = decomposable_ ? kMaxHeuristicOrders : std::max(24, 9600 / (n_dev * n_dev));
   std::vector<int> best_order;
   double best_run = -std::numeric_limits<double>::infinity();
   for (const auto& s : seeds) {
