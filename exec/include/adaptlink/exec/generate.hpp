@@ -1,0 +1,67 @@
+// Single-process LLaVA generation over a chain of stages (one stage = the whole model by default).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "adaptlink/error.hpp"
+#include "adaptlink/exec/checkpoint.hpp"
+#include "adaptlink/exec/image.hpp"
+#include "adaptlink/exec/model.hpp"
+#include "adaptlink/models/graph.hpp"
+
+namespace adaptlink::exec {
+
+struct GenerateOptions {
+  int max_new_tokens = 32;
+  std::optional<std::vector<int64_t>> eos_ids;  // default: the checkpoint's (generation_config.json, config.json)
+  bool keep_prefill_logits = false;              // return the prefill logits of every position
+};
+
+struct GenerateResult {
+  std::vector<int64_t> generated;
+  at::Tensor prefill_logits;  // [tokens, vocab] float32 on the CPU, when asked for
+  int prompt_tokens = 0;
+  double prefill_ms = 0;
+  double decode_ms = 0;
+};
+
+class LlavaRunner {
+ public:
+  // Loads the checkpoint as `ranges` (contiguous node ranges covering the DAG in order); empty: one stage.
+  static Expected<std::unique_ptr<LlavaRunner>> load(const std::filesystem::path& dir, const ExecOptions& options,
+                                                     std::vector<std::pair<int, int>> ranges = {});
+
+  // Greedy generation. pixel_values: [crops, 3, H, W] float, or undefined for a text-only prompt.
+  Expected<GenerateResult> generate(const std::vector<int64_t>& input_ids, const at::Tensor& pixel_values,
+                                    const GenerateOptions& options);
+
+  // Pixel values of an image file, preprocessed as preprocessor_config.json says.
+  Expected<at::Tensor> pixel_values_for_image(const std::filesystem::path& image) const;
+
+  [[nodiscard]] const Checkpoint& checkpoint() const { return checkpoint_; }
+  [[nodiscard]] const models::LayerGraph& graph() const { return graph_; }
+  [[nodiscard]] const std::vector<std::unique_ptr<Stage>>& stages() const { return stages_; }
+  [[nodiscard]] const std::vector<int64_t>& default_eos_ids() const { return eos_ids_; }
+  [[nodiscard]] const ImageProcessorConfig& image_processor() const { return image_processor_; }
+
+ private:
+  LlavaRunner(Checkpoint checkpoint, models::LayerGraph graph)
+      : checkpoint_(std::move(checkpoint)), graph_(std::move(graph)) {}
+  Checkpoint checkpoint_;
+  models::LayerGraph graph_;
+  std::vector<std::unique_ptr<Stage>> stages_;
+  std::vector<int64_t> eos_ids_;
+  ImageProcessorConfig image_processor_;
+  int64_t next_request_ = 1;
+};
+
+// Splits the DAG into `count` contiguous ranges with about equal weight bytes (at least one node each).
+std::vector<std::pair<int, int>> split_even(const models::LayerGraph& graph, int count);
+
+}  // namespace adaptlink::exec

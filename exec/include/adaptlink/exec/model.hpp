@@ -1,0 +1,105 @@
+// LLaVA in libtorch, one contiguous node range of the layer DAG at a time.
+//
+// The layer DAG (models::LayerGraph, topological order) is
+//   vision_embed, vision_layer[0..V), projector, text_embed, decoder_layer[0..M), head
+// where V is the number of CLIP layers the feature layer uses. A Stage owns the weights of nodes
+// [first, last] only and runs them; what flows between stages is an Activation:
+//
+//   after vision_embed / vision_layer   vision_hidden   [crops, positions, vision hidden]
+//   after projector                     image_features  [image tokens, text hidden]
+//   after text_embed / decoder_layer    text_hidden     [1, tokens, text hidden]
+//   after head                          logits          [1, tokens or 1, vocab] (float32)
+//
+// and the input of the first stage of a prefill is `pixels` ([crops, 3, H, W], or `none` without an
+// image). Every stage also sees the step's token ids (StepInput), which text_embed embeds and which
+// fix the RoPE positions. Decode steps skip vision nodes and the projector. Each stage keeps the KV
+// cache of its decoder layers per request id.
+//
+// Numerics follow transformers' LlavaForConditionalGeneration (eager attention): CLIP with
+// pre-layernorm and quick_gelu, the GELU projector, LLaMA/Mistral decoder layers (RMSNorm computed in
+// fp32, RoPE with the config's theta in fp32, GQA, SiLU-gated MLP, softmax in fp32).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "adaptlink/error.hpp"
+#include "adaptlink/exec/checkpoint.hpp"
+#include "adaptlink/models/graph.hpp"
+
+namespace adaptlink::exec {
+
+struct ExecOptions {
+  at::ScalarType dtype = at::kFloat;  // weights and activations: kFloat or kBFloat16 (kHalf on CUDA)
+  c10::Device device = c10::Device(c10::DeviceType::CPU);
+};
+// "fp32" | "bf16" | "fp16", "cpu" | "cuda" | "cuda:N"; errors for unknown names or a libtorch without CUDA.
+Expected<ExecOptions> parse_exec_options(std::string_view dtype, std::string_view device);
+bool cuda_available();
+
+enum class ActivationKind { none, pixels, vision_hidden, image_features, text_hidden, logits };
+std::string_view to_string(ActivationKind kind);
+
+struct Activation {
+  ActivationKind kind = ActivationKind::none;
+  at::Tensor tensor;
+};
+
+struct StepInput {
+  int64_t request = 0;
+  at::Tensor input_ids;  // [tokens] int64 (CPU or device): the prompt in the prefill, one token per decode step
+  bool prefill = true;
+  bool all_logits = false;  // head: logits of every position (else only the last one)
+};
+
+class Stage {
+ public:
+  // Checks and loads the tensors of nodes [first, last] (and only those).
+  static Expected<std::unique_ptr<Stage>> load(const Checkpoint& checkpoint, const models::LayerGraph& graph, int first,
+                                               int last, const ExecOptions& options);
+  ~Stage();
+
+  // Runs the stage's nodes on `input`; errors for an input of the wrong kind or shape, or bad token ids.
+  Expected<Activation> forward(const StepInput& step, const Activation& input);
+  void drop_request(int64_t request);
+  [[nodiscard]] int64_t cached_tokens(int64_t request) const;
+
+  [[nodiscard]] int first() const { return first_; }
+  [[nodiscard]] int last() const { return last_; }
+  [[nodiscard]] const ExecOptions& options() const { return options_; }
+  [[nodiscard]] int64_t weight_bytes() const;
+  // Canonical names of the tensors this stage holds.
+  [[nodiscard]] std::vector<std::string> tensor_names() const;
+  // Activation kind the stage expects in a prefill (the first node decides).
+  [[nodiscard]] ActivationKind prefill_input_kind() const;
+
+ private:
+  struct KvCache;
+  Stage() = default;
+  const at::Tensor& w(const std::string& name) const;
+  at::Tensor run_vision_embed(const at::Tensor& pixels) const;
+  at::Tensor run_vision_layer(int layer, const at::Tensor& x) const;
+  at::Tensor run_projector(const at::Tensor& vision_hidden) const;
+  Expected<at::Tensor> run_text_embed(const StepInput& step, const at::Tensor& image_features) const;
+  at::Tensor run_decoder_layer(int layer, const at::Tensor& x, KvCache& cache, int64_t past) const;
+  at::Tensor run_head(const at::Tensor& x, bool all_logits) const;
+  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
+
+  models::LayerGraph graph_;
+  int first_ = 0;
+  int last_ = 0;
+  ExecOptions options_;
+  std::unordered_map<std::string, at::Tensor> weights_;
+  at::Tensor inv_freq_;  // [head_dim / 2] float32 (RoPE)
+  std::map<int64_t, std::unique_ptr<KvCache>> caches_;
+};
+
+}  // namespace adaptlink::exec

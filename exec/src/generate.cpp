@@ -1,0 +1,177 @@
+#include "adaptlink/exec/generate.hpp"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+namespace adaptlink::exec {
+namespace {
+
+double ms_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+// eos_token_id of generation_config.json (an int or a list), else the text config's.
+std::vector<int64_t> read_eos_ids(const std::filesystem::path& dir, const models::LlavaConfig& config) {
+  std::ifstream in(dir / "generation_config.json");
+  if (in) {
+    try {
+      auto j = nlohmann::json::parse(in);
+      if (j.contains("eos_token_id")) {
+        const auto& e = j["eos_token_id"];
+        if (e.is_number_integer()) return {e.get<int64_t>()};
+        if (e.is_array()) {
+          std::vector<int64_t> ids;
+          for (const auto& x : e) {
+            if (x.is_number_integer()) ids.push_back(x.get<int64_t>());
+          }
+          return ids;
+        }
+      }
+    } catch (const nlohmann::json::exception&) {
+      // fall through to the config's EOS
+    }
+  }
+  if (config.text.eos_token_id >= 0) return {config.text.eos_token_id};
+  return {};
+}
+
+}  // namespace
+
+std::vector<std::pair<int, int>> split_even(const models::LayerGraph& graph, int count) {
+  const int n = graph.size();
+  count = std::clamp(count, 1, n);
+  double total = 0;
+  for (const auto& node : graph.nodes()) total += node.weight_bytes;
+  std::vector<std::pair<int, int>> out;
+  int start = 0;
+  double acc = 0;
+  for (int i = 0; i < n; ++i) {
+    acc += graph.node(i).weight_bytes;
+    const int stages_left = count - static_cast<int>(out.size());
+    const int nodes_left = n - i - 1;
+    const bool cut = stages_left > 1 && (acc >= total * (static_cast<double>(out.size()) + 1) / count || nodes_left < stages_left);
+    if (cut && nodes_left >= stages_left - 1) {
+      out.emplace_back(start, i);
+      start = i + 1;
+    }
+  }
+  out.emplace_back(start, n - 1);
+  return out;
+}
+
+Expected<std::unique_ptr<LlavaRunner>> LlavaRunner::load(const std::filesystem::path& dir, const ExecOptions& options,
+                                                         std::vector<std::pair<int, int>> ranges) {
+  auto checkpoint = Checkpoint::open(dir);
+  if (!checkpoint) return checkpoint.error();
+  auto graph = models::LayerGraph::build(checkpoint->config(),
+                                         options.dtype == at::kFloat ? models::Dtype::fp32 : models::Dtype::bf16);
+  std::unique_ptr<LlavaRunner> runner(new LlavaRunner(std::move(checkpoint).value(), std::move(graph)));
+  if (ranges.empty()) ranges.emplace_back(0, runner->graph_.size() - 1);
+  int expect = 0;
+  for (const auto& [first, last] : ranges) {
+    if (first != expect || last < first || last >= runner->graph_.size()) {
+      return make_error("stage ranges must cover nodes 0..{} in order without gaps (got [{}, {}])",
+                        runner->graph_.size() - 1, first, last);
+    }
+    expect = last + 1;
+  }
+  if (expect != runner->graph_.size()) {
+    return make_error("stage ranges end at node {}, the model has {} nodes", expect - 1, runner->graph_.size());
+  }
+  for (const auto& [first, last] : ranges) {
+    auto stage = Stage::load(runner->checkpoint_, runner->graph_, first, last, options);
+    if (!stage) return stage.error();
+    runner->stages_.push_back(std::move(stage).value());
+  }
+  runner->eos_ids_ = read_eos_ids(dir, runner->checkpoint_.config());
+  const auto pre = dir / "preprocessor_config.json";
+  if (std::filesystem::exists(pre)) {
+    auto config = load_image_processor_config(pre);
+    if (!config) return config.error();
+    runner->image_processor_ = *config;
+  } else {
+    const int size = runner->checkpoint_.config().vision.image_size;
+    runner->image_processor_.shortest_edge = size;
+    runner->image_processor_.crop_height = runner->image_processor_.crop_width = size;
+  }
+  return runner;
+}
+
+Expected<at::Tensor> LlavaRunner::pixel_values_for_image(const std::filesystem::path& image) const {
+  auto rgb = decode_image(image);
+  if (!rgb) return rgb.error();
+  auto pv = preprocess_image(*rgb, image_processor_);
+  if (!pv) return Error{pv.error().message, image.string(), 0, 0};
+  return at::from_blob(pv->data.data(), {1, pv->channels, pv->height, pv->width}, at::TensorOptions().dtype(at::kFloat))
+      .clone();
+}
+
+Expected<GenerateResult> LlavaRunner::generate(const std::vector<int64_t>& input_ids, const at::Tensor& pixel_values,
+                                               const GenerateOptions& options) {
+  at::NoGradGuard no_grad;
+  if (input_ids.empty()) return make_error("empty prompt (no input ids)");
+  if (options.max_new_tokens < 0) return make_error("max_new_tokens must be >= 0");
+  const auto& eos = options.eos_ids ? *options.eos_ids : eos_ids_;
+  const int64_t request = next_request_++;
+  GenerateResult result;
+  result.prompt_tokens = static_cast<int>(input_ids.size());
+
+  auto run_chain = [&](const StepInput& step, Activation act) -> Expected<Activation> {
+    for (auto& stage : stages_) {
+      auto out = stage->forward(step, act);
+      if (!out) return out.error();
+      act = std::move(out).value();
+    }
+    return act;
+  };
+  auto drop = [&] {
+    for (auto& stage : stages_) stage->drop_request(request);
+  };
+
+  auto start = std::chrono::steady_clock::now();
+  StepInput step;
+  step.request = request;
+  step.input_ids = at::tensor(input_ids, at::TensorOptions().dtype(at::kLong));
+  step.prefill = true;
+  step.all_logits = options.keep_prefill_logits;
+  Activation act;
+  if (pixel_values.defined()) act = {ActivationKind::pixels, pixel_values.to(at::kFloat)};
+  auto out = run_chain(step, act);
+  if (!out) {
+    drop();
+    return out.error();
+  }
+  if (out->kind != ActivationKind::logits) {
+    drop();
+    return make_error("the last stage did not produce logits");
+  }
+  at::Tensor logits = out->tensor;  // [1, T or 1, V]
+  if (options.keep_prefill_logits) result.prefill_logits = logits[0].to(at::kCPU).contiguous();
+  result.prefill_ms = ms_since(start);
+
+  start = std::chrono::steady_clock::now();
+  at::Tensor last = logits[0][logits.size(1) - 1];
+  for (int i = 0; i < options.max_new_tokens; ++i) {
+    const int64_t next = last.argmax().item<int64_t>();
+    result.generated.push_back(next);
+    if (std::find(eos.begin(), eos.end(), next) != eos.end()) break;
+    if (i + 1 == options.max_new_tokens) break;
+    step.input_ids = at::tensor(std::vector<int64_t>{next}, at::TensorOptions().dtype(at::kLong));
+    step.prefill = false;
+    step.all_logits = false;
+    auto o = run_chain(step, Activation{});
+    if (!o) {
+      drop();
+      return o.error();
+    }
+    last = o->tensor[0][o->tensor.size(1) - 1];
+  }
+  result.decode_ms = ms_since(start);
+  drop();
+  return result;
+}
+
+}  // namespace adaptlink::exec

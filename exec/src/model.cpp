@@ -1,0 +1,418 @@
+#include "adaptlink/exec/model.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+
+#include <cmath>
+
+#include "adaptlink/exec/tensor_io.hpp"
+
+namespace adaptlink::exec {
+
+using models::NodeKind;
+
+bool cuda_available() { return at::hasCUDA(); }
+
+Expected<ExecOptions> parse_exec_options(std::string_view dtype, std::string_view device) {
+  ExecOptions o;
+  if (dtype == "fp32" || dtype == "float32") {
+    o.dtype = at::kFloat;
+  } else if (dtype == "bf16" || dtype == "bfloat16") {
+    o.dtype = at::kBFloat16;
+  } else if (dtype == "fp16" || dtype == "float16") {
+    o.dtype = at::kHalf;
+  } else {
+    return make_error("unknown dtype '{}' (expected fp32, bf16 or fp16)", dtype);
+  }
+  if (device == "cpu") {
+    o.device = c10::Device(c10::DeviceType::CPU);
+  } else if (device.substr(0, 4) == "cuda") {
+    if (!at::hasCUDA()) return make_error("--device {}: this libtorch has no CUDA support (or no GPU is visible)", device);
+    try {
+      o.device = c10::Device(std::string(device));
+    } catch (const std::exception&) {
+      return make_error("bad device '{}' (expected cpu, cuda or cuda:N)", device);
+    }
+  } else {
+    return make_error("unknown device '{}' (expected cpu or cuda)", device);
+  }
+  if (o.dtype == at::kHalf && o.device.is_cpu()) return make_error("fp16 runs on cuda only (use fp32 or bf16 on cpu)");
+  return o;
+}
+
+std::string_view to_string(ActivationKind kind) {
+  switch (kind) {
+    case ActivationKind::none:
+      return "none";
+    case ActivationKind::pixels:
+      return "pixels";
+    case ActivationKind::vision_hidden:
+      return "vision_hidden";
+    case ActivationKind::image_features:
+      return "image_features";
+    case ActivationKind::text_hidden:
+      return "text_hidden";
+    case ActivationKind::logits:
+      return "logits";
+  }
+  return "?";
+}
+
+// Per-request, per-decoder-layer key/value cache with amortised growth.
+struct Stage::KvCache {
+  struct Layer {
+    at::Tensor k;  // [1, kv_heads, capacity, head_dim]
+    at::Tensor v;
+  };
+  std::map<int, Layer> layers;
+  int64_t length = 0;  // tokens cached (same for every layer of the stage)
+
+  // Appends [1, kvh, T, hd] keys/values at `past` and returns views over [0, past + T).
+  std::pair<at::Tensor, at::Tensor> append(int layer, const at::Tensor& k, const at::Tensor& v, int64_t past) {
+    auto& l = layers[layer];
+    const int64_t needed = past + k.size(2);
+    if (!l.k.defined() || l.k.size(2) < needed) {
+      int64_t capacity = std::max<int64_t>(needed, l.k.defined() ? l.k.size(2) * 2 : 64);
+      auto grow = [&](const at::Tensor& old, const at::Tensor& like) {
+        at::Tensor t = at::empty({like.size(0), like.size(1), capacity, like.size(3)}, like.options());
+        if (old.defined() && past > 0) t.narrow(2, 0, past).copy_(old.narrow(2, 0, past));
+        return t;
+      };
+      l.k = grow(l.k, k);
+      l.v = grow(l.v, v);
+    }
+    l.k.narrow(2, past, k.size(2)).copy_(k);
+    l.v.narrow(2, past, v.size(2)).copy_(v);
+    return {l.k.narrow(2, 0, needed), l.v.narrow(2, 0, needed)};
+  }
+};
+
+Stage::~Stage() = default;
+
+Expected<std::unique_ptr<Stage>> Stage::load(const Checkpoint& checkpoint, const models::LayerGraph& graph, int first,
+                                             int last, const ExecOptions& options) {
+  auto ok = checkpoint.check_nodes(graph, first, last);
+  if (!ok) return ok.error();
+  std::unique_ptr<Stage> stage(new Stage());
+  stage->graph_ = graph;
+  stage->first_ = first;
+  stage->last_ = last;
+  stage->options_ = options;
+  at::NoGradGuard no_grad;
+  for (int n = first; n <= last; ++n) {
+    for (const auto& req : node_tensors(graph, n, checkpoint.has_lm_head())) {
+      if (stage->weights_.count(req.name)) continue;
+      const auto* t = checkpoint.find(req.name);
+      stage->weights_[req.name] = load_tensor(*t->file, *t->info, options.dtype, options.device);
+    }
+  }
+  const auto& text = graph.config().text;
+  // transformers: inv_freq = 1 / theta ** (arange(0, dim, 2).float() / dim), in float32.
+  at::Tensor exponents = at::arange(0, text.head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
+                         static_cast<double>(text.head_dim);
+  stage->inv_freq_ = (1.0 / at::pow(text.rope_theta, exponents)).to(options.device);
+  return stage;
+}
+
+const at::Tensor& Stage::w(const std::string& name) const {
+  auto it = weights_.find(name);
+  ADAPTLINK_CHECK(it != weights_.end(), "stage [{}, {}] has no tensor '{}'", first_, last_, name);
+  return it->second;
+}
+
+int64_t Stage::weight_bytes() const {
+  int64_t total = 0;
+  for (const auto& [_, t] : weights_) total += static_cast<int64_t>(t.nbytes());
+  return total;
+}
+
+std::vector<std::string> Stage::tensor_names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, _] : weights_) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+ActivationKind Stage::prefill_input_kind() const {
+  switch (graph_.node(first_).kind) {
+    case NodeKind::vision_embed:
+      return ActivationKind::pixels;
+    case NodeKind::vision_layer:
+    case NodeKind::projector:
+      return ActivationKind::vision_hidden;
+    case NodeKind::text_embed:
+      return ActivationKind::image_features;
+    case NodeKind::decoder_layer:
+    case NodeKind::head:
+      return ActivationKind::text_hidden;
+  }
+  return ActivationKind::none;
+}
+
+int64_t Stage::cached_tokens(int64_t request) const {
+  auto it = caches_.find(request);
+  return it == caches_.end() ? 0 : it->second->length;
+}
+
+void Stage::drop_request(int64_t request) { caches_.erase(request); }
+
+// ---- vision ------------------------------------------------------------------------------------
+
+at::Tensor Stage::run_vision_embed(const at::Tensor& pixels) const {
+  const auto& v = graph_.config().vision;
+  const int64_t crops = pixels.size(0);
+  const int64_t p = v.patch_size;
+  const int64_t g = v.image_size / v.patch_size;
+  // The patch convolution (stride = kernel, no bias) as a matmul over unfolded patches:
+  // [crops, 3, g*p, g*p] -> [crops, g, g, 3, p, p] -> [crops, g*g, 3*p*p].
+  at::Tensor x = pixels.to(options_.dtype)
+                     .narrow(2, 0, g * p)
+                     .narrow(3, 0, g * p)
+                     .reshape({crops, v.num_channels, g, p, g, p})
+                     .permute({0, 2, 4, 1, 3, 5})
+                     .reshape({crops, g * g, v.num_channels * p * p});
+  const at::Tensor& conv = w("vision.embeddings.patch_embedding.weight");  // [hv, 3, p, p]
+  at::Tensor patches = at::matmul(x, conv.reshape({conv.size(0), -1}).t());  // [crops, N, hv]
+  at::Tensor cls = w("vision.embeddings.class_embedding").reshape({1, 1, -1}).expand({crops, 1, patches.size(2)});
+  at::Tensor h = at::cat({cls, patches}, 1) + w("vision.embeddings.position_embedding.weight").unsqueeze(0);
+  return at::layer_norm(h, {h.size(2)}, w("vision.pre_layrnorm.weight"), w("vision.pre_layrnorm.bias"),
+                        v.layer_norm_eps);
+}
+
+at::Tensor Stage::run_vision_layer(int layer, const at::Tensor& x) const {
+  const auto& v = graph_.config().vision;
+  const std::string p = fmt::format("vision.encoder.layers.{}.", layer);
+  const int64_t crops = x.size(0);
+  const int64_t n = x.size(1);
+  const int64_t heads = v.num_attention_heads;
+  const int64_t hd = v.hidden_size / heads;
+  const double eps = v.layer_norm_eps;
+
+  at::Tensor h = at::layer_norm(x, {x.size(2)}, w(p + "layer_norm1.weight"), w(p + "layer_norm1.bias"), eps);
+  auto proj = [&](const char* name) {
+    return at::linear(h, w(p + "self_attn." + name + ".weight"), w(p + "self_attn." + name + ".bias"))
+        .view({crops, n, heads, hd})
+        .transpose(1, 2);  // [crops, heads, n, hd]
+  };
+  at::Tensor q = proj("q_proj");
+  at::Tensor k = proj("k_proj");
+  at::Tensor vv = proj("v_proj");
+  at::Tensor scores = at::matmul(q, k.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(hd)));
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor attn = at::matmul(probs, vv).transpose(1, 2).reshape({crops, n, heads * hd});
+  attn = at::linear(attn, w(p + "self_attn.out_proj.weight"), w(p + "self_attn.out_proj.bias"));
+  at::Tensor r = x + attn;
+
+  h = at::layer_norm(r, {r.size(2)}, w(p + "layer_norm2.weight"), w(p + "layer_norm2.bias"), eps);
+  h = at::linear(h, w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"));
+  if (v.hidden_act == "quick_gelu") {
+    h = h * at::sigmoid(h * 1.702);
+  } else {
+    h = at::gelu(h);
+  }
+  h = at::linear(h, w(p + "mlp.fc2.weight"), w(p + "mlp.fc2.bias"));
+  return r + h;
+}
+
+at::Tensor Stage::run_projector(const at::Tensor& vision_hidden) const {
+  const auto& config = graph_.config();
+  at::Tensor x = vision_hidden;
+  if (config.vision_feature_select_strategy == "default") x = x.narrow(1, 1, x.size(1) - 1);  // drop CLS
+  x = x.reshape({-1, x.size(2)});  // [crops * features, hv]
+  const bool bias = config.multimodal_projector_bias;
+  at::Tensor h = bias ? at::linear(x, w("projector.linear_1.weight"), w("projector.linear_1.bias"))
+                      : at::linear(x, w("projector.linear_1.weight"));
+  h = at::gelu(h);
+  return bias ? at::linear(h, w("projector.linear_2.weight"), w("projector.linear_2.bias"))
+              : at::linear(h, w("projector.linear_2.weight"));
+}
+
+// ---- text --------------------------------------------------------------------------------------
+
+Expected<at::Tensor> Stage::run_text_embed(const StepInput& step, const at::Tensor& image_features) const {
+  const auto& config = graph_.config();
+  at::Tensor ids = step.input_ids.to(at::kLong).to(options_.device);
+  if (ids.dim() != 1 || ids.size(0) == 0) return make_error("input_ids must be a non-empty list of token ids");
+  const int64_t vocab = config.text.vocab_size;
+  if (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= vocab) {
+    return make_error("token ids must lie in [0, {}) (the vocabulary), got {}..{}", vocab, ids.min().item<int64_t>(),
+                      ids.max().item<int64_t>());
+  }
+  at::Tensor h = at::embedding(w("text.embed_tokens.weight"), ids);  // [T, ht]
+  if (image_features.defined()) {
+    at::Tensor mask = ids.eq(config.image_token_index);
+    const int64_t slots = mask.sum().item<int64_t>();
+    if (slots != image_features.size(0)) {
+      return make_error("the prompt has {} image tokens (id {}) but the image gives {} features", slots,
+                        config.image_token_index, image_features.size(0));
+    }
+    // transformers: inputs_embeds.masked_scatter(image_mask, image_features), in order.
+    h = h.masked_scatter(mask.unsqueeze(1).expand_as(h), image_features.to(h.scalar_type()));
+  }
+  return h.unsqueeze(0);  // [1, T, ht]
+}
+
+at::Tensor Stage::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor variance = xf.pow(2).mean(-1, true);
+  xf = xf * at::rsqrt(variance + graph_.config().text.rms_norm_eps);
+  return weight * xf.to(x.scalar_type());
+}
+
+namespace {
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+}  // namespace
+
+at::Tensor Stage::run_decoder_layer(int layer, const at::Tensor& x, KvCache& cache, int64_t past) const {
+  const auto& t = graph_.config().text;
+  const std::string p = fmt::format("text.layers.{}.", layer);
+  const int64_t T = x.size(1);
+  const int64_t nh = t.num_attention_heads;
+  const int64_t kvh = t.num_key_value_heads;
+  const int64_t hd = t.head_dim;
+  const int64_t rep = nh / kvh;
+  auto linear = [&](const at::Tensor& in, const std::string& name, bool bias) {
+    return bias ? at::linear(in, w(p + name + ".weight"), w(p + name + ".bias")) : at::linear(in, w(p + name + ".weight"));
+  };
+
+  at::Tensor h = rms_norm(x, w(p + "input_layernorm.weight"));
+  at::Tensor q = linear(h, "self_attn.q_proj", t.attention_bias).view({1, T, nh, hd}).transpose(1, 2);
+  at::Tensor k = linear(h, "self_attn.k_proj", t.attention_bias).view({1, T, kvh, hd}).transpose(1, 2);
+  at::Tensor v = linear(h, "self_attn.v_proj", t.attention_bias).view({1, T, kvh, hd}).transpose(1, 2);
+
+  // RoPE (transformers' rotate_half form), cos/sin computed in float32 then cast.
+  at::Tensor pos = at::arange(past, past + T, at::TensorOptions().dtype(at::kFloat).device(options_.device));
+  at::Tensor freqs = at::outer(pos, inv_freq_);  // [T, hd/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  at::Tensor cos = emb.cos().to(q.scalar_type());
+  at::Tensor sin = emb.sin().to(q.scalar_type());
+  q = q * cos + rotate_half(q) * sin;
+  k = k * cos + rotate_half(k) * sin;
+
+  auto [keys, values] = cache.append(layer, k, v, past);  // [1, kvh, S, hd]
+  const int64_t S = keys.size(2);
+  // GQA without copying the cache: group the query heads that share a KV head.
+  at::Tensor qg = q.reshape({1, kvh, rep * T, hd});
+  at::Tensor scores = at::matmul(qg, keys.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(hd)));
+  if (T > 1) {
+    // Causal: query i (absolute position past + i) sees keys j <= past + i.
+    at::Tensor qpos = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(options_.device));
+    at::Tensor kpos = at::arange(0, S, at::TensorOptions().dtype(at::kLong).device(options_.device));
+    at::Tensor masked = kpos.unsqueeze(0).gt(qpos.unsqueeze(1));  // [T, S]
+    scores = scores.view({1, kvh, rep, T, S}).masked_fill(masked, -std::numeric_limits<float>::infinity());
+    scores = scores.view({1, kvh, rep * T, S});
+  }
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor attn = at::matmul(probs, values)  // [1, kvh, rep*T, hd]
+                        .view({1, nh, T, hd})
+                        .transpose(1, 2)
+                        .reshape({1, T, nh * hd});
+  at::Tensor r = x + linear(attn, "self_attn.o_proj", t.attention_bias);
+
+  h = rms_norm(r, w(p + "post_attention_layernorm.weight"));
+  at::Tensor gate = linear(h, "mlp.gate_proj", t.mlp_bias);
+  at::Tensor up = linear(h, "mlp.up_proj", t.mlp_bias);
+  return r + linear(at::silu(gate) * up, "mlp.down_proj", t.mlp_bias);
+}
+
+at::Tensor Stage::run_head(const at::Tensor& x, bool all_logits) const {
+  at::Tensor h = all_logits ? x : x.narrow(1, x.size(1) - 1, 1);
+  h = rms_norm(h, w("text.norm.weight"));
+  const auto& config = graph_.config();
+  const at::Tensor& head = config.tie_word_embeddings ? w("text.embed_tokens.weight") : w("lm_head.weight");
+  return at::linear(h, head).to(at::kFloat);
+}
+
+// ---- stage -------------------------------------------------------------------------------------
+
+Expected<Activation> Stage::forward(const StepInput& step, const Activation& input) {
+  at::NoGradGuard no_grad;
+  const auto& text = graph_.config().text;
+  Activation cur = input;
+  if (cur.tensor.defined() && cur.tensor.device() != options_.device) cur.tensor = cur.tensor.to(options_.device);
+
+  // The input must be what the first node consumes.
+  const NodeKind first_kind = graph_.node(first_).kind;
+  const bool first_is_vision = graph_.node(first_).is_vision();
+  if (step.prefill) {
+    const ActivationKind want = prefill_input_kind();
+    const bool ok = cur.kind == want || (cur.kind == ActivationKind::none && (first_is_vision || want == ActivationKind::image_features));
+    if (!ok) {
+      return make_error("stage [{}, {}] expects {} in the prefill, got {}", first_, last_, to_string(want),
+                        to_string(cur.kind));
+    }
+  } else if (!first_is_vision && first_kind != NodeKind::text_embed && cur.kind != ActivationKind::text_hidden) {
+    return make_error("stage [{}, {}] expects text_hidden in a decode step, got {}", first_, last_, to_string(cur.kind));
+  }
+  if (cur.kind == ActivationKind::pixels) {
+    const auto& v = graph_.config().vision;
+    const auto& s = cur.tensor.sizes();
+    if (cur.tensor.dim() != 4 || s[1] != v.num_channels || s[2] != v.image_size || s[3] != v.image_size) {
+      return make_error("pixel_values have shape {}, expected [crops, {}, {}, {}]", shape_string(s.vec()),
+                        v.num_channels, v.image_size, v.image_size);
+    }
+  }
+  if (cur.kind == ActivationKind::text_hidden &&
+      (cur.tensor.dim() != 3 || cur.tensor.size(0) != 1 || cur.tensor.size(2) != text.hidden_size)) {
+    return make_error("text hidden state has shape {}, expected [1, tokens, {}]", shape_string(cur.tensor.sizes().vec()),
+                      text.hidden_size);
+  }
+
+  KvCache* cache = nullptr;
+  int64_t past = 0;
+  int64_t tokens = 0;  // new tokens of this step in the text tower
+  for (int n = first_; n <= last_; ++n) {
+    const auto& node = graph_.node(n);
+    if (node.is_vision()) {
+      if (!step.prefill || cur.kind == ActivationKind::none) continue;  // no image / decode: vision nodes idle
+      switch (node.kind) {
+        case NodeKind::vision_embed:
+          cur = {ActivationKind::vision_hidden, run_vision_embed(cur.tensor)};
+          break;
+        case NodeKind::vision_layer:
+          cur = {ActivationKind::vision_hidden, run_vision_layer(node.layer, cur.tensor)};
+          break;
+        case NodeKind::projector:
+          cur = {ActivationKind::image_features, run_projector(cur.tensor)};
+          break;
+        default:
+          break;
+      }
+      continue;
+    }
+    if (cache == nullptr && (node.kind == NodeKind::text_embed || node.kind == NodeKind::decoder_layer)) {
+      auto& slot = caches_[step.request];
+      if (step.prefill || !slot) slot = std::make_unique<KvCache>();
+      cache = slot.get();
+      past = cache->length;
+    }
+    switch (node.kind) {
+      case NodeKind::text_embed: {
+        at::Tensor features = (step.prefill && cur.kind == ActivationKind::image_features) ? cur.tensor : at::Tensor();
+        auto h = run_text_embed(step, features);
+        if (!h) return h.error();
+        cur = {ActivationKind::text_hidden, *h};
+        tokens = cur.tensor.size(1);
+        break;
+      }
+      case NodeKind::decoder_layer:
+        tokens = cur.tensor.size(1);
+        cur = {ActivationKind::text_hidden, run_decoder_layer(node.layer, cur.tensor, *cache, past)};
+        break;
+      case NodeKind::head:
+        cur = {ActivationKind::logits, run_head(cur.tensor, step.all_logits)};
+        break;
+      default:
+        break;
+    }
+  }
+  if (cache != nullptr) cache->length = past + tokens;
+  // A decode step through a vision-only stage carries nothing.
+  if (!step.prefill && graph_.node(last_).is_vision()) cur = {ActivationKind::none, at::Tensor()};
+  return cur;
+}
+
+}  // namespace adaptlink::exec
