@@ -3,12 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_FAILURE_USERMSG
-#define STBI_NO_STDIO_UNUSED
+#define STBI_NO_SIMD  // the scalar YCbCr->RGB conversion is closer to libjpeg
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
@@ -20,11 +21,73 @@
 #pragma GCC diagnostic pop
 #endif
 
+#if defined(ADAPTLINK_HAVE_LIBJPEG)
+#include <csetjmp>
+#include <cstdio>
+#include <jpeglib.h>
+#endif
+
 namespace adaptlink::exec {
 namespace {
 
 // Limits against decompression bombs: LLaVA never needs more than a few thousand pixels a side.
 constexpr int kMaxSide = 16384;
+
+#if defined(ADAPTLINK_HAVE_LIBJPEG)
+// JPEG through libjpeg(-turbo), as Pillow decodes it (islow IDCT, fancy upsampling), so that pixel values
+// match transformers exactly; stb_image's decoder differs by a level or two.
+struct JpegError {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void jpeg_fail(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegError*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+std::optional<Expected<RgbImage>> decode_jpeg(const uint8_t* data, size_t size, const std::string& name) {
+  if (size < 3 || data[0] != 0xFF || data[1] != 0xD8) return std::nullopt;
+  jpeg_decompress_struct cinfo{};
+  JpegError err{};
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = jpeg_fail;
+  RgbImage image;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return Expected<RgbImage>(Error{fmt::format("cannot decode JPEG: {}", err.message), name, 0, 0});
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
+  jpeg_read_header(&cinfo, TRUE);
+  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
+    jpeg_destroy_decompress(&cinfo);
+    return std::nullopt;  // let stb try
+  }
+  if (cinfo.image_width == 0 || cinfo.image_height == 0 || cinfo.image_width > kMaxSide || cinfo.image_height > kMaxSide) {
+    jpeg_destroy_decompress(&cinfo);
+    return Expected<RgbImage>(Error{fmt::format("image size {}x{} is out of range (1..{} a side)", cinfo.image_width,
+                                                cinfo.image_height, kMaxSide), name, 0, 0});
+  }
+  cinfo.out_color_space = JCS_RGB;
+  cinfo.dct_method = JDCT_ISLOW;
+  cinfo.do_fancy_upsampling = TRUE;
+  jpeg_start_decompress(&cinfo);
+  image.width = static_cast<int>(cinfo.output_width);
+  image.height = static_cast<int>(cinfo.output_height);
+  image.pixels.resize(static_cast<size_t>(image.width) * image.height * 3);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = image.pixels.data() + static_cast<size_t>(cinfo.output_scanline) * image.width * 3;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return Expected<RgbImage>(std::move(image));
+}
+#endif
+
 
 double bicubic_filter(double x) {
   constexpr double a = -0.5;  // Pillow's (and torch's antialiased) bicubic
@@ -147,7 +210,18 @@ Error config_error(const std::string& source, std::string message) { return Erro
 
 }  // namespace
 
+std::string_view jpeg_decoder() {
+#if defined(ADAPTLINK_HAVE_LIBJPEG)
+  return "libjpeg";
+#else
+  return "stb";
+#endif
+}
+
 Expected<RgbImage> decode_image_memory(const uint8_t* data, size_t size, const std::string& name) {
+#if defined(ADAPTLINK_HAVE_LIBJPEG)
+  if (auto jpeg = decode_jpeg(data, size, name)) return std::move(*jpeg);
+#endif
   int w = 0;
   int h = 0;
   int channels = 0;
@@ -289,8 +363,11 @@ Expected<PixelValues> preprocess_image(const RgbImage& image, const ImageProcess
       if (cur.height - out_h < 0) top = -((out_h - cur.height + 1) / 2);
       if (cur.width - out_w < 0) left = -((out_w - cur.width + 1) / 2);
     } else {
-      top = static_cast<int>(std::nearbyint((cur.height - out_h) / 2.0));
-      left = static_cast<int>(std::nearbyint((cur.width - out_w) / 2.0));
+      // transformers 5.x crops at floor((h - crop) / 2) as well (torchvision's center_crop would round).
+      top = (cur.height - out_h) / 2;
+      left = (cur.width - out_w) / 2;
+      if (cur.height - out_h < 0) top = -((out_h - cur.height + 1) / 2);
+      if (cur.width - out_w < 0) left = -((out_w - cur.width + 1) / 2);
     }
   }
   PixelValues out{3, out_h, out_w, std::vector<float>(static_cast<size_t>(3) * out_h * out_w)};

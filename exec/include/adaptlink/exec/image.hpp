@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -32,6 +33,9 @@ struct RgbImage {
   int height = 0;
   std::vector<uint8_t> pixels;  // [height, width, 3] interleaved RGB
 };
+
+// "libjpeg" when JPEG goes through libjpeg(-turbo) like Pillow (exact), "stb" otherwise.
+std::string_view jpeg_decoder();
 
 // Decodes a PNG/JPEG/BMP/... file to RGB (alpha is dropped, grey is replicated, like PIL's convert("RGB")).
 Expected<RgbImage> decode_image(const std::filesystem::path& path);

@@ -1,0 +1,79 @@
+# adaptlink-run generate end to end on a golden fixture: JSON output with transformers' greedy tokens, the
+# --prompt/--image path, --dump-logits, and one-line errors with exit status 2 for bad input.
+# Run by CTest with -DBIN=<build dir> -DSRC=<source dir> -DWITH_TORCH=ON|OFF.
+if(NOT WITH_TORCH)
+  message(STATUS "libtorch back-end not built: skipped")
+  return()
+endif()
+set(run ${BIN}/exec/adaptlink-run)
+set(fx ${SRC}/tests/fixtures/llava_llama_mha_tied)
+file(READ ${fx}/expected.json expected)
+
+function(expect_generated out what)
+  string(JSON n LENGTH "${expected}" generated)
+  math(EXPR last "${n} - 1")
+  foreach(i RANGE ${last})
+    string(JSON want GET "${expected}" generated ${i})
+    string(JSON got GET "${out}" generated ${i})
+    if(NOT want EQUAL got)
+      message(FATAL_ERROR "${what}: generated[${i}] = ${got}, transformers gave ${want}\n${out}")
+    endif()
+  endforeach()
+endfunction()
+
+# 1. --input-ids + --pixel-values, JSON output.
+string(JSON n_ids LENGTH "${expected}" input_ids)
+math(EXPR last_id "${n_ids} - 1")
+set(ids "")
+foreach(i RANGE ${last_id})
+  string(JSON id GET "${expected}" input_ids ${i})
+  list(APPEND ids ${id})
+endforeach()
+string(REPLACE ";" "," ids "${ids}")
+set(logits ${BIN}/exec_generate_logits.safetensors)
+execute_process(COMMAND ${run} generate --model ${fx} --input-ids ${ids} --pixel-values ${fx}/reference.safetensors
+                        --max-new-tokens 12 --format json --dump-logits ${logits}
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "generate failed (${rc}): ${err}")
+endif()
+expect_generated("${out}" "--input-ids")
+string(JSON text GET "${out}" text)
+string(JSON prefill_ms GET "${out}" timings prefill_ms)
+if(NOT EXISTS ${logits})
+  message(FATAL_ERROR "--dump-logits wrote nothing")
+endif()
+file(REMOVE ${logits})
+
+# 2. --prompt + --image through the tokenizer and the image preprocessing.
+execute_process(COMMAND ${run} generate --model ${fx} --prompt "What is shown in this picture?"
+                        --image ${SRC}/tests/fixtures/images/test.png --max-new-tokens 12 --format json
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "generate --prompt failed (${rc}): ${err}")
+endif()
+expect_generated("${out}" "--prompt --image")
+
+# 3. Bad input: one line on stderr, exit status 2.
+set(tmp ${BIN}/exec_generate_broken)
+file(REMOVE_RECURSE ${tmp})
+file(COPY ${SRC}/tests/fixtures/llava_mistral_gqa_full/ DESTINATION ${tmp})
+file(WRITE ${tmp}/model.safetensors "not a safetensors file")
+foreach(case
+    "--model;/nonexistent/dir;--input-ids;1,2"
+    "--model;${fx};--input-ids;1,x,3"
+    "--model;${fx};--input-ids;1,2;--dtype;fp64"
+    "--model;${fx};--input-ids;1,2;--image;/nonexistent.png"
+    "--model;${fx};--input-ids;1,400,2;--pixel-values;${fx}/reference.safetensors"
+    "--model;${fx};--input-ids;1,2;--stages;3"
+    "--model;${SRC}/tests/fixtures/llava_mistral_gqa_full;--prompt;hi"
+    "--model;${tmp};--input-ids;1,2")
+  execute_process(COMMAND ${run} generate ${case} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  string(STRIP "${err}" err)
+  string(FIND "${err}" "\n" newline)
+  if(NOT rc EQUAL 2 OR NOT newline EQUAL -1 OR NOT err MATCHES "^adaptlink-run: error: ")
+    message(FATAL_ERROR "generate ${case}: expected one error line and exit 2, got ${rc}: '${err}'")
+  endif()
+  message(STATUS "ok: ${err}")
+endforeach()
+file(REMOVE_RECURSE ${tmp})

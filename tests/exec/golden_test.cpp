@@ -1,0 +1,224 @@
+// Golden tests: every fixture in tests/fixtures (tiny random LLaVA checkpoints made by transformers, see
+// tools/make_fixtures.py) must give transformers' greedy tokens and prefill logits.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "adaptlink/exec/generate.hpp"
+#include "adaptlink/exec/tensor_io.hpp"
+#include "adaptlink/exec/tokenizer.hpp"
+
+namespace adaptlink::exec {
+namespace {
+
+const std::filesystem::path kFixtures = std::filesystem::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures";
+
+const std::vector<std::string> kNames = {"llava_llama_mha_tied", "llava_mistral_gqa_full", "llava_llama_gqa_sharded",
+                                         "llava_llama_tied_full_l1"};
+
+nlohmann::json expected(const std::string& name) {
+  std::ifstream in(kFixtures / name / "expected.json");
+  return nlohmann::json::parse(in);
+}
+
+std::map<std::string, at::Tensor> reference(const std::string& name) {
+  auto r = read_safetensors(kFixtures / name / "reference.safetensors");
+  EXPECT_TRUE(r.has_value()) << (r ? "" : r.error().to_string());
+  return r ? *r : std::map<std::string, at::Tensor>{};
+}
+
+ExecOptions fp32() { return *parse_exec_options("fp32", "cpu"); }
+
+std::vector<int64_t> ids_of(const nlohmann::json& e) { return e["input_ids"].get<std::vector<int64_t>>(); }
+
+class Golden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Golden, GreedyTokensAndPrefillLogitsMatchTransformersInFp32) {
+  const auto name = GetParam();
+  const auto e = expected(name);
+  auto ref = reference(name);
+  auto runner = LlavaRunner::load(kFixtures / name, fp32());
+  ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
+  GenerateOptions opt;
+  opt.max_new_tokens = static_cast<int>(e["generated"].size());
+  opt.keep_prefill_logits = true;
+  opt.eos_ids = std::vector<int64_t>{2};  // what the fixture script passed to generate()
+  auto result = (*runner)->generate(ids_of(e), ref.at("pixel_values"), opt);
+  ASSERT_TRUE(result.has_value()) << result.error().to_string();
+  EXPECT_EQ(result->generated, e["generated"].get<std::vector<int64_t>>());
+
+  const at::Tensor want = ref.at("logits");
+  ASSERT_EQ(result->prefill_logits.sizes(), want.sizes());
+  const double scale = want.abs().max().item<double>();
+  const double err = (result->prefill_logits - want).abs().max().item<double>();
+  EXPECT_LE(err / scale, 1e-4) << "max abs error " << err << " at logit scale " << scale;
+  std::printf("%s: prefill logits max abs error %.3g (relative %.3g), tokens %s\n", name.c_str(), err, err / scale,
+              result->generated == e["generated"].get<std::vector<int64_t>>() ? "identical" : "DIFFER");
+}
+
+TEST_P(Golden, StopsAtEos) {
+  const auto name = GetParam();
+  const auto e = expected(name);
+  if (e["eos_stop"].is_null()) GTEST_SKIP();
+  auto ref = reference(name);
+  auto runner = LlavaRunner::load(kFixtures / name, fp32());
+  ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
+  GenerateOptions opt;
+  opt.max_new_tokens = 12;
+  opt.eos_ids = std::vector<int64_t>{e["eos_stop"]["eos_token_id"].get<int64_t>()};
+  auto result = (*runner)->generate(ids_of(e), ref.at("pixel_values"), opt);
+  ASSERT_TRUE(result.has_value()) << result.error().to_string();
+  EXPECT_EQ(result->generated, e["eos_stop"]["generated"].get<std::vector<int64_t>>());
+}
+
+TEST_P(Golden, ChainedStagesGiveTheSameOutputs) {
+  const auto name = GetParam();
+  const auto e = expected(name);
+  auto ref = reference(name);
+  auto whole = LlavaRunner::load(kFixtures / name, fp32());
+  ASSERT_TRUE(whole.has_value()) << whole.error().to_string();
+  GenerateOptions opt;
+  opt.max_new_tokens = 6;
+  opt.keep_prefill_logits = true;
+  opt.eos_ids = std::vector<int64_t>{2};
+  auto base = (*whole)->generate(ids_of(e), ref.at("pixel_values"), opt);
+  ASSERT_TRUE(base.has_value());
+  const int n = (*whole)->graph().size();
+  for (int k : {2, 3, n}) {
+    auto ranges = split_even((*whole)->graph(), k);
+    ASSERT_EQ(static_cast<int>(ranges.size()), k);
+    auto runner = LlavaRunner::load(kFixtures / name, fp32(), ranges);
+    ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
+    auto result = (*runner)->generate(ids_of(e), ref.at("pixel_values"), opt);
+    ASSERT_TRUE(result.has_value()) << result.error().to_string();
+    EXPECT_EQ(result->generated, base->generated) << k << " stages";
+    EXPECT_LE((result->prefill_logits - base->prefill_logits).abs().max().item<double>(), 1e-5) << k << " stages";
+  }
+}
+
+TEST_P(Golden, HiddenStatesAtStageBoundariesMatchTransformers) {
+  // Run [0, text_embed] then each decoder layer as its own stage and compare the text hidden states
+  // with transformers' output_hidden_states (embeddings, then each layer; the last one is after the final norm).
+  const auto name = GetParam();
+  const auto e = expected(name);
+  auto ref = reference(name);
+  auto ckpt = Checkpoint::open(kFixtures / name);
+  ASSERT_TRUE(ckpt.has_value());
+  auto graph = models::LayerGraph::build(ckpt->config(), models::Dtype::fp32);
+  const at::Tensor hidden = ref.at("text_hidden_states");  // [layers + 1, T, H]
+  StepInput step;
+  step.input_ids = at::tensor(ids_of(e), at::TensorOptions().dtype(at::kLong));
+  auto first = Stage::load(*ckpt, graph, 0, graph.text_embed_index(), fp32());
+  ASSERT_TRUE(first.has_value()) << first.error().to_string();
+  auto act = (*first)->forward(step, {ActivationKind::pixels, ref.at("pixel_values")});
+  ASSERT_TRUE(act.has_value()) << act.error().to_string();
+  ASSERT_EQ(act->kind, ActivationKind::text_hidden);
+  EXPECT_LE((act->tensor[0] - hidden[0]).abs().max().item<double>(), 1e-5);
+  if (ref.count("image_features")) {
+    auto vision = Stage::load(*ckpt, graph, 0, graph.text_embed_index() - 1, fp32());
+    ASSERT_TRUE(vision.has_value());
+    auto feats = (*vision)->forward(step, {ActivationKind::pixels, ref.at("pixel_values")});
+    ASSERT_TRUE(feats.has_value());
+    EXPECT_EQ(feats->kind, ActivationKind::image_features);
+    EXPECT_LE((feats->tensor - ref.at("image_features")).abs().max().item<double>(), 1e-4);
+  }
+  const int layers = graph.num_decoder_layers();
+  for (int l = 0; l < layers - 1; ++l) {
+    const int node = graph.first_decoder_index() + l;
+    auto stage = Stage::load(*ckpt, graph, node, node, fp32());
+    ASSERT_TRUE(stage.has_value());
+    act = (*stage)->forward(step, *act);
+    ASSERT_TRUE(act.has_value()) << act.error().to_string();
+    const double scale = hidden[l + 1].abs().max().item<double>();
+    EXPECT_LE((act->tensor[0] - hidden[l + 1]).abs().max().item<double>() / scale, 1e-5) << "layer " << l;
+  }
+}
+
+TEST_P(Golden, Bf16RunsAndStaysClose) {
+  const auto name = GetParam();
+  const auto e = expected(name);
+  auto ref = reference(name);
+  auto runner = LlavaRunner::load(kFixtures / name, *parse_exec_options("bf16", "cpu"));
+  ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
+  GenerateOptions opt;
+  opt.max_new_tokens = 2;
+  opt.keep_prefill_logits = true;
+  auto result = (*runner)->generate(ids_of(e), ref.at("pixel_values"), opt);
+  ASSERT_TRUE(result.has_value()) << result.error().to_string();
+  const at::Tensor want = ref.at("logits");
+  const double scale = want.abs().max().item<double>();
+  EXPECT_LE((result->prefill_logits - want).abs().max().item<double>() / scale, 0.1);
+}
+
+TEST_P(Golden, CudaMatchesWhenAvailable) {
+  if (!cuda_available()) GTEST_SKIP() << "libtorch without CUDA or no GPU";
+  const auto name = GetParam();
+  const auto e = expected(name);
+  auto ref = reference(name);
+  auto runner = LlavaRunner::load(kFixtures / name, *parse_exec_options("fp32", "cuda"));
+  ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
+  GenerateOptions opt;
+  opt.max_new_tokens = static_cast<int>(e["generated"].size());
+  opt.keep_prefill_logits = true;
+  opt.eos_ids = std::vector<int64_t>{2};
+  auto result = (*runner)->generate(ids_of(e), ref.at("pixel_values"), opt);
+  ASSERT_TRUE(result.has_value()) << result.error().to_string();
+  EXPECT_EQ(result->generated, e["generated"].get<std::vector<int64_t>>());
+  const at::Tensor want = ref.at("logits");
+  // TF32 may be on for CUDA matmuls: a looser bound than on the CPU.
+  EXPECT_LE((result->prefill_logits - want).abs().max().item<double>() / want.abs().max().item<double>(), 1e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(kNames));
+
+TEST(GoldenPrompt, PromptAndImageFileGiveTransformersInputIdsAndTokens) {
+  const std::string name = "llava_llama_mha_tied";
+  const auto e = expected(name);
+  auto runner = LlavaRunner::load(kFixtures / name, fp32());
+  ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
+  auto tok = Tokenizer::load(kFixtures / name / "tokenizer.model");
+  ASSERT_TRUE(tok.has_value()) << tok.error().to_string();
+  const auto& config = (*runner)->checkpoint().config();
+  const auto ids = tokenize_with_images(*tok, llava_prompt_text(e["prompt"].get<std::string>(), true),
+                                        config.image_token_index, config.image_tokens_per_image());
+  EXPECT_EQ(ids, ids_of(e));
+  auto pixels = (*runner)->pixel_values_for_image(kFixtures / "images" / "test.png");
+  ASSERT_TRUE(pixels.has_value()) << pixels.error().to_string();
+  auto ref = reference(name);
+  EXPECT_LE((*pixels - ref.at("pixel_values")).abs().max().item<double>(), 0.02);
+  GenerateOptions opt;
+  opt.max_new_tokens = static_cast<int>(e["generated"].size());
+  opt.eos_ids = std::vector<int64_t>{2};
+  auto result = (*runner)->generate(ids, *pixels, opt);
+  ASSERT_TRUE(result.has_value()) << result.error().to_string();
+  EXPECT_EQ(result->generated, e["generated"].get<std::vector<int64_t>>());
+}
+
+TEST(GoldenPrompt, TextOnlyPromptRunsWithoutImage) {
+  auto runner = LlavaRunner::load(kFixtures / "llava_llama_mha_tied", fp32());
+  ASSERT_TRUE(runner.has_value());
+  GenerateOptions opt;
+  opt.max_new_tokens = 3;
+  auto result = (*runner)->generate({1, 20, 30, 40}, at::Tensor(), opt);
+  ASSERT_TRUE(result.has_value()) << result.error().to_string();
+  EXPECT_GE(result->generated.size(), 1u);
+}
+
+TEST(GoldenPrompt, ImageTokenCountMismatchIsAnError) {
+  auto runner = LlavaRunner::load(kFixtures / "llava_llama_mha_tied", fp32());
+  ASSERT_TRUE(runner.has_value());
+  auto ref = reference("llava_llama_mha_tied");
+  GenerateOptions opt;
+  opt.max_new_tokens = 1;
+  auto result = (*runner)->generate({1, 400, 5}, ref.at("pixel_values"), opt);  // 1 image token, 4 features
+  ASSERT_FALSE(result.has_value());
+  EXPECT_NE(result.error().message.find("image tokens"), std::string::npos) << result.error().message;
+  auto bad_id = (*runner)->generate({1, 100000}, at::Tensor(), opt);
+  ASSERT_FALSE(bad_id.has_value());
+  EXPECT_NE(bad_id.error().message.find("vocabulary"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace adaptlink::exec

@@ -1,0 +1,311 @@
+// The safetensors loader on good and broken checkpoints: every broken kind must give an Error that names
+// the file and the tensor, never a crash. Broken copies are made in a temporary directory.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "adaptlink/exec/checkpoint.hpp"
+#include "adaptlink/exec/generate.hpp"
+#include "adaptlink/exec/model.hpp"
+
+namespace adaptlink::exec {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kFixtures = fs::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures";
+
+class TempCopy {
+ public:
+  explicit TempCopy(const std::string& fixture) {
+    dir_ = fs::temp_directory_path() / fmt::format("adaptlink_loader_{}_{}", ::getpid(), counter_++);
+    fs::remove_all(dir_);
+    fs::copy(kFixtures / fixture, dir_, fs::copy_options::recursive);
+  }
+  ~TempCopy() { fs::remove_all(dir_); }
+  const fs::path& dir() const { return dir_; }
+
+ private:
+  fs::path dir_;
+  static inline int counter_ = 0;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+void spit(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary | std::ios::trunc) << s; }
+
+// Rewrites the JSON header of a safetensors file, keeping the data section.
+void rewrite_header(const fs::path& p, const std::function<void(nlohmann::json&)>& edit) {
+  std::string bytes = slurp(p);
+  uint64_t len = 0;
+  std::memcpy(&len, bytes.data(), 8);
+  auto header = nlohmann::json::parse(bytes.substr(8, len));
+  edit(header);
+  std::string text = header.dump();
+  const uint64_t new_len = text.size();
+  std::string out(reinterpret_cast<const char*>(&new_len), 8);
+  spit(p, out + text + bytes.substr(8 + len));
+}
+
+// Opens the checkpoint and checks every node, as loading the whole model does.
+Status open_and_check(const fs::path& dir) {
+  auto ckpt = Checkpoint::open(dir);
+  if (!ckpt) return ckpt.error();
+  auto graph = models::LayerGraph::build(ckpt->config(), models::Dtype::fp32);
+  return ckpt->check_nodes(graph, 0, graph.size() - 1);
+}
+
+void expect_error(const Status& s, std::initializer_list<std::string> parts) {
+  ASSERT_FALSE(s.has_value()) << "expected an error";
+  const std::string text = s.error().to_string();
+  for (const auto& part : parts) EXPECT_NE(text.find(part), std::string::npos) << "'" << part << "' not in: " << text;
+}
+
+const std::string kSingle = "llava_mistral_gqa_full";  // transformers 5.x key layout, one file
+const std::string kUp = "model.language_model.layers.1.mlp.up_proj.weight";
+
+TEST(Loader, GoodCheckpointsOpen) {
+  for (const char* name : {"llava_llama_mha_tied", "llava_mistral_gqa_full", "llava_llama_gqa_sharded", "llava_llama_tied_full_l1"}) {
+    auto s = open_and_check(kFixtures / name);
+    EXPECT_TRUE(s.has_value()) << name << ": " << (s ? "" : s.error().to_string());
+  }
+  auto legacy = Checkpoint::open(kFixtures / "llava_llama_gqa_sharded");
+  ASSERT_TRUE(legacy.has_value());
+  EXPECT_EQ(legacy->key_layout(), "legacy");
+  EXPECT_EQ(legacy->files().size(), 6u);
+  auto v5 = Checkpoint::open(kFixtures / kSingle);
+  ASSERT_TRUE(v5.has_value());
+  EXPECT_EQ(v5->key_layout(), "transformers5");
+}
+
+TEST(Loader, CanonicalNames) {
+  EXPECT_EQ(canonical_tensor_name("language_model.model.layers.3.mlp.up_proj.weight"), "text.layers.3.mlp.up_proj.weight");
+  EXPECT_EQ(canonical_tensor_name("model.language_model.norm.weight"), "text.norm.weight");
+  EXPECT_EQ(canonical_tensor_name("language_model.lm_head.weight"), "lm_head.weight");
+  EXPECT_EQ(canonical_tensor_name("lm_head.weight"), "lm_head.weight");
+  EXPECT_EQ(canonical_tensor_name("vision_tower.vision_model.pre_layrnorm.bias"), "vision.pre_layrnorm.bias");
+  EXPECT_EQ(canonical_tensor_name("model.vision_tower.vision_model.pre_layrnorm.bias"), "vision.pre_layrnorm.bias");
+  EXPECT_EQ(canonical_tensor_name("vision_tower.encoder.layers.0.mlp.fc1.bias"), "vision.encoder.layers.0.mlp.fc1.bias");
+  EXPECT_EQ(canonical_tensor_name("model.multi_modal_projector.linear_1.weight"), "projector.linear_1.weight");
+  EXPECT_EQ(canonical_tensor_name("multi_modal_projector.linear_2.bias"), "projector.linear_2.bias");
+  EXPECT_EQ(canonical_tensor_name("image_newline"), "image_newline");
+  EXPECT_EQ(canonical_tensor_name("model.image_newline"), "image_newline");
+  EXPECT_FALSE(canonical_tensor_name("something.else").has_value());
+}
+
+TEST(LoaderCorrupt, MissingTensor) {
+  TempCopy c(kSingle);
+  rewrite_header(c.dir() / "model.safetensors", [](nlohmann::json& h) { h.erase(kUp); });
+  expect_error(open_and_check(c.dir()), {"missing tensor", "text.layers.1.mlp.up_proj.weight", "model.safetensors"});
+}
+
+TEST(LoaderCorrupt, WrongShape) {
+  TempCopy c(kSingle);
+  rewrite_header(c.dir() / "model.safetensors", [](nlohmann::json& h) {
+    auto shape = h[kUp]["shape"];
+    h[kUp]["shape"] = {shape[1], shape[0]};  // same bytes, transposed
+  });
+  expect_error(open_and_check(c.dir()), {kUp, "has shape [64, 96], expected [96, 64]", "model.safetensors"});
+}
+
+TEST(LoaderCorrupt, WrongDtype) {
+  TempCopy c(kSingle);
+  rewrite_header(c.dir() / "model.safetensors", [](nlohmann::json& h) { h[kUp]["dtype"] = "I32"; });
+  expect_error(open_and_check(c.dir()), {kUp, "dtype I32", "model.safetensors"});
+}
+
+TEST(LoaderCorrupt, UnknownDtype) {
+  TempCopy c(kSingle);
+  rewrite_header(c.dir() / "model.safetensors", [](nlohmann::json& h) { h[kUp]["dtype"] = "F99"; });
+  expect_error(open_and_check(c.dir()), {kUp, "unknown dtype 'F99'", "model.safetensors"});
+}
+
+TEST(LoaderCorrupt, TruncatedFile) {
+  TempCopy c(kSingle);
+  const auto p = c.dir() / "model.safetensors";
+  std::string bytes = slurp(p);
+  spit(p, bytes.substr(0, bytes.size() - 1000));
+  expect_error(open_and_check(c.dir()), {"truncated", "model.safetensors", "tensor '"});
+}
+
+TEST(LoaderCorrupt, FileShorterThanHeaderLength) {
+  TempCopy c(kSingle);
+  spit(c.dir() / "model.safetensors", "abc");
+  expect_error(open_and_check(c.dir()), {"truncated", "model.safetensors"});
+}
+
+TEST(LoaderCorrupt, HeaderLargerThanFile) {
+  TempCopy c(kSingle);
+  const auto p = c.dir() / "model.safetensors";
+  std::string bytes = slurp(p);
+  const uint64_t len = bytes.size();
+  std::memcpy(bytes.data(), &len, 8);
+  spit(p, bytes);
+  expect_error(open_and_check(c.dir()), {"header length", "larger than the file", "model.safetensors"});
+}
+
+TEST(LoaderCorrupt, OverlappingOffsets) {
+  TempCopy c(kSingle);
+  rewrite_header(c.dir() / "model.safetensors", [](nlohmann::json& h) {
+    // gate_proj and up_proj have the same size: point up_proj at gate_proj's bytes.
+    h[kUp]["data_offsets"] = h["model.language_model.layers.1.mlp.gate_proj.weight"]["data_offsets"];
+  });
+  expect_error(open_and_check(c.dir()), {"overlaps", "up_proj", "gate_proj", "model.safetensors"});
+}
+
+TEST(LoaderCorrupt, OffsetsDisagreeWithShape) {
+  TempCopy c(kSingle);
+  rewrite_header(c.dir() / "model.safetensors", [](nlohmann::json& h) {
+    auto shape = h[kUp]["shape"];
+    h[kUp]["shape"] = {shape[0], shape[1].get<int>() * 2};
+  });
+  expect_error(open_and_check(c.dir()), {kUp, "needs", "bytes", "model.safetensors"});
+}
+
+TEST(LoaderCorrupt, BadJsonHeader) {
+  TempCopy c(kSingle);
+  const auto p = c.dir() / "model.safetensors";
+  std::string bytes = slurp(p);
+  bytes[8] = 'x';  // the header's opening brace
+  spit(p, bytes);
+  expect_error(open_and_check(c.dir()), {"bad JSON header", "model.safetensors"});
+}
+
+TEST(LoaderCorrupt, MissingShard) {
+  TempCopy c("llava_llama_gqa_sharded");
+  fs::remove(c.dir() / "model-00003-of-00006.safetensors");
+  expect_error(open_and_check(c.dir()), {"model-00003-of-00006.safetensors", "missing", "model.safetensors.index.json"});
+}
+
+TEST(LoaderCorrupt, IndexNamesTensorAbsentFromShard) {
+  TempCopy c("llava_llama_gqa_sharded");
+  const auto index_path = c.dir() / "model.safetensors.index.json";
+  auto index = nlohmann::json::parse(slurp(index_path));
+  index["weight_map"]["language_model.model.layers.9.mlp.up_proj.weight"] = "model-00002-of-00006.safetensors";
+  spit(index_path, index.dump());
+  expect_error(open_and_check(c.dir()), {"language_model.model.layers.9.mlp.up_proj.weight", "model-00002-of-00006.safetensors"});
+}
+
+TEST(LoaderCorrupt, ConfigDisagreesWithTensors) {
+  TempCopy c(kSingle);
+  auto config = nlohmann::json::parse(slurp(c.dir() / "config.json"));
+  config["text_config"]["intermediate_size"] = 128;
+  spit(c.dir() / "config.json", config.dump());
+  expect_error(open_and_check(c.dir()), {"mlp.gate_proj.weight", "expected [128, 64]", "model.safetensors"});
+}
+
+TEST(LoaderCorrupt, MissingConfigAndNoWeights) {
+  TempCopy c(kSingle);
+  fs::remove(c.dir() / "config.json");
+  expect_error(open_and_check(c.dir()), {"config.json"});
+  TempCopy d(kSingle);
+  fs::remove(d.dir() / "model.safetensors");
+  expect_error(open_and_check(d.dir()), {"no model.safetensors"});
+}
+
+TEST(LoaderCorrupt, LlavaNextIsRefused) {
+  TempCopy c(kSingle);
+  auto config = nlohmann::json::parse(slurp(c.dir() / "config.json"));
+  config["model_type"] = "llava_next";
+  spit(c.dir() / "config.json", config.dump());
+  expect_error(open_and_check(c.dir()), {"llava_next", "not supported", "config.json"});
+}
+
+TEST(LoaderCorrupt, TiedHeadMissingFromUntiedCheckpoint) {
+  TempCopy c(kSingle);
+  rewrite_header(c.dir() / "model.safetensors", [](nlohmann::json& h) { h.erase("lm_head.weight"); });
+  expect_error(open_and_check(c.dir()), {"missing tensor", "lm_head.weight"});
+}
+
+TEST(LoaderCorrupt, RunnerAndStageReportTheSameErrors) {
+  TempCopy c(kSingle);
+  rewrite_header(c.dir() / "model.safetensors", [](nlohmann::json& h) { h.erase(kUp); });
+  auto runner = LlavaRunner::load(c.dir(), *parse_exec_options("fp32", "cpu"));
+  ASSERT_FALSE(runner.has_value());
+  EXPECT_NE(runner.error().to_string().find("text.layers.1.mlp.up_proj.weight"), std::string::npos);
+}
+
+// ---- stage ranges ----------------------------------------------------------------------------
+
+TEST(StageRange, LoadsOnlyItsTensors) {
+  const auto dir = kFixtures / "llava_llama_gqa_sharded";
+  auto ckpt = Checkpoint::open(dir);
+  ASSERT_TRUE(ckpt.has_value());
+  auto graph = models::LayerGraph::build(ckpt->config(), models::Dtype::fp32);
+  const int layers = graph.num_decoder_layers();
+  ASSERT_EQ(layers, 4);
+  // One quarter of the decoder: decoder layer 2.
+  const int node = graph.first_decoder_index() + 2;
+  auto stage = Stage::load(*ckpt, graph, node, node, *parse_exec_options("fp32", "cpu"));
+  ASSERT_TRUE(stage.has_value()) << stage.error().to_string();
+  int64_t expect_bytes = 0;
+  for (const auto& name : (*stage)->tensor_names()) {
+    EXPECT_EQ(name.rfind("text.layers.2.", 0), 0u) << name;
+    expect_bytes += static_cast<int64_t>(ckpt->find(name)->info->nbytes());
+  }
+  EXPECT_EQ((*stage)->tensor_names().size(), 9u);
+  EXPECT_EQ((*stage)->weight_bytes(), expect_bytes);
+  auto whole = Stage::load(*ckpt, graph, 0, graph.size() - 1, *parse_exec_options("fp32", "cpu"));
+  ASSERT_TRUE(whole.has_value());
+  EXPECT_LT((*stage)->weight_bytes() * 4, (*whole)->weight_bytes());
+}
+
+TEST(StageRange, TensorsOutsideTheRangeAreNotNeeded) {
+  TempCopy c(kSingle);
+  rewrite_header(c.dir() / "model.safetensors", [](nlohmann::json& h) {
+    // (transformers 5.17 saves the CLIP tower without its vision_model. prefix)
+    h.erase("model.vision_tower.encoder.layers.0.mlp.fc1.weight");
+    h.erase("model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight");
+    h.erase("model.multi_modal_projector.linear_1.weight");
+  });
+  auto ckpt = Checkpoint::open(c.dir());
+  ASSERT_TRUE(ckpt.has_value()) << ckpt.error().to_string();
+  auto graph = models::LayerGraph::build(ckpt->config(), models::Dtype::fp32);
+  auto text = Stage::load(*ckpt, graph, graph.text_embed_index(), graph.size() - 1, *parse_exec_options("fp32", "cpu"));
+  EXPECT_TRUE(text.has_value()) << text.error().to_string();
+  auto vision = Stage::load(*ckpt, graph, 0, graph.text_embed_index() - 1, *parse_exec_options("fp32", "cpu"));
+  ASSERT_FALSE(vision.has_value());
+  EXPECT_NE(vision.error().to_string().find("vision.encoder.layers.0.mlp.fc1.weight"), std::string::npos)
+      << vision.error().to_string();
+}
+
+TEST(StageRange, WrongActivationKindIsAnError) {
+  auto ckpt = Checkpoint::open(kFixtures / kSingle);
+  ASSERT_TRUE(ckpt.has_value());
+  auto graph = models::LayerGraph::build(ckpt->config(), models::Dtype::fp32);
+  const int node = graph.first_decoder_index();
+  auto stage = Stage::load(*ckpt, graph, node, graph.size() - 1, *parse_exec_options("fp32", "cpu"));
+  ASSERT_TRUE(stage.has_value());
+  StepInput step;
+  step.input_ids = at::tensor(std::vector<int64_t>{1, 2, 3}, at::TensorOptions().dtype(at::kLong));
+  auto out = (*stage)->forward(step, {ActivationKind::pixels, at::zeros({1, 3, 42, 42})});
+  ASSERT_FALSE(out.has_value());
+  EXPECT_NE(out.error().message.find("expects text_hidden"), std::string::npos) << out.error().message;
+  auto bad_shape = (*stage)->forward(step, {ActivationKind::text_hidden, at::zeros({1, 3, 7})});
+  ASSERT_FALSE(bad_shape.has_value());
+  EXPECT_NE(bad_shape.error().message.find("expected [1, tokens, 64]"), std::string::npos) << bad_shape.error().message;
+}
+
+TEST(StageRange, SplitEvenCoversTheGraph) {
+  auto ckpt = Checkpoint::open(kFixtures / "llava_llama_gqa_sharded");
+  ASSERT_TRUE(ckpt.has_value());
+  auto graph = models::LayerGraph::build(ckpt->config(), models::Dtype::fp32);
+  for (int k = 1; k <= graph.size(); ++k) {
+    auto ranges = split_even(graph, k);
+    ASSERT_EQ(static_cast<int>(ranges.size()), k);
+    int next = 0;
+    for (auto [a, b] : ranges) {
+      EXPECT_EQ(a, next);
+      EXPECT_LE(a, b);
+      next = b + 1;
+    }
+    EXPECT_EQ(next, graph.size());
+  }
+}
+
+}  // namespace
+}  // namespace adaptlink::exec

@@ -1,0 +1,116 @@
+// CLIP preprocessing against transformers (tests/fixtures/images/*.safetensors, made by tools/make_fixtures.py):
+// `pixel_values` from transformers' CLIPImageProcessor, `pixel_values_pil` from Pillow + numpy doing the
+// same steps, `decoded_rgb` Pillow's decoding of the file.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "adaptlink/exec/image.hpp"
+#include "adaptlink/exec/tensor_io.hpp"
+
+namespace adaptlink::exec {
+namespace {
+
+const std::filesystem::path kImages = std::filesystem::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures" / "images";
+
+at::Tensor to_tensor(const PixelValues& pv) {
+  return at::from_blob(const_cast<float*>(pv.data.data()), {1, pv.channels, pv.height, pv.width},
+                       at::TensorOptions().dtype(at::kFloat))
+      .clone();
+}
+
+ImageProcessorConfig clip(int size, ResizeFlavour flavour) {
+  ImageProcessorConfig c;
+  c.shortest_edge = size;
+  c.crop_height = c.crop_width = size;
+  c.flavour = flavour;
+  return c;
+}
+
+struct Case {
+  std::string file;
+  int size;
+};
+
+class Preprocess : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Preprocess, MatchesTransformersWithin002) {
+  const auto& [file, size] = GetParam();
+  std::string stem = file;
+  std::replace(stem.begin(), stem.end(), '.', '_');
+  auto ref = read_safetensors(kImages / fmt::format("{}_{}.safetensors", stem, size));
+  ASSERT_TRUE(ref.has_value()) << ref.error().to_string();
+  auto image = decode_image(kImages / file);
+  ASSERT_TRUE(image.has_value()) << image.error().to_string();
+
+  // Decoding: PNG is lossless, so exact; JPEG decoders may differ by a few levels.
+  at::Tensor decoded = at::from_blob(image->pixels.data(), {image->height, image->width, 3}, at::TensorOptions().dtype(at::kByte));
+  const at::Tensor want_rgb = ref->at("decoded_rgb");
+  ASSERT_EQ(decoded.sizes(), want_rgb.sizes());
+  const int64_t decode_diff = (decoded.to(at::kInt) - want_rgb.to(at::kInt)).abs().max().item<int64_t>();
+  // Exact for PNG and, through libjpeg like Pillow, for JPEG; stb's JPEG decoder differs by a level or two.
+  const bool exact = file.ends_with(".png") || jpeg_decoder() == "libjpeg";
+  if (exact) {
+    EXPECT_EQ(decode_diff, 0);
+  } else {
+    EXPECT_LE(decode_diff, 8);
+  }
+
+  auto tv = preprocess_image(*image, clip(size, ResizeFlavour::torchvision));
+  ASSERT_TRUE(tv.has_value());
+  const double tv_err = (to_tensor(*tv) - ref->at("pixel_values")).abs().max().item<double>();
+  EXPECT_LE(tv_err, exact ? 0.02 : 0.06) << "vs transformers' CLIPImageProcessor";
+
+  auto pil = preprocess_image(*image, clip(size, ResizeFlavour::pillow));
+  ASSERT_TRUE(pil.has_value());
+  const double pil_err = (to_tensor(*pil) - ref->at("pixel_values_pil")).abs().max().item<double>();
+  if (exact) {
+    EXPECT_LE(pil_err, 1e-5) << "vs Pillow's resize";
+  } else {
+    EXPECT_LE(pil_err, 0.02 + 8 / 255.0 / 0.26) << "vs Pillow's resize (after a different JPEG decoder)";
+  }
+  std::printf("%s@%d: max |diff| vs transformers %.5f, vs Pillow %.6f (decode diff %lld)\n", file.c_str(), size, tv_err,
+              pil_err, static_cast<long long>(decode_diff));
+}
+
+INSTANTIATE_TEST_SUITE_P(Images, Preprocess,
+                         ::testing::Values(Case{"test.png", 28}, Case{"test.png", 42}, Case{"test.png", 56},
+                                           Case{"small.png", 28}, Case{"small.png", 42}, Case{"small.png", 56},
+                                           Case{"gray.png", 28}, Case{"gray.png", 42}, Case{"gray.png", 56},
+                                           Case{"test.jpg", 28}, Case{"test.jpg", 42}, Case{"test.jpg", 56}),
+                         [](const auto& info) {
+                           std::string s = info.param.file + "_" + std::to_string(info.param.size);
+                           std::replace(s.begin(), s.end(), '.', '_');
+                           return s;
+                         });
+
+TEST(PreprocessConfig, ReadsPreprocessorConfig) {
+  auto c = load_image_processor_config(std::filesystem::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures" /
+                                       "llava_mistral_gqa_full" / "preprocessor_config.json");
+  ASSERT_TRUE(c.has_value()) << c.error().to_string();
+  EXPECT_EQ(c->shortest_edge, 42);
+  EXPECT_EQ(c->crop_height, 42);
+  EXPECT_EQ(c->resample, 3);
+  EXPECT_NEAR(c->image_std[2], 0.27577711, 1e-9);
+}
+
+TEST(PreprocessConfig, RejectsBadValues) {
+  auto bad = parse_image_processor_config(nlohmann::json{{"resample", 0}}, "p.json");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.error().to_string().find("p.json"), std::string::npos);
+  EXPECT_FALSE(parse_image_processor_config(nlohmann::json{{"image_std", {1, 0, 1}}}, "p.json").has_value());
+  EXPECT_FALSE(parse_image_processor_config(nlohmann::json{{"size", "big"}}, "p.json").has_value());
+}
+
+TEST(Decode, GarbageIsAnErrorNamingTheFile) {
+  const std::string junk = "this is not an image";
+  auto r = decode_image_memory(reinterpret_cast<const uint8_t*>(junk.data()), junk.size(), "junk.png");
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().to_string().find("junk.png"), std::string::npos);
+  EXPECT_FALSE(decode_image("/nonexistent/file.png").has_value());
+}
+
+}  // namespace
+}  // namespace adaptlink::exec
