@@ -1,6 +1,12 @@
 // Planner registry and the split baselines: uniform (the paper's baseline), proportional
 // (layers proportional to compute) and memory (layers proportional to memory, as exo and llama.cpp
-// RPC split).
+// RPC split). The peer planners edgeshard (EdgeShard, Zhang et al. 2024) and pipeedge (PipeEdge, Hu et
+// al. 2022) live in edgeshard.cpp and pipeedge.cpp.
+//
+// `memory` reproduces the split of exo (github.com/exo-explore/exo: its default
+// ring-memory-weighted partitioning gives each device a share of the layers proportional to its
+// memory) and of llama.cpp's RPC back-end (`--tensor-split` defaults to each device's free memory).
+// Both keep the devices in the given order and ignore compute speed and links; so does this planner.
 #include "adaptlink/partition/planner.hpp"
 
 #include <fmt/format.h>
@@ -121,13 +127,17 @@ class SplitPlanner final : public Planner {
 
 }  // namespace
 
-std::vector<std::string> planner_names() { return {"uniform", "proportional", "memory", "adaptlink", "exhaustive"}; }
+std::vector<std::string> planner_names() {
+  return {"uniform", "proportional", "memory", "edgeshard", "pipeedge", "adaptlink", "exhaustive"};
+}
 
 Expected<std::unique_ptr<Planner>> make_planner(std::string_view name) {
   std::unique_ptr<Planner> p;
   if (name == "uniform") p = std::make_unique<SplitPlanner>("uniform", SplitPlanner::Weight::equal);
   if (name == "proportional") p = std::make_unique<SplitPlanner>("proportional", SplitPlanner::Weight::compute);
   if (name == "memory") p = std::make_unique<SplitPlanner>("memory", SplitPlanner::Weight::memory);
+  if (name == "edgeshard") p = detail::make_edgeshard_planner();
+  if (name == "pipeedge") p = detail::make_pipeedge_planner();
   if (name == "adaptlink") p = detail::make_adaptlink_planner();
   if (name == "exhaustive") p = detail::make_exhaustive_planner();
   if (!p) {

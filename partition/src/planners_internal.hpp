@@ -1,6 +1,7 @@
 // Shared pieces of the planners (not part of the public interface).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,5 +19,27 @@ Expected<Plan> finish_split(const CostModel& cost, std::string name, Objective o
 
 std::unique_ptr<Planner> make_adaptlink_planner();
 std::unique_ptr<Planner> make_exhaustive_planner();
+std::unique_ptr<Planner> make_edgeshard_planner();  // edgeshard.cpp
+std::unique_ptr<Planner> make_pipeedge_planner();   // pipeedge.cpp
+
+// The device-type dynamic program shared by the peer planners (PipeEdge's scheduler, pipeedge.cpp):
+// devices of one class are interchangeable, a state is (nodes placed, how many devices of each class
+// are used, class of the last stage), and the objective is the bottleneck max(stage compute, cut
+// transfer), ties broken by the smallest sum of those terms. The callbacks are the planner's own
+// cost model; [first, last) are node ranges.
+struct TypeDp {
+  struct Class {
+    std::vector<int> devices;  // interchangeable devices, scenario order
+  };
+  std::vector<Class> classes;
+  int nodes = 0;
+  int first_class = -1;  // >= 0: the first stage must be on this class (EdgeShard's source device)
+  std::function<double(int cls, int first, int last)> compute_ms;
+  std::function<double(int from_cls, int to_cls, int cut)> transfer_ms;  // cut: last node before it
+  std::function<bool(int cls, int first, int last)> fits;
+};
+// Stages in pipeline order (device = a concrete device of the chosen class), or empty when no
+// assignment fits. `max_states` bounds the DP table; beyond it, the per-class counts are capped.
+std::vector<Stage> solve_type_dp(const TypeDp& problem, size_t max_states = 4'000'000);
 
 }  // namespace adaptlink::partition::detail

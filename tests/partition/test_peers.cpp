@@ -1,0 +1,249 @@
+// Peer planners (edgeshard, pipeedge, memory) and the benchmark suite (scenarios/suite/): the suite's
+// shape, feasible contiguous plans from every peer, adaptlink at least as good as every peer on every
+// suite scenario, its geometric-mean margin over uniform and its distance to the aggregate-compute bound
+// on the compute-bound scenarios (predictions of plan.hpp's evaluate()).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <set>
+
+#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/partition/problem.hpp"
+
+namespace fs = std::filesystem;
+namespace part = adaptlink::partition;
+
+namespace {
+
+const std::vector<std::string> kPlanners = {"uniform", "proportional", "memory", "edgeshard", "pipeedge", "adaptlink"};
+const std::vector<std::string> kPeers = {"proportional", "memory", "edgeshard", "pipeedge"};
+
+std::vector<fs::path> suite_files() {
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(fs::path(ADAPTLINK_SOURCE_DIR) / "scenarios" / "suite")) {
+    if (e.path().extension() == ".toml") files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+struct SuiteCase {
+  fs::path file;
+  std::unique_ptr<part::Problem> problem;
+};
+
+std::vector<SuiteCase> load_suite() {
+  std::vector<SuiteCase> out;
+  for (const auto& f : suite_files()) {
+    auto problem = part::load_problem(f);
+    EXPECT_TRUE(problem.has_value()) << f << ": " << (problem ? "" : problem.error().to_string());
+    if (problem) out.push_back({f, std::move(*problem)});
+  }
+  return out;
+}
+
+// The aggregate-compute bound: sum over active devices of the throughput each reaches with the whole
+// model alone, free communication and unlimited memory (bench/tools/suite_bound.cpp computes the same).
+double bound_rps(const part::CostModel& cost) {
+  const int last = cost.num_nodes() - 1;
+  double rps = 0;
+  for (int d : part::active_devices(cost.scenario())) {
+    rps += 1e3 / (cost.prefill_ms(d, 0, last) + cost.decode_total_ms(d, 0, last));
+  }
+  return rps;
+}
+
+// Compute-bound (same definition as bench/tools/suite_bound.cpp): every link an activation may cross
+// is gigabit or faster (>= 900 Mbit/s), and one request's activations at a decoder cut (prefill + one
+// per decode step) keep the slowest link busy for less than 5% of the bound's time per request
+// (doubled in a star, where a stage's access link carries its incoming and outgoing cut).
+bool compute_bound(const part::CostModel& cost) {
+  const auto& sc = cost.scenario();
+  const auto active = part::active_devices(sc);
+  double min_mbps = std::numeric_limits<double>::infinity();
+  for (size_t a = 0; a < active.size(); ++a) {
+    if (sc.network.topology == part::Topology::star) {
+      min_mbps = std::min(min_mbps, sc.network.access_link(active[a]).bandwidth_mbps);
+    }
+    for (size_t b = a + 1; b < active.size(); ++b) {
+      if (auto l = sc.network.direct_link(active[a], active[b])) min_mbps = std::min(min_mbps, l->bandwidth_mbps);
+    }
+  }
+  const int cut = cost.graph().first_decoder_index();
+  const double bytes = cost.graph().prefill_out_bytes(cut, cost.shape()) +
+                       cost.shape().output_tokens * cost.graph().decode_out_bytes(cut);
+  const double busy_ms = bytes * 8.0 / (min_mbps * 1e6) * 1e3;
+  const double hops = sc.network.topology == part::Topology::star ? 2.0 : 1.0;
+  return min_mbps >= 900 && hops * busy_ms < 0.05 * 1e3 / bound_rps(cost);
+}
+
+// Contiguous, covering, one stage per device, every stage within its device's memory.
+void expect_valid_plan(const part::Plan& plan, const part::Problem& p, const std::string& what) {
+  ASSERT_FALSE(plan.stages.empty()) << what;
+  EXPECT_TRUE(plan.predicted.feasible) << what;
+  EXPECT_EQ(plan.stages.front().first_node, 0) << what;
+  EXPECT_EQ(plan.stages.back().last_node, p.graph.head_index()) << what;
+  std::set<int> devices;
+  for (size_t s = 0; s < plan.stages.size(); ++s) {
+    const auto& st = plan.stages[s];
+    EXPECT_LE(st.first_node, st.last_node) << what;
+    if (s > 0) EXPECT_EQ(st.first_node, plan.stages[s - 1].last_node + 1) << what << " stage " << s;
+    EXPECT_TRUE(devices.insert(st.device).second) << what << ": device used twice";
+    EXPECT_EQ(p.scenario.devices[st.device].role, part::Role::active) << what;
+    EXPECT_LE(st.memory_bytes, p.scenario.devices[st.device].mem_bytes) << what << " stage " << s;
+    EXPECT_DOUBLE_EQ(st.memory_bytes, p.cost->memory_bytes(st.first_node, st.last_node)) << what;
+  }
+}
+
+}  // namespace
+
+TEST(Suite, SpansTheDeploymentsItClaims) {
+  auto suite = load_suite();
+  ASSERT_GE(suite.size(), 20u);
+  std::set<std::string> presets, names;
+  bool star = false, mesh = false, wifi = false, gigabit = false, homogeneous = false, uniform_infeasible = false;
+  bool short_out = false, long_out = false;
+  size_t min_devices = 100, max_devices = 0;
+  for (const auto& c : suite) {
+    const auto& sc = c.problem->scenario;
+    EXPECT_EQ(sc.name, c.file.stem().string()) << "name = the file's stem";
+    EXPECT_TRUE(names.insert(sc.name).second);
+    presets.insert(sc.model.preset);
+    star |= sc.network.topology == part::Topology::star;
+    mesh |= sc.network.topology == part::Topology::mesh;
+    wifi |= sc.network.default_link.bandwidth_mbps <= 600;
+    gigabit |= sc.network.default_link.bandwidth_mbps >= 940;
+    short_out |= sc.workload.shape.output_tokens <= 16;
+    long_out |= sc.workload.shape.output_tokens >= 512;
+    min_devices = std::min(min_devices, sc.devices.size());
+    max_devices = std::max(max_devices, sc.devices.size());
+    std::set<std::string> kinds;
+    for (const auto& d : sc.devices) kinds.insert(d.kind);
+    homogeneous |= kinds.size() == 1;
+    // Every suite scenario must be plannable (what `adaptlink-sim validate` checks).
+    EXPECT_TRUE(part::make_plan(*c.problem->cost, "adaptlink", part::Objective::throughput)) << sc.name;
+    uniform_infeasible |= !part::make_plan(*c.problem->cost, "uniform", part::Objective::throughput);
+  }
+  EXPECT_EQ(min_devices, 2u);
+  EXPECT_EQ(max_devices, 16u);
+  EXPECT_TRUE(star && mesh && wifi && gigabit && homogeneous && uniform_infeasible && short_out && long_out);
+  for (const char* preset : {"llava-1.5-7b", "llava-1.5-13b", "llava-v1.6-vicuna-7b", "llava-v1.6-mistral-7b"}) {
+    EXPECT_TRUE(presets.count(preset)) << preset;
+  }
+}
+
+// One pass plans every planner on every suite scenario and checks validity and adaptlink >= each peer.
+TEST(Suite, PeersArePlausibleAndAdaptlinkIsAtLeastAsGoodAsEachPeer) {
+  auto suite = load_suite();
+  std::map<std::string, double> min_ratio;
+  for (const auto& c : suite) {
+    const auto& p = *c.problem;
+    const auto& name = p.scenario.name;
+    std::map<std::string, double> rps;
+    for (const auto& planner : kPlanners) {
+      auto plan = part::make_plan(*p.cost, planner, part::Objective::throughput);
+      if (!plan) {
+        // Only the fixed splits may fail, and then by naming the stage that does not fit.
+        EXPECT_TRUE(planner == "uniform" || planner == "proportional" || planner == "memory")
+            << name << ": " << planner << ": " << plan.error().message;
+        EXPECT_NE(plan.error().message.find("needs"), std::string::npos) << plan.error().message;
+        continue;
+      }
+      EXPECT_EQ(plan->planner, planner);
+      expect_valid_plan(*plan, p, name + "/" + planner);
+      rps[planner] = plan->predicted.throughput_rps;
+    }
+    ASSERT_TRUE(rps.count("adaptlink")) << name;
+    for (const auto& [planner, x] : rps) {
+      EXPECT_GE(rps["adaptlink"], x * (1 - 1e-9)) << name << ": adaptlink below " << planner;
+      const double r = rps["adaptlink"] / x;
+      if (!min_ratio.count(planner) || r < min_ratio[planner]) min_ratio[planner] = r;
+    }
+  }
+  for (const auto& [planner, r] : min_ratio) std::printf("min adaptlink / %s over the suite: %.4f\n", planner.c_str(), r);
+}
+
+TEST(Suite, AdaptlinkGeometricMeanOverUniformIsAtLeast1p5) {
+  auto suite = load_suite();
+  double log_sum = 0;
+  int n = 0;
+  for (const auto& c : suite) {
+    const auto& cost = *c.problem->cost;
+    auto uni = part::make_plan(cost, "uniform", part::Objective::throughput);
+    if (!uni) continue;  // memory-tight scenarios: uniform is infeasible, no ratio
+    auto adapt = part::make_plan(cost, "adaptlink", part::Objective::throughput);
+    ASSERT_TRUE(adapt);
+    log_sum += std::log(adapt->predicted.throughput_rps / uni->predicted.throughput_rps);
+    ++n;
+  }
+  ASSERT_GE(n, 15);
+  const double geomean = std::exp(log_sum / n);
+  std::printf("adaptlink / uniform, geometric mean over %d scenarios: %.3f\n", n, geomean);
+  EXPECT_GE(geomean, 1.5);
+}
+
+TEST(Suite, AdaptlinkReaches85PercentOfTheComputeBoundOnComputeBoundScenarios) {
+  auto suite = load_suite();
+  int n = 0;
+  for (const auto& c : suite) {
+    const auto& cost = *c.problem->cost;
+    if (!compute_bound(cost)) continue;
+    ++n;
+    auto adapt = part::make_plan(cost, "adaptlink", part::Objective::throughput);
+    ASSERT_TRUE(adapt);
+    const double ratio = adapt->predicted.throughput_rps / bound_rps(cost);
+    std::printf("%-32s adaptlink / bound %.3f\n", c.problem->scenario.name.c_str(), ratio);
+    EXPECT_GE(ratio, 0.85) << c.problem->scenario.name;
+    EXPECT_LE(ratio, 1 + 1e-9) << c.problem->scenario.name << ": above the upper bound?";
+  }
+  EXPECT_GE(n, 5) << "the suite should hold several compute-bound scenarios";
+}
+
+TEST(Peers, EdgeshardKeepsTheInputOnTheSourceDevice) {
+  for (const auto& c : load_suite()) {
+    auto plan = part::make_plan(*c.problem->cost, "edgeshard", part::Objective::throughput);
+    ASSERT_TRUE(plan) << c.problem->scenario.name;
+    EXPECT_EQ(plan->stages.front().device, part::active_devices(c.problem->scenario).front())
+        << c.problem->scenario.name;
+  }
+}
+
+TEST(Peers, HomogeneousDevicesGiveTheUniformSplit) {
+  auto problem = part::load_problem(fs::path(ADAPTLINK_SOURCE_DIR) / "scenarios" / "suite" / "homogeneous-nx4-gbe.toml");
+  ASSERT_TRUE(problem);
+  const auto& cost = *(*problem)->cost;
+  auto uni = part::make_plan(cost, "uniform", part::Objective::throughput);
+  ASSERT_TRUE(uni);
+  for (const char* name : {"edgeshard", "pipeedge"}) {
+    auto plan = part::make_plan(cost, name, part::Objective::throughput);
+    ASSERT_TRUE(plan) << name;
+    EXPECT_NEAR(plan->predicted.throughput_rps / uni->predicted.throughput_rps, 1.0, 0.01) << name;
+  }
+}
+
+TEST(Peers, ModelThatFitsNowhereNamesTheShortfall) {
+  auto problem = part::load_problem(fs::path(ADAPTLINK_SOURCE_DIR) / "scenarios" / "suite" / "agx-nano-pair-wifi5.toml");
+  ASSERT_TRUE(problem);
+  auto& sc = (*problem)->scenario;
+  for (auto& d : sc.devices) d.mem_bytes = 3e9;  // 6 GB in all for ~14 GB of weights
+  for (const char* name : {"edgeshard", "pipeedge", "memory"}) {
+    auto plan = part::make_plan(*(*problem)->cost, name, part::Objective::throughput);
+    ASSERT_FALSE(plan) << name;
+    EXPECT_NE(plan.error().message.find(name), std::string::npos) << plan.error().message;
+    EXPECT_NE(plan.error().message.find("needs"), std::string::npos) << plan.error().message;
+  }
+}
+
+TEST(Peers, AreRegistered) {
+  const auto names = part::planner_names();
+  for (const char* name : {"memory", "edgeshard", "pipeedge"}) {
+    EXPECT_NE(std::find(names.begin(), names.end(), name), names.end()) << name;
+    auto p = part::make_planner(name);
+    ASSERT_TRUE(p) << name;
+    EXPECT_EQ((*p)->name(), name);
+  }
+}
