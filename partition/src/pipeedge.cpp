@@ -52,10 +52,26 @@ std::vector<Stage> solve_type_dp(const TypeDp& p, size_t max_states) {
     for (int c : counts) s *= c + 1;
     return s;
   };
+  // When even one device per class is too many (many distinct devices), leave out the slowest classes
+  // (largest time for the whole model), never the first one.
   while (table_size() > static_cast<double>(max_states)) {
     auto largest = std::max_element(counts.begin(), counts.end());
-    if (*largest <= 1) break;
-    --*largest;
+    if (*largest > 1) {
+      --*largest;
+      continue;
+    }
+    int slowest = -1;
+    double slowest_ms = -1;
+    for (int c = 0; c < classes; ++c) {
+      if (counts[c] == 0 || c == p.first_class) continue;
+      const double ms = p.compute_ms(c, 0, nodes);
+      if (ms > slowest_ms) {
+        slowest_ms = ms;
+        slowest = c;
+      }
+    }
+    if (slowest < 0) break;
+    counts[slowest] = 0;
   }
   std::vector<size_t> radix(static_cast<size_t>(classes) + 1, 1);
   for (int c = 0; c < classes; ++c) radix[c + 1] = radix[c] * static_cast<size_t>(counts[c] + 1);

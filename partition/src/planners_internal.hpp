@@ -39,7 +39,8 @@ struct TypeDp {
   std::function<bool(int cls, int first, int last)> fits;
 };
 // Stages in pipeline order (device = a concrete device of the chosen class), or empty when no
-// assignment fits. `max_states` bounds the DP table; beyond it, the per-class counts are capped.
-std::vector<Stage> solve_type_dp(const TypeDp& problem, size_t max_states = 4'000'000);
+// assignment fits. `max_states` bounds the DP table (cells of (nodes + 1) x count vectors x classes);
+// beyond it the per-class counts are capped, then the slowest classes are left out.
+std::vector<Stage> solve_type_dp(const TypeDp& problem, size_t max_states = 1'500'000);
 
 }  // namespace adaptlink::partition::detail

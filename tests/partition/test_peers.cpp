@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <map>
+#include <random>
 #include <set>
 
 #include "adaptlink/partition/planner.hpp"
@@ -245,5 +247,156 @@ TEST(Peers, AreRegistered) {
     auto p = part::make_planner(name);
     ASSERT_TRUE(p) << name;
     EXPECT_EQ((*p)->name(), name);
+  }
+}
+
+namespace {
+
+// A small LLaVA with full-size layers (2 CLIP-L layers, 6 LLaMA-7B layers): 12 nodes.
+adaptlink::models::LlavaConfig tiny_llava() {
+  adaptlink::models::LlavaConfig c;
+  c.vision.hidden_size = 1024;
+  c.vision.intermediate_size = 4096;
+  c.vision.num_hidden_layers = 2;
+  c.vision.num_attention_heads = 16;
+  c.vision.image_size = 336;
+  c.vision.patch_size = 14;
+  c.vision_feature_layer = -1;
+  c.text.hidden_size = 4096;
+  c.text.intermediate_size = 11008;
+  c.text.num_hidden_layers = 6;
+  c.text.num_attention_heads = 32;
+  c.text.num_key_value_heads = 32;
+  c.text.head_dim = 128;
+  c.text.vocab_size = 32064;
+  return c;
+}
+
+// Each peer's own objective (its cost model, not evaluate()): the bottleneck of a plan.
+double own_bottleneck(const part::CostModel& cost, const std::vector<part::Stage>& stages, bool edgeshard) {
+  const auto& net = cost.scenario().network;
+  const double steps = cost.shape().output_tokens;
+  double w = 0;
+  for (size_t s = 0; s < stages.size(); ++s) {
+    const auto& st = stages[s];
+    const double decode = cost.decode_total_ms(st.device, st.first_node, st.last_node);
+    w = std::max(w, edgeshard ? decode / steps : decode + cost.prefill_ms(st.device, st.first_node, st.last_node));
+    if (s + 1 == stages.size()) continue;
+    const int a = st.device, b = stages[s + 1].device, c = st.last_node;
+    double mbps = 0, bytes = 0;
+    if (edgeshard) {
+      auto direct = net.direct_link(a, b);
+      mbps = direct ? direct->bandwidth_mbps
+                    : std::min(net.access_link(a).bandwidth_mbps, net.access_link(b).bandwidth_mbps);
+      bytes = cost.graph().decode_out_bytes(c);
+    } else {
+      auto bw = [&](int d) {
+        return net.topology == part::Topology::star ? net.access_link(d).bandwidth_mbps
+                                                    : net.default_link.bandwidth_mbps;
+      };
+      mbps = std::min(bw(a), bw(b));
+      bytes = cost.graph().prefill_out_bytes(c, cost.shape()) + steps * cost.graph().decode_out_bytes(c);
+    }
+    w = std::max(w, bytes * 8.0 / (mbps * 1e6) * 1e3);
+  }
+  return w;
+}
+
+// Brute force over ordered device subsets and cuts: the smallest own bottleneck of a plan that fits.
+double brute_force_bottleneck(const part::CostModel& cost, bool edgeshard) {
+  const int n = cost.num_devices();
+  const int nodes = cost.num_nodes();
+  double best = std::numeric_limits<double>::infinity();
+  std::vector<int> order;
+  std::vector<bool> used(static_cast<size_t>(n), false);
+  std::vector<part::Stage> stages;
+  // Recursive: extend the plan with a stage on an unused device starting at `first`.
+  std::function<void(int)> extend = [&](int first) {
+    if (first == nodes) {
+      best = std::min(best, own_bottleneck(cost, stages, edgeshard));
+      return;
+    }
+    for (int d = 0; d < n; ++d) {
+      if (used[d] || (edgeshard && first == 0 && d != 0) || (edgeshard && first > 0 && d == 0)) continue;
+      used[d] = true;
+      for (int last = first; last < nodes; ++last) {
+        if (cost.memory_bytes(first, last) > cost.scenario().devices[d].mem_bytes) break;
+        stages.push_back(part::Stage{d, first, last});
+        extend(last + 1);
+        stages.pop_back();
+      }
+      used[d] = false;
+    }
+  };
+  extend(0);
+  return best;
+}
+
+}  // namespace
+
+// The device-type DP is exact for each peer's own objective: compare with brute force on small instances.
+TEST(Peers, DynamicProgramsAreExactForTheirOwnObjective) {
+  std::mt19937_64 rng(8);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  int compared = 0;
+  for (int t = 0; t < 60; ++t) {
+    part::Scenario s;
+    s.name = "peers-" + std::to_string(t);
+    s.model.llava = tiny_llava();
+    const int n = 2 + static_cast<int>(rng() % 3);  // 2..4 devices, some identical
+    for (int d = 0; d < n; ++d) {
+      part::Device dev;
+      dev.name = "d" + std::to_string(d);
+      const int kind = static_cast<int>(rng() % 3);
+      dev.tflops = 1.0 + 4.0 * kind;
+      dev.mem_bw_gbs = 30 + 60 * kind;
+      dev.mem_bytes = (0.8 + 1.2 * u(rng)) * 1e9;
+      s.devices.push_back(dev);
+    }
+    s.network.topology = rng() % 2 ? part::Topology::mesh : part::Topology::star;
+    s.network.default_link = {100 + 900 * u(rng), 1.0};
+    if (s.network.topology == part::Topology::star) {
+      for (int d = 0; d < n; ++d) s.network.access[d] = {50 + 950 * u(rng), 1.0};
+    } else if (rng() % 2) {
+      s.network.direct[{0, 1}] = {50 + 950 * u(rng), 0.5};
+    }
+    s.workload.in_flight = 1 + static_cast<int>(rng() % 4);
+    s.workload.shape.output_tokens = 4 + static_cast<int>(rng() % 60);
+    auto problem = part::make_problem(std::move(s));
+    const auto& cost = *problem->cost;
+    for (bool edgeshard : {true, false}) {
+      const char* name = edgeshard ? "edgeshard" : "pipeedge";
+      const double truth = brute_force_bottleneck(cost, edgeshard);
+      auto plan = part::make_plan(cost, name, part::Objective::throughput);
+      ASSERT_EQ(plan.has_value(), std::isfinite(truth)) << problem->scenario.name << " " << name;
+      if (!plan) continue;
+      ++compared;
+      expect_valid_plan(*plan, *problem, problem->scenario.name + "/" + name);
+      EXPECT_NEAR(own_bottleneck(cost, plan->stages, edgeshard), truth, 1e-9 * truth)
+          << problem->scenario.name << " " << name;
+    }
+  }
+  EXPECT_GE(compared, 60);
+}
+
+TEST(Peers, ManyDistinctDevicesStayBounded) {
+  part::Scenario s;
+  s.name = "distinct16";
+  s.model.llava = tiny_llava();
+  s.model.llava.text.num_hidden_layers = 32;
+  for (int d = 0; d < 16; ++d) {
+    part::Device dev;
+    dev.name = "d" + std::to_string(d);
+    dev.tflops = 1 + 1.1 * d;
+    dev.mem_bw_gbs = 30 + 13.3 * d;
+    dev.mem_bytes = (1 + 0.3 * d) * 1e9;
+    s.devices.push_back(dev);
+  }
+  auto problem = part::make_problem(std::move(s));
+  for (const char* name : {"edgeshard", "pipeedge"}) {
+    auto plan = part::make_plan(*problem->cost, name, part::Objective::throughput);
+    ASSERT_TRUE(plan) << name;
+    expect_valid_plan(*plan, *problem, name);
+    EXPECT_LT(plan->solve_ms, 20000) << name;
   }
 }
