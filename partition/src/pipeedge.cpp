@@ -25,6 +25,9 @@
 //     needs its KV cache, and plans must be feasible under the project's one memory model, so a stage
 //     fits when CostModel::memory_bytes (weights + KV cache + buffers) is within the device's memory.
 //   * The schedule maps types back to hosts in scenario order, as PipeEdge's schedule_types_to_hosts.
+//   * The table has (nodes + 1) x prod(count + 1) x types cells; past 1.5 M (e.g. 16 all-different
+//     devices) the largest per-type counts are capped, then the slowest types are left out — PipeEdge
+//     itself has no such bound.
 //   * The objective is throughput only (PipeEdge has no latency objective); ties on the bottleneck are
 //     broken by the smaller sum of stage and transfer times.
 //
