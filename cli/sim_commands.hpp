@@ -1,0 +1,21 @@
+// adaptlink-sim run | compare: the SimGrid back-end's commands (cli/sim_run.cpp). sim_main.cpp calls
+// add_sim_commands when built with ADAPTLINK_WITH_SIM.
+//
+//   run SCENARIO [--planner NAME] [--out DIR] [--seed N] [--network-model M] [--profile FILE]...
+//                [--requests N] [--format table|json] [--no-trace] [--trace-from S] [--trace-until S]
+//                [--trace-max-events N] [--quiet]
+//       simulates one plan; writes DIR/{scenario.toml, plan.json, report.json, trace.json}
+//       (default DIR: runs/<scenario>/<timestamp>) and prints a summary.
+//   compare SCENARIO [--planners a,b,...] [--format table|json] [-o FILE] [--seed N] [--network-model M]
+//                    [--profile FILE]... [--requests N]
+//       simulates each planner's plan on the same workload; table or JSON with ratios to `uniform`.
+//
+// Exit status: 0 ok, 1 the simulation failed, 2 bad input (scenario, flags, profile, a plan that cannot fit).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+// Registers "run" and "compare" on `app`; when one is selected, parsing sets `action` to run it.
+void add_sim_commands(CLI::App& app, std::function<int()>& action);

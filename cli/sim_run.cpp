@@ -1,0 +1,397 @@
+// adaptlink-sim run | compare (see sim_commands.hpp).
+#include <unistd.h>
+
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/partition/problem.hpp"
+#include "adaptlink/partition/report.hpp"
+#include "adaptlink/sim/profile.hpp"
+#include "adaptlink/sim/simulator.hpp"
+#include "common.hpp"
+#include "sim_commands.hpp"
+
+namespace al = adaptlink;
+namespace part = adaptlink::partition;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct CommonOptions {
+  std::string scenario;
+  std::string objective;  // empty: the scenario's
+  std::string format = "table";
+  std::uint64_t seed = 1;
+  std::string network_model = "CM02";
+  std::vector<std::string> profiles;
+  long long requests = 0;
+};
+
+struct RunOptions : CommonOptions {
+  std::string planner;
+  std::string out;
+  bool no_trace = false;
+  double trace_from_s = 0;
+  double trace_until_s = -1;  // < 0: no limit
+  long long trace_max_events = 200000;
+  bool quiet = false;
+};
+
+struct CompareOptions : CommonOptions {
+  std::vector<std::string> planners;
+  std::string output;
+};
+
+void add_common(CLI::App* cmd, CommonOptions& o) {
+  cmd->add_option("scenario", o.scenario, "Scenario TOML file")->required();
+  cmd->add_option("--objective", o.objective, "throughput | latency (default: the scenario's)")
+      ->check(CLI::IsMember({"throughput", "latency"}));
+  cmd->add_option("--seed", o.seed, "Seed of the Poisson arrivals (default 1)");
+  cmd->add_option("--network-model", o.network_model,
+                  "SimGrid network model: CM02 (exact, default), LV08, SMPI, IB, Constant")
+      ->check(CLI::IsMember(al::sim::network_models()));
+  cmd->add_option("--profile", o.profiles, "Measured per-node times (JSON, see sim/README.md); repeatable");
+  cmd->add_option("--requests", o.requests, "Simulate N requests instead of the scenario's workload.requests")
+      ->check(CLI::PositiveNumber);
+}
+
+struct Loaded {
+  std::unique_ptr<part::Problem> problem;
+  part::Objective objective = part::Objective::throughput;
+};
+
+// Scenario, profiles, objective: errors are bad input (exit 2).
+al::Expected<Loaded> load(const CommonOptions& o) {
+  auto problem = part::load_problem(o.scenario);
+  if (!problem) return problem.error();
+  Loaded l;
+  l.problem = std::move(*problem);
+  for (const auto& file : o.profiles) {
+    auto st = al::sim::apply_profile(file, *l.problem->cost);
+    if (!st) return st.error();
+  }
+  l.objective = l.problem->scenario.planner.objective;
+  if (o.objective == "throughput") l.objective = part::Objective::throughput;
+  if (o.objective == "latency") l.objective = part::Objective::latency;
+  return l;
+}
+
+al::Expected<part::Plan> plan_for(const Loaded& l, const std::string& planner, const std::string& file) {
+  auto plan = part::make_plan(*l.problem->cost, planner, l.objective);
+  if (!plan) {
+    auto e = plan.error();
+    if (e.file.empty()) e.file = file;
+    return e;
+  }
+  return plan;
+}
+
+void warn_faults(const part::Scenario& scenario) {
+  if (!scenario.faults.empty()) {
+    std::cerr << fmt::format("adaptlink-sim: note: the scenario's {} [[faults]] are not simulated yet; this run is "
+                             "fault-free\n",
+                             scenario.faults.size());
+  }
+}
+
+std::string workload_text(const part::Scenario& sc, long long requests) {
+  const auto& w = sc.workload;
+  const long long n = requests > 0 ? requests : w.requests;
+  if (w.arrival == part::Arrival::closed) {
+    return fmt::format("{} requests, closed loop with {} in flight, {} output tokens", n, w.in_flight,
+                       w.shape.output_tokens);
+  }
+  return fmt::format("{} requests, Poisson arrivals at {}/s, {} output tokens", n, w.rate_per_s, w.shape.output_tokens);
+}
+
+std::string stage_devices(const part::Plan& plan, const part::Scenario& sc) {
+  std::string s;
+  for (const auto& st : plan.stages) s += (s.empty() ? "" : ">") + sc.devices[static_cast<size_t>(st.device)].name;
+  return s;
+}
+
+// Progress on stderr when it is a terminal.
+std::function<void(const al::sim::SimProgress&)> progress_printer(const std::string& label, bool quiet) {
+  if (quiet || ::isatty(STDERR_FILENO) == 0) return {};
+  auto last = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
+  return [label, last](const al::sim::SimProgress& p) {
+    const auto now = std::chrono::steady_clock::now();
+    if (p.completed < p.total && now - *last < std::chrono::milliseconds(200)) return;
+    *last = now;
+    std::cerr << fmt::format("\r{}: {}/{} requests, simulated {:.1f} s", label, p.completed, p.total, p.sim_time_s)
+              << (p.completed >= p.total ? "\n" : "") << std::flush;
+  };
+}
+
+al::Expected<fs::path> make_run_dir(const std::string& requested, const std::string& scenario_name) {
+  fs::path dir = requested;
+  if (dir.empty()) {
+    const std::time_t t = std::time(nullptr);
+    std::tm tm{};
+    localtime_r(&t, &tm);
+    char stamp[32];
+    std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
+    const fs::path base = fs::path("runs") / scenario_name / stamp;
+    dir = base;
+    for (int k = 2; fs::exists(dir); ++k) dir = base.string() + fmt::format("-{}", k);
+  }
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return al::make_error("{}: cannot create the output directory: {}", dir.string(), ec.message());
+  return dir;
+}
+
+al::Status write_file(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  if (!out) return al::make_error("{}: cannot open for writing", path.string());
+  out << text;
+  if (!out) return al::make_error("{}: write failed", path.string());
+  return al::Ok{};
+}
+
+std::string summary_table(const part::Plan& plan, const part::CostModel& cost, const part::RunReport& r,
+                          const al::sim::SimStats& stats, const std::string& model, long long requests) {
+  const auto& sc = cost.scenario();
+  std::string out = fmt::format("scenario {}: planner {}, {}, network model {}\n\n", sc.name, plan.planner,
+                                workload_text(sc, requests), model);
+  al::cli::Table t({"metric", "simulated", "predicted", "sim/pred"});
+  const auto& p = plan.predicted;
+  auto ratio = [](double a, double b) { return b > 0 ? fmt::format("{:.4f}", a / b) : std::string("-"); };
+  t.add({"throughput (requests/s)", fmt::format("{:.5f}", r.throughput_rps), fmt::format("{:.5f}", p.throughput_rps),
+         ratio(r.throughput_rps, p.throughput_rps)});
+  t.add({"tokens/s", fmt::format("{:.2f}", r.tokens_per_s), fmt::format("{:.2f}", p.tokens_per_s),
+         ratio(r.tokens_per_s, p.tokens_per_s)});
+  t.add({"latency p50 (ms)", fmt::format("{:.1f}", r.latency_ms.p50), fmt::format("{:.1f}", p.latency_ms),
+         ratio(r.latency_ms.p50, p.latency_ms)});
+  t.add({"latency p95 (ms)", fmt::format("{:.1f}", r.latency_ms.p95), "", ""});
+  t.add({"latency p99 (ms)", fmt::format("{:.1f}", r.latency_ms.p99), "", ""});
+  t.add({"bubble fraction", fmt::format("{:.3f}", r.bubble_fraction), "", ""});
+  t.add({"requests completed", std::to_string(r.requests_completed), "", ""});
+  out += t.str() + "\n";
+  al::cli::Table d({"device", "stage", "layers", "busy_ms/request", "utilization"});
+  for (size_t i = 0; i < r.device_utilization.size(); ++i) {
+    std::string stage = "-", layers = "-", busy = "-";
+    for (size_t s = 0; s < plan.stages.size(); ++s) {
+      const auto& st = plan.stages[s];
+      if (st.device == static_cast<int>(i)) {
+        stage = std::to_string(s);
+        layers = fmt::format("{}-{}", st.first_node, st.last_node);
+        busy = fmt::format("{:.1f}", st.prefill_ms + st.decode_ms);
+      }
+    }
+    d.add({r.device_utilization[i].first, stage, layers, busy, fmt::format("{:.3f}", r.device_utilization[i].second)});
+  }
+  out += d.str();
+  out += fmt::format("\nsimulated {:.1f} s in {:.2f} s wall ({} stage executions, {} link transfers)\n", stats.sim_time_s,
+                     stats.wall_s, stats.stage_executions, stats.transfers);
+  return out;
+}
+
+int cmd_run(const RunOptions& o) {
+  auto loaded = load(o);
+  if (!loaded) return al::cli::report(loaded.error());
+  const auto& problem = *loaded->problem;
+  const auto& cost = *problem.cost;
+  const std::string planner = o.planner.empty() ? problem.scenario.planner.name : o.planner;
+  auto plan = plan_for(*loaded, planner, o.scenario);
+  if (!plan) return al::cli::report(plan.error());
+  warn_faults(problem.scenario);
+
+  auto dir = make_run_dir(o.out, problem.scenario.name);
+  if (!dir) return al::cli::report(dir.error());
+  if (auto st = write_file(*dir / "scenario.toml", part::to_toml(problem.scenario)); !st) {
+    return al::cli::report(st.error());
+  }
+  if (auto st = write_file(*dir / "plan.json", part::to_json(*plan, cost).dump(2) + "\n"); !st) {
+    return al::cli::report(st.error());
+  }
+
+  al::sim::SimOptions options;
+  options.seed = o.seed;
+  options.network_model = o.network_model;
+  options.max_requests = o.requests;
+  options.progress = progress_printer("simulating " + planner, o.quiet);
+  if (!o.no_trace) {
+    options.trace_path = *dir / "trace.json";
+    options.trace_from_s = o.trace_from_s;
+    if (o.trace_until_s >= 0) options.trace_until_s = o.trace_until_s;
+    options.trace_max_events = o.trace_max_events;
+  }
+  auto result = al::sim::run_simulation(cost, *plan, options);
+  if (!result) {
+    al::cli::report(result.error());
+    return al::cli::kExitFailure;
+  }
+  if (auto st = write_file(*dir / "report.json", part::to_json(result->report).dump(2) + "\n"); !st) {
+    return al::cli::report(st.error());
+  }
+  if (o.format == "json") {
+    std::cout << part::to_json(result->report).dump(2) << "\n";
+  } else {
+    std::cout << summary_table(*plan, cost, result->report, result->stats, o.network_model, o.requests);
+    std::cout << fmt::format("wrote {}/{{scenario.toml, plan.json, report.json{}}}\n", dir->string(),
+                             o.no_trace ? "" : ", trace.json");
+  }
+  return al::cli::kExitOk;
+}
+
+int cmd_compare(const CompareOptions& o) {
+  auto loaded = load(o);
+  if (!loaded) return al::cli::report(loaded.error());
+  const auto& problem = *loaded->problem;
+  const auto& cost = *problem.cost;
+  std::vector<std::string> planners = o.planners.empty() ? part::planner_names() : o.planners;
+  for (const auto& name : planners) {
+    auto made = part::make_planner(name);
+    if (!made) return al::cli::report(made.error());
+  }
+  bool has_uniform = false;
+  for (const auto& p : planners) has_uniform = has_uniform || p == "uniform";
+  if (!has_uniform) planners.insert(planners.begin(), "uniform");  // the reference for the ratios
+  warn_faults(problem.scenario);
+
+  struct Row {
+    std::string planner;
+    std::optional<part::Plan> plan;
+    std::optional<part::RunReport> report;
+    std::string error;
+  };
+  std::vector<Row> rows;
+  bool any = false;
+  for (const auto& name : planners) {
+    Row row{name, std::nullopt, std::nullopt, ""};
+    auto plan = plan_for(*loaded, name, o.scenario);
+    if (!plan) {
+      row.error = plan.error().message;
+    } else {
+      row.plan = *plan;
+      al::sim::SimOptions options;
+      options.seed = o.seed;
+      options.network_model = o.network_model;
+      options.max_requests = o.requests;
+      options.progress = progress_printer("simulating " + name, false);
+      auto report = al::sim::simulate(cost, *plan, options);
+      if (!report) {
+        row.error = report.error().to_string();
+      } else {
+        row.report = *report;
+        any = true;
+      }
+    }
+    rows.push_back(std::move(row));
+  }
+  double uniform_rps = 0;
+  for (const auto& r : rows) {
+    if (r.planner == "uniform" && r.report) uniform_rps = r.report->throughput_rps;
+  }
+  auto ratio_of = [&](const Row& r) -> std::optional<double> {
+    if (!r.report || uniform_rps <= 0) return std::nullopt;
+    return r.report->throughput_rps / uniform_rps;
+  };
+
+  std::string text;
+  if (o.format == "json") {
+    nlohmann::json results = nlohmann::json::array();
+    for (const auto& r : rows) {
+      nlohmann::json j{{"planner", r.planner}};
+      if (r.plan) {
+        nlohmann::json devices = nlohmann::json::array();
+        for (const auto& st : r.plan->stages) devices.push_back(problem.scenario.devices[st.device].name);
+        j["stages"] = devices;
+        j["predicted"] = {{"throughput_rps", r.plan->predicted.throughput_rps},
+                          {"tokens_per_s", r.plan->predicted.tokens_per_s},
+                          {"bottleneck_ms", r.plan->predicted.bottleneck_ms},
+                          {"latency_ms", r.plan->predicted.latency_ms}};
+      }
+      if (r.report) {
+        j["report"] = part::to_json(*r.report);
+        j["mean_utilization"] = 1.0 - r.report->bubble_fraction;
+        auto ratio = ratio_of(r);
+        j["ratio_to_uniform"] = ratio ? nlohmann::json(*ratio) : nlohmann::json(nullptr);
+      }
+      if (!r.error.empty()) j["error"] = r.error;
+      results.push_back(j);
+    }
+    const auto& w = problem.scenario.workload;
+    nlohmann::json out{{"scenario", problem.scenario.name},
+                       {"backend", "sim"},
+                       {"network_model", o.network_model},
+                       {"seed", o.seed},
+                       {"requests", o.requests > 0 ? o.requests : w.requests},
+                       {"arrival", w.arrival == part::Arrival::closed ? "closed" : "poisson"},
+                       {"in_flight", w.in_flight},
+                       {"output_tokens", w.shape.output_tokens},
+                       {"baseline", "uniform"},
+                       {"results", results}};
+    text = out.dump(2) + "\n";
+  } else {
+    text = fmt::format("scenario {}: {}, network model {}\n\n", problem.scenario.name,
+                       workload_text(problem.scenario, o.requests), o.network_model);
+    al::cli::Table t({"planner", "stages", "pred_rps", "sim_rps", "sim/pred", "tokens/s", "p50_ms", "p95_ms", "util",
+                      "bubble", "x_uniform"});
+    for (const auto& r : rows) {
+      if (!r.report) {
+        t.add({r.planner, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"});
+        continue;
+      }
+      const auto& rep = *r.report;
+      auto ratio = ratio_of(r);
+      const double pred = r.plan->predicted.throughput_rps;
+      t.add({r.planner, stage_devices(*r.plan, problem.scenario), fmt::format("{:.5f}", pred),
+             fmt::format("{:.5f}", rep.throughput_rps), pred > 0 ? fmt::format("{:.4f}", rep.throughput_rps / pred) : "-",
+             fmt::format("{:.2f}", rep.tokens_per_s), fmt::format("{:.0f}", rep.latency_ms.p50),
+             fmt::format("{:.0f}", rep.latency_ms.p95), fmt::format("{:.3f}", 1.0 - rep.bubble_fraction),
+             fmt::format("{:.3f}", rep.bubble_fraction), ratio ? fmt::format("{:.3f}", *ratio) : "-"});
+    }
+    text += t.str();
+    for (const auto& r : rows) {
+      if (!r.error.empty()) text += fmt::format("{}: {}\n", r.planner, r.error);
+    }
+  }
+  if (auto st = al::cli::write_output(o.output, text); !st) return al::cli::report(st.error());
+  if (!any) {
+    std::cerr << "adaptlink-sim: no planner produced a plan that could be simulated\n";
+    return al::cli::kExitBadInput;
+  }
+  return al::cli::kExitOk;
+}
+
+}  // namespace
+
+void add_sim_commands(CLI::App& app, std::function<int()>& action) {
+  auto run_opts = std::make_shared<RunOptions>();
+  auto* run = app.add_subcommand("run", "Simulate one plan with SimGrid; write scenario.toml, plan.json, report.json, "
+                                        "trace.json");
+  add_common(run, *run_opts);
+  run->add_option("--planner", run_opts->planner,
+                  "uniform | proportional | memory | adaptlink | exhaustive (default: the scenario's)");
+  run->add_option("--out", run_opts->out, "Output directory (default runs/<scenario>/<timestamp>)");
+  run->add_option("--format", run_opts->format, "table | json (the report)")
+      ->check(CLI::IsMember({"table", "text", "json"}));
+  run->add_flag("--no-trace", run_opts->no_trace, "Do not write trace.json");
+  run->add_option("--trace-from", run_opts->trace_from_s, "Trace slices starting at or after S seconds (default 0)");
+  run->add_option("--trace-until", run_opts->trace_until_s, "Trace slices starting up to S seconds (default: end)");
+  run->add_option("--trace-max-events", run_opts->trace_max_events, "At most N trace slices (default 200000)")
+      ->check(CLI::NonNegativeNumber);
+  run->add_flag("-q,--quiet", run_opts->quiet, "No progress on stderr");
+  run->callback([&action, run_opts] { action = [run_opts] { return cmd_run(*run_opts); }; });
+
+  auto cmp_opts = std::make_shared<CompareOptions>();
+  auto* compare = app.add_subcommand("compare", "Simulate every planner on the same workload; ratios to uniform");
+  add_common(compare, *cmp_opts);
+  compare->add_option("--planners", cmp_opts->planners, "Comma-separated planners (default: all)")->delimiter(',');
+  compare->add_option("--format", cmp_opts->format, "table | json")->check(CLI::IsMember({"table", "text", "json"}));
+  compare->add_option("-o,--output", cmp_opts->output, "Write the table or JSON to FILE instead of stdout");
+  compare->callback([&action, cmp_opts] { action = [cmp_opts] { return cmd_compare(*cmp_opts); }; });
+}

@@ -1,0 +1,171 @@
+#include "adaptlink/partition/report.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace adaptlink::partition {
+
+namespace {
+
+nlohmann::json optional_number(const std::optional<double>& value) {
+  return value ? nlohmann::json(*value) : nlohmann::json(nullptr);
+}
+
+Error missing(std::string_view source, std::string_view key, std::string_view what) {
+  Error e = make_error("'{}': {}", key, what);
+  e.file = std::string(source);
+  return e;
+}
+
+Expected<double> number_at(const nlohmann::json& obj, const char* key, std::string_view source) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return missing(source, key, "missing");
+  if (!it->is_number()) return missing(source, key, "expected a number");
+  return it->get<double>();
+}
+
+Expected<std::string> string_at(const nlohmann::json& obj, const char* key, std::string_view source) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return missing(source, key, "missing");
+  if (!it->is_string()) return missing(source, key, "expected a string");
+  return it->get<std::string>();
+}
+
+std::optional<double> optional_at(const nlohmann::json& obj, const char* key) {
+  auto it = obj.find(key);
+  if (it == obj.end() || !it->is_number()) return std::nullopt;
+  return it->get<double>();
+}
+
+}  // namespace
+
+double RunReport::mean_utilization() const {
+  double sum = 0;
+  int count = 0;
+  for (const auto& [name, u] : device_utilization) {
+    if (u > 0) {
+      sum += u;
+      ++count;
+    }
+  }
+  return count > 0 ? sum / count : 0.0;
+}
+
+nlohmann::json to_json(const RunReport& report) {
+  using nlohmann::json;
+  json utilization = json::object();
+  for (const auto& [name, u] : report.device_utilization) utilization[name] = u;
+  json faults = json::array();
+  for (const auto& f : report.faults) {
+    faults.push_back({{"at_s", f.at_s},
+                      {"device", f.device},
+                      {"kind", f.kind},
+                      {"detected_s", optional_number(f.detected_s)},
+                      {"recovered_s", optional_number(f.recovered_s)},
+                      {"recovery_ms", optional_number(f.recovery_ms)},
+                      {"recomputed_tokens", f.recomputed_tokens}});
+  }
+  return json{{"scenario", report.scenario},
+              {"backend", report.backend},
+              {"planner", report.planner},
+              {"requests_completed", report.requests_completed},
+              {"requests_lost", report.requests_lost},
+              {"throughput_rps", report.throughput_rps},
+              {"tokens_per_s", report.tokens_per_s},
+              {"latency_ms", {{"p50", report.latency_ms.p50}, {"p95", report.latency_ms.p95}, {"p99", report.latency_ms.p99}}},
+              {"device_utilization", utilization},
+              {"bubble_fraction", report.bubble_fraction},
+              {"faults", faults}};
+}
+
+Expected<RunReport> report_from_json(const nlohmann::json& json, std::string_view source) {
+  if (!json.is_object()) return missing(source, "(root)", "expected an object");
+  RunReport r;
+  auto s = string_at(json, "scenario", source);
+  if (!s) return s.error();
+  r.scenario = *s;
+  s = string_at(json, "backend", source);
+  if (!s) return s.error();
+  r.backend = *s;
+  s = string_at(json, "planner", source);
+  if (!s) return s.error();
+  r.planner = *s;
+  for (auto [key, target] : {std::pair{"requests_completed", &r.requests_completed},
+                             std::pair{"requests_lost", &r.requests_lost}}) {
+    auto n = number_at(json, key, source);
+    if (!n) return n.error();
+    *target = static_cast<long long>(std::llround(*n));
+  }
+  for (auto [key, target] : {std::pair{"throughput_rps", &r.throughput_rps}, std::pair{"tokens_per_s", &r.tokens_per_s},
+                             std::pair{"bubble_fraction", &r.bubble_fraction}}) {
+    auto n = number_at(json, key, source);
+    if (!n) return n.error();
+    *target = *n;
+  }
+  auto lat = json.find("latency_ms");
+  if (lat == json.end() || !lat->is_object()) return missing(source, "latency_ms", "expected an object");
+  for (auto [key, target] : {std::pair{"p50", &r.latency_ms.p50}, std::pair{"p95", &r.latency_ms.p95},
+                             std::pair{"p99", &r.latency_ms.p99}}) {
+    auto n = number_at(*lat, key, source);
+    if (!n) return n.error();
+    *target = *n;
+  }
+  auto util = json.find("device_utilization");
+  if (util == json.end() || !util->is_object()) return missing(source, "device_utilization", "expected an object");
+  for (const auto& [name, value] : util->items()) {
+    if (!value.is_number()) return missing(source, "device_utilization." + name, "expected a number");
+    r.device_utilization.emplace_back(name, value.get<double>());
+  }
+  auto faults = json.find("faults");
+  if (faults == json.end() || !faults->is_array()) return missing(source, "faults", "expected an array");
+  for (const auto& f : *faults) {
+    if (!f.is_object()) return missing(source, "faults[]", "expected an object");
+    FaultRecord rec;
+    auto at = number_at(f, "at_s", source);
+    if (!at) return at.error();
+    rec.at_s = *at;
+    auto dev = string_at(f, "device", source);
+    if (!dev) return dev.error();
+    rec.device = *dev;
+    auto kind = string_at(f, "kind", source);
+    if (!kind) return kind.error();
+    rec.kind = *kind;
+    rec.detected_s = optional_at(f, "detected_s");
+    rec.recovered_s = optional_at(f, "recovered_s");
+    rec.recovery_ms = optional_at(f, "recovery_ms");
+    if (auto t = optional_at(f, "recomputed_tokens")) rec.recomputed_tokens = static_cast<long long>(std::llround(*t));
+    r.faults.push_back(std::move(rec));
+  }
+  return r;
+}
+
+double percentile(std::vector<double>& values, double q) {
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  const double pos = std::clamp(q, 0.0, 1.0) * static_cast<double>(values.size() - 1);
+  const auto lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, values.size() - 1);
+  const double frac = pos - static_cast<double>(lo);
+  return values[lo] + (values[hi] - values[lo]) * frac;
+}
+
+LatencySummary summarize_latencies(std::vector<double> latencies_ms) {
+  LatencySummary s;
+  s.p50 = percentile(latencies_ms, 0.50);
+  s.p95 = percentile(latencies_ms, 0.95);
+  s.p99 = percentile(latencies_ms, 0.99);
+  return s;
+}
+
+SteadyWindow steady_window(long long requests, long long in_flight, bool closed_loop) {
+  SteadyWindow w{0, requests};
+  if (requests <= 0 || !closed_loop) return w;
+  const long long f = std::max<long long>(1, std::min(in_flight, requests));
+  if (requests - 2 * f >= std::max<long long>(f, 2)) {
+    w.first = f;
+    w.last = requests - f;
+  }
+  return w;
+}
+
+}  // namespace adaptlink::partition

@@ -1,0 +1,93 @@
+// The SimGrid back-end: simulates a plan on the scenario's devices and network and measures what
+// partition/plan.hpp predicts. This header does not include SimGrid (only sim/src/ does).
+//
+// Model (the semantics of partition/plan.hpp, played out request by request):
+//   * one SimGrid host per device; each device serves the stage(s) placed on it one task at a time, FIFO;
+//     a task computes for exactly the cost model's time (prefill_ms of the stage's range, or
+//     decode_step_ms with the request's current context);
+//   * one SimGrid link per cost-model link (star: one access link per device, shared by both directions;
+//     mesh or `[[links]]` pairs: one direct link); a transfer walks the cost model's route hop by hop,
+//     store and forward (a star transfer is two communications, device -> AP and AP -> device);
+//   * a request: prefill through every stage, then `output_tokens` decode steps through the stages from
+//     the one holding text_embed to the last; after the prefill and after each decode step but the last,
+//     the 4-byte token goes from the last stage back to the text_embed stage; activations cross each cut
+//     (prefill_out_bytes once, decode_out_bytes per step; 0-byte transfers are skipped);
+//   * arrivals: closed loop (workload.in_flight requests in the system, a new one admitted when one
+//     completes) or Poisson (rate_per_s, std::mt19937_64 seeded with SimOptions::seed, exponential
+//     gaps by inversion);
+//   * network model CM02 with cross-traffic and the TCP window bound (TCP-gamma) off: a lone transfer
+//     over a hop takes exactly latency + bytes / bandwidth, concurrent ones share a link max-min fairly.
+//     Other SimGrid models (LV08, SMPI, IB, Constant) run with SimGrid's defaults for what-if studies.
+//
+// Each simulation runs in a child process (SimGrid allows one engine per process), so simulate() may be
+// called any number of times; the progress callback still runs in the caller's process.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "adaptlink/error.hpp"
+#include "adaptlink/partition/cost_model.hpp"
+#include "adaptlink/partition/plan.hpp"
+#include "adaptlink/partition/report.hpp"
+
+namespace adaptlink::sim {
+
+struct SimProgress {
+  long long completed = 0;  // requests
+  long long total = 0;
+  double sim_time_s = 0;
+};
+
+struct SimOptions {
+  std::uint64_t seed = 1;              // Poisson arrivals
+  std::string network_model = "CM02";  // see network_models()
+  long long max_requests = 0;          // > 0: overrides workload.requests
+  // Closed loop: admit the first in_flight requests one bottleneck time W apart (true), the spacing that
+  // completions have once the bottleneck is saturated, or all at t = 0 (false). Identical deterministic
+  // requests started together stay in lockstep for ever (FIFO stages, no noise): each "generation" then
+  // runs its prefills as a burst that the pipeline cannot overlap with decoding.
+  bool stagger_start = true;
+  std::function<void(const SimProgress&)> progress;  // called about every 1 % of the requests
+
+  // Chrome trace (Perfetto): written when trace_path is not empty. To keep big runs cheap, only slices
+  // that start in [trace_from_s, trace_until_s] are written, at most trace_max_events of them.
+  std::filesystem::path trace_path;
+  double trace_from_s = 0;
+  double trace_until_s = std::numeric_limits<double>::infinity();
+  long long trace_max_events = 200000;
+
+  // Run SimGrid in a child process (the default). false runs it in this process: possible once per
+  // process only (benchmarks measuring memory, debugging).
+  bool isolate = true;
+};
+
+// What the run cost (not part of the report, which stays deterministic).
+struct SimStats {
+  double wall_s = 0;              // SimGrid run, platform construction included
+  double sim_time_s = 0;          // simulated makespan
+  long long stage_executions = 0;  // compute tasks run
+  long long transfers = 0;         // link hops simulated
+  long long trace_events = 0;      // slices written to the trace
+  long long peak_rss_kb = 0;       // of the process that ran SimGrid
+  double offered_rps = 0;          // Poisson: the realised arrival rate (N - 1) / (a_N - a_1); closed loop: 0
+};
+
+struct SimResult {
+  partition::RunReport report;
+  SimStats stats;
+};
+
+// SimGrid network models accepted by SimOptions::network_model.
+std::vector<std::string> network_models();
+
+Expected<SimResult> run_simulation(const partition::CostModel& cost, const partition::Plan& plan,
+                                   const SimOptions& options = {});
+Expected<partition::RunReport> simulate(const partition::CostModel& cost, const partition::Plan& plan,
+                                        const SimOptions& options = {});
+
+}  // namespace adaptlink::sim

@@ -1,0 +1,392 @@
+// The SimGrid part of the simulator: platform, actors, run. The only file that includes SimGrid.
+//
+// Actors:
+//   device  (one per device, daemon)  serves its FIFO task queue: occupies the device for the task's exact
+//                                     compute time (sleep_for on the device's host: one task at a time, so no
+//                                     CPU sharing to model, and 20 % faster than an Exec), then hands the
+//                                     request to its next step
+//   courier (pool, daemon)            carries one transfer along its route, hop by hop (store and forward),
+//                                     then queues the task at the receiving device; the pool grows so that a
+//                                     transfer never waits for a courier
+//   driver  (one)                     admits requests (closed loop: in_flight at once; Poisson: seeded
+//                                     exponential gaps) and ends the simulation once all have completed
+#include <simgrid/s4u.hpp>
+#include <xbt/log.h>
+
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <exception>
+#include <random>
+
+#include "adaptlink/partition/report.hpp"
+#include "pipeline.hpp"
+#include "trace.hpp"
+
+namespace sg4 = simgrid::s4u;
+
+namespace adaptlink::sim::detail {
+
+namespace {
+
+struct Task {
+  int slot = -1;   // request slot
+  int stage = 0;
+  int step = -1;  // -1: prefill, k >= 0: decode step k
+};
+
+struct Job {
+  const std::vector<HopSpec>* route = nullptr;
+  std::uint64_t bytes = 0;
+  int from_stage = 0;
+  Task next;
+};
+
+struct RequestSlot {
+  long long id = -1;
+  double admitted_s = 0;
+};
+
+struct DeviceState {
+  sg4::Host* host = nullptr;
+  sg4::SemaphorePtr ready;  // one token per queued task
+  std::deque<Task> queue;
+  double speed = 1;
+  double busy_total_s = 0;
+  double busy_since_s = 0;
+  bool busy = false;
+  double window_start_busy_s = 0;
+
+  [[nodiscard]] double busy_at(double t) const { return busy_total_s + (busy ? t - busy_since_s : 0.0); }
+};
+
+// Exponential gap by inversion on 53 random bits: the same numbers on every platform and library.
+double exponential_gap(std::mt19937_64& rng, double rate) {
+  const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53;  // [0, 1)
+  return -std::log1p(-u) / rate;
+}
+
+class Simulation {
+ public:
+  Simulation(const PipelineSpec& spec, const EngineOptions& options) : spec_(spec), options_(options) {
+    window_ = partition::steady_window(spec.requests, spec.in_flight, spec.arrival == ArrivalKind::closed);
+    progress_step_ = std::max<long long>(1, spec.requests / 100);
+    out_.latencies_ms.reserve(static_cast<size_t>(spec.requests));
+  }
+
+  Expected<Ok> build_platform() {
+    auto* zone = sg4::create_full_zone("adaptlink");
+    const int n = static_cast<int>(spec_.device_names.size());
+    devices_.resize(static_cast<size_t>(n));
+    for (int d = 0; d < n; ++d) {
+      auto& dev = devices_[static_cast<size_t>(d)];
+      dev.speed = spec_.device_speed_flops[static_cast<size_t>(d)];
+      dev.host = zone->create_host(fmt::format("device{}", d), dev.speed);
+      hosts_.push_back(dev.host);
+    }
+    if (spec_.has_access_point) hosts_.push_back(zone->create_host("ap", 1e12));
+    std::vector<sg4::Link*> links(spec_.links.size(), nullptr);
+    std::vector<std::pair<int, int>> link_ends(spec_.links.size(), {-1, -1});
+    for (const auto& route : spec_.routes) {
+      for (const auto& hop : route) {
+        const auto& spec = spec_.links[static_cast<size_t>(hop.link)];
+        auto& link = links[static_cast<size_t>(hop.link)];
+        if (link == nullptr) {
+          link = zone->create_link(fmt::format("link{}", hop.link), spec.bandwidth_bps)
+                     ->set_latency(spec.latency_s)
+                     ->seal();
+          link_ends[static_cast<size_t>(hop.link)] = {std::min(hop.from, hop.to), std::max(hop.from, hop.to)};
+          zone->add_route(hosts_[static_cast<size_t>(hop.from)]->get_netpoint(),
+                          hosts_[static_cast<size_t>(hop.to)]->get_netpoint(), nullptr, nullptr,
+                          {sg4::LinkInRoute(link)}, true);
+        } else if (link_ends[static_cast<size_t>(hop.link)] !=
+                   std::make_pair(std::min(hop.from, hop.to), std::max(hop.from, hop.to))) {
+          return make_error("link '{}' joins different endpoints in two routes", spec.name);
+        }
+      }
+    }
+    zone->seal();
+    for (auto& dev : devices_) dev.ready = sg4::Semaphore::create(0);
+    jobs_ready_ = sg4::Semaphore::create(0);
+    all_done_ = sg4::Semaphore::create(0);
+    lanes_.resize(spec_.links.size());
+    return Ok{};
+  }
+
+  void start_actors() {
+    for (int d = 0; d < static_cast<int>(devices_.size()); ++d) {
+      // Only devices that hold a stage get an actor; others stay idle.
+      bool used = false;
+      for (const auto& st : spec_.stages) used = used || st.device == d;
+      if (!used) continue;
+      sg4::Actor::create(fmt::format("device{}", d), devices_[static_cast<size_t>(d)].host, [this, d] {
+        sg4::Actor::self()->daemonize();
+        device_loop(d);
+      });
+    }
+    sg4::Actor::create("driver", devices_[static_cast<size_t>(spec_.stages.front().device)].host,
+                       [this] { driver(); });
+  }
+
+  bool open_trace() {
+    if (options_.trace_path.empty()) return true;
+    return trace_.open(options_.trace_path, options_.trace_from_s, options_.trace_until_s, options_.trace_max_events);
+  }
+
+  Expected<EngineOutcome> finish() {
+    const double now = sg4::Engine::get_clock();
+    out_.makespan_s = now;
+    out_.trace_events = trace_.events();
+    if (trace_.enabled()) {
+      trace_.name_process(TraceWriter::kDevicePid, "devices", 0);
+      trace_.name_process(TraceWriter::kLinkPid, "links", 1);
+      for (size_t d = 0; d < devices_.size(); ++d) {
+        trace_.name_thread(TraceWriter::kDevicePid, static_cast<int>(d), spec_.device_names[d], static_cast<int>(d));
+      }
+      for (const auto& [link, lane, tid] : lane_tids_) {
+        std::string name = spec_.links[static_cast<size_t>(link)].name;
+        if (lane > 0) name += fmt::format(" #{}", lane + 1);
+        trace_.name_thread(TraceWriter::kLinkPid, tid, name, link * 1000 + lane);
+      }
+      const std::string other = fmt::format(
+          R"("scenario":{},"planner":{},"backend":"sim","network_model":{},"truncated":{},"trace_from_s":{},"events":{})",
+          json_string(spec_.scenario), json_string(spec_.planner), json_string(options_.network_model),
+          trace_.truncated() ? "true" : "false", options_.trace_from_s, trace_.events());
+      if (!trace_.close(other)) return make_error("cannot write the trace to '{}'", options_.trace_path);
+    }
+    return std::move(out_);
+  }
+
+ private:
+  // --- actors ---------------------------------------------------------------------------------------------
+  void device_loop(int d) {
+    auto& dev = devices_[static_cast<size_t>(d)];
+    for (;;) {
+      dev.ready->acquire();
+      const Task task = dev.queue.front();
+      dev.queue.pop_front();
+      const auto& stage = spec_.stages[static_cast<size_t>(task.stage)];
+      const double duration = task.step < 0 ? stage.prefill_s : stage.decode_s[static_cast<size_t>(task.step)];
+      const double start = sg4::Engine::get_clock();
+      dev.busy = true;
+      dev.busy_since_s = start;
+      if (duration > 0) sg4::this_actor::sleep_for(duration);
+      const double end = sg4::Engine::get_clock();
+      dev.busy = false;
+      dev.busy_total_s += end - start;
+      ++out_.stage_executions;
+      if (trace_.wants(start)) trace_compute(d, task, start, end);
+      after_compute(task);
+    }
+  }
+
+  void courier_loop() {
+    for (;;) {
+      jobs_ready_->acquire();
+      const Job job = jobs_.front();
+      jobs_.pop_front();
+      for (const auto& hop : *job.route) {
+        const double start = sg4::Engine::get_clock();
+        const int lane = trace_.enabled() ? take_lane(hop.link) : 0;
+        sg4::Comm::sendto(hosts_[static_cast<size_t>(hop.from)], hosts_[static_cast<size_t>(hop.to)], job.bytes);
+        const double end = sg4::Engine::get_clock();
+        ++out_.transfers;
+        if (trace_.enabled()) {
+          if (trace_.wants(start)) trace_transfer(hop.link, lane, job, start, end);
+          lanes_[static_cast<size_t>(hop.link)][static_cast<size_t>(lane)] = false;
+        }
+      }
+      enqueue(job.next);
+      ++idle_couriers_;
+    }
+  }
+
+  void driver() {
+    if (spec_.arrival == ArrivalKind::closed) {
+      const long long first = std::min<long long>(spec_.in_flight, spec_.requests);
+      for (long long i = 0; i < first; ++i) {
+        if (i > 0 && spec_.ramp_gap_s > 0) sg4::this_actor::sleep_for(spec_.ramp_gap_s);
+        admit();
+      }
+    } else {
+      std::mt19937_64 rng(spec_.seed);
+      for (long long i = 0; i < spec_.requests; ++i) {
+        sg4::this_actor::sleep_for(exponential_gap(rng, spec_.rate_per_s));
+        admit();
+      }
+    }
+    all_done_->acquire();
+  }
+
+  // --- request flow ---------------------------------------------------------------------------------------
+  void admit() {
+    int slot;
+    if (!free_slots_.empty()) {
+      slot = free_slots_.back();
+      free_slots_.pop_back();
+    } else {
+      slot = static_cast<int>(slots_.size());
+      slots_.emplace_back();
+    }
+    const double now = sg4::Engine::get_clock();
+    if (admitted_ == 0) {
+      out_.first_arrival_s = now;
+      if (window_.first == 0) out_.window_start_s = now;  // nothing has run yet: busy times are 0
+    }
+    out_.last_arrival_s = now;
+    slots_[static_cast<size_t>(slot)] = {admitted_++, now};
+    enqueue(Task{slot, 0, -1});
+  }
+
+  void enqueue(const Task& task) {
+    auto& dev = devices_[static_cast<size_t>(spec_.stages[static_cast<size_t>(task.stage)].device)];
+    dev.queue.push_back(task);
+    dev.ready->release();
+  }
+
+  void send(const TransferSpec& transfer, const Task& next, int from_stage) {
+    if (transfer.route < 0) {
+      enqueue(next);
+      return;
+    }
+    jobs_.push_back(Job{&spec_.routes[static_cast<size_t>(transfer.route)],
+                        static_cast<std::uint64_t>(std::llround(transfer.bytes)), from_stage, next});
+    if (idle_couriers_ > 0) {
+      --idle_couriers_;  // reserved: that courier takes this job (a job never waits for a courier)
+    } else {
+      sg4::Actor::create("courier", hosts_[0], [this] {
+        sg4::Actor::self()->daemonize();
+        courier_loop();
+      });
+    }
+    jobs_ready_->release();
+  }
+
+  void after_compute(const Task& task) {
+    const int last = static_cast<int>(spec_.stages.size()) - 1;
+    const auto& stage = spec_.stages[static_cast<size_t>(task.stage)];
+    if (task.stage < last) {
+      const auto& transfer = task.step < 0 ? stage.prefill_out : stage.decode_out;
+      send(transfer, Task{task.slot, task.stage + 1, task.step}, task.stage);
+    } else if (task.step + 1 >= spec_.output_tokens) {
+      complete(task.slot);
+    } else {
+      send(spec_.back_edge, Task{task.slot, spec_.text_stage, task.step + 1}, task.stage);
+    }
+  }
+
+  void complete(int slot) {
+    const double now = sg4::Engine::get_clock();
+    out_.latencies_ms.push_back((now - slots_[static_cast<size_t>(slot)].admitted_s) * 1e3);
+    free_slots_.push_back(slot);
+    const long long done = ++out_.completed;
+    if (done == window_.first) {
+      out_.window_start_s = now;
+      for (auto& dev : devices_) dev.window_start_busy_s = dev.busy_at(now);
+    }
+    if (done == window_.last) {
+      out_.window_end_s = now;
+      out_.window_completions = window_.last - window_.first;
+      out_.window_busy_s.clear();
+      for (auto& dev : devices_) out_.window_busy_s.push_back(dev.busy_at(now) - dev.window_start_busy_s);
+    }
+    if (options_.progress && (done % progress_step_ == 0 || done == spec_.requests)) {
+      options_.progress(done, spec_.requests, now);
+    }
+    if (spec_.arrival == ArrivalKind::closed && admitted_ < spec_.requests) admit();
+    if (done == spec_.requests) all_done_->release();
+  }
+
+  // --- trace ----------------------------------------------------------------------------------------------
+  int take_lane(int link) {
+    auto& lanes = lanes_[static_cast<size_t>(link)];
+    for (size_t i = 0; i < lanes.size(); ++i) {
+      if (!lanes[i]) {
+        lanes[i] = true;
+        return static_cast<int>(i);
+      }
+    }
+    lanes.push_back(true);
+    const int lane = static_cast<int>(lanes.size()) - 1;
+    lane_tids_.push_back({link, lane, static_cast<int>(lane_tids_.size())});
+    return lane;
+  }
+
+  int lane_tid(int link, int lane) const {
+    for (const auto& l : lane_tids_) {
+      if (l.link == link && l.lane == lane) return l.tid;
+    }
+    return 0;
+  }
+
+  void trace_compute(int device, const Task& task, double start, double end) {
+    const long long id = slots_[static_cast<size_t>(task.slot)].id;
+    std::string name = task.step < 0 ? fmt::format("prefill r{}", id) : fmt::format("decode r{} t{}", id, task.step);
+    trace_.slice(TraceWriter::kDevicePid, device, name, task.step < 0 ? "prefill" : "decode", start, end,
+                 fmt::format(R"("request":{},"stage":{},"step":{})", id, task.stage, task.step));
+  }
+
+  void trace_transfer(int link, int lane, const Job& job, double start, double end) {
+    const long long id = slots_[static_cast<size_t>(job.next.slot)].id;
+    const bool back = job.next.stage <= job.from_stage;
+    std::string name = back ? fmt::format("token r{} t{}", id, job.next.step)
+                            : fmt::format("act r{} s{}>s{}", id, job.from_stage, job.next.stage);
+    trace_.slice(TraceWriter::kLinkPid, lane_tid(link, lane), name, back ? "token" : "activation", start, end,
+                 fmt::format(R"("request":{},"bytes":{},"from_stage":{},"to_stage":{},"step":{})", id, job.bytes,
+                             job.from_stage, job.next.stage, job.next.step));
+  }
+
+  struct LaneTid {
+    int link;
+    int lane;
+    int tid;
+  };
+
+  const PipelineSpec& spec_;
+  const EngineOptions& options_;
+  partition::SteadyWindow window_;
+  long long progress_step_ = 1;
+  std::vector<DeviceState> devices_;
+  std::vector<sg4::Host*> hosts_;  // devices, then the access point
+  std::deque<Job> jobs_;
+  sg4::SemaphorePtr jobs_ready_;
+  sg4::SemaphorePtr all_done_;
+  int idle_couriers_ = 0;
+  std::vector<RequestSlot> slots_;
+  std::vector<int> free_slots_;
+  long long admitted_ = 0;
+  std::vector<std::vector<bool>> lanes_;  // [link][lane] busy
+  std::vector<LaneTid> lane_tids_;
+  TraceWriter trace_;
+  EngineOutcome out_;
+};
+
+}  // namespace
+
+Expected<EngineOutcome> run_engine(const PipelineSpec& spec, const EngineOptions& options) {
+  try {
+    std::string arg0 = "adaptlink-sim";
+    std::string arg1 = "--log=root.thres:critical";
+    std::string arg2 = "--log=no_loc";
+    std::vector<char*> argv = {arg0.data(), arg1.data(), arg2.data(), nullptr};
+    int argc = 3;
+    sg4::Engine engine(&argc, argv.data());
+    sg4::Engine::set_config("network/model:" + options.network_model);
+    if (options.network_model == "CM02") {
+      // Exact mode: no reverse-path acknowledgement traffic, no TCP window bound (TCP-gamma 0 disables it).
+      sg4::Engine::set_config("network/crosstraffic:0");
+      sg4::Engine::set_config("network/TCP-gamma:0");
+    }
+    Simulation sim(spec, options);
+    auto platform = sim.build_platform();
+    if (!platform) return platform.error();
+    if (!sim.open_trace()) return make_error("cannot create the trace file '{}'", options.trace_path);
+    sim.start_actors();
+    engine.run();
+    return sim.finish();
+  } catch (const std::exception& e) {
+    return make_error("SimGrid: {}", e.what());
+  }
+}
+
+}  // namespace adaptlink::sim::detail

@@ -1,0 +1,175 @@
+#include <algorithm>
+#include <map>
+#include <utility>
+
+#include "pipeline.hpp"
+
+namespace adaptlink::sim::detail {
+
+namespace {
+
+constexpr double kTokenBytes = 4.0;  // a sampled token id on the back edge (as in partition/src/plan.cpp)
+
+// Registers the route from -> to (once) and returns its index, or -1 when nothing crosses the network.
+class RouteTable {
+ public:
+  RouteTable(const partition::CostModel& cost, PipelineSpec& spec) : cost_(cost), spec_(spec) {}
+
+  Expected<int> get(int from, int to) {
+    if (from == to) return -1;
+    auto key = std::make_pair(from, to);
+    if (auto it = index_.find(key); it != index_.end()) return it->second;
+    const auto& hops = cost_.route(from, to);
+    if (hops.empty()) return -1;
+    const int ap = static_cast<int>(spec_.device_names.size());
+    std::vector<HopSpec> route;
+    if (hops.size() == 1) {
+      route.push_back({hops[0].link, from, to});
+    } else if (hops.size() == 2) {
+      route.push_back({hops[0].link, from, ap});
+      route.push_back({hops[1].link, ap, to});
+      spec_.has_access_point = true;
+    } else {
+      return make_error("route {} -> {} has {} hops; the simulator supports direct links and star routes",
+                        spec_.device_names[from], spec_.device_names[to], hops.size());
+    }
+    for (const auto& hop : hops) {
+      auto& link = spec_.links.at(static_cast<size_t>(hop.link));
+      if (hop.spec.bandwidth_mbps <= 0) {
+        return make_error("link '{}' has no bandwidth ({} Mbit/s)", link.name, hop.spec.bandwidth_mbps);
+      }
+      link.bandwidth_bps = hop.spec.bandwidth_mbps * 1e6 / 8.0;
+      link.latency_s = hop.spec.latency_ms * 1e-3;
+    }
+    const int index = static_cast<int>(spec_.routes.size());
+    spec_.routes.push_back(std::move(route));
+    index_[key] = index;
+    return index;
+  }
+
+  Expected<TransferSpec> transfer(int from, int to, double bytes) {
+    TransferSpec t;
+    if (bytes <= 0) return t;
+    auto route = get(from, to);
+    if (!route) return route.error();
+    if (*route >= 0) {
+      t.bytes = bytes;
+      t.route = *route;
+    }
+    return t;
+  }
+
+ private:
+  const partition::CostModel& cost_;
+  PipelineSpec& spec_;
+  std::map<std::pair<int, int>, int> index_;
+};
+
+}  // namespace
+
+Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const partition::Plan& plan,
+                                      long long max_requests, std::uint64_t seed, bool stagger_start) {
+  const auto& scenario = cost.scenario();
+  const auto& graph = cost.graph();
+  const auto& shape = cost.shape();
+  PipelineSpec spec;
+  spec.scenario = scenario.name;
+  spec.planner = plan.planner;
+  for (const auto& d : scenario.devices) {
+    spec.device_names.push_back(d.name);
+    spec.device_speed_flops.push_back(d.tflops > 0 ? d.tflops * 1e12 : 1e12);
+  }
+  for (const auto& name : cost.link_names()) spec.links.push_back({name, 0, 0});
+
+  if (plan.stages.empty()) return make_error("plan '{}' has no stages", plan.planner);
+  int expected_first = 0;
+  spec.text_stage = -1;
+  const int te = graph.text_embed_index();
+  for (size_t s = 0; s < plan.stages.size(); ++s) {
+    const auto& st = plan.stages[s];
+    if (st.device < 0 || st.device >= cost.num_devices()) {
+      return make_error("plan '{}': stage {} has no valid device ({})", plan.planner, s, st.device);
+    }
+    if (st.first_node != expected_first || st.last_node < st.first_node || st.last_node >= graph.size()) {
+      return make_error("plan '{}': stage {} covers nodes [{}, {}], expected a range starting at {}", plan.planner, s,
+                        st.first_node, st.last_node, expected_first);
+    }
+    expected_first = st.last_node + 1;
+    if (st.first_node <= te && te <= st.last_node) spec.text_stage = static_cast<int>(s);
+  }
+  if (expected_first != graph.size()) {
+    return make_error("plan '{}' covers nodes up to {} of {}", plan.planner, expected_first - 1, graph.size() - 1);
+  }
+
+  const int prefill_tokens = graph.prefill_tokens(shape);
+  spec.output_tokens = shape.output_tokens;
+  RouteTable routes(cost, spec);
+  for (size_t s = 0; s < plan.stages.size(); ++s) {
+    const auto& st = plan.stages[s];
+    StageSpec stage;
+    stage.device = st.device;
+    stage.prefill_s = cost.prefill_ms(st.device, st.first_node, st.last_node) * 1e-3;
+    if (static_cast<int>(s) >= spec.text_stage) {
+      stage.decode_s.resize(static_cast<size_t>(shape.output_tokens));
+      for (int k = 0; k < shape.output_tokens; ++k) {
+        stage.decode_s[static_cast<size_t>(k)] =
+            cost.decode_step_ms(st.device, st.first_node, st.last_node, prefill_tokens + k) * 1e-3;
+      }
+    }
+    if (s + 1 < plan.stages.size()) {
+      const int next = plan.stages[s + 1].device;
+      auto pre = routes.transfer(st.device, next, graph.prefill_out_bytes(st.last_node, shape));
+      if (!pre) return pre.error();
+      stage.prefill_out = *pre;
+      if (static_cast<int>(s) >= spec.text_stage) {
+        auto dec = routes.transfer(st.device, next, graph.decode_out_bytes(st.last_node));
+        if (!dec) return dec.error();
+        stage.decode_out = *dec;
+      }
+    }
+    spec.stages.push_back(std::move(stage));
+  }
+  // Per-request busy time of the busiest resource (a stage, or a link's serialisation): the closed loop's
+  // first batch is admitted this far apart, the spacing completions have in steady state once the
+  // bottleneck is saturated. Admitting them all at t = 0 instead makes them run in lockstep forever
+  // (FIFO stages, identical requests, no noise), and each generation then pays every prefill in a burst.
+  std::vector<double> link_busy_s(spec.links.size(), 0.0);
+  double bottleneck_s = 0;
+  auto add_link_busy = [&](const TransferSpec& t, double count) {
+    if (t.route < 0) return;
+    for (const auto& hop : spec.routes[static_cast<size_t>(t.route)]) {
+      link_busy_s[static_cast<size_t>(hop.link)] += count * t.bytes / spec.links[static_cast<size_t>(hop.link)].bandwidth_bps;
+    }
+  };
+  std::vector<double> device_busy_s(spec.device_names.size(), 0.0);
+  for (const auto& st : spec.stages) {
+    double busy = st.prefill_s;
+    for (double d : st.decode_s) busy += d;
+    device_busy_s[static_cast<size_t>(st.device)] += busy;
+    add_link_busy(st.prefill_out, 1);
+    add_link_busy(st.decode_out, shape.output_tokens);
+  }
+  for (double b : device_busy_s) bottleneck_s = std::max(bottleneck_s, b);
+
+  auto back = routes.transfer(spec.stages.back().device, spec.stages[static_cast<size_t>(spec.text_stage)].device,
+                              kTokenBytes);
+  if (!back) return back.error();
+  spec.back_edge = *back;
+  if (spec.text_stage != static_cast<int>(spec.stages.size()) - 1) add_link_busy(spec.back_edge, shape.output_tokens);
+  for (double b : link_busy_s) bottleneck_s = std::max(bottleneck_s, b);
+  spec.ramp_gap_s = stagger_start ? bottleneck_s : 0.0;
+
+  const auto& workload = scenario.workload;
+  spec.arrival = workload.arrival == partition::Arrival::closed ? ArrivalKind::closed : ArrivalKind::poisson;
+  spec.requests = max_requests > 0 ? max_requests : workload.requests;
+  spec.in_flight = std::max(1, workload.in_flight);
+  spec.rate_per_s = workload.rate_per_s;
+  spec.seed = seed;
+  if (spec.requests <= 0) return make_error("workload.requests must be positive (got {})", spec.requests);
+  if (spec.arrival == ArrivalKind::poisson && !(spec.rate_per_s > 0)) {
+    return make_error("workload.rate_per_s must be positive for Poisson arrivals (got {})", spec.rate_per_s);
+  }
+  return spec;
+}
+
+}  // namespace adaptlink::sim::detail

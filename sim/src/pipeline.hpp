@@ -1,0 +1,99 @@
+// What the SimGrid engine simulates, flattened out of the cost model and the plan: per stage its device and
+// compute times (prefill, and one decode step per output token with the growing context), the transfers
+// after it, the links and routes. SimGrid-free; the engine (engine.cpp) only reads this.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "adaptlink/error.hpp"
+#include "adaptlink/partition/cost_model.hpp"
+#include "adaptlink/partition/plan.hpp"
+
+namespace adaptlink::sim::detail {
+
+struct LinkSpec {
+  std::string name;
+  double bandwidth_bps = 0;  // bytes per second
+  double latency_s = 0;
+};
+
+// One hop of a route: the link it occupies and the network endpoints it goes between
+// (0..devices-1 are devices, `devices` is the access point).
+struct HopSpec {
+  int link = -1;
+  int from = -1;
+  int to = -1;
+};
+
+struct TransferSpec {
+  double bytes = 0;
+  int route = -1;  // index into PipelineSpec::routes; -1: nothing to send (same device or 0 bytes)
+};
+
+struct StageSpec {
+  int device = -1;
+  double prefill_s = 0;
+  std::vector<double> decode_s;  // [output_tokens]: step k runs with prefill_tokens + k cached tokens
+  TransferSpec prefill_out;      // to the next stage (none for the last)
+  TransferSpec decode_out;       // per decode step, to the next stage (stages from the text stage on)
+};
+
+enum class ArrivalKind { closed, poisson };
+
+struct PipelineSpec {
+  std::string scenario;
+  std::string planner;
+  std::vector<std::string> device_names;
+  std::vector<double> device_speed_flops;  // host speeds (informational: tasks run for their exact time)
+  std::vector<LinkSpec> links;
+  std::vector<std::vector<HopSpec>> routes;
+  bool has_access_point = false;
+  std::vector<StageSpec> stages;
+  int text_stage = 0;     // stage holding text_embed: where every decode step starts
+  TransferSpec back_edge;  // the sampled token, last stage -> text stage
+  int output_tokens = 0;
+
+  ArrivalKind arrival = ArrivalKind::closed;
+  long long requests = 0;
+  int in_flight = 1;
+  double ramp_gap_s = 0;  // closed loop: the first in_flight requests are admitted this far apart
+  double rate_per_s = 1;
+  std::uint64_t seed = 1;
+};
+
+Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const partition::Plan& plan,
+                                      long long max_requests, std::uint64_t seed, bool stagger_start);
+
+// Trace settings and what the engine reports back.
+struct EngineOptions {
+  std::string network_model = "CM02";
+  std::string trace_path;  // empty: no trace
+  double trace_from_s = 0;
+  double trace_until_s = 0;
+  long long trace_max_events = 0;
+  // Called (in the engine's process) when the number of completed requests changes by ~1 %.
+  std::function<void(long long completed, long long total, double sim_time_s)> progress;
+};
+
+struct EngineOutcome {
+  long long completed = 0;
+  double makespan_s = 0;
+  std::vector<double> latencies_ms;         // per completed request
+  double window_start_s = 0;                // steady-state window (see partition::steady_window)
+  double window_end_s = 0;
+  long long window_completions = 0;         // completions inside the window
+  double first_arrival_s = 0;               // admission of the first and of the last request
+  double last_arrival_s = 0;
+  std::vector<double> window_busy_s;        // per device, busy time inside the window
+  long long stage_executions = 0;
+  long long transfers = 0;
+  long long trace_events = 0;
+};
+
+// Runs SimGrid. Creates an engine: call at most once per process.
+Expected<EngineOutcome> run_engine(const PipelineSpec& spec, const EngineOptions& options);
+
+}  // namespace adaptlink::sim::detail

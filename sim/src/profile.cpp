@@ -1,0 +1,150 @@
+#include "adaptlink/sim/profile.hpp"
+
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace adaptlink::sim {
+
+namespace {
+
+Error located(const std::string& source, std::string message) { return Error{std::move(message), source, 0, 0}; }
+
+Expected<double> time_field(const nlohmann::json& node, const char* key, const std::string& where,
+                            const std::string& source) {
+  auto it = node.find(key);
+  if (it == node.end()) return located(source, fmt::format("{}: missing '{}'", where, key));
+  if (!it->is_number()) return located(source, fmt::format("{}: '{}' must be a number", where, key));
+  const double v = it->get<double>();
+  if (!(v >= 0)) return located(source, fmt::format("{}: '{}' must be >= 0 (got {})", where, key, v));
+  return v;
+}
+
+Expected<DeviceProfile> parse_one(const nlohmann::json& obj, const partition::CostModel& cost,
+                                  const std::string& source, const std::string& where) {
+  if (!obj.is_object()) return located(source, fmt::format("{}: expected an object", where));
+  for (const auto& [key, value] : obj.items()) {
+    if (key != "device" && key != "kind" && key != "nodes" && key != "comment") {
+      return located(source, fmt::format("{}: unknown key '{}'", where, key));
+    }
+  }
+  const auto& scenario = cost.scenario();
+  DeviceProfile profile;
+  const bool has_device = obj.contains("device");
+  const bool has_kind = obj.contains("kind");
+  if (has_device == has_kind) return located(source, fmt::format("{}: give either 'device' or 'kind'", where));
+  if (has_device) {
+    if (!obj["device"].is_string()) return located(source, fmt::format("{}: 'device' must be a string", where));
+    const auto name = obj["device"].get<std::string>();
+    const int d = scenario.device_index(name);
+    if (d < 0) return located(source, fmt::format("{}: no device '{}' in scenario '{}'", where, name, scenario.name));
+    profile.devices.push_back(d);
+  } else {
+    if (!obj["kind"].is_string()) return located(source, fmt::format("{}: 'kind' must be a string", where));
+    const auto kind = obj["kind"].get<std::string>();
+    for (int d = 0; d < static_cast<int>(scenario.devices.size()); ++d) {
+      if (scenario.devices[static_cast<size_t>(d)].kind == kind) profile.devices.push_back(d);
+    }
+    if (profile.devices.empty()) {
+      return located(source, fmt::format("{}: no device of kind '{}' in scenario '{}'", where, kind, scenario.name));
+    }
+  }
+  auto nodes_it = obj.find("nodes");
+  if (nodes_it == obj.end() || !nodes_it->is_array()) {
+    return located(source, fmt::format("{}: 'nodes' must be an array", where));
+  }
+  const auto& graph = cost.graph();
+  std::map<std::string, int, std::less<>> index;
+  for (int i = 0; i < graph.size(); ++i) index[graph.node(i).name] = i;
+  const auto n = static_cast<size_t>(graph.size());
+  auto& t = profile.times;
+  t.prefill_ms.assign(n, 0.0);
+  t.decode_ms_at_zero.assign(n, 0.0);
+  t.decode_ms_per_token.assign(n, 0.0);
+  std::vector<bool> seen(n, false);
+  size_t k = 0;
+  for (const auto& node : *nodes_it) {
+    const std::string at = fmt::format("{}.nodes[{}]", where, k++);
+    if (!node.is_object() || !node.contains("name") || !node["name"].is_string()) {
+      return located(source, fmt::format("{}: expected an object with a string 'name'", at));
+    }
+    for (const auto& [key, value] : node.items()) {
+      if (key != "name" && key != "prefill_ms" && key != "decode_ms_at_zero" && key != "decode_ms_per_token") {
+        return located(source, fmt::format("{}: unknown key '{}'", at, key));
+      }
+    }
+    const auto name = node["name"].get<std::string>();
+    auto it = index.find(name);
+    if (it == index.end()) return located(source, fmt::format("{}: the model has no node '{}'", at, name));
+    const auto i = static_cast<size_t>(it->second);
+    if (seen[i]) return located(source, fmt::format("{}: node '{}' appears twice", at, name));
+    seen[i] = true;
+    auto prefill = time_field(node, "prefill_ms", at, source);
+    if (!prefill) return prefill.error();
+    auto zero = time_field(node, "decode_ms_at_zero", at, source);
+    if (!zero) return zero.error();
+    auto per_token = time_field(node, "decode_ms_per_token", at, source);
+    if (!per_token) return per_token.error();
+    t.prefill_ms[i] = *prefill;
+    t.decode_ms_at_zero[i] = *zero;
+    t.decode_ms_per_token[i] = *per_token;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!seen[i]) {
+      return located(source, fmt::format("{}: node '{}' is missing (every node of the model needs times)", where,
+                                         graph.node(static_cast<int>(i)).name));
+    }
+  }
+  return profile;
+}
+
+}  // namespace
+
+Expected<std::vector<DeviceProfile>> parse_profile(const nlohmann::json& json, const partition::CostModel& cost,
+                                                   const std::string& source) {
+  std::vector<DeviceProfile> out;
+  if (json.is_object() && json.contains("profiles")) {
+    if (json.size() != 1 || !json["profiles"].is_array()) {
+      return located(source, "expected {\"profiles\": [...]} with nothing else");
+    }
+    size_t k = 0;
+    for (const auto& item : json["profiles"]) {
+      auto p = parse_one(item, cost, source, fmt::format("profiles[{}]", k++));
+      if (!p) return p.error();
+      out.push_back(std::move(*p));
+    }
+  } else {
+    auto p = parse_one(json, cost, source, "profile");
+    if (!p) return p.error();
+    out.push_back(std::move(*p));
+  }
+  return out;
+}
+
+Expected<std::vector<DeviceProfile>> load_profile(const std::filesystem::path& path,
+                                                  const partition::CostModel& cost) {
+  std::ifstream in(path);
+  if (!in) return located(path.string(), "cannot open the profile file");
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(text.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    return located(path.string(), fmt::format("invalid JSON: {}", e.what()));
+  }
+  return parse_profile(json, cost, path.string());
+}
+
+Status apply_profile(const std::filesystem::path& path, partition::CostModel& cost) {
+  auto profiles = load_profile(path, cost);
+  if (!profiles) return profiles.error();
+  for (const auto& p : *profiles) {
+    for (int d : p.devices) cost.set_profile(d, p.times);
+  }
+  return Ok{};
+}
+
+}  // namespace adaptlink::sim

@@ -1,0 +1,245 @@
+// The simulator's behaviour beyond the closed forms: determinism, traces, options, errors, the compare claim.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "adaptlink/partition/report.hpp"
+#include "adaptlink/sim/simulator.hpp"
+#include "helpers.hpp"
+
+namespace adaptlink::sim::testing {
+namespace {
+
+std::filesystem::path temp_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("adaptlink-test-sim-" + name + "-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+TEST(Simulator, SameSeedGivesByteIdenticalReports) {
+  for (const auto* file : {"jetson-quartet.toml", "phone-laptop-pi.toml"}) {
+    auto p = problem(load(source_dir() / "scenarios" / file));
+    auto pl = plan(*p, "adaptlink");
+    SimOptions options;
+    options.seed = 7;
+    auto a = simulate(*p->cost, pl, options);
+    auto b = simulate(*p->cost, pl, options);
+    ASSERT_TRUE(a && b);
+    EXPECT_EQ(part::to_json(*a).dump(2), part::to_json(*b).dump(2)) << file;
+  }
+}
+
+TEST(Simulator, SeedChangesPoissonArrivals) {
+  auto p = problem(load(source_dir() / "scenarios" / "phone-laptop-pi.toml"));
+  auto pl = plan(*p, "adaptlink");
+  SimOptions a_opts, b_opts;
+  a_opts.seed = 1;
+  b_opts.seed = 2;
+  auto a = simulate(*p->cost, pl, a_opts);
+  auto b = simulate(*p->cost, pl, b_opts);
+  ASSERT_TRUE(a && b);
+  EXPECT_NE(a->latency_ms.p50, b->latency_ms.p50);
+}
+
+TEST(Simulator, ReportHasEveryDeviceAndSaneNumbers) {
+  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto pl = plan(*p, "uniform");
+  auto r = simulate(*p->cost, pl);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->scenario, "jetson-quartet");
+  EXPECT_EQ(r->backend, "sim");
+  EXPECT_EQ(r->planner, "uniform");
+  EXPECT_EQ(r->requests_completed, p->scenario.workload.requests);
+  ASSERT_EQ(r->device_utilization.size(), p->scenario.devices.size());
+  for (size_t d = 0; d < p->scenario.devices.size(); ++d) {
+    EXPECT_EQ(r->device_utilization[d].first, p->scenario.devices[d].name);
+    EXPECT_GE(r->device_utilization[d].second, 0.0);
+    EXPECT_LE(r->device_utilization[d].second, 1.0);
+  }
+  EXPECT_GT(r->bubble_fraction, 0.0);
+  EXPECT_LT(r->bubble_fraction, 1.0);
+  EXPECT_LE(r->latency_ms.p50, r->latency_ms.p95);
+  EXPECT_LE(r->latency_ms.p95, r->latency_ms.p99);
+  auto j = part::to_json(*r);
+  for (const auto* key : {"scenario", "backend", "planner", "requests_completed", "requests_lost", "throughput_rps",
+                          "tokens_per_s", "latency_ms", "device_utilization", "bubble_fraction", "faults"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  auto back = part::report_from_json(j);
+  ASSERT_TRUE(back) << back.error().to_string();
+  EXPECT_EQ(part::to_json(*back).dump(), j.dump());
+}
+
+TEST(Simulator, MaxRequestsOverridesTheWorkload) {
+  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto pl = plan(*p, "adaptlink");
+  SimOptions options;
+  options.max_requests = 9;
+  auto result = run_simulation(*p->cost, pl, options);
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->report.requests_completed, 9);
+  EXPECT_GT(result->stats.stage_executions, 0);
+  EXPECT_GT(result->stats.peak_rss_kb, 0);
+}
+
+TEST(Simulator, ProgressIsReportedInTheCallersProcess) {
+  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto pl = plan(*p, "adaptlink");
+  long long calls = 0, last = 0;
+  SimOptions options;
+  options.progress = [&](const SimProgress& pr) {
+    ++calls;
+    EXPECT_GE(pr.completed, last);
+    last = pr.completed;
+    EXPECT_EQ(pr.total, p->scenario.workload.requests);
+  };
+  ASSERT_TRUE(simulate(*p->cost, pl, options));
+  EXPECT_GT(calls, 10);
+  EXPECT_EQ(last, p->scenario.workload.requests);
+}
+
+TEST(Simulator, TraceHasOneRowPerDeviceAndLinkAndOpensAsJson) {
+  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto pl = plan(*p, "adaptlink");
+  const auto dir = temp_dir("trace");
+  SimOptions options;
+  options.max_requests = 6;
+  options.trace_path = dir / "trace.json";
+  auto result = run_simulation(*p->cost, pl, options);
+  ASSERT_TRUE(result) << result.error().to_string();
+  std::ifstream in(options.trace_path);
+  auto trace = nlohmann::json::parse(in);
+  ASSERT_TRUE(trace["traceEvents"].is_array());
+  std::set<std::string> device_rows, link_rows;
+  long long slices = 0, compute = 0;
+  std::map<std::pair<int, int>, std::string> names;
+  for (const auto& e : trace["traceEvents"]) {
+    if (e["ph"] == "M" && e["name"] == "thread_name") names[{e["pid"], e["tid"]}] = e["args"]["name"];
+  }
+  for (const auto& e : trace["traceEvents"]) {
+    if (e["ph"] != "X") continue;
+    ++slices;
+    EXPECT_GE(e["dur"].get<double>(), 0.0);
+    const auto row = names.at({e["pid"], e["tid"]});
+    if (e["pid"] == 1) {
+      device_rows.insert(row);
+      ++compute;
+    } else {
+      link_rows.insert(row);
+    }
+  }
+  EXPECT_EQ(slices, result->stats.trace_events);
+  EXPECT_EQ(compute, result->stats.stage_executions);
+  EXPECT_EQ(device_rows.size(), pl.stages.size());
+  EXPECT_EQ(link_rows.count("agx<->ap"), 1u);
+  EXPECT_FALSE(trace["otherData"]["truncated"].get<bool>());
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Simulator, TraceIsLimitedToAWindowAndABudget) {
+  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto pl = plan(*p, "adaptlink");
+  const auto dir = temp_dir("trace-window");
+  SimOptions options;
+  options.max_requests = 12;
+  options.trace_path = dir / "trace.json";
+  options.trace_from_s = 10;
+  options.trace_until_s = 20;
+  auto result = run_simulation(*p->cost, pl, options);
+  ASSERT_TRUE(result);
+  std::ifstream in(options.trace_path);
+  auto trace = nlohmann::json::parse(in);
+  for (const auto& e : trace["traceEvents"]) {
+    if (e["ph"] != "X") continue;
+    EXPECT_GE(e["ts"].get<double>(), 10e6 - 1);
+    EXPECT_LE(e["ts"].get<double>(), 20e6 + 1);
+  }
+  options.trace_from_s = 0;
+  options.trace_until_s = 1e9;
+  options.trace_max_events = 100;
+  result = run_simulation(*p->cost, pl, options);
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->stats.trace_events, 100);
+  std::ifstream in2(options.trace_path);
+  trace = nlohmann::json::parse(in2);
+  EXPECT_TRUE(trace["otherData"]["truncated"].get<bool>());
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Simulator, NetworkModelsAreSelectable) {
+  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto pl = plan(*p, "adaptlink");
+  SimOptions options;
+  options.max_requests = 8;
+  auto exact = simulate(*p->cost, pl, options);
+  options.network_model = "LV08";
+  auto realistic = simulate(*p->cost, pl, options);
+  ASSERT_TRUE(exact && realistic) << (realistic ? "" : realistic.error().to_string());
+  // LV08 adds latency (x13.01) and scales bandwidth (x0.97): slower.
+  EXPECT_GT(realistic->latency_ms.p50, exact->latency_ms.p50);
+  options.network_model = "warp-drive";
+  auto bad = simulate(*p->cost, pl, options);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("unknown network model"), std::string::npos);
+}
+
+TEST(Simulator, RejectsPlansThatDoNotCoverTheModel) {
+  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto pl = plan(*p, "adaptlink");
+  auto broken = pl;
+  broken.stages.pop_back();
+  auto r = simulate(*p->cost, broken);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("covers nodes"), std::string::npos);
+  broken = pl;
+  broken.stages[0].device = 99;
+  ASSERT_FALSE(simulate(*p->cost, broken));
+  broken.stages.clear();
+  ASSERT_FALSE(simulate(*p->cost, broken));
+}
+
+TEST(Simulator, RunsInProcessOnceWhenNotIsolated) {
+  // Fork a child for this test: SimGrid allows one engine per process, and isolate=false uses ours.
+  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto pl = plan(*p, "adaptlink");
+  SimOptions options;
+  options.max_requests = 5;
+  auto isolated = simulate(*p->cost, pl, options);
+  ASSERT_TRUE(isolated);
+  EXPECT_EXIT(
+      {
+        options.isolate = false;
+        auto here = simulate(*p->cost, pl, options);
+        std::_Exit(here && part::to_json(*here).dump() == part::to_json(*isolated).dump() ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// The paper's claim, in simulation: adaptlink >= 1.37x uniform on the Jetson quartet.
+TEST(Simulator, AdaptlinkBeatsUniformByThePapersFactorOnJetsonQuartet) {
+  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto uniform = simulate(*p->cost, plan(*p, "uniform"));
+  auto adaptlink = simulate(*p->cost, plan(*p, "adaptlink"));
+  ASSERT_TRUE(uniform && adaptlink);
+  EXPECT_GE(adaptlink->throughput_rps / uniform->throughput_rps, 1.37)
+      << adaptlink->throughput_rps << " vs " << uniform->throughput_rps;
+}
+
+TEST(Simulator, LockstepStartIsAvailable) {
+  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto pl = plan(*p, "adaptlink");
+  SimOptions options;
+  options.stagger_start = false;
+  auto r = simulate(*p->cost, pl, options);
+  ASSERT_TRUE(r);
+  EXPECT_LE(r->throughput_rps, pl.predicted.throughput_rps * 1.005);
+  // Requests started together finish together.
+  EXPECT_LT(r->latency_ms.p95 - r->latency_ms.p50, 0.05 * r->latency_ms.p50);
+}
+
+}  // namespace
+}  // namespace adaptlink::sim::testing
