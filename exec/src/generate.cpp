@@ -1,6 +1,7 @@
 #include "adaptlink/exec/generate.hpp"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <chrono>
 #include <fstream>
@@ -111,7 +112,7 @@ Expected<at::Tensor> LlavaRunner::pixel_values_for_image(const std::filesystem::
 
 Expected<GenerateResult> LlavaRunner::generate(const std::vector<int64_t>& input_ids, const at::Tensor& pixel_values,
                                                const GenerateOptions& options) {
-  at::NoGradGuard no_grad;
+  c10::AutoGradMode no_grad(false);
   if (input_ids.empty()) return make_error("empty prompt (no input ids)");
   if (options.max_new_tokens < 0) return make_error("max_new_tokens must be >= 0");
   const auto& eos = options.eos_ids ? *options.eos_ids : eos_ids_;

@@ -1,6 +1,7 @@
 #include "adaptlink/exec/model.hpp"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/Context.h>
 
 #include <cmath>
@@ -98,7 +99,7 @@ Expected<std::unique_ptr<Stage>> Stage::load(const Checkpoint& checkpoint, const
   stage->first_ = first;
   stage->last_ = last;
   stage->options_ = options;
-  at::NoGradGuard no_grad;
+  c10::AutoGradMode no_grad(false);
   for (int n = first; n <= last; ++n) {
     for (const auto& req : node_tensors(graph, n, checkpoint.has_lm_head())) {
       if (stage->weights_.count(req.name)) continue;
@@ -329,7 +330,7 @@ at::Tensor Stage::run_head(const at::Tensor& x, bool all_logits) const {
 // ---- stage -------------------------------------------------------------------------------------
 
 Expected<Activation> Stage::forward(const StepInput& step, const Activation& input) {
-  at::NoGradGuard no_grad;
+  c10::AutoGradMode no_grad(false);
   const auto& text = graph_.config().text;
   Activation cur = input;
   if (cur.tensor.defined() && cur.tensor.device() != options_.device) cur.tensor = cur.tensor.to(options_.device);

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cstring>
+
 namespace adaptlink::exec {
 
 Expected<at::ScalarType> to_scalar_type(StDtype dtype) {
@@ -62,15 +64,11 @@ at::Tensor load_tensor(const SafetensorsFile& file, const TensorInfo& info, at::
   auto src_type = to_scalar_type(info.dtype);
   ADAPTLINK_CHECK(src_type.has_value(), "unsupported dtype reached load_tensor");
   auto bytes = file.data(info);
-  at::Tensor out;
-  if (info.numel() == 0) {
-    out = at::empty(info.shape, at::TensorOptions().dtype(type));
-  } else {
-    // from_blob does not copy; the copy below (dtype conversion included) makes an owned tensor.
-    at::Tensor view = at::from_blob(const_cast<std::byte*>(bytes.data()), info.shape, at::TensorOptions().dtype(*src_type));
-    out = at::empty(info.shape, at::TensorOptions().dtype(type));
-    out.copy_(view);
-  }
+  // Copy the raw bytes into an owned (64-byte aligned) tensor first: offsets inside a safetensors file need
+  // not be aligned, and vectorised kernels must not read from an unaligned mapping.
+  at::Tensor out = at::empty(info.shape, at::TensorOptions().dtype(*src_type));
+  if (!bytes.empty()) std::memcpy(out.data_ptr(), bytes.data(), bytes.size());
+  if (*src_type != type) out = out.to(type);
   file.release(info);
   if (device.type() != c10::DeviceType::CPU) out = out.to(device);
   return out;
