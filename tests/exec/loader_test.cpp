@@ -1,7 +1,11 @@
 // The safetensors loader on good and broken checkpoints: every broken kind must give an Error that names
 // the file and the tensor, never a crash. Broken copies are made in a temporary directory.
 #include <ATen/ATen.h>
+#include <dirent.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
 
 #include <fstream>
 #include <functional>
@@ -17,19 +21,44 @@ namespace {
 namespace fs = std::filesystem;
 const fs::path kFixtures = fs::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures";
 
+// A flat copy of a fixture directory in a fresh temporary directory. Plain POSIX calls on purpose: PyTorch's
+// libtorch.so exports its own std::filesystem::remove_all / copy, which crash when called from code built
+// with another libstdc++ (seen with torch 2.11).
 class TempCopy {
  public:
   explicit TempCopy(const std::string& fixture) {
-    dir_ = fs::temp_directory_path() / fmt::format("adaptlink_loader_{}_{}", ::getpid(), counter_++);
-    fs::remove_all(dir_);
-    fs::copy(kFixtures / fixture, dir_, fs::copy_options::recursive);
+    std::string tmpl = (fs::path(::getenv("TMPDIR") ? ::getenv("TMPDIR") : "/tmp") / "adaptlink_loader_XXXXXX").string();
+    ADAPTLINK_CHECK(::mkdtemp(tmpl.data()) != nullptr, "mkdtemp failed");
+    dir_ = tmpl;
+    const std::string src = (kFixtures / fixture).string();
+    DIR* d = ::opendir(src.c_str());
+    ADAPTLINK_CHECK(d != nullptr, "cannot list {}", src);
+    while (const dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      if (name == "." || name == "..") continue;
+      std::ifstream in(src + "/" + name, std::ios::binary);
+      std::ofstream out(dir_ / name, std::ios::binary);
+      out << in.rdbuf();
+      files_.push_back(name);
+    }
+    ::closedir(d);
   }
-  ~TempCopy() { fs::remove_all(dir_); }
+  ~TempCopy() {
+    DIR* d = ::opendir(dir_.c_str());
+    if (d != nullptr) {
+      while (const dirent* e = ::readdir(d)) {
+        const std::string name = e->d_name;
+        if (name != "." && name != "..") ::unlink((dir_ / name).c_str());
+      }
+      ::closedir(d);
+    }
+    ::rmdir(dir_.c_str());
+  }
   const fs::path& dir() const { return dir_; }
 
  private:
   fs::path dir_;
-  static inline int counter_ = 0;
+  std::vector<std::string> files_;
 };
 
 std::string slurp(const fs::path& p) {
@@ -177,7 +206,7 @@ TEST(LoaderCorrupt, BadJsonHeader) {
 
 TEST(LoaderCorrupt, MissingShard) {
   TempCopy c("llava_llama_gqa_sharded");
-  fs::remove(c.dir() / "model-00003-of-00006.safetensors");
+  ::unlink((c.dir() / "model-00003-of-00006.safetensors").c_str());
   expect_error(open_and_check(c.dir()), {"model-00003-of-00006.safetensors", "missing", "model.safetensors.index.json"});
 }
 
@@ -200,10 +229,10 @@ TEST(LoaderCorrupt, ConfigDisagreesWithTensors) {
 
 TEST(LoaderCorrupt, MissingConfigAndNoWeights) {
   TempCopy c(kSingle);
-  fs::remove(c.dir() / "config.json");
+  ::unlink((c.dir() / "config.json").c_str());
   expect_error(open_and_check(c.dir()), {"config.json"});
   TempCopy d(kSingle);
-  fs::remove(d.dir() / "model.safetensors");
+  ::unlink((d.dir() / "model.safetensors").c_str());
   expect_error(open_and_check(d.dir()), {"no model.safetensors"});
 }
 
