@@ -1,6 +1,10 @@
 #!/bin/bash
 # Builds exec/ against the GPU machine's PyTorch libtorch (2.x, CUDA) and runs test_exec and the CLI on CUDA.
-# Needs .devdeps/ (header-only deps + googletest sources), carried by the device tool; output under $OUT.
+# Needs .devdeps/ (ignored via .git/info/exclude; carried by the device tool), made here on Debian with:
+#   for f in models/src/*.cpp exec/src/*.cpp exec/cli/*.cpp tests/exec/*.cpp; do g++ -std=c++20 -M -Imodels/include \
+#     -Icommon/include -Iexec/include -I/usr/include/stb -Itests/exec $f; done | tr ' \\' '\n\n' \
+#     | grep -E '^/usr/include/(fmt|nlohmann|CLI|boost|gtest|stb)' | sort -u  -> copy those (and /usr/include/fmt/*)
+#   to .devdeps/include/, and cp -r /usr/src/googletest .devdeps/googletest.  Output goes under $OUT.
 set -o pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
