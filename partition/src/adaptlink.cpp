@@ -33,6 +33,9 @@ constexpr int kMaxExactOrders = 720;
 constexpr int kMaxHeuristicOrders = 600;
 constexpr size_t kMaxFront = 64;
 constexpr double kTokenBytes = 4.0;
+// Plans whose bound is within 5% of the best are replayed; the best replayed one wins.
+constexpr double kRerankWindow = 0.95;
+constexpr size_t kMaxCandidates = 6;
 
 struct Entry {
   double w = 0;     // bottleneck over closed resources (ms per request)
@@ -83,6 +86,7 @@ class Search {
     text_embed_ = graph.text_embed_index();
     in_flight_ = scenario.workload.in_flight;
     closed_ = scenario.workload.arrival == Arrival::closed;
+    rerank_ = closed_ && objective == Objective::throughput;
     rate_ = scenario.workload.rate_per_s;
     for (int c = 0; c < nodes_; ++c) {
       prefill_bytes_.push_back(graph.prefill_out_bytes(c, cost.shape()));
@@ -106,13 +110,39 @@ class Search {
     }
   }
 
+  // A baseline's plan: seeds the incumbent and is always among the replayed candidates.
   void offer(const Plan& plan) {
-    const double s = score(plan.predicted, objective_);
+    auto stages = plan.stages;
+    consider(score(evaluate(cost_, stages), objective_), stages);
+    seeds_.push_back(stages);
+  }
+  [[nodiscard]] const std::vector<std::vector<Stage>>& seeds() const { return seeds_; }
+
+  // Keeps the incumbent (best bound) and, for closed-loop throughput, the best few plans within
+  // kRerankWindow of it: the replay ranks those at the end.
+  void consider(double s, const std::vector<Stage>& stages) {
     if (s > best_score_) {
       best_score_ = s;
-      best_ = plan.stages;
+      best_ = stages;
     }
+    if (!rerank_ || s < best_score_ * kRerankWindow) return;
+    // One candidate per device sequence: plans that only move a cut by a node replay alike.
+    auto same_devices = [&](const std::vector<Stage>& a) {
+      return a.size() == stages.size() &&
+             std::equal(a.begin(), a.end(), stages.begin(), [](const Stage& x, const Stage& y) { return x.device == y.device; });
+    };
+    for (auto& c : candidates_) {
+      if (!same_devices(c.second)) continue;
+      if (s > c.first) c = {s, stages};
+      std::stable_sort(candidates_.begin(), candidates_.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+      return;
+    }
+    candidates_.emplace_back(s, stages);
+    std::stable_sort(candidates_.begin(), candidates_.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    std::erase_if(candidates_, [&](const auto& c) { return c.first < best_score_ * kRerankWindow; });
+    if (candidates_.size() > kMaxCandidates) candidates_.resize(kMaxCandidates);
   }
+  [[nodiscard]] const std::vector<std::pair<double, std::vector<Stage>>>& candidates() const { return candidates_; }
 
   // Runs the DP for one order; returns the best score it found (it also updates the incumbent).
   double run(const std::vector<int>& order);
@@ -152,6 +182,7 @@ class Search {
   }
   [[nodiscard]] bool hopeless(double w, double r0) const {
     const double b = bound(w, r0);
+    if (rerank_) return b < best_score_ * kRerankWindow;
     return b < best_score_ - 1e-12 * std::abs(best_score_);
   }
 
@@ -168,6 +199,9 @@ class Search {
   std::vector<double> prefill_bytes_, decode_bytes_, memory_;
   double best_score_ = -std::numeric_limits<double>::infinity();
   std::vector<Stage> best_;
+  bool rerank_ = false;
+  std::vector<std::pair<double, std::vector<Stage>>> candidates_;
+  std::vector<std::vector<Stage>> seeds_;
 };
 
 double Search::run(const std::vector<int>& order) {
@@ -318,10 +352,7 @@ double Search::run(const std::vector<int>& order) {
       const auto pred = evaluate(cost_, stages);
       const double s = score(pred, objective_);
       run_best = std::max(run_best, s);
-      if (s > best_score_) {
-        best_score_ = s;
-        best_ = stages;
-      }
+      consider(s, stages);
     }
   }
   return run_best;
@@ -439,7 +470,30 @@ class AdaptlinkPlanner final : public Planner {
     plan.planner = "adaptlink";
     plan.objective = objective;
     plan.stages = search.best();
-    plan.predicted = evaluate(cost, plan.stages);
+    const long long rank_requests = ranking_requests(cost.scenario().workload);
+    plan.predicted = predict(cost, plan.stages, rank_requests);
+    plan.search_bound_rps = plan.predicted.bound_rps;
+    // The bound treats every request alike; the replay sees prefills and decode steps share the
+    // stages. Among the plans within kRerankWindow of the best bound, keep the best replayed one.
+    // The replayed throughput never exceeds the bound, so candidates go in order of bound and the
+    // search stops once a bound cannot beat the best replayed plan.
+    std::vector<std::pair<double, std::vector<Stage>>> pool = search.candidates();
+    if (objective == Objective::throughput) {
+      for (const auto& seed : search.seeds()) {
+        auto st = seed;
+        pool.emplace_back(evaluate(cost, st).throughput_rps, seed);
+      }
+    }
+    std::stable_sort(pool.begin(), pool.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    for (auto& [bound, stages] : pool) {
+      if (bound <= plan.predicted.throughput_rps) break;
+      if (stages == plan.stages) continue;
+      const auto p = predict(cost, stages, rank_requests);
+      if (p.feasible && p.throughput_rps > plan.predicted.throughput_rps * (1 + 1e-9)) {
+        plan.stages = stages;
+        plan.predicted = p;
+      }
+    }
     return plan;
   }
 };

@@ -75,6 +75,7 @@ Prediction evaluate(const CostModel& cost, std::vector<Stage>& stages) {
     p.throughput_rps = std::min(workload.rate_per_s, capacity_rps);
     p.latency_ms = alone_ms;
   }
+  p.bound_rps = p.throughput_rps;
   p.tokens_per_s = p.throughput_rps * shape.output_tokens;
   return p;
 }
@@ -116,6 +117,7 @@ nlohmann::json to_json(const Plan& plan, const CostModel& cost) {
                 {"tokens_per_s", plan.predicted.tokens_per_s},
                 {"bottleneck_ms", plan.predicted.bottleneck_ms},
                 {"latency_ms", plan.predicted.latency_ms},
+                {"bound_rps", plan.predicted.bound_rps},
                 {"alone_ms", plan.predicted.alone_ms}}},
               {"solve_ms", plan.solve_ms}};
 }

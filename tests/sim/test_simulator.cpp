@@ -236,7 +236,7 @@ TEST(Simulator, LockstepStartIsAvailable) {
   options.stagger_start = false;
   auto r = simulate(*p->cost, pl, options);
   ASSERT_TRUE(r);
-  EXPECT_LE(r->throughput_rps, pl.predicted.throughput_rps * 1.005);
+  EXPECT_LE(r->throughput_rps, pl.predicted.bound_rps * 1.005);
   // Requests started together finish together.
   EXPECT_LT(r->latency_ms.p95 - r->latency_ms.p50, 0.05 * r->latency_ms.p50);
 }

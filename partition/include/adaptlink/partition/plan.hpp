@@ -31,6 +31,10 @@ struct Stage {
   double prefill_ms = 0;
   double decode_ms = 0;  // all decode steps of one request
   double memory_bytes = 0;
+  // Same device and node range (the derived times and memory follow from those).
+  bool operator==(const Stage& o) const {
+    return device == o.device && first_node == o.first_node && last_node == o.last_node;
+  }
 };
 
 struct Backup {
@@ -40,7 +44,8 @@ struct Backup {
 };
 
 struct Prediction {
-  double throughput_rps = 0;
+  double throughput_rps = 0;  // predict(): replayed (closed loop); evaluate(): the closed-form bound
+  double bound_rps = 0;       // the closed-form bound min(in_flight / R0, 1 / W) (or min(rate, 1 / W))
   double tokens_per_s = 0;
   double bottleneck_ms = 0;  // W
   double latency_ms = 0;
@@ -55,11 +60,28 @@ struct Plan {
   std::vector<Backup> backups;
   std::vector<int> unbacked_stages;  // stages no backup covers
   Prediction predicted;
+  double search_bound_rps = 0;  // adaptlink: the best closed-form bound its search found
   double solve_ms = 0;
 };
 
-// Fills prefill_ms / decode_ms / memory_bytes of each stage and returns the prediction.
+// Fills prefill_ms / decode_ms / memory_bytes of each stage and returns the closed-form prediction
+// (what the planners' searches optimise: O(stages)).
 Prediction evaluate(const CostModel& cost, std::vector<Stage>& stages);
+
+struct ReplayResult {
+  double throughput_rps = 0;  // over the steady window
+  double mean_latency_ms = 0;
+};
+// Deterministic event-driven replay of `requests` closed-loop requests through the stages
+// (see replay.cpp): what the bound leaves out when prefills and decode steps share stages.
+ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests,
+                    double stagger_ms);
+// evaluate(), then for closed loops the replayed throughput and latency of the scenario's requests
+// (at most max_requests of them); bound_rps keeps the bound. Planners report predict(cost, stages);
+// adaptlink ranks its candidates with the shorter ranking_requests() replay.
+inline constexpr long long kReplayRequests = 200;
+long long ranking_requests(const Workload& workload);
+Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long max_requests = kReplayRequests);
 // Scalar to maximise for an objective: throughput (rps), or -latency for the latency objective.
 double score(const Prediction& prediction, Objective objective);
 

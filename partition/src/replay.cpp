@@ -1,0 +1,244 @@
+// Replay predictor: a deterministic event-driven pass of a closed-loop workload through a plan.
+//
+// The closed-form bound min(in_flight / R0, 1 / W) of evaluate() is what the DP optimises; it
+// assumes every request looks alike. Real requests do not: a prefill holds a stage ten to a
+// hundred times longer than a decode step, and in a pipeline with few requests in flight the
+// others pile up behind it. The replay measures that, with the same semantics as the simulator:
+//   * each stage is a FIFO server (one task at a time, exact compute time from the cost model);
+//   * a transfer crosses its route hop by hop (store and forward); each hop waits its latency,
+//     then shares the link's bandwidth equally with the other flows on it;
+//   * a request: prefill through every stage, then output_tokens decode steps from the stage with
+//     text_embed to the last stage, the sampled token going back after the prefill and after every
+//     decode step but the last; a finished request is replaced at once (closed loop);
+//   * throughput is counted over the steady window of report.hpp (completions first..last).
+// No SimGrid here: this is the core's cost model of a whole pipeline, fast enough (a few ms for
+// 40 requests) to rank a planner's best candidates.
+#include <algorithm>
+#include <queue>
+#include <tuple>
+
+#include "adaptlink/partition/plan.hpp"
+#include "adaptlink/partition/report.hpp"
+
+namespace adaptlink::partition {
+
+namespace {
+
+constexpr double kTokenBytes = 4.0;
+
+enum class Kind { task, join, check };
+
+struct Event {
+  double t;
+  long long seq;
+  Kind kind;
+  int request = 0;
+  int stage = 0;  // task: the stage that runs it; join: the stage the transfer goes to
+  int step = 0;   // -1 prefill, k >= 0 decode step k
+  int hop = 0;    // join: which hop of the route
+  int from = 0;   // join: the sending stage
+  double bytes = 0;
+  int link = 0;  // check: which link
+  long long version = 0;
+};
+
+// The event queue keeps small keys and stores the events in a pool (heap moves stay cheap).
+class EventQueue {
+ public:
+  void push(const Event& e) {
+    int slot;
+    if (free_.empty()) {
+      slot = static_cast<int>(pool_.size());
+      pool_.push_back(e);
+    } else {
+      slot = free_.back();
+      free_.pop_back();
+      pool_[static_cast<size_t>(slot)] = e;
+    }
+    heap_.push(Key{e.t, e.seq, slot});
+  }
+  [[nodiscard]] bool empty() const { return heap_.empty(); }
+  Event pop() {
+    const Key k = heap_.top();
+    heap_.pop();
+    free_.push_back(k.slot);
+    return pool_[static_cast<size_t>(k.slot)];
+  }
+
+ private:
+  struct Key {
+    double t;
+    long long seq;
+    int slot;
+    bool operator>(const Key& o) const { return t != o.t ? t > o.t : seq > o.seq; }
+  };
+  std::priority_queue<Key, std::vector<Key>, std::greater<>> heap_;
+  std::vector<Event> pool_;
+  std::vector<int> free_;
+};
+
+// A link shared by its flows in equal parts (processor sharing), as SimGrid's max-min sharing does
+// for flows that cross one link each. Virtual time V counts the bytes each active flow has been
+// served; a flow of b bytes joining at V finishes when V reaches V + b.
+struct SharedLink {
+  double bytes_per_ms = 1;
+  double v = 0;
+  double last_t = 0;
+  long long version = 0;
+  std::priority_queue<std::pair<double, int>, std::vector<std::pair<double, int>>, std::greater<>> finish;  // (V, flow)
+  void advance(double t) {
+    if (!finish.empty()) v += (t - last_t) * bytes_per_ms / static_cast<double>(finish.size());
+    last_t = t;
+  }
+  [[nodiscard]] double next_departure() const {
+    return last_t + (finish.top().first - v) * static_cast<double>(finish.size()) / bytes_per_ms;
+  }
+};
+
+}  // namespace
+
+ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests, double stagger_ms) {
+  ReplayResult result;
+  const int k = static_cast<int>(stages.size());
+  if (k == 0 || requests <= 0) return result;
+  const auto& graph = cost.graph();
+  const auto& shape = cost.shape();
+  const int steps = shape.output_tokens;
+  const int prefill_tokens = graph.prefill_tokens(shape);
+  const long long in_flight = std::max(1, cost.scenario().workload.in_flight);
+
+  int entry = 0;
+  for (int s = 0; s < k; ++s) {
+    if (stages[s].first_node <= graph.text_embed_index() && graph.text_embed_index() <= stages[s].last_node) entry = s;
+  }
+  // Compute times per stage: prefill, and each decode step (context grows by one per step).
+  std::vector<double> prefill_ms(static_cast<size_t>(k));
+  std::vector<std::vector<double>> decode_ms(static_cast<size_t>(k));
+  for (int s = 0; s < k; ++s) {
+    const auto& st = stages[s];
+    prefill_ms[s] = cost.prefill_ms(st.device, st.first_node, st.last_node);
+    if (s < entry) continue;
+    decode_ms[s].resize(static_cast<size_t>(steps));
+    for (int j = 0; j < steps; ++j) {
+      decode_ms[s][j] = cost.decode_step_ms(st.device, st.first_node, st.last_node, prefill_tokens + j);
+    }
+  }
+
+  std::vector<SharedLink> links(static_cast<size_t>(cost.num_links()));
+  std::vector<Event> flows;  // the join event of each flow, by flow id
+  EventQueue events;
+  long long seq = 0;
+  std::vector<double> stage_free(static_cast<size_t>(k), 0.0);
+  std::vector<double> admitted;
+  long long admitted_count = 0, done = 0;
+  const auto window = steady_window(requests, in_flight, true);
+  double window_start = 0, window_end = 0, latency_sum = 0;
+
+  auto admit = [&](double t) {
+    if (admitted_count >= requests) return;
+    admitted.push_back(t);
+    events.push({t, seq++, Kind::task, static_cast<int>(admitted_count++), 0, -1});
+  };
+  // The first requests enter one stagger apart (as the simulator admits them): started together,
+  // identical requests would stay in lockstep.
+  for (long long r = 0; r < std::min(in_flight, requests); ++r) admit(static_cast<double>(r) * stagger_ms);
+
+  // Sends `bytes` from stage a to stage b at time t: each hop waits its latency, then shares its
+  // link's bandwidth with the flows already on it (store and forward between hops).
+  auto start_hop = [&](int request, int a, int b, int step, int hop, double bytes, double t) {
+    const auto& route = cost.route(stages[a].device, stages[b].device);
+    if (hop >= static_cast<int>(route.size())) {
+      events.push({t, seq++, Kind::task, request, b, step});
+      return;
+    }
+    const auto& h = route[static_cast<size_t>(hop)];
+    events.push({t + h.spec.latency_ms, seq++, Kind::join, request, b, step, hop, a, bytes});
+  };
+  auto schedule_check = [&](int l) {
+    auto& link = links[static_cast<size_t>(l)];
+    if (link.finish.empty()) return;
+    Event c{link.next_departure(), seq++, Kind::check};
+    c.link = l;
+    c.version = link.version;
+    events.push(c);
+  };
+  // Events pop in time order, so a stage's next free time is all the FIFO state it needs: a task
+  // starts at max(arrival, free).
+  while (!events.empty()) {
+    const Event e = events.pop();
+    if (e.kind == Kind::join) {
+      const auto& h = cost.route(stages[e.from].device, stages[e.stage].device)[static_cast<size_t>(e.hop)];
+      auto& link = links[static_cast<size_t>(h.link)];
+      link.bytes_per_ms = h.spec.bandwidth_mbps * 1e3 / 8.0;
+      link.advance(e.t);
+      link.finish.push({link.v + e.bytes, static_cast<int>(flows.size())});
+      flows.push_back(e);
+      ++link.version;
+      schedule_check(h.link);
+      continue;
+    }
+    if (e.kind == Kind::check) {
+      auto& link = links[static_cast<size_t>(e.link)];
+      if (e.version != link.version) continue;  // the link's flows changed since
+      link.advance(e.t);
+      // The check was scheduled for the first flow's departure: it leaves now, with any flow that
+      // finishes at the same virtual time (rounding must not leave it behind).
+      link.v = std::max(link.v, link.finish.top().first);
+      while (!link.finish.empty() && link.finish.top().first <= link.v * (1 + 1e-12) + 1e-9) {
+        const Event f = flows[static_cast<size_t>(link.finish.top().second)];
+        link.finish.pop();
+        start_hop(f.request, f.from, f.stage, f.step, f.hop + 1, f.bytes, e.t);
+      }
+      ++link.version;
+      schedule_check(e.link);
+      continue;
+    }
+    const int s = e.stage;
+    const double start = std::max(e.t, stage_free[s]);
+    const double end = start + (e.step < 0 ? prefill_ms[s] : decode_ms[s][e.step]);
+    stage_free[s] = end;
+    if (s + 1 < k) {
+      const int cut = stages[s].last_node;
+      const double bytes = e.step < 0 ? graph.prefill_out_bytes(cut, shape) : graph.decode_out_bytes(cut);
+      start_hop(e.request, s, s + 1, e.step, 0, bytes, end);
+      continue;
+    }
+    if (e.step + 1 < steps) {
+      start_hop(e.request, s, entry, e.step + 1, 0, kTokenBytes, end);
+      continue;
+    }
+    ++done;
+    latency_sum += end - admitted[e.request];
+    if (done == window.first) window_start = end;
+    if (done == window.last) window_end = end;
+    admit(end);
+  }
+  const double span_ms = window_end - window_start;
+  result.throughput_rps = span_ms > 0 ? (window.last - window.first) * 1e3 / span_ms : 0;
+  result.mean_latency_ms = latency_sum / static_cast<double>(requests);
+  return result;
+}
+
+long long ranking_requests(const Workload& workload) {
+  // The same replay as the reported prediction: a shorter one's steady window is noisy enough
+  // (several percent with few requests in flight) to rank plans wrongly.
+  return std::min<long long>(kReplayRequests, workload.requests);
+}
+
+Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long max_requests) {
+  Prediction p = evaluate(cost, stages);
+  p.bound_rps = p.throughput_rps;
+  const auto& workload = cost.scenario().workload;
+  if (workload.arrival != Arrival::closed || !p.feasible) return p;
+  // Enough requests for a steady window well past the warm-up, few enough to stay cheap.
+  const long long requests = std::min<long long>(workload.requests, max_requests);
+  const auto r = replay(cost, stages, requests, p.bottleneck_ms);
+  if (r.throughput_rps > 0) {
+    p.throughput_rps = std::min(r.throughput_rps, p.bound_rps);
+    p.tokens_per_s = p.throughput_rps * cost.shape().output_tokens;
+    p.latency_ms = r.mean_latency_ms;
+  }
+  return p;
+}
+
+}  // namespace adaptlink::partition
