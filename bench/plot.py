@@ -88,7 +88,7 @@ def planners(args):
     ratio = [r.get("ratio_to_uniform") for r in rows]
     fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 3, 4.5))
     x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], pred, width=0.4, label="predicted (plan.hpp bound)", color="0.75")
+    ax.bar([i - 0.2 for i in x], pred, width=0.4, label="predicted (planner replay)", color="0.75")
     bars = ax.bar([i + 0.2 for i in x], sim, width=0.4, label="simulated (SimGrid)", color="tab:blue")
     for b, r in zip(bars, ratio):
         if r is not None:
