@@ -14,6 +14,7 @@
 #include <set>
 
 #include "adaptlink/partition/planner.hpp"
+#include "small_llava.hpp"
 #include "adaptlink/partition/problem.hpp"
 
 namespace fs = std::filesystem;
@@ -261,26 +262,6 @@ TEST(Peers, AreRegistered) {
 
 namespace {
 
-// A small LLaVA with full-size layers (2 CLIP-L layers, 6 LLaMA-7B layers): 12 nodes.
-adaptlink::models::LlavaConfig tiny_llava() {
-  adaptlink::models::LlavaConfig c;
-  c.vision.hidden_size = 1024;
-  c.vision.intermediate_size = 4096;
-  c.vision.num_hidden_layers = 2;
-  c.vision.num_attention_heads = 16;
-  c.vision.image_size = 336;
-  c.vision.patch_size = 14;
-  c.vision_feature_layer = -1;
-  c.text.hidden_size = 4096;
-  c.text.intermediate_size = 11008;
-  c.text.num_hidden_layers = 6;
-  c.text.num_attention_heads = 32;
-  c.text.num_key_value_heads = 32;
-  c.text.head_dim = 128;
-  c.text.vocab_size = 32064;
-  return c;
-}
-
 // Each peer's own objective (its cost model, not evaluate()): the bottleneck of a plan.
 double own_bottleneck(const part::CostModel& cost, const std::vector<part::Stage>& stages, bool edgeshard) {
   const auto& net = cost.scenario().network;
@@ -351,7 +332,7 @@ TEST(Peers, DynamicProgramsAreExactForTheirOwnObjective) {
   for (int t = 0; t < 60; ++t) {
     part::Scenario s;
     s.name = "peers-" + std::to_string(t);
-    s.model.llava = tiny_llava();
+    s.model.llava = adaptlink::testing::small_llava();
     const int n = 2 + static_cast<int>(rng() % 3);  // 2..4 devices, some identical
     for (int d = 0; d < n; ++d) {
       part::Device dev;
@@ -391,7 +372,7 @@ TEST(Peers, DynamicProgramsAreExactForTheirOwnObjective) {
 TEST(Peers, ManyDistinctDevicesStayBounded) {
   part::Scenario s;
   s.name = "distinct16";
-  s.model.llava = tiny_llava();
+  s.model.llava = adaptlink::testing::small_llava();
   s.model.llava.text.num_hidden_layers = 32;
   for (int d = 0; d < 16; ++d) {
     part::Device dev;
