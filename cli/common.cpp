@@ -14,6 +14,20 @@ int report(const Error& error, std::string_view program) {
   return kExitBadInput;
 }
 
+std::optional<int> parse_args(CLI::App& app, int argc, char** argv, std::string_view program) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << program << ": error: " << e.what() << " (see --help)\n";
+    return kExitBadInput;
+  }
+  return std::nullopt;
+}
+
 Status write_output(const std::string& path, const std::string& text) {
   if (path.empty() || path == "-") {
     std::cout << text;

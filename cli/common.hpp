@@ -1,9 +1,12 @@
 // Helpers shared by the command-line front ends: exit codes, one-line errors, tables, output files.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "adaptlink/error.hpp"
 
@@ -15,6 +18,10 @@ inline constexpr int kExitBadInput = 2;  // bad scenario, flag or file
 
 // Prints "adaptlink-sim: <error>" on one line to stderr and returns kExitBadInput.
 int report(const Error& error, std::string_view program = "adaptlink-sim");
+
+// Parses the command line. Returns the exit status when parsing ends the program (--help: 0; a bad
+// flag: one line on stderr, kExitBadInput), or nothing when the command should run.
+std::optional<int> parse_args(CLI::App& app, int argc, char** argv, std::string_view program);
 
 // Writes text to `path`, or to stdout when path is empty or "-".
 Status write_output(const std::string& path, const std::string& text);

@@ -145,15 +145,6 @@ int main(int argc, char** argv) {
   add_sim_commands(app, action);
 #endif
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::cerr << "adaptlink-sim: " << e.what() << " (see --help)\n";
-    return al::cli::kExitBadInput;
-  }
+  if (auto done = al::cli::parse_args(app, argc, argv, "adaptlink-sim")) return *done;
   return action ? action() : al::cli::kExitBadInput;
 }

@@ -20,6 +20,7 @@
 #include "adaptlink/exec/generate.hpp"
 #include "adaptlink/exec/tensor_io.hpp"
 #include "adaptlink/exec/tokenizer.hpp"
+#include "common.hpp"
 
 namespace {
 
@@ -199,15 +200,7 @@ int main(int argc, char** argv) {
   gen->add_option("--format", g.format, "text | json")->check(CLI::IsMember({"text", "json"}));
   gen->add_option("--dump-logits", g.dump_logits, "write the prefill logits [tokens, vocab] to this safetensors file");
   gen->add_option("--threads", g.threads, "CPU threads (default: libtorch's)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    return fail(e.what());
-  }
+  if (auto done = adaptlink::cli::parse_args(app, argc, argv, "adaptlink-run")) return *done;
   if (gen->parsed()) {
     if (!g.prompt && !g.input_ids) return fail("generate needs --prompt or --input-ids");
     try {
