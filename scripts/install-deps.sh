@@ -8,7 +8,7 @@ pkgs=(
   libboost-graph-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libtomlplusplus-dev
   libsimgrid-dev
-  libtorch-dev libzmq3-dev cppzmq-dev libsentencepiece-dev sentencepiece libstb-dev
+  libtorch-dev libjpeg-dev libzmq3-dev cppzmq-dev libsentencepiece-dev sentencepiece libstb-dev
   python3 python3-matplotlib
 )
 # Lean set for a core-only build: ADAPTLINK_DEPS=core scripts/install-deps.sh
