@@ -97,14 +97,6 @@ al::Expected<part::Plan> plan_for(const Loaded& l, const std::string& planner, c
   return plan;
 }
 
-void warn_faults(const part::Scenario& scenario) {
-  if (!scenario.faults.empty()) {
-    std::cerr << fmt::format("adaptlink-sim: note: the scenario's {} [[faults]] are not simulated yet; this run is "
-                             "fault-free\n",
-                             scenario.faults.size());
-  }
-}
-
 std::string workload_text(const part::Scenario& sc, long long requests) {
   const auto& w = sc.workload;
   const long long n = requests > 0 ? requests : w.requests;
@@ -206,7 +198,6 @@ int cmd_run(const RunOptions& o) {
   const std::string planner = o.planner.empty() ? problem.scenario.planner.name : o.planner;
   auto plan = plan_for(*loaded, planner, o.scenario);
   if (!plan) return al::cli::report(plan.error());
-  warn_faults(problem.scenario);
 
   auto dir = make_run_dir(o.out, problem.scenario.name);
   if (!dir) return al::cli::report(dir.error());
@@ -218,6 +209,7 @@ int cmd_run(const RunOptions& o) {
   }
 
   al::sim::SimOptions options;
+  options.faults = true;
   options.seed = o.seed;
   options.network_model = o.network_model;
   options.max_requests = o.requests;
@@ -259,7 +251,6 @@ int cmd_compare(const CompareOptions& o) {
   bool has_uniform = false;
   for (const auto& p : planners) has_uniform = has_uniform || p == "uniform";
   if (!has_uniform) planners.insert(planners.begin(), "uniform");  // the reference for the ratios
-  warn_faults(problem.scenario);
 
   struct Row {
     std::string planner;
@@ -277,6 +268,7 @@ int cmd_compare(const CompareOptions& o) {
     } else {
       row.plan = *plan;
       al::sim::SimOptions options;
+      options.faults = true;
       options.seed = o.seed;
       options.network_model = o.network_model;
       options.max_requests = o.requests;

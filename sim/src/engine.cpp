@@ -15,7 +15,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <algorithm>
 #include <deque>
+#include <map>
 #include <exception>
 #include <random>
 
@@ -32,8 +34,10 @@ namespace {
 struct Task {
   int slot = -1;   // request slot
   int stage = 0;
-  int step = -1;  // -1: prefill, k >= 0: decode step k
+  int step = -1;  // -1: prefill, k >= 0: decode step k, kReplay: replay of `tokens` tokens (after a dropout)
+  int tokens = 0;
 };
+constexpr int kReplay = -2;
 
 struct Job {
   const std::vector<HopSpec>* route = nullptr;
@@ -45,6 +49,10 @@ struct Job {
 struct RequestSlot {
   long long id = -1;
   double admitted_s = 0;
+  bool active = false;
+  int prefill_stages_done = 0;  // the prefill has completed at stages [0, this)
+  int last_stage = -1;          // last completed decode task: stage and step (-1: none yet)
+  int last_step = -1;
 };
 
 struct DeviceState {
@@ -56,6 +64,11 @@ struct DeviceState {
   double busy_since_s = 0;
   bool busy = false;
   double window_start_busy_s = 0;
+  sg4::ActorPtr actor;
+  bool dead = false;
+  double slowdown = 1;
+  Task current;
+  bool running = false;
 
   [[nodiscard]] double busy_at(double t) const { return busy_total_s + (busy ? t - busy_since_s : 0.0); }
 };
@@ -68,7 +81,8 @@ double exponential_gap(std::mt19937_64& rng, double rate) {
 
 class Simulation {
  public:
-  Simulation(const PipelineSpec& spec, const EngineOptions& options) : spec_(spec), options_(options) {
+  Simulation(const PipelineSpec& spec, const EngineOptions& options)
+      : spec_(spec), options_(options), stages_(spec.stages), back_edge_(spec.back_edge) {
     window_ = partition::steady_window(spec.requests, spec.in_flight, spec.arrival == ArrivalKind::closed);
     progress_step_ = std::max<long long>(1, spec.requests / 100);
     out_.latencies_ms.reserve(static_cast<size_t>(spec.requests));
@@ -85,10 +99,13 @@ class Simulation {
       hosts_.push_back(dev.host);
     }
     if (spec_.has_access_point) hosts_.push_back(zone->create_host("ap", 1e12));
-    std::vector<sg4::Link*> links(spec_.links.size(), nullptr);
+    auto& links = links_;
+    links.assign(spec_.links.size(), nullptr);
     std::vector<std::pair<int, int>> link_ends(spec_.links.size(), {-1, -1});
     for (const auto& route : spec_.routes) {
       for (const auto& hop : route) {
+        if (hop.from < n) link_devices_[hop.link].push_back(hop.from);
+        if (hop.to < n) link_devices_[hop.link].push_back(hop.to);
         const auto& spec = spec_.links[static_cast<size_t>(hop.link)];
         auto& link = links[static_cast<size_t>(hop.link)];
         if (link == nullptr) {
@@ -114,18 +131,32 @@ class Simulation {
   }
 
   void start_actors() {
-    for (int d = 0; d < static_cast<int>(devices_.size()); ++d) {
-      // Only devices that hold a stage get an actor; others stay idle.
-      bool used = false;
-      for (const auto& st : spec_.stages) used = used || st.device == d;
-      if (!used) continue;
-      sg4::Actor::create(fmt::format("device{}", d), devices_[static_cast<size_t>(d)].host, [this, d] {
-        sg4::Actor::self()->daemonize();
-        device_loop(d);
-      });
-    }
+    // Only devices that hold a stage get an actor; others stay idle (until a stage moves to them).
+    for (const auto& st : stages_) ensure_device_actor(st.device);
     sg4::Actor::create("driver", devices_[static_cast<size_t>(spec_.stages.front().device)].host,
                        [this] { driver(); });
+    for (const auto& f : spec_.faults) {
+      partition::FaultRecord rec;
+      rec.at_s = f.at_s;
+      rec.device = spec_.device_names[static_cast<size_t>(f.device)];
+      rec.kind = f.kind_name;
+      out_.faults.push_back(rec);
+    }
+    if (!spec_.faults.empty()) {
+      sg4::Actor::create("faults", hosts_.back(), [this] {
+        sg4::Actor::self()->daemonize();
+        fault_loop();
+      });
+    }
+  }
+
+  void ensure_device_actor(int d) {
+    auto& dev = devices_[static_cast<size_t>(d)];
+    if (dev.actor) return;
+    dev.actor = sg4::Actor::create(fmt::format("device{}", d), dev.host, [this, d] {
+      sg4::Actor::self()->daemonize();
+      device_loop(d);
+    });
   }
 
   bool open_trace() {
@@ -165,18 +196,28 @@ class Simulation {
       dev.ready->acquire();
       const Task task = dev.queue.front();
       dev.queue.pop_front();
-      const auto& stage = spec_.stages[static_cast<size_t>(task.stage)];
-      const double duration = task.step < 0 ? stage.prefill_s : stage.decode_s[static_cast<size_t>(task.step)];
+      const auto& stage = stages_[static_cast<size_t>(task.stage)];
+      double duration = task.step == kReplay ? task.tokens * replay_per_token_s_[task.stage]
+                        : task.step < 0     ? stage.prefill_s
+                                            : stage.decode_s[static_cast<size_t>(task.step)];
+      duration *= dev.slowdown;
       const double start = sg4::Engine::get_clock();
       dev.busy = true;
       dev.busy_since_s = start;
+      dev.current = task;
+      dev.running = true;
       if (duration > 0) sg4::this_actor::sleep_for(duration);
       const double end = sg4::Engine::get_clock();
+      dev.running = false;
       dev.busy = false;
       dev.busy_total_s += end - start;
       ++out_.stage_executions;
       if (trace_.wants(start)) trace_compute(d, task, start, end);
-      after_compute(task);
+      if (task.step == kReplay) {
+        replay_done();
+      } else {
+        after_compute(task);
+      }
     }
   }
 
@@ -234,12 +275,16 @@ class Simulation {
       if (window_.first == 0) out_.window_start_s = now;  // nothing has run yet: busy times are 0
     }
     out_.last_arrival_s = now;
-    slots_[static_cast<size_t>(slot)] = {admitted_++, now};
+    slots_[static_cast<size_t>(slot)] = {admitted_++, now, true, 0, -1, -1};
     enqueue(Task{slot, 0, -1});
   }
 
   void enqueue(const Task& task) {
-    auto& dev = devices_[static_cast<size_t>(spec_.stages[static_cast<size_t>(task.stage)].device)];
+    auto& dev = devices_[static_cast<size_t>(stages_[static_cast<size_t>(task.stage)].device)];
+    if (dev.dead) {  // lost with the device: re-queued at the stage's new device once recovered
+      orphans_.push_back(task);
+      return;
+    }
     dev.queue.push_back(task);
     dev.ready->release();
   }
@@ -263,21 +308,29 @@ class Simulation {
   }
 
   void after_compute(const Task& task) {
-    const int last = static_cast<int>(spec_.stages.size()) - 1;
-    const auto& stage = spec_.stages[static_cast<size_t>(task.stage)];
+    const int last = static_cast<int>(stages_.size()) - 1;
+    const auto& stage = stages_[static_cast<size_t>(task.stage)];
+    auto& slot = slots_[static_cast<size_t>(task.slot)];
+    if (task.step < 0) {
+      slot.prefill_stages_done = task.stage + 1;
+    } else {
+      slot.last_stage = task.stage;
+      slot.last_step = task.step;
+    }
     if (task.stage < last) {
       const auto& transfer = task.step < 0 ? stage.prefill_out : stage.decode_out;
       send(transfer, Task{task.slot, task.stage + 1, task.step}, task.stage);
     } else if (task.step + 1 >= spec_.output_tokens) {
       complete(task.slot);
     } else {
-      send(spec_.back_edge, Task{task.slot, spec_.text_stage, task.step + 1}, task.stage);
+      send(back_edge_, Task{task.slot, spec_.text_stage, task.step + 1}, task.stage);
     }
   }
 
   void complete(int slot) {
     const double now = sg4::Engine::get_clock();
     out_.latencies_ms.push_back((now - slots_[static_cast<size_t>(slot)].admitted_s) * 1e3);
+    slots_[static_cast<size_t>(slot)].active = false;
     free_slots_.push_back(slot);
     const long long done = ++out_.completed;
     if (done == window_.first) {
@@ -295,6 +348,112 @@ class Simulation {
     }
     if (spec_.arrival == ArrivalKind::closed && admitted_ < spec_.requests) admit();
     if (done == spec_.requests) all_done_->release();
+  }
+
+  // --- faults ---------------------------------------------------------------------------------------------
+  void fault_loop() {
+    for (size_t i = 0; i < spec_.faults.size(); ++i) {
+      const auto& f = spec_.faults[i];
+      const double now = sg4::Engine::get_clock();
+      if (f.at_s > now) sg4::this_actor::sleep_for(f.at_s - now);
+      auto& dev = devices_[static_cast<size_t>(f.device)];
+      switch (f.kind) {
+        case FaultKindSpec::slowdown:
+          dev.slowdown = f.factor;  // from the next task on
+          break;
+        case FaultKindSpec::link:
+          for (size_t l = 0; l < links_.size(); ++l) {
+            if (links_[l] == nullptr) continue;
+            const auto& ends = link_devices_[static_cast<int>(l)];
+            if (std::find(ends.begin(), ends.end(), f.device) != ends.end()) links_[l]->set_bandwidth(f.bandwidth_bps);
+          }
+          break;
+        case FaultKindSpec::rejoin:
+          break;  // not modelled: the device stays out of the pipeline
+        case FaultKindSpec::dropout:
+          dropout(i, f);
+          break;
+      }
+    }
+  }
+
+  void dropout(size_t index, const FaultSpec& f) {
+    auto& dev = devices_[static_cast<size_t>(f.device)];
+    if (dev.dead) return;
+    const double now = sg4::Engine::get_clock();
+    dev.dead = true;
+    if (dev.actor) {
+      dev.actor->kill();
+      dev.actor = nullptr;
+    }
+    if (dev.busy) {
+      dev.busy_total_s += now - dev.busy_since_s;
+      dev.busy = false;
+    }
+    if (dev.running) orphans_.push_back(dev.current);  // its work is lost: the task runs again
+    dev.running = false;
+    for (const auto& t : dev.queue) orphans_.push_back(t);
+    dev.queue.clear();
+    dev.ready = sg4::Semaphore::create(0);
+    auto& rec = out_.faults[index];
+    rec.detected_s = f.at_s + f.detect_s;
+    if (f.moved.empty()) {  // held no stage: nothing to recover
+      rec.recovered_s = rec.detected_s;
+      rec.recovery_ms = (*rec.recovered_s - f.at_s) * 1e3;
+      return;
+    }
+    // Detection (heartbeat timeout), then the weights' load when redeploying; the stage then moves.
+    sg4::this_actor::sleep_for(f.detect_s + f.load_s);
+    stages_ = f.stages_after;
+    back_edge_ = f.back_edge_after;
+    replay_per_token_s_.assign(stages_.size(), 0.0);
+    for (size_t m = 0; m < f.moved.size(); ++m) replay_per_token_s_[f.moved[m]] = f.replay_s_per_token[m];
+    for (const auto& st : stages_) ensure_device_actor(st.device);
+    // Every request in flight that had passed a moved stage lost its KV cache there: replay its tokens so far
+    // (prompt + image + generated) through that stage's layers on the new device, before anything else.
+    pending_replays_ = 0;
+    replay_fault_ = index;
+    std::vector<int> slots;  // admission order
+    for (int s = 0; s < static_cast<int>(slots_.size()); ++s) {
+      if (slots_[static_cast<size_t>(s)].active) slots.push_back(s);
+    }
+    std::sort(slots.begin(), slots.end(), [this](int a, int b) { return slots_[a].id < slots_[b].id; });
+    // Queue every replay first and release the devices afterwards: a release is a simcall, and the device
+    // actor would start popping the queue in the middle of the insertions.
+    std::vector<std::vector<Task>> replays(devices_.size());
+    for (int stage : f.moved) {
+      if (replay_per_token_s_[stage] <= 0) continue;
+      for (int s : slots) {
+        const auto& slot = slots_[static_cast<size_t>(s)];
+        if (slot.prefill_stages_done <= stage) continue;
+        const int steps = slot.last_step < 0 ? 0 : slot.last_step + (slot.last_stage >= stage ? 1 : 0);
+        const int tokens = spec_.prefill_tokens + steps;
+        rec.recomputed_tokens += tokens;
+        replays[static_cast<size_t>(stages_[static_cast<size_t>(stage)].device)].push_back(Task{s, stage, kReplay, tokens});
+        ++pending_replays_;
+      }
+    }
+    for (size_t d = 0; d < devices_.size(); ++d) {
+      auto& q = devices_[d].queue;
+      q.insert(q.begin(), replays[d].begin(), replays[d].end());
+    }
+    for (size_t d = 0; d < devices_.size(); ++d) {
+      for (size_t i = 0; i < replays[d].size(); ++i) devices_[d].ready->release();
+    }
+    auto orphans = std::move(orphans_);
+    orphans_.clear();
+    for (const auto& t : orphans) enqueue(t);
+    if (pending_replays_ == 0) replay_done_at(sg4::Engine::get_clock());
+  }
+
+  void replay_done() {
+    if (--pending_replays_ == 0) replay_done_at(sg4::Engine::get_clock());
+  }
+
+  void replay_done_at(double now) {
+    auto& rec = out_.faults[replay_fault_];
+    rec.recovered_s = now;
+    rec.recovery_ms = (now - rec.at_s) * 1e3;
   }
 
   // --- trace ----------------------------------------------------------------------------------------------
@@ -321,8 +480,11 @@ class Simulation {
 
   void trace_compute(int device, const Task& task, double start, double end) {
     const long long id = slots_[static_cast<size_t>(task.slot)].id;
-    std::string name = task.step < 0 ? fmt::format("prefill r{}", id) : fmt::format("decode r{} t{}", id, task.step);
-    trace_.slice(TraceWriter::kDevicePid, device, name, task.step < 0 ? "prefill" : "decode", start, end,
+    std::string name = task.step == kReplay ? fmt::format("replay r{} ({} tokens)", id, task.tokens)
+                       : task.step < 0      ? fmt::format("prefill r{}", id)
+                                            : fmt::format("decode r{} t{}", id, task.step);
+    trace_.slice(TraceWriter::kDevicePid, device, name,
+                 task.step == kReplay ? "replay" : task.step < 0 ? "prefill" : "decode", start, end,
                  fmt::format(R"("request":{},"stage":{},"step":{})", id, task.stage, task.step));
   }
 
@@ -344,6 +506,14 @@ class Simulation {
 
   const PipelineSpec& spec_;
   const EngineOptions& options_;
+  std::vector<StageSpec> stages_;  // the current placement (changes when a dropout moves a stage)
+  TransferSpec back_edge_;
+  std::vector<double> replay_per_token_s_;
+  std::vector<Task> orphans_;  // tasks of a lost device, waiting for the recovery
+  int pending_replays_ = 0;
+  size_t replay_fault_ = 0;
+  std::vector<sg4::Link*> links_;
+  std::map<int, std::vector<int>> link_devices_;  // link -> devices at its ends
   partition::SteadyWindow window_;
   long long progress_step_ = 1;
   std::vector<DeviceState> devices_;

@@ -2,6 +2,7 @@
 #include <map>
 #include <utility>
 
+#include "adaptlink/partition/backup.hpp"
 #include "pipeline.hpp"
 
 namespace adaptlink::sim::detail {
@@ -65,7 +66,135 @@ class RouteTable {
   std::map<std::pair<int, int>, int> index_;
 };
 
+// Stage specs (compute times on `devices[s]`, transfers between them) and the back edge.
+Expected<Ok> make_stages(const partition::CostModel& cost, const partition::Plan& plan, const std::vector<int>& devices,
+                         int text_stage, RouteTable& routes, std::vector<StageSpec>& out, TransferSpec& back_edge) {
+  const auto& graph = cost.graph();
+  const auto& shape = cost.shape();
+  const int prefill_tokens = graph.prefill_tokens(shape);
+  out.clear();
+  for (size_t s = 0; s < plan.stages.size(); ++s) {
+    const auto& st = plan.stages[s];
+    const int dev = devices[s];
+    StageSpec stage;
+    stage.device = dev;
+    stage.prefill_s = cost.prefill_ms(dev, st.first_node, st.last_node) * 1e-3;
+    if (static_cast<int>(s) >= text_stage) {
+      stage.decode_s.resize(static_cast<size_t>(shape.output_tokens));
+      for (int k = 0; k < shape.output_tokens; ++k) {
+        stage.decode_s[static_cast<size_t>(k)] =
+            cost.decode_step_ms(dev, st.first_node, st.last_node, prefill_tokens + k) * 1e-3;
+      }
+    }
+    if (s + 1 < plan.stages.size()) {
+      const int next = devices[s + 1];
+      auto pre = routes.transfer(dev, next, graph.prefill_out_bytes(st.last_node, shape));
+      if (!pre) return pre.error();
+      stage.prefill_out = *pre;
+      if (static_cast<int>(s) >= text_stage) {
+        auto dec = routes.transfer(dev, next, graph.decode_out_bytes(st.last_node));
+        if (!dec) return dec.error();
+        stage.decode_out = *dec;
+      }
+    }
+    out.push_back(std::move(stage));
+  }
+  auto back = routes.transfer(devices.back(), devices[static_cast<size_t>(text_stage)], kTokenBytes);
+  if (!back) return back.error();
+  back_edge = *back;
+  return Ok{};
+}
+
 }  // namespace
+
+Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan& plan, PipelineSpec& spec,
+                        double detect_timeout_s) {
+  const auto& scenario = cost.scenario();
+  const int n = cost.num_devices();
+  std::vector<int> devices;
+  for (const auto& st : plan.stages) devices.push_back(st.device);
+  std::vector<bool> alive(static_cast<size_t>(n), true);
+  // Memory a device already commits: its stages and the backups it preloads.
+  std::vector<double> used(static_cast<size_t>(n), 0.0);
+  for (const auto& st : plan.stages) used[static_cast<size_t>(st.device)] += cost.memory_bytes(st.first_node, st.last_node);
+  for (const auto& b : plan.backups) used[static_cast<size_t>(b.device)] += b.memory_bytes;
+  RouteTable routes(cost, spec);
+  const int te = cost.graph().text_embed_index();
+
+  std::vector<const partition::Fault*> order;
+  for (const auto& f : scenario.faults) order.push_back(&f);
+  std::stable_sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->at_s < b->at_s; });
+  for (const auto* f : order) {
+    FaultSpec fs;
+    fs.at_s = f->at_s;
+    fs.device = scenario.device_index(f->device);
+    if (fs.device < 0) return make_error("fault at {} s names an unknown device '{}'", f->at_s, f->device);
+    fs.factor = f->factor;
+    fs.bandwidth_bps = f->bandwidth_mbps * 1e6 / 8.0;
+    switch (f->kind) {
+      case partition::FaultKind::dropout: fs.kind = FaultKindSpec::dropout; fs.kind_name = "dropout"; break;
+      case partition::FaultKind::rejoin: fs.kind = FaultKindSpec::rejoin; fs.kind_name = "rejoin"; break;
+      case partition::FaultKind::slowdown: fs.kind = FaultKindSpec::slowdown; fs.kind_name = "slowdown"; break;
+      case partition::FaultKind::link: fs.kind = FaultKindSpec::link; fs.kind_name = "link"; break;
+    }
+    if (fs.kind == FaultKindSpec::dropout && alive[static_cast<size_t>(fs.device)]) {
+      const int lost = fs.device;
+      alive[static_cast<size_t>(lost)] = false;
+      fs.detect_s = detect_timeout_s;
+      bool all_backed = true;
+      for (size_t s = 0; s < plan.stages.size(); ++s) {
+        if (devices[s] != lost) continue;
+        const auto& st = plan.stages[s];
+        int target = -1;
+        for (const auto& b : plan.backups) {
+          if (alive[static_cast<size_t>(b.device)] &&
+              std::find(b.covers.begin(), b.covers.end(), static_cast<int>(s)) != b.covers.end()) {
+            target = b.device;
+            break;
+          }
+        }
+        if (target < 0) {
+          all_backed = false;
+          // Redeploy: the least-loaded surviving device with room for the stage.
+          const double need = cost.memory_bytes(st.first_node, st.last_node);
+          double best_load = 0;
+          for (int d = 0; d < n; ++d) {
+            if (!alive[static_cast<size_t>(d)] || used[static_cast<size_t>(d)] + need > scenario.devices[d].mem_bytes) {
+              continue;
+            }
+            double load = 0;
+            for (size_t t = 0; t < devices.size(); ++t) {
+              if (devices[t] == d) load += spec.stages[t].prefill_s + cost.decode_total_ms(d, plan.stages[t].first_node, plan.stages[t].last_node) * 1e-3;
+            }
+            if (target < 0 || load < best_load) {
+              target = d;
+              best_load = load;
+            }
+          }
+          if (target < 0) {
+            return make_error("fault at {} s: device '{}' held stage {} (nodes {}..{}) and no surviving device has "
+                              "a backup of it or {:.2f} GB free to redeploy it",
+                              f->at_s, f->device, s, st.first_node, st.last_node, need / 1e9);
+          }
+          used[static_cast<size_t>(target)] += need;
+          fs.load_s += partition::redeploy_ms(cost, st, target) * 1e-3;
+        }
+        devices[s] = target;
+        fs.moved.push_back(static_cast<int>(s));
+        const int ft = std::max(st.first_node, te);
+        fs.replay_s_per_token.push_back(
+            ft <= st.last_node ? cost.prefill_ms(target, ft, st.last_node) * 1e-3 / spec.prefill_tokens : 0.0);
+      }
+      fs.from_backup = all_backed && !fs.moved.empty();
+      if (auto made = make_stages(cost, plan, devices, spec.text_stage, routes, fs.stages_after, fs.back_edge_after);
+          !made) {
+        return made.error();
+      }
+    }
+    spec.faults.push_back(std::move(fs));
+  }
+  return Ok{};
+}
 
 Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const partition::Plan& plan,
                                       long long max_requests, std::uint64_t seed, bool stagger_start) {
@@ -102,32 +231,13 @@ Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const pa
   }
 
   const int prefill_tokens = graph.prefill_tokens(shape);
+  spec.prefill_tokens = prefill_tokens;
   spec.output_tokens = shape.output_tokens;
   RouteTable routes(cost, spec);
-  for (size_t s = 0; s < plan.stages.size(); ++s) {
-    const auto& st = plan.stages[s];
-    StageSpec stage;
-    stage.device = st.device;
-    stage.prefill_s = cost.prefill_ms(st.device, st.first_node, st.last_node) * 1e-3;
-    if (static_cast<int>(s) >= spec.text_stage) {
-      stage.decode_s.resize(static_cast<size_t>(shape.output_tokens));
-      for (int k = 0; k < shape.output_tokens; ++k) {
-        stage.decode_s[static_cast<size_t>(k)] =
-            cost.decode_step_ms(st.device, st.first_node, st.last_node, prefill_tokens + k) * 1e-3;
-      }
-    }
-    if (s + 1 < plan.stages.size()) {
-      const int next = plan.stages[s + 1].device;
-      auto pre = routes.transfer(st.device, next, graph.prefill_out_bytes(st.last_node, shape));
-      if (!pre) return pre.error();
-      stage.prefill_out = *pre;
-      if (static_cast<int>(s) >= spec.text_stage) {
-        auto dec = routes.transfer(st.device, next, graph.decode_out_bytes(st.last_node));
-        if (!dec) return dec.error();
-        stage.decode_out = *dec;
-      }
-    }
-    spec.stages.push_back(std::move(stage));
+  std::vector<int> devices;
+  for (const auto& st : plan.stages) devices.push_back(st.device);
+  if (auto made = make_stages(cost, plan, devices, spec.text_stage, routes, spec.stages, spec.back_edge); !made) {
+    return made.error();
   }
   // Per-request busy time of the busiest resource (a stage, or a link's serialisation): the closed loop's
   // first batch is admitted this far apart, the spacing completions have in steady state once the
@@ -151,10 +261,6 @@ Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const pa
   }
   for (double b : device_busy_s) bottleneck_s = std::max(bottleneck_s, b);
 
-  auto back = routes.transfer(spec.stages.back().device, spec.stages[static_cast<size_t>(spec.text_stage)].device,
-                              kTokenBytes);
-  if (!back) return back.error();
-  spec.back_edge = *back;
   if (spec.text_stage != static_cast<int>(spec.stages.size()) - 1) add_link_busy(spec.back_edge, shape.output_tokens);
   for (double b : link_busy_s) bottleneck_s = std::max(bottleneck_s, b);
   spec.ramp_gap_s = stagger_start ? bottleneck_s : 0.0;

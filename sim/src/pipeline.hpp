@@ -11,6 +11,7 @@
 #include "adaptlink/error.hpp"
 #include "adaptlink/partition/cost_model.hpp"
 #include "adaptlink/partition/plan.hpp"
+#include "adaptlink/partition/report.hpp"
 
 namespace adaptlink::sim::detail {
 
@@ -43,6 +44,27 @@ struct StageSpec {
 
 enum class ArrivalKind { closed, poisson };
 
+// One `[[faults]]` entry, resolved. A dropout carries its recovery, decided here from the plan: every stage on
+// the lost device moves to a backup holder that preloaded it, else (redeploy) to the least-loaded surviving
+// device with room for it, which first loads the stage's weights over its link.
+enum class FaultKindSpec { dropout, rejoin, slowdown, link };
+struct FaultSpec {
+  double at_s = 0;
+  int device = -1;
+  FaultKindSpec kind = FaultKindSpec::dropout;
+  std::string kind_name;
+  double factor = 1;          // slowdown: multiplies the device's compute times from at_s on
+  double bandwidth_bps = 0;   // link: new bandwidth (bytes/s) of the device's links from at_s on
+  // dropout
+  double detect_s = 0;        // heartbeat timeout: detected at at_s + detect_s
+  double load_s = 0;          // redeploy: weights over the new device's link (0 with a backup)
+  bool from_backup = false;
+  std::vector<int> moved;                   // stage indices that move
+  std::vector<double> replay_s_per_token;   // per moved stage: prefill of its text layers, per token, new device
+  std::vector<StageSpec> stages_after;      // the whole pipeline after the move
+  TransferSpec back_edge_after;
+};
+
 struct PipelineSpec {
   std::string scenario;
   std::string planner;
@@ -62,10 +84,17 @@ struct PipelineSpec {
   double ramp_gap_s = 0;  // closed loop: the first in_flight requests are admitted this far apart
   double rate_per_s = 1;
   std::uint64_t seed = 1;
+
+  int prefill_tokens = 0;  // tokens of a request's prefill (prompt + image features)
+  std::vector<FaultSpec> faults;  // in at_s order
 };
 
 Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const partition::Plan& plan,
                                       long long max_requests, std::uint64_t seed, bool stagger_start);
+// Resolves the scenario's [[faults]] and their recovery (see FaultSpec). An error names what is missing
+// (a device that no stage can move to, an unknown device).
+Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan& plan, PipelineSpec& spec,
+                        double detect_timeout_s);
 
 // Trace settings and what the engine reports back.
 struct EngineOptions {
@@ -91,6 +120,7 @@ struct EngineOutcome {
   long long stage_executions = 0;
   long long transfers = 0;
   long long trace_events = 0;
+  std::vector<partition::FaultRecord> faults;
 };
 
 // Runs SimGrid. Creates an engine: call at most once per process.

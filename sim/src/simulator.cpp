@@ -53,6 +53,7 @@ partition::RunReport make_report(const PipelineSpec& spec, const EngineOutcome& 
     if (stage_devices.count(static_cast<int>(d)) > 0) sum += u;
   }
   r.bubble_fraction = stage_devices.empty() ? 0.0 : 1.0 - sum / static_cast<double>(stage_devices.size());
+  r.faults = out.faults;
   return r;
 }
 
@@ -220,6 +221,13 @@ Expected<SimResult> run_simulation(const partition::CostModel& cost, const parti
   }
   auto spec = detail::build_pipeline(cost, plan, options.max_requests, options.seed, options.stagger_start);
   if (!spec) return spec.error();
+  if (options.faults) {
+    if (!(options.heartbeat_interval_s > 0) || options.heartbeat_timeout_s < options.heartbeat_interval_s) {
+      return make_error("heartbeat timeout ({} s) must be at least the interval ({} s), which must be positive",
+                        options.heartbeat_timeout_s, options.heartbeat_interval_s);
+    }
+    if (auto added = detail::add_faults(cost, plan, *spec, options.heartbeat_timeout_s); !added) return added.error();
+  }
   EngineOptions engine_options;
   engine_options.network_model = options.network_model;
   engine_options.trace_path = options.trace_path.string();

@@ -54,6 +54,14 @@ struct SimOptions {
   bool stagger_start = true;
   std::function<void(const SimProgress&)> progress;  // called about every 1 % of the requests
 
+  // Faults (the scenario's [[faults]], see sim/README.md): applied when `faults` is true (adaptlink-sim run and
+  // compare set it; off by default so that library callers measure the fault-free plan). Devices send
+  // heartbeats every heartbeat_interval_s; a device is declared lost heartbeat_timeout_s after it drops out
+  // (detected_s = at_s + timeout).
+  bool faults = false;
+  double heartbeat_interval_s = 0.5;
+  double heartbeat_timeout_s = 1.5;
+
   // Chrome trace (Perfetto): written when trace_path is not empty. To keep big runs cheap, only slices
   // that start in [trace_from_s, trace_until_s] are written, at most trace_max_events of them.
   std::filesystem::path trace_path;

@@ -1,0 +1,231 @@
+// Faults in the simulator: a dropout is detected after the heartbeat timeout and recovered from a backup
+// (switch-over + replay of the lost KV caches) or by a redeploy (weights over the link + replay); no request
+// is lost. jetson-quartet-dropout: 'nx' holds stage 0 and drops out at 20 s; the standby 'spare' backs it up.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "adaptlink/partition/backup.hpp"
+#include "adaptlink/sim/simulator.hpp"
+#include "helpers.hpp"
+
+namespace adaptlink::sim {
+namespace {
+
+using namespace testing;
+
+constexpr long long kRequests = 40;
+
+part::Scenario dropout_scenario(bool backups) {
+  auto sc = load(source_dir() / "scenarios" / "jetson-quartet-dropout.toml");
+  sc.planner.backups = backups;
+  return sc;
+}
+
+SimOptions options() {
+  SimOptions o;
+  o.max_requests = kRequests;
+  o.faults = true;
+  return o;
+}
+
+int stage_of(const part::Plan& plan, int device) {
+  for (size_t s = 0; s < plan.stages.size(); ++s) {
+    if (plan.stages[s].device == device) return static_cast<int>(s);
+  }
+  return -1;
+}
+
+// Replay time per token of a stage's text layers on `device` (prefill of those layers scales with tokens).
+double replay_ms_per_token(const part::CostModel& cost, const part::Stage& st, int device) {
+  const int ft = std::max(st.first_node, cost.graph().text_embed_index());
+  if (ft > st.last_node) return 0;
+  return cost.prefill_ms(device, ft, st.last_node) / cost.graph().prefill_tokens(cost.shape());
+}
+
+struct Run {
+  part::RunReport report;
+  part::Plan plan;
+};
+
+Run run(bool backups) {
+  auto p = problem(dropout_scenario(backups));
+  auto pl = plan(*p, "adaptlink");
+  auto report = simulate(*p->cost, pl, options());
+  if (!report) ADD_FAILURE() << report.error().to_string();
+  return {std::move(*report), std::move(pl)};
+}
+
+TEST(Faults, DropoutWithBackupRecoversBySwitchOverAndReplay) {
+  auto p = problem(dropout_scenario(true));
+  auto pl = plan(*p, "adaptlink");
+  const auto& cost = *p->cost;
+  const int nx = cost.scenario().device_index("nx");
+  const int spare = cost.scenario().device_index("spare");
+  const int lost = stage_of(pl, nx);
+  ASSERT_GE(lost, 0);
+  bool backed = false;
+  for (const auto& b : pl.backups) {
+    backed = backed || (b.device == spare && std::count(b.covers.begin(), b.covers.end(), lost) > 0);
+  }
+  ASSERT_TRUE(backed) << "the spare should back up nx's stage";
+
+  auto report = simulate(cost, pl, options());
+  ASSERT_TRUE(report) << report.error().to_string();
+  EXPECT_EQ(report->requests_completed, kRequests);
+  EXPECT_EQ(report->requests_lost, 0);
+  ASSERT_EQ(report->faults.size(), 2u);  // the dropout, and the rejoin (not modelled: null times)
+  const auto& f = report->faults[0];
+  EXPECT_EQ(f.kind, "dropout");
+  EXPECT_EQ(f.device, "nx");
+  EXPECT_DOUBLE_EQ(f.at_s, 20.0);
+  ASSERT_TRUE(f.detected_s && f.recovered_s && f.recovery_ms);
+  EXPECT_NEAR(*f.detected_s, 21.5, 1e-9);  // heartbeat timeout 1.5 s
+  EXPECT_GT(*f.recovered_s, *f.detected_s);
+  EXPECT_NEAR(*f.recovery_ms, (*f.recovered_s - f.at_s) * 1e3, 1e-6);
+  // Every request in flight replays its tokens so far: between its prefill and its prefill + all outputs.
+  const int prefill_tokens = cost.graph().prefill_tokens(cost.shape());
+  const int in_flight = cost.scenario().workload.in_flight;
+  EXPECT_GE(f.recomputed_tokens, prefill_tokens);
+  EXPECT_LE(f.recomputed_tokens, in_flight * (prefill_tokens + cost.shape().output_tokens));
+  // Closed form: detection delay + the replays back to back on the idle spare.
+  const double expected_ms =
+      1500.0 + f.recomputed_tokens * replay_ms_per_token(cost, pl.stages[static_cast<size_t>(lost)], spare);
+  EXPECT_NEAR(*f.recovery_ms, expected_ms, 0.01 * expected_ms);
+  EXPECT_FALSE(report->faults[1].detected_s.has_value());
+}
+
+TEST(Faults, BackupIsAtLeastTenTimesFasterThanRedeploy) {
+  const auto with = run(true);
+  const auto without = run(false);
+  ASSERT_EQ(with.report.faults.size(), 2u);
+  ASSERT_EQ(without.report.faults.size(), 2u);
+  EXPECT_TRUE(without.plan.backups.empty());
+  EXPECT_EQ(without.report.requests_completed, kRequests);
+  EXPECT_EQ(without.report.requests_lost, 0);
+  const double backup_ms = *with.report.faults[0].recovery_ms;
+  const double redeploy = *without.report.faults[0].recovery_ms;
+  EXPECT_GE(redeploy, 10 * backup_ms) << "backup " << backup_ms << " ms, redeploy " << redeploy << " ms";
+
+  // Redeploy closed form: detection + the weights over the spare's link (it is idle: least loaded) + replay.
+  auto p = problem(dropout_scenario(false));
+  const auto& cost = *p->cost;
+  const int spare = cost.scenario().device_index("spare");
+  const auto& st = without.plan.stages[static_cast<size_t>(stage_of(without.plan, cost.scenario().device_index("nx")))];
+  const double expected_ms = 1500.0 + part::redeploy_ms(cost, st, spare) +
+                             without.report.faults[0].recomputed_tokens * replay_ms_per_token(cost, st, spare);
+  EXPECT_NEAR(redeploy, expected_ms, 0.01 * expected_ms);
+}
+
+TEST(Faults, FaultsCanBeSwitchedOff) {
+  auto p = problem(dropout_scenario(true));
+  auto pl = plan(*p, "adaptlink");
+  auto o = options();
+  o.faults = false;
+  auto report = simulate(*p->cost, pl, o);
+  ASSERT_TRUE(report) << report.error().to_string();
+  EXPECT_TRUE(report->faults.empty());
+  EXPECT_EQ(report->requests_completed, kRequests);
+}
+
+TEST(Faults, LosingEveryCopyOfAStageIsAClearError) {
+  auto sc = dropout_scenario(false);
+  sc.faults.clear();
+  double t = 5;
+  for (const auto& d : sc.devices) sc.faults.push_back({t++, d.name, part::FaultKind::dropout, 1, 0});
+  auto p = problem(std::move(sc));
+  auto pl = plan(*p, "adaptlink");
+  auto report = simulate(*p->cost, pl, options());
+  ASSERT_FALSE(report);
+  EXPECT_NE(report.error().to_string().find("no surviving device"), std::string::npos) << report.error().to_string();
+}
+
+TEST(Faults, SlowdownStretchesTheRun) {
+  auto base = problem(dropout_scenario(true));
+  auto pl = plan(*base, "adaptlink");
+  auto o = options();
+  o.faults = false;
+  auto fast = simulate(*base->cost, pl, o);
+  ASSERT_TRUE(fast);
+  auto sc = dropout_scenario(true);
+  sc.faults = {{0.0, "agx", part::FaultKind::slowdown, 3.0, 0}};
+  auto slowed = problem(std::move(sc));
+  auto slow = simulate(*slowed->cost, pl, options());
+  ASSERT_TRUE(slow) << slow.error().to_string();
+  EXPECT_EQ(slow->requests_completed, kRequests);
+  EXPECT_LT(slow->throughput_rps, fast->throughput_rps);
+}
+
+TEST(Faults, LinkDegradationStretchesTheRun) {
+  auto base = problem(dropout_scenario(true));
+  auto pl = plan(*base, "adaptlink");
+  auto o = options();
+  o.faults = false;
+  auto fast = simulate(*base->cost, pl, o);
+  ASSERT_TRUE(fast);
+  auto sc = dropout_scenario(true);
+  sc.faults = {{0.0, "nano", part::FaultKind::link, 1, 2.0}};
+  auto slowed = problem(std::move(sc));
+  auto slow = simulate(*slowed->cost, pl, options());
+  ASSERT_TRUE(slow) << slow.error().to_string();
+  EXPECT_EQ(slow->requests_completed, kRequests);
+  EXPECT_LT(slow->throughput_rps, fast->throughput_rps);
+}
+
+}  // namespace
+}  // namespace adaptlink::sim
+
+namespace adaptlink::sim {
+namespace {
+
+using namespace testing;
+
+// One dropout mid-run on every bundled scenario: the device of the stage with the most weights drops out
+// once the pipeline is full (after the first request's latency). No request is lost; where the plan backs
+// that stage up, the switch-over is at least 10x faster than a redeploy.
+TEST(Faults, BundledScenariosRecoverFromOneDropout) {
+  for (const auto& file : bundled_scenarios()) {
+    double ms[2] = {0, 0};
+    bool backed = false;
+    std::string dropped;
+    for (int with : {1, 0}) {
+      auto sc = load(file);
+      sc.planner.backups = with == 1;
+      sc.faults.clear();
+      sc.workload.arrival = part::Arrival::closed;
+      auto p0 = problem(sc);
+      auto pl0 = plan(*p0, "adaptlink");
+      size_t big = 0;
+      for (size_t s = 0; s < pl0.stages.size(); ++s) {
+        if (p0->cost->weight_bytes(pl0.stages[s].first_node, pl0.stages[s].last_node) >
+            p0->cost->weight_bytes(pl0.stages[big].first_node, pl0.stages[big].last_node)) {
+          big = s;
+        }
+      }
+      if (with == 1) {
+        for (const auto& b : pl0.backups) backed = backed || std::count(b.covers.begin(), b.covers.end(), int(big)) > 0;
+      }
+      dropped = sc.devices[static_cast<size_t>(pl0.stages[big].device)].name;
+      const double at_s = 1.5 * alone_ms(*p0->cost, pl0) * 1e-3;
+      sc.faults = {{at_s, dropped, part::FaultKind::dropout, 1, 0}};
+      auto p = problem(std::move(sc));
+      auto pl = plan(*p, "adaptlink");
+      auto o = SimOptions{};
+      o.faults = true;
+      o.max_requests = 3 * p->scenario.workload.in_flight;
+      auto report = simulate(*p->cost, pl, o);
+      ASSERT_TRUE(report) << file.filename() << ": " << report.error().to_string();
+      EXPECT_EQ(report->requests_completed, o.max_requests) << file.filename();
+      EXPECT_EQ(report->requests_lost, 0) << file.filename();
+      ASSERT_EQ(report->faults.size(), 1u);
+      ASSERT_TRUE(report->faults[0].recovery_ms.has_value()) << file.filename();
+      ms[with] = *report->faults[0].recovery_ms;
+    }
+    std::printf("%-28s drop %-8s backup %s  recovery %9.1f ms  redeploy %9.1f ms  x%.1f\n",
+                file.filename().string().c_str(), dropped.c_str(), backed ? "yes" : "no ", ms[1], ms[0], ms[0] / ms[1]);
+    if (backed) EXPECT_GE(ms[0], 10 * ms[1]) << file.filename();
+  }
+}
+
+}  // namespace
+}  // namespace adaptlink::sim
