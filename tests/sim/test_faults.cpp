@@ -229,3 +229,56 @@ TEST(Faults, BundledScenariosRecoverFromOneDropout) {
 
 }  // namespace
 }  // namespace adaptlink::sim
+
+namespace adaptlink::sim {
+namespace {
+
+using namespace testing;
+
+part::RunReport run_with_faults(std::vector<part::Fault> faults) {
+  auto sc = load(source_dir() / "scenarios" / "jetson-quartet-dropout.toml");
+  sc.faults = std::move(faults);
+  auto p = problem(std::move(sc));
+  auto pl = plan(*p, "adaptlink");
+  SimOptions o;
+  o.faults = true;
+  o.max_requests = 40;
+  auto report = simulate(*p->cost, pl, o);
+  if (!report) ADD_FAILURE() << report.error().to_string();
+  return std::move(*report);
+}
+
+// The spare (nx's backup holder) drops out first: nx's later dropout falls back to a redeploy.
+TEST(Faults, BackupHolderLostBeforeItIsNeededFallsBackToRedeploy) {
+  const auto backed = run_with_faults({{20, "nx", part::FaultKind::dropout, 1, 0}});
+  const auto r = run_with_faults({{10, "spare", part::FaultKind::dropout, 1, 0}, {20, "nx", part::FaultKind::dropout, 1, 0}});
+  EXPECT_EQ(r.requests_completed, 40);
+  EXPECT_EQ(r.requests_lost, 0);
+  ASSERT_EQ(r.faults.size(), 2u);
+  ASSERT_TRUE(r.faults[0].recovery_ms && r.faults[1].recovery_ms);
+  EXPECT_EQ(r.faults[0].recomputed_tokens, 0);  // the spare held no stage
+  EXPECT_NEAR(*r.faults[0].recovery_ms, 1500, 1e-6);
+  EXPECT_GE(*r.faults[1].recovery_ms, 10 * *backed.faults[0].recovery_ms);
+}
+
+// nx drops out, its stage moves to the spare, then the spare drops out too: the stage moves again.
+TEST(Faults, ReplacementLostAgainMovesTheStageAgain) {
+  const auto r = run_with_faults({{20, "nx", part::FaultKind::dropout, 1, 0}, {40, "spare", part::FaultKind::dropout, 1, 0}});
+  EXPECT_EQ(r.requests_completed, 40);
+  EXPECT_EQ(r.requests_lost, 0);
+  ASSERT_EQ(r.faults.size(), 2u);
+  ASSERT_TRUE(r.faults[1].recovered_s.has_value());
+  EXPECT_GT(r.faults[1].recomputed_tokens, 0);
+}
+
+// A device that is already lost drops out again: nothing to detect or recover (null times), the run completes.
+TEST(Faults, SameDeviceLostTwiceIsANoOp) {
+  const auto r = run_with_faults({{20, "nx", part::FaultKind::dropout, 1, 0}, {30, "nx", part::FaultKind::dropout, 1, 0}});
+  EXPECT_EQ(r.requests_completed, 40);
+  ASSERT_EQ(r.faults.size(), 2u);
+  EXPECT_TRUE(r.faults[0].recovery_ms.has_value());
+  EXPECT_FALSE(r.faults[1].detected_s.has_value());
+}
+
+}  // namespace
+}  // namespace adaptlink::sim
