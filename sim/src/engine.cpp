@@ -369,7 +369,12 @@ class Simulation {
           }
           break;
         case FaultKindSpec::rejoin:
-          break;  // not modelled: the device stays out of the pipeline
+          // Back (empty) at its first heartbeat: it may take a stage in a later dropout; no rebalancing.
+          if (dev.dead && f.detect_s > 0) {
+            dev.dead = false;
+            out_.faults[i].detected_s = f.at_s + f.detect_s;
+          }
+          break;
         case FaultKindSpec::dropout:
           dropout(i, f);
           break;

@@ -108,12 +108,13 @@ Expected<Ok> make_stages(const partition::CostModel& cost, const partition::Plan
 }  // namespace
 
 Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan& plan, PipelineSpec& spec,
-                        double detect_timeout_s) {
+                        double detect_timeout_s, double heartbeat_interval_s) {
   const auto& scenario = cost.scenario();
   const int n = cost.num_devices();
   std::vector<int> devices;
   for (const auto& st : plan.stages) devices.push_back(st.device);
   std::vector<bool> alive(static_cast<size_t>(n), true);
+  std::vector<bool> has_backups(static_cast<size_t>(n), true);  // false once lost: a rejoined device comes back empty
   // Memory a device already commits: its stages and the backups it preloads.
   std::vector<double> used(static_cast<size_t>(n), 0.0);
   for (const auto& st : plan.stages) used[static_cast<size_t>(st.device)] += cost.memory_bytes(st.first_node, st.last_node);
@@ -140,6 +141,8 @@ Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan&
     if (fs.kind == FaultKindSpec::dropout && alive[static_cast<size_t>(fs.device)]) {
       const int lost = fs.device;
       alive[static_cast<size_t>(lost)] = false;
+      has_backups[static_cast<size_t>(lost)] = false;
+      used[static_cast<size_t>(lost)] = 0;
       fs.detect_s = detect_timeout_s;
       bool all_backed = true;
       for (size_t s = 0; s < plan.stages.size(); ++s) {
@@ -147,7 +150,7 @@ Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan&
         const auto& st = plan.stages[s];
         int target = -1;
         for (const auto& b : plan.backups) {
-          if (alive[static_cast<size_t>(b.device)] &&
+          if (alive[static_cast<size_t>(b.device)] && has_backups[static_cast<size_t>(b.device)] &&
               std::find(b.covers.begin(), b.covers.end(), static_cast<int>(s)) != b.covers.end()) {
             target = b.device;
             break;
@@ -190,6 +193,11 @@ Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan&
           !made) {
         return made.error();
       }
+    }
+    if (fs.kind == FaultKindSpec::rejoin && !alive[static_cast<size_t>(fs.device)]) {
+      // Back, empty: a redeploy target for later dropouts; the pipeline is not rebalanced.
+      alive[static_cast<size_t>(fs.device)] = true;
+      fs.detect_s = heartbeat_interval_s;
     }
     spec.faults.push_back(std::move(fs));
   }

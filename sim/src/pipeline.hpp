@@ -56,7 +56,7 @@ struct FaultSpec {
   double factor = 1;          // slowdown: multiplies the device's compute times from at_s on
   double bandwidth_bps = 0;   // link: new bandwidth (bytes/s) of the device's links from at_s on
   // dropout
-  double detect_s = 0;        // heartbeat timeout: detected at at_s + detect_s
+  double detect_s = 0;        // dropout: heartbeat timeout; rejoin: heartbeat interval (its first heartbeat)
   double load_s = 0;          // redeploy: weights over the new device's link (0 with a backup)
   bool from_backup = false;
   std::vector<int> moved;                   // stage indices that move
@@ -94,7 +94,7 @@ Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const pa
 // Resolves the scenario's [[faults]] and their recovery (see FaultSpec). An error names what is missing
 // (a device that no stage can move to, an unknown device).
 Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan& plan, PipelineSpec& spec,
-                        double detect_timeout_s);
+                        double detect_timeout_s, double heartbeat_interval_s);
 
 // Trace settings and what the engine reports back.
 struct EngineOptions {

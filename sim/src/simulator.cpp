@@ -226,7 +226,7 @@ Expected<SimResult> run_simulation(const partition::CostModel& cost, const parti
       return make_error("heartbeat timeout ({} s) must be at least the interval ({} s), which must be positive",
                         options.heartbeat_timeout_s, options.heartbeat_interval_s);
     }
-    if (auto added = detail::add_faults(cost, plan, *spec, options.heartbeat_timeout_s); !added) return added.error();
+    if (auto added = detail::add_faults(cost, plan, *spec, options.heartbeat_timeout_s, options.heartbeat_interval_s); !added) return added.error();
   }
   EngineOptions engine_options;
   engine_options.network_model = options.network_model;

@@ -74,7 +74,7 @@ TEST(Faults, DropoutWithBackupRecoversBySwitchOverAndReplay) {
   ASSERT_TRUE(report) << report.error().to_string();
   EXPECT_EQ(report->requests_completed, kRequests);
   EXPECT_EQ(report->requests_lost, 0);
-  ASSERT_EQ(report->faults.size(), 2u);  // the dropout, and the rejoin (not modelled: null times)
+  ASSERT_EQ(report->faults.size(), 2u);  // the dropout, and the rejoin
   const auto& f = report->faults[0];
   EXPECT_EQ(f.kind, "dropout");
   EXPECT_EQ(f.device, "nx");
@@ -92,7 +92,10 @@ TEST(Faults, DropoutWithBackupRecoversBySwitchOverAndReplay) {
   const double expected_ms =
       1500.0 + f.recomputed_tokens * replay_ms_per_token(cost, pl.stages[static_cast<size_t>(lost)], spare);
   EXPECT_NEAR(*f.recovery_ms, expected_ms, 0.01 * expected_ms);
-  EXPECT_FALSE(report->faults[1].detected_s.has_value());
+  // nx rejoins at 60 s: seen at its first heartbeat (0.5 s); nothing to recover (no rebalancing).
+  ASSERT_TRUE(report->faults[1].detected_s.has_value());
+  EXPECT_NEAR(*report->faults[1].detected_s, 60.5, 1e-9);
+  EXPECT_FALSE(report->faults[1].recovery_ms.has_value());
 }
 
 TEST(Faults, BackupIsAtLeastTenTimesFasterThanRedeploy) {
@@ -278,6 +281,42 @@ TEST(Faults, SameDeviceLostTwiceIsANoOp) {
   ASSERT_EQ(r.faults.size(), 2u);
   EXPECT_TRUE(r.faults[0].recovery_ms.has_value());
   EXPECT_FALSE(r.faults[1].detected_s.has_value());
+}
+
+}  // namespace
+}  // namespace adaptlink::sim
+
+namespace adaptlink::sim {
+namespace {
+
+using namespace testing;
+
+// The bundled scenario's rejoin (nx back at 60 s, empty): detected at its first heartbeat; when the spare that
+// took nx's stage drops out later, the stage is redeployed onto the idle nx.
+TEST(Faults, RejoinedDeviceTakesAStageInALaterDropout) {
+  auto sc = load(source_dir() / "scenarios" / "jetson-quartet-dropout.toml");
+  ASSERT_EQ(sc.faults.size(), 2u);
+  sc.faults.push_back({80, "spare", part::FaultKind::dropout, 1, 0});
+  auto p = problem(std::move(sc));
+  auto pl = plan(*p, "adaptlink");
+  SimOptions o;
+  o.faults = true;
+  o.max_requests = 40;
+  auto r = simulate(*p->cost, pl, o);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->requests_completed, 40);
+  EXPECT_EQ(r->requests_lost, 0);
+  ASSERT_EQ(r->faults.size(), 3u);
+  EXPECT_EQ(r->faults[1].kind, "rejoin");
+  ASSERT_TRUE(r->faults[1].detected_s.has_value());
+  EXPECT_NEAR(*r->faults[1].detected_s, 60.5, 1e-9);
+  ASSERT_TRUE(r->faults[2].recovery_ms.has_value());
+  const auto& cost = *p->cost;
+  const auto& st = pl.stages[0];
+  ASSERT_EQ(st.device, cost.scenario().device_index("nx"));
+  // Redeployed onto nx (idle, least loaded): detection + weights over nx's link + replay.
+  const double load_ms = part::redeploy_ms(cost, st, cost.scenario().device_index("nx"));
+  EXPECT_GT(*r->faults[2].recovery_ms, 1500 + load_ms);
 }
 
 }  // namespace
