@@ -32,7 +32,6 @@ namespace {
 constexpr int kMaxExactOrders = 720;
 constexpr int kMaxHeuristicOrders = 600;
 constexpr size_t kMaxFront = 64;
-constexpr double kTokenBytes = 4.0;
 // Plans whose bound is within 5% of the best are replayed; the best replayed one wins.
 constexpr double kRerankWindow = 0.95;
 constexpr size_t kMaxCandidates = 6;
@@ -150,7 +149,6 @@ class Search {
   void solve();
 
   [[nodiscard]] const std::vector<Stage>& best() const { return best_; }
-  [[nodiscard]] double best_score() const { return best_score_; }
 
  private:
   [[nodiscard]] double stage_busy(int d, int i, int j) const {

@@ -5,11 +5,6 @@
 
 namespace adaptlink::partition {
 
-namespace {
-
-constexpr double kTokenBytes = 4.0;  // a sampled token id on the back edge
-
-// Index of the stage whose range holds text_embed (the decode loop starts there).
 int text_entry_stage(const CostModel& cost, const std::vector<Stage>& stages) {
   const int te = cost.graph().text_embed_index();
   for (size_t s = 0; s < stages.size(); ++s) {
@@ -17,6 +12,8 @@ int text_entry_stage(const CostModel& cost, const std::vector<Stage>& stages) {
   }
   return -1;
 }
+
+namespace {
 
 // Adds `count` transfers of `bytes` from device a to b: latency to R0, serialisation to link busy.
 void add_transfers(const CostModel& cost, int from, int to, double bytes, double count, double& alone_ms,

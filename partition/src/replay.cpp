@@ -24,7 +24,6 @@ namespace adaptlink::partition {
 
 namespace {
 
-constexpr double kTokenBytes = 4.0;
 
 enum class Kind { task, join, check };
 
@@ -107,10 +106,7 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
   const int prefill_tokens = graph.prefill_tokens(shape);
   const long long in_flight = std::max(1, cost.scenario().workload.in_flight);
 
-  int entry = 0;
-  for (int s = 0; s < k; ++s) {
-    if (stages[s].first_node <= graph.text_embed_index() && graph.text_embed_index() <= stages[s].last_node) entry = s;
-  }
+  const int entry = std::max(0, text_entry_stage(cost, stages));
   // Compute times per stage: prefill, and each decode step (context grows by one per step).
   std::vector<double> prefill_ms(static_cast<size_t>(k));
   std::vector<std::vector<double>> decode_ms(static_cast<size_t>(k));

@@ -9,7 +9,6 @@ namespace adaptlink::sim::detail {
 
 namespace {
 
-constexpr double kTokenBytes = 4.0;  // a sampled token id on the back edge (as in partition/src/plan.cpp)
 
 // Registers the route from -> to (once) and returns its index, or -1 when nothing crosses the network.
 class RouteTable {
@@ -99,7 +98,7 @@ Expected<Ok> make_stages(const partition::CostModel& cost, const partition::Plan
     }
     out.push_back(std::move(stage));
   }
-  auto back = routes.transfer(devices.back(), devices[static_cast<size_t>(text_stage)], kTokenBytes);
+  auto back = routes.transfer(devices.back(), devices[static_cast<size_t>(text_stage)], partition::kTokenBytes);
   if (!back) return back.error();
   back_edge = *back;
   return Ok{};
@@ -220,8 +219,6 @@ Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const pa
 
   if (plan.stages.empty()) return make_error("plan '{}' has no stages", plan.planner);
   int expected_first = 0;
-  spec.text_stage = -1;
-  const int te = graph.text_embed_index();
   for (size_t s = 0; s < plan.stages.size(); ++s) {
     const auto& st = plan.stages[s];
     if (st.device < 0 || st.device >= cost.num_devices()) {
@@ -232,11 +229,11 @@ Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const pa
                         st.first_node, st.last_node, expected_first);
     }
     expected_first = st.last_node + 1;
-    if (st.first_node <= te && te <= st.last_node) spec.text_stage = static_cast<int>(s);
   }
   if (expected_first != graph.size()) {
     return make_error("plan '{}' covers nodes up to {} of {}", plan.planner, expected_first - 1, graph.size() - 1);
   }
+  spec.text_stage = partition::text_entry_stage(cost, plan.stages);
 
   const int prefill_tokens = graph.prefill_tokens(shape);
   spec.prefill_tokens = prefill_tokens;
@@ -251,26 +248,8 @@ Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const pa
   // first batch is admitted this far apart, the spacing completions have in steady state once the
   // bottleneck is saturated. Admitting them all at t = 0 instead makes them run in lockstep forever
   // (FIFO stages, identical requests, no noise), and each generation then pays every prefill in a burst.
-  std::vector<double> link_busy_s(spec.links.size(), 0.0);
-  double bottleneck_s = 0;
-  auto add_link_busy = [&](const TransferSpec& t, double count) {
-    if (t.route < 0) return;
-    for (const auto& hop : spec.routes[static_cast<size_t>(t.route)]) {
-      link_busy_s[static_cast<size_t>(hop.link)] += count * t.bytes / spec.links[static_cast<size_t>(hop.link)].bandwidth_bps;
-    }
-  };
-  std::vector<double> device_busy_s(spec.device_names.size(), 0.0);
-  for (const auto& st : spec.stages) {
-    double busy = st.prefill_s;
-    for (double d : st.decode_s) busy += d;
-    device_busy_s[static_cast<size_t>(st.device)] += busy;
-    add_link_busy(st.prefill_out, 1);
-    add_link_busy(st.decode_out, shape.output_tokens);
-  }
-  for (double b : device_busy_s) bottleneck_s = std::max(bottleneck_s, b);
-
-  if (spec.text_stage != static_cast<int>(spec.stages.size()) - 1) add_link_busy(spec.back_edge, shape.output_tokens);
-  for (double b : link_busy_s) bottleneck_s = std::max(bottleneck_s, b);
+  auto stages = plan.stages;
+  const double bottleneck_s = partition::evaluate(cost, stages).bottleneck_ms / 1e3;
   spec.ramp_gap_s = stagger_start ? bottleneck_s : 0.0;
 
   const auto& workload = scenario.workload;

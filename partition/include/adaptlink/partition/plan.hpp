@@ -24,6 +24,9 @@
 
 namespace adaptlink::partition {
 
+// Bytes of a sampled token id on the back edge (last stage -> the stage holding text_embed).
+inline constexpr double kTokenBytes = 4.0;
+
 struct Stage {
   int device = -1;
   int first_node = 0;  // inclusive, topological index
@@ -63,6 +66,9 @@ struct Plan {
   double search_bound_rps = 0;  // adaptlink: the best closed-form bound its search found
   double solve_ms = 0;
 };
+
+// Index of the stage whose range holds text_embed (where each decode step starts), -1 if none.
+int text_entry_stage(const CostModel& cost, const std::vector<Stage>& stages);
 
 // Fills prefill_ms / decode_ms / memory_bytes of each stage and returns the closed-form prediction
 // (what the planners' searches optimise: O(stages)).
