@@ -1,15 +1,19 @@
 // adaptlink-sim: what-if studies on scenario files.
 //   validate SCENARIO                  check the file and that the model fits the devices
-//   plan SCENARIO [--planner NAME]     partition the model and predict its performance
+//   plan SCENARIO [--planner NAME] [--profile FILE]...
+//                                      partition the model and predict its performance (measured times: --profile)
 //   run | compare | sweep              simulate with SimGrid (when built with ADAPTLINK_WITH_SIM)
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <functional>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "adaptlink/partition/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
+#include "adaptlink/partition/profile.hpp"
 #include "common.hpp"
 #ifdef ADAPTLINK_WITH_SIM
 #include "sim_commands.hpp"
@@ -94,9 +98,10 @@ std::string plan_table(const part::Plan& plan, const part::CostModel& cost, cons
 }
 
 int cmd_plan(const std::string& file, const std::string& planner, const std::string& objective,
-             const std::string& format, const std::string& output) {
+             const std::string& format, const std::string& output, const std::vector<std::string>& profiles) {
   auto problem = part::load_problem(file);
   if (!problem) return al::cli::report(problem.error());
+  if (auto st = part::apply_profiles(profiles, *(*problem)->cost); !st) return al::cli::report(st.error());
   const auto& p = **problem;
   auto obj = p.scenario.planner.objective;
   if (objective == "throughput") obj = part::Objective::throughput;
@@ -126,6 +131,7 @@ int main(int argc, char** argv) {
   std::function<int()> action;
 
   std::string file, format = "text", planner, objective, output;
+  std::vector<std::string> profiles;
   auto* validate = app.add_subcommand("validate", "Check a scenario file and that the model fits its devices");
   validate->add_option("scenario", file, "Scenario TOML file")->required();
   validate->add_option("--format", format, "text | json")->check(CLI::IsMember({"text", "json"}));
@@ -139,7 +145,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"throughput", "latency"}));
   plan->add_option("--format", format, "table | json")->check(CLI::IsMember({"table", "text", "json"}));
   plan->add_option("-o,--output", output, "Write the plan to FILE instead of stdout");
-  plan->callback([&] { action = [&] { return cmd_plan(file, planner, objective, format, output); }; });
+  plan->add_option("--profile", profiles, "Measured per-node times (JSON, adaptlink-run profile; sim/README.md); "
+                                          "repeatable");
+  plan->callback([&] { action = [&] { return cmd_plan(file, planner, objective, format, output, profiles); }; });
 
 #ifdef ADAPTLINK_WITH_SIM
   add_sim_commands(app, action);

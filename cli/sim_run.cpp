@@ -16,8 +16,8 @@
 
 #include "adaptlink/partition/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
+#include "adaptlink/partition/profile.hpp"
 #include "adaptlink/partition/report.hpp"
-#include "adaptlink/sim/profile.hpp"
 #include "adaptlink/sim/simulator.hpp"
 #include "common.hpp"
 #include "sim_commands.hpp"
@@ -61,7 +61,8 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
   cmd->add_option("--network-model", o.network_model,
                   "SimGrid network model: CM02 (exact, default), LV08, SMPI, IB, Constant")
       ->check(CLI::IsMember(al::sim::network_models()));
-  cmd->add_option("--profile", o.profiles, "Measured per-node times (JSON, see sim/README.md); repeatable");
+  cmd->add_option("--profile", o.profiles,
+                  "Measured per-node times (JSON, adaptlink-run profile; sim/README.md); repeatable");
   cmd->add_option("--requests", o.requests, "Simulate N requests instead of the scenario's workload.requests")
       ->check(CLI::PositiveNumber);
 }
@@ -77,10 +78,7 @@ al::Expected<Loaded> load(const CommonOptions& o) {
   if (!problem) return problem.error();
   Loaded l;
   l.problem = std::move(*problem);
-  for (const auto& file : o.profiles) {
-    auto st = al::sim::apply_profile(file, *l.problem->cost);
-    if (!st) return st.error();
-  }
+  if (auto st = part::apply_profiles(o.profiles, *l.problem->cost); !st) return st.error();
   l.objective = l.problem->scenario.planner.objective;
   if (o.objective == "throughput") l.objective = part::Objective::throughput;
   if (o.objective == "latency") l.objective = part::Objective::latency;

@@ -4,12 +4,16 @@
 
 #include <nlohmann/json.hpp>
 
-#include "adaptlink/sim/profile.hpp"
+#include "adaptlink/partition/profile.hpp"
 #include "adaptlink/sim/simulator.hpp"
 #include "helpers.hpp"
 
 namespace adaptlink::sim::testing {
 namespace {
+
+// The parser lives in partition/ (exec/ plans with profiles too); the simulator applies what it sets.
+using part::load_profile;
+using part::parse_profile;
 
 nlohmann::json profile_for(const part::CostModel& cost, const std::string& key, const std::string& value,
                            double prefill_ms, double zero_ms, double per_token_ms) {

@@ -1,4 +1,4 @@
-#include "adaptlink/sim/profile.hpp"
+#include "adaptlink/partition/profile.hpp"
 
 #include <fstream>
 #include <map>
@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-namespace adaptlink::sim {
+namespace adaptlink::partition {
 
 namespace {
 
@@ -22,14 +22,44 @@ Expected<double> time_field(const nlohmann::json& node, const char* key, const s
   return v;
 }
 
-Expected<DeviceProfile> parse_one(const nlohmann::json& obj, const partition::CostModel& cost,
+// "request_shape": {"images", "prompt_tokens", "output_tokens"}: the shape the times were measured for; images
+// and prompt_tokens must be the scenario's (prefill times depend on them).
+Status check_shape(const nlohmann::json& obj, const CostModel& cost, const std::string& source,
+                   const std::string& where) {
+  auto it = obj.find("request_shape");
+  if (it == obj.end()) return Ok{};
+  const std::string at = where.empty() ? std::string("request_shape") : where + ".request_shape";
+  if (!it->is_object()) return located(source, fmt::format("{}: expected an object", at));
+  const auto& want = cost.shape();
+  for (const auto& [key, value] : it->items()) {
+    if (key != "images" && key != "prompt_tokens" && key != "output_tokens") {
+      return located(source, fmt::format("{}: unknown key '{}'", at, key));
+    }
+    if (!value.is_number_integer() || value.get<long long>() < 0) {
+      return located(source, fmt::format("{}: '{}' must be an integer >= 0", at, key));
+    }
+  }
+  auto field = [&](const char* key) { return it->contains(key) ? (*it)[key].get<long long>() : -1; };
+  if ((field("images") >= 0 && field("images") != want.images) ||
+      (field("prompt_tokens") >= 0 && field("prompt_tokens") != want.prompt_tokens)) {
+    return located(source, fmt::format("{}: the times were measured for {} image(s) and {} prompt tokens, scenario "
+                                       "'{}' asks for {} and {} (measure again with its shape, e.g. adaptlink-run "
+                                       "profile --scenario)",
+                                       at, field("images"), field("prompt_tokens"), cost.scenario().name, want.images,
+                                       want.prompt_tokens));
+  }
+  return Ok{};
+}
+
+Expected<DeviceProfile> parse_one(const nlohmann::json& obj, const CostModel& cost,
                                   const std::string& source, const std::string& where) {
   if (!obj.is_object()) return located(source, fmt::format("{}: expected an object", where));
   for (const auto& [key, value] : obj.items()) {
-    if (key != "device" && key != "kind" && key != "nodes" && key != "comment") {
+    if (key != "device" && key != "kind" && key != "nodes" && key != "comment" && key != "request_shape") {
       return located(source, fmt::format("{}: unknown key '{}'", where, key));
     }
   }
+  if (auto st = check_shape(obj, cost, source, where); !st) return st.error();
   const auto& scenario = cost.scenario();
   DeviceProfile profile;
   const bool has_device = obj.contains("device");
@@ -102,13 +132,17 @@ Expected<DeviceProfile> parse_one(const nlohmann::json& obj, const partition::Co
 
 }  // namespace
 
-Expected<std::vector<DeviceProfile>> parse_profile(const nlohmann::json& json, const partition::CostModel& cost,
+Expected<std::vector<DeviceProfile>> parse_profile(const nlohmann::json& json, const CostModel& cost,
                                                    const std::string& source) {
   std::vector<DeviceProfile> out;
   if (json.is_object() && json.contains("profiles")) {
-    if (json.size() != 1 || !json["profiles"].is_array()) {
-      return located(source, "expected {\"profiles\": [...]} with nothing else");
+    for (const auto& [key, value] : json.items()) {
+      if (key != "profiles" && key != "comment" && key != "request_shape") {
+        return located(source, fmt::format("unknown key '{}' beside 'profiles' (allowed: comment, request_shape)", key));
+      }
     }
+    if (!json["profiles"].is_array()) return located(source, "'profiles' must be an array");
+    if (auto st = check_shape(json, cost, source, ""); !st) return st.error();
     size_t k = 0;
     for (const auto& item : json["profiles"]) {
       auto p = parse_one(item, cost, source, fmt::format("profiles[{}]", k++));
@@ -124,7 +158,7 @@ Expected<std::vector<DeviceProfile>> parse_profile(const nlohmann::json& json, c
 }
 
 Expected<std::vector<DeviceProfile>> load_profile(const std::filesystem::path& path,
-                                                  const partition::CostModel& cost) {
+                                                  const CostModel& cost) {
   std::ifstream in(path);
   if (!in) return located(path.string(), "cannot open the profile file");
   std::stringstream text;
@@ -138,7 +172,7 @@ Expected<std::vector<DeviceProfile>> load_profile(const std::filesystem::path& p
   return parse_profile(json, cost, path.string());
 }
 
-Status apply_profile(const std::filesystem::path& path, partition::CostModel& cost) {
+Status apply_profile(const std::filesystem::path& path, CostModel& cost) {
   auto profiles = load_profile(path, cost);
   if (!profiles) return profiles.error();
   for (const auto& p : *profiles) {
@@ -147,4 +181,50 @@ Status apply_profile(const std::filesystem::path& path, partition::CostModel& co
   return Ok{};
 }
 
-}  // namespace adaptlink::sim
+Status apply_profiles(const std::vector<std::string>& files, CostModel& cost) {
+  for (const auto& file : files) {
+    if (auto st = apply_profile(file, cost); !st) return st;
+  }
+  return Ok{};
+}
+
+nlohmann::json profile_to_json(const models::LayerGraph& graph, const std::vector<ProfileEntry>& entries,
+                               const ProfileMeta& meta) {
+  ADAPTLINK_CHECK(!entries.empty(), "profile_to_json: no entries");
+  const auto n = static_cast<size_t>(graph.size());
+  auto entry_json = [&](const ProfileEntry& e) {
+    ADAPTLINK_CHECK(e.device.empty() != e.kind.empty(), "profile entry needs exactly one of device and kind");
+    ADAPTLINK_CHECK(e.times.prefill_ms.size() == n && e.times.decode_ms_at_zero.size() == n &&
+                        e.times.decode_ms_per_token.size() == n,
+                    "profile entry has times for a graph of another size");
+    nlohmann::json nodes = nlohmann::json::array();
+    for (size_t i = 0; i < n; ++i) {
+      nodes.push_back({{"name", graph.node(static_cast<int>(i)).name},
+                       {"prefill_ms", e.times.prefill_ms[i]},
+                       {"decode_ms_at_zero", e.times.decode_ms_at_zero[i]},
+                       {"decode_ms_per_token", e.times.decode_ms_per_token[i]}});
+    }
+    nlohmann::json j = nlohmann::json::object();
+    if (!e.device.empty()) {
+      j["device"] = e.device;
+    } else {
+      j["kind"] = e.kind;
+    }
+    j["nodes"] = std::move(nodes);
+    return j;
+  };
+  nlohmann::json out = entries.size() == 1 ? entry_json(entries.front()) : nlohmann::json::object();
+  if (!meta.comment.empty()) out["comment"] = meta.comment;
+  if (meta.shape) {
+    out["request_shape"] = {{"images", meta.shape->images},
+                            {"prompt_tokens", meta.shape->prompt_tokens},
+                            {"output_tokens", meta.shape->output_tokens}};
+  }
+  if (entries.size() > 1) {
+    out["profiles"] = nlohmann::json::array();
+    for (const auto& e : entries) out["profiles"].push_back(entry_json(e));
+  }
+  return out;
+}
+
+}  // namespace adaptlink::partition
