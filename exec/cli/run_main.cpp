@@ -9,6 +9,8 @@
 #include <ATen/ops/tensor.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
+#include <csignal>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -17,7 +19,11 @@
 #include <string>
 #include <vector>
 
+#include "adaptlink/exec/coordinator.hpp"
 #include "adaptlink/exec/generate.hpp"
+#include "adaptlink/exec/local_workers.hpp"
+#include "adaptlink/exec/serve.hpp"
+#include "adaptlink/exec/worker.hpp"
 #include "adaptlink/exec/tensor_io.hpp"
 #include "adaptlink/exec/tokenizer.hpp"
 #include "common.hpp"
@@ -79,11 +85,50 @@ struct GenerateArgs {
   int threads = 0;
 };
 
-int run_generate(const GenerateArgs& args) {
-  if (args.stages != 1) {
-    return fail(fmt::format("--stages {}: multi-process pipelines are not available in this build (only --stages 1)",
-                            args.stages));
+// Runs one request through `stages` local worker processes (ranges of about equal weight bytes).
+Expected<GenerateResult> generate_distributed(const GenerateArgs& args, const models::LayerGraph& graph,
+                                              const std::vector<int64_t>& ids, const at::Tensor& pixels,
+                                              const std::vector<int64_t>& eos) {
+  LocalWorkers workers;
+  std::vector<std::string> extra;
+  if (args.threads > 0) extra = {"--threads", std::to_string(args.threads)};
+  auto st = workers.start(self_executable(), args.stages, extra);
+  if (!st) return st.error();
+  PipelineSpec spec;
+  const auto ranges = split_even(graph, args.stages);
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    spec.workers.push_back({fmt::format("stage{}", i), workers.endpoints()[i], 1.0, {}});
+    spec.stages.push_back({ranges[i].first, ranges[i].second, static_cast<int>(i)});
   }
+  CoordinatorOptions co;
+  co.model = args.model;
+  co.dtype = args.dtype;
+  co.exec_device = args.device;
+  co.in_flight = 1;
+  co.eos_ids = eos;
+  co.keep_prefill_logits = args.dump_logits.has_value();
+  co.poll_lost = [&workers, &spec](double) {
+    std::vector<std::string> gone;
+    for (int w = 0; w < workers.size(); ++w) {
+      if (workers.exited(w)) gone.push_back(spec.workers[static_cast<size_t>(w)].name);
+    }
+    return gone;
+  };
+  co.recover = false;
+  ExecRequest request{"0", ids, pixels, args.max_new_tokens};
+  const auto start = std::chrono::steady_clock::now();
+  auto run = run_pipeline(spec, {request}, co);
+  if (!run) return run.error();
+  GenerateResult result;
+  result.generated = run->results[0].generated;
+  result.prefill_logits = run->results[0].prefill_logits;
+  result.prompt_tokens = static_cast<int>(ids.size());
+  result.decode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+int run_generate(const GenerateArgs& args) {
+  if (args.stages < 1) return fail("--stages must be >= 1");
   if (args.max_new_tokens < 0) return fail("--max-new-tokens must be >= 0");
   if (args.threads > 0) at::set_num_threads(args.threads);
   auto options = parse_exec_options(args.dtype, args.device);
@@ -93,17 +138,22 @@ int run_generate(const GenerateArgs& args) {
   auto probe = Checkpoint::open(args.model);
   if (!probe) return fail(probe.error().to_string());
   auto graph = models::LayerGraph::build(probe->config(), models::Dtype::fp32);
-  const auto ranges = split_even(graph, args.local_stages);
-  auto runner = LlavaRunner::load(args.model, *options, ranges);
-  if (!runner) return fail(runner.error().to_string());
+  std::unique_ptr<LlavaRunner> runner;
+  if (args.stages == 1) {
+    auto loaded = LlavaRunner::load(args.model, *options, split_even(graph, args.local_stages));
+    if (!loaded) return fail(loaded.error().to_string());
+    runner = std::move(loaded).value();
+  }
   const double load_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
-  const auto& config = (*runner)->checkpoint().config();
+  const auto& config = probe->config();
 
   // Image.
   at::Tensor pixels;
   if (args.image) {
-    auto pv = (*runner)->pixel_values_for_image(*args.image);
+    auto processor = checkpoint_image_processor(args.model, config);
+    if (!processor) return fail(processor.error().to_string());
+    auto pv = pixel_values_for_image(*args.image, *processor);
     if (!pv) return fail(pv.error().to_string());
     pixels = *pv;
   } else if (args.pixel_values) {
@@ -142,7 +192,8 @@ int run_generate(const GenerateArgs& args) {
   GenerateOptions gen;
   gen.max_new_tokens = args.max_new_tokens;
   gen.keep_prefill_logits = args.dump_logits.has_value();
-  auto result = (*runner)->generate(ids, pixels, gen);
+  auto result = runner ? runner->generate(ids, pixels, gen)
+                       : generate_distributed(args, graph, ids, pixels, read_eos_ids(args.model, config));
   if (!result) return fail(result.error().to_string());
 
   if (args.dump_logits) {
@@ -178,6 +229,96 @@ int run_generate(const GenerateArgs& args) {
   return 0;
 }
 
+std::atomic<bool> g_stop{false};
+extern "C" void on_stop_signal(int) { g_stop = true; }
+
+int run_worker_command(const WorkerOptions& options) {
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGINT, on_stop_signal);
+  auto st = run_worker(
+      options,
+      [](const std::string& endpoint) {
+        std::printf("adaptlink-run worker: listening on %s\n", endpoint.c_str());
+        std::fflush(stdout);
+      },
+      &g_stop);
+  if (!st) return fail(st.error().to_string());
+  return 0;
+}
+
+struct ServeArgs {
+  ServeOptions options;
+  std::string scenario, model, out;
+  std::optional<std::string> requests;
+  std::string format = "text";
+  bool no_faults = false;
+  bool no_backups = false;
+};
+
+void add_serve_options(CLI::App* cmd, ServeArgs& a, bool testbed) {
+  cmd->add_option("--scenario", a.scenario, "scenario TOML (devices, network, workload, planner)")->required();
+  cmd->add_option("--model", a.model, "checkpoint directory (the model that is planned and run)")->required();
+  auto* req = cmd->add_option("--requests", a.requests,
+                              "JSONL requests {id, prompt|input_ids, image|pixel_values, max_new_tokens}");
+  if (!testbed) req->required();
+  cmd->add_option("--out", a.out, "write DIR/{plan.json, outputs.jsonl, report.json, trace.json}");
+  cmd->add_option("--planner", a.options.planner, "override the scenario's planner");
+  cmd->add_option("--profile", a.options.profiles, "measured per-node times for the planner (repeatable)");
+  cmd->add_option("--dtype", a.options.dtype, "fp32 | bf16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  cmd->add_option("--device", a.options.device, "cpu | cuda[:N] (where workers run their stages)");
+  cmd->add_option("--in-flight", a.options.in_flight, "requests in the pipeline at once (default: the scenario's)");
+  cmd->add_option("--listen", a.options.listen, "where the coordinator receives tokens (reachable by the workers)");
+  cmd->add_option("--heartbeat-timeout-s", a.options.heartbeat_timeout_s, "a worker silent this long is lost");
+  cmd->add_option("--hello-timeout-s", a.options.hello_timeout_s, "per worker: answer the handshake and load");
+  cmd->add_flag("--ignore-eos", a.options.ignore_eos, "generate max_new_tokens for every request");
+  cmd->add_flag("--no-backups", a.no_backups, "plan without backup sub-blocks (recovery by redeploy)");
+  cmd->add_option("--format", a.format, "text | json (the summary on stdout)")->check(CLI::IsMember({"text", "json"}));
+  cmd->add_flag("--quiet", [&a](int64_t) { a.options.progress = false; }, "no progress on stderr");
+  if (testbed) {
+    cmd->add_option("--threads", a.options.worker_threads, "CPU threads per emulating worker");
+    cmd->add_option("--synthetic", a.options.synthetic_requests,
+                    "without --requests: this many requests of the scenario's shape (default: workload.requests)");
+    cmd->add_option("--seed", a.options.seed, "seed of the synthetic requests");
+    cmd->add_flag("--no-faults", a.no_faults, "ignore the scenario's [[faults]]");
+  }
+}
+
+int run_serve_command(ServeArgs& a, bool testbed) {
+  auto& o = a.options;
+  o.scenario = a.scenario;
+  o.model = a.model;
+  o.out = a.out;
+  if (a.requests) o.requests = *a.requests;
+  o.testbed = testbed;
+  o.inject_faults = !a.no_faults;
+  if (a.no_backups) o.backups = false;
+  o.worker_binary = self_executable();
+  auto outcome = run_serve(o);
+  if (!outcome) return fail(outcome.error().to_string());
+  const auto& r = outcome->report;
+  if (a.format == "json") {
+    auto j = partition::to_json(r);
+    j["predicted_throughput_rps"] = outcome->predicted_rps;
+    if (!a.out.empty()) j["out"] = a.out;
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  std::printf("%s on %s (%s, %s plan, %zu stages)\n", testbed ? "testbed" : "serve", r.scenario.c_str(),
+              a.model.c_str(), r.planner.c_str(), outcome->plan.stages.size());
+  std::printf("  requests      %lld completed, %lld lost\n", r.requests_completed, r.requests_lost);
+  std::printf("  throughput    %.4f req/s measured, %.4f predicted (%.1f tokens/s)\n", r.throughput_rps,
+              outcome->predicted_rps, r.tokens_per_s);
+  std::printf("  latency       p50 %.0f ms, p95 %.0f ms, p99 %.0f ms\n", r.latency_ms.p50, r.latency_ms.p95,
+              r.latency_ms.p99);
+  for (const auto& f : r.faults) {
+    std::printf("  fault         %s %s at %.2f s: detected %.2f s, recovered in %.0f ms, %lld positions recomputed\n",
+                f.kind.c_str(), f.device.c_str(), f.at_s, f.detected_s.value_or(-1), f.recovery_ms.value_or(-1),
+                f.recomputed_tokens);
+  }
+  if (!a.out.empty()) std::printf("  wrote         %s/{plan.json, outputs.jsonl, report.json, trace.json}\n", a.out.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -193,14 +334,38 @@ int main(int argc, char** argv) {
   auto* pv = gen->add_option("--pixel-values", g.pixel_values, "safetensors file with a 'pixel_values' tensor");
   image->excludes(pv);
   gen->add_option("--max-new-tokens", g.max_new_tokens, "tokens to generate at most (default 32)");
-  gen->add_option("--stages", g.stages, "worker processes (only 1 in this build)");
+  gen->add_option("--stages", g.stages, "K > 1: run the pipeline through K local worker processes over ZeroMQ");
   gen->add_option("--local-stages", g.local_stages, "run the model as K in-process stages (testing)")->group("");
   gen->add_option("--dtype", g.dtype, "fp32 | bf16 | fp16 (cuda)")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   gen->add_option("--device", g.device, "cpu | cuda[:N]");
   gen->add_option("--format", g.format, "text | json")->check(CLI::IsMember({"text", "json"}));
   gen->add_option("--dump-logits", g.dump_logits, "write the prefill logits [tokens, vocab] to this safetensors file");
   gen->add_option("--threads", g.threads, "CPU threads (default: libtorch's)");
+  WorkerOptions wo;
+  std::string worker_model;
+  auto* worker = app.add_subcommand("worker", "Serve pipeline stages to a coordinator over ZeroMQ");
+  worker->add_option("--listen", wo.listen, "endpoint to bind, e.g. tcp://0.0.0.0:5555 (port * = any free port)")
+      ->required();
+  worker->add_option("--model", worker_model, "this machine's checkpoint copy (default: the coordinator's path)");
+  worker->add_option("--threads", wo.threads, "CPU threads (default: libtorch's)");
+  ServeArgs serve_args;
+  auto* serve = app.add_subcommand("serve", "Plan a scenario and run requests through its devices' workers");
+  add_serve_options(serve, serve_args, false);
+  ServeArgs testbed_args;
+  auto* testbed = app.add_subcommand(
+      "testbed", "Like serve, with local workers that emulate the scenario's devices, links and dropouts");
+  add_serve_options(testbed, testbed_args, true);
   if (auto done = adaptlink::cli::parse_args(app, argc, argv, "adaptlink-run")) return *done;
+  try {
+    if (worker->parsed()) {
+      wo.model = worker_model;
+      return run_worker_command(wo);
+    }
+    if (serve->parsed()) return run_serve_command(serve_args, false);
+    if (testbed->parsed()) return run_serve_command(testbed_args, true);
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  }
   if (gen->parsed()) {
     if (!g.prompt && !g.input_ids) return fail("generate needs --prompt or --input-ids");
     try {

@@ -14,7 +14,8 @@ double ms_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
-// eos_token_id of generation_config.json (an int or a list), else the text config's.
+}  // namespace
+
 std::vector<int64_t> read_eos_ids(const std::filesystem::path& dir, const models::LlavaConfig& config) {
   std::ifstream in(dir / "generation_config.json");
   if (in) {
@@ -38,8 +39,6 @@ std::vector<int64_t> read_eos_ids(const std::filesystem::path& dir, const models
   if (config.text.eos_token_id >= 0) return {config.text.eos_token_id};
   return {};
 }
-
-}  // namespace
 
 std::vector<std::pair<int, int>> split_even(const models::LayerGraph& graph, int count) {
   const int n = graph.size();
@@ -88,26 +87,34 @@ Expected<std::unique_ptr<LlavaRunner>> LlavaRunner::load(const std::filesystem::
     runner->stages_.push_back(std::move(stage).value());
   }
   runner->eos_ids_ = read_eos_ids(dir, runner->checkpoint_.config());
-  const auto pre = dir / "preprocessor_config.json";
-  if (std::filesystem::exists(pre)) {
-    auto config = load_image_processor_config(pre);
-    if (!config) return config.error();
-    runner->image_processor_ = *config;
-  } else {
-    const int size = runner->checkpoint_.config().vision.image_size;
-    runner->image_processor_.shortest_edge = size;
-    runner->image_processor_.crop_height = runner->image_processor_.crop_width = size;
-  }
+  auto processor = checkpoint_image_processor(dir, runner->checkpoint_.config());
+  if (!processor) return processor.error();
+  runner->image_processor_ = *processor;
   return runner;
 }
 
-Expected<at::Tensor> LlavaRunner::pixel_values_for_image(const std::filesystem::path& image) const {
+Expected<ImageProcessorConfig> checkpoint_image_processor(const std::filesystem::path& dir,
+                                                          const models::LlavaConfig& config) {
+  const auto pre = dir / "preprocessor_config.json";
+  if (std::filesystem::exists(pre)) return load_image_processor_config(pre);
+  ImageProcessorConfig processor;
+  const int size = config.vision.image_size;
+  processor.shortest_edge = size;
+  processor.crop_height = processor.crop_width = size;
+  return processor;
+}
+
+Expected<at::Tensor> pixel_values_for_image(const std::filesystem::path& image, const ImageProcessorConfig& processor) {
   auto rgb = decode_image(image);
   if (!rgb) return rgb.error();
-  auto pv = preprocess_image(*rgb, image_processor_);
+  auto pv = preprocess_image(*rgb, processor);
   if (!pv) return Error{pv.error().message, image.string(), 0, 0};
   return at::from_blob(pv->data.data(), {1, pv->channels, pv->height, pv->width}, at::TensorOptions().dtype(at::kFloat))
       .clone();
+}
+
+Expected<at::Tensor> LlavaRunner::pixel_values_for_image(const std::filesystem::path& image) const {
+  return exec::pixel_values_for_image(image, image_processor_);
 }
 
 Expected<GenerateResult> LlavaRunner::generate(const std::vector<int64_t>& input_ids, const at::Tensor& pixel_values,

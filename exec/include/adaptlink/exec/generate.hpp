@@ -61,6 +61,15 @@ class LlavaRunner {
   int64_t next_request_ = 1;
 };
 
+// eos_token_id of the checkpoint's generation_config.json (an int or a list), else the text config's.
+std::vector<int64_t> read_eos_ids(const std::filesystem::path& dir, const models::LlavaConfig& config);
+
+// The checkpoint's preprocessor_config.json, or CLIP defaults at the vision tower's image size.
+Expected<ImageProcessorConfig> checkpoint_image_processor(const std::filesystem::path& dir,
+                                                          const models::LlavaConfig& config);
+// [1, 3, H, W] float pixel values of an image file.
+Expected<at::Tensor> pixel_values_for_image(const std::filesystem::path& image, const ImageProcessorConfig& processor);
+
 // Splits the DAG into `count` contiguous ranges with about equal weight bytes (at least one node each).
 std::vector<std::pair<int, int>> split_even(const models::LayerGraph& graph, int count);
 

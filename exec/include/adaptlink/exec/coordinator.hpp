@@ -1,0 +1,118 @@
+// The coordinator of a multi-process pipeline (`adaptlink-run serve | testbed | generate --stages K`): hands
+// out stages to workers (hello), streams requests through them with up to `in_flight` at once, collects the
+// sampled tokens, watches the workers (heartbeats, and process exits when it started them) and recovers from a
+// lost worker: a preloaded backup takes over its stage, or the stage is redeployed on a survivor; requests in
+// flight are rebuilt on the replacement from the upstream stages' logs and their step re-issued, so every
+// request completes with the output of a fault-free run.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "adaptlink/error.hpp"
+#include "adaptlink/partition/report.hpp"
+
+namespace adaptlink::exec {
+
+// Link emulation applied by the sending worker (testbed): latency + bytes x ms_per_byte, FIFO per link.
+struct LinkShape {
+  double latency_ms = 0;
+  double ms_per_byte = 0;
+};
+
+struct WorkerSpec {
+  std::string name;      // scenario device name
+  std::string endpoint;  // where its worker listens
+  double slowdown = 1;   // testbed: compute time multiplier (1: no emulation)
+  std::vector<std::pair<int, int>> backups;  // node ranges it preloads as backups
+};
+
+struct StageSpec {
+  int first = 0;
+  int last = 0;
+  int worker = 0;  // index into PipelineSpec::workers
+};
+
+struct PipelineSpec {
+  std::vector<WorkerSpec> workers;
+  std::vector<StageSpec> stages;  // in pipeline order, covering the DAG
+  // Testbed link emulation between two workers' devices (and, for redeploys, the time to ship weights);
+  // unset: no emulation.
+  std::function<LinkShape(int from_worker, int to_worker)> link;
+  std::function<double(int to_worker, int first, int last)> redeploy_ms;  // emulated weight transfer
+};
+
+struct ExecRequest {
+  std::string id;
+  std::vector<int64_t> input_ids;
+  at::Tensor pixel_values;  // [crops, 3, H, W] float, or undefined
+  int max_new_tokens = 32;
+};
+
+struct ExecResult {
+  std::string id;
+  std::vector<int64_t> generated;
+  double admitted_s = 0;  // since the run started
+  double done_s = 0;
+  double latency_ms = 0;
+  at::Tensor prefill_logits;  // [tokens, vocab] when asked for
+};
+
+struct CoordinatorOptions {
+  std::filesystem::path model;  // the coordinator's checkpoint (fingerprint, and the path workers fall back to)
+  std::string dtype = "fp32";
+  std::string exec_device = "cpu";
+  std::string listen = "tcp://127.0.0.1:*";  // where the last stage returns tokens (must be reachable by workers)
+  int in_flight = 4;
+  std::vector<int64_t> eos_ids;
+  bool keep_prefill_logits = false;
+  double hello_timeout_s = 120;      // per worker, includes loading its weights
+  double heartbeat_interval_s = 0.25;
+  double heartbeat_timeout_s = 5;    // a worker silent this long is lost
+  double step_timeout_s = 600;       // no progress at all for this long: give up
+  bool recover = true;               // on a lost worker: fail over (else: error)
+  // Called every loop turn with the seconds since the start: returns the names of workers known to be gone
+  // (the testbed watches its child processes; a broken connection counts as lost at once).
+  std::function<std::vector<std::string>(double now_s)> poll_lost;
+  std::function<void(double now_s)> tick;  // e.g. the testbed injecting faults at their times
+  // When a device's fault was injected (seconds since the start), if known: the fault record's at_s.
+  std::function<std::optional<double>(const std::string& device)> fault_time;
+  std::function<void(size_t done, size_t total)> progress;
+};
+
+struct StageTiming {
+  std::string device;
+  std::string name;
+  int64_t request = 0;
+  double start_s = 0;
+  double end_s = 0;
+};
+
+struct ExecRun {
+  std::vector<ExecResult> results;  // in request order
+  std::vector<StageTiming> events;  // stage executions, relative to the start
+  std::vector<partition::FaultRecord> faults;
+  double wall_s = 0;
+};
+
+// Connects to the workers, sends them their stages, runs the requests. Errors name the worker (unreachable,
+// refused the handshake, failed a step, lost without a way to recover) and never hang.
+Expected<ExecRun> run_pipeline(const PipelineSpec& spec, const std::vector<ExecRequest>& requests,
+                               const CoordinatorOptions& options);
+
+// report.json for an exec run (the RunReport schema of DESIGN.md): throughput over the steady window,
+// latency percentiles, utilisation from the stage events.
+partition::RunReport make_exec_report(const ExecRun& run, const std::string& scenario, const std::string& planner,
+                                      const std::vector<std::string>& device_names, int in_flight);
+// Chrome trace of the stage executions, one row per device.
+nlohmann::json make_exec_trace(const ExecRun& run, const std::vector<std::string>& device_names);
+
+}  // namespace adaptlink::exec

@@ -1,0 +1,45 @@
+// Worker processes on this machine (`generate --stages K`, `testbed`, tests): each is `adaptlink-run worker
+// --listen tcp://127.0.0.1:*` started with fork/exec; its first stdout line names the port it bound.
+// The destructor stops them (SIGTERM, then SIGKILL) and reaps them.
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "adaptlink/error.hpp"
+
+namespace adaptlink::exec {
+
+class LocalWorkers {
+ public:
+  LocalWorkers() = default;
+  LocalWorkers(const LocalWorkers&) = delete;
+  LocalWorkers& operator=(const LocalWorkers&) = delete;
+  ~LocalWorkers();
+
+  // Starts `count` workers of `binary` (the adaptlink-run executable) with extra arguments (e.g. --threads 2).
+  // Waits up to timeout_s for each to report its endpoint.
+  Status start(const std::filesystem::path& binary, int count, const std::vector<std::string>& extra_args,
+               double timeout_s = 30);
+
+  [[nodiscard]] int size() const { return static_cast<int>(pids_.size()); }
+  [[nodiscard]] const std::vector<std::string>& endpoints() const { return endpoints_; }
+  // Sends a signal to worker i (SIGKILL, SIGSTOP, SIGCONT, ...).
+  void signal(int i, int sig);
+  // Whether worker i has exited (reaps it).
+  bool exited(int i);
+  void stop_all();
+
+ private:
+  std::vector<pid_t> pids_;
+  std::vector<bool> reaped_;
+  std::vector<std::string> endpoints_;
+};
+
+// This process's executable (/proc/self/exe), to start workers of the same build.
+std::filesystem::path self_executable();
+
+}  // namespace adaptlink::exec

@@ -1,0 +1,69 @@
+// `adaptlink-run serve` and `adaptlink-run testbed`: plan a scenario with the core for the checkpoint's model,
+// hand the stages to workers (the scenario's endpoints, or local emulating workers), run the requests, write
+// DIR/{plan.json, outputs.jsonl, report.json, trace.json}.
+//
+// Testbed emulation (one machine standing in for the scenario's devices):
+//   compute  every stage execution on device d takes its measured time x testbed_slowdown(scenario, d)
+//            (partition/testbed.hpp: fastest device = this machine); the extra is idle waiting;
+//   links    the sending worker holds each message for latency + bytes / bandwidth of the scenario's route
+//            between the two devices (FIFO per destination);
+//   faults   the scenario's [[faults]] dropouts kill (SIGKILL) the device's worker at at_s after the first
+//            request is admitted; slowdowns change its factor; a redeploy waits for the weights' transfer
+//            over the device's link (partition::redeploy_ms).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "adaptlink/error.hpp"
+#include "adaptlink/exec/coordinator.hpp"
+#include "adaptlink/exec/generate.hpp"
+#include "adaptlink/partition/plan.hpp"
+#include "adaptlink/partition/report.hpp"
+
+namespace adaptlink::exec {
+
+struct ServeOptions {
+  std::filesystem::path scenario;
+  std::filesystem::path model;
+  std::optional<std::filesystem::path> requests;  // JSONL; testbed without it: synthetic requests
+  std::filesystem::path out;                      // empty: no files
+  std::optional<std::string> planner;             // overrides the scenario's
+  std::vector<std::string> profiles;              // profile files for the planner
+  std::string dtype = "fp32";
+  std::string device = "cpu";
+  std::optional<int> in_flight;
+  std::optional<int> synthetic_requests;  // number of synthetic requests (scenario workload shape)
+  uint64_t seed = 1;
+  bool ignore_eos = false;
+  bool testbed = false;
+  bool inject_faults = true;  // testbed: apply the scenario's [[faults]]
+  std::optional<bool> backups;  // overrides the scenario's planner.backups
+  int worker_threads = 0;
+  std::filesystem::path worker_binary;  // testbed: the adaptlink-run executable
+  std::string listen = "tcp://127.0.0.1:*";
+  double heartbeat_interval_s = 0.25;
+  double heartbeat_timeout_s = 5;
+  double hello_timeout_s = 120;
+  bool progress = true;
+};
+
+struct ServeOutcome {
+  partition::Plan plan;
+  partition::RunReport report;
+  std::vector<ExecResult> results;
+  std::vector<std::string> request_ids;
+  double predicted_rps = 0;  // the core's replayed prediction for this plan (profiles applied)
+};
+
+Expected<ServeOutcome> run_serve(const ServeOptions& options);
+
+// Reads a requests file (JSONL: {"id", "prompt" | "input_ids", "image" | "pixel_values", "max_new_tokens"});
+// relative paths resolve against the file's folder. Errors name the file and line.
+Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& file, const std::filesystem::path& model,
+                                                 int default_max_new_tokens);
+
+}  // namespace adaptlink::exec

@@ -1,0 +1,44 @@
+// A pipeline worker (`adaptlink-run worker`): holds one or more stages of the model (its own and preloaded
+// backups), runs the steps that reach it in arrival order and sends each result straight to the next stage's
+// worker (or the sampled token to the coordinator).
+//
+// Threads: the receiver owns the listening ROUTER socket (answers hello, ping and malformed messages at once,
+// queues steps); the compute thread runs stages; the sender delivers results, applying the testbed's link
+// emulation (latency + bytes / bandwidth, FIFO per link) when the coordinator asked for one.
+//
+// Per request and stage the worker logs what it produced (and the step sequence numbers it has seen), so that
+//   * a step that arrives again (the coordinator re-issues in-flight steps after a failover) is answered from
+//     the log instead of being computed twice (idempotent replay);
+//   * a step that arrives before its predecessor was rebuilt waits for it;
+//   * a "rebuild" step (the KV cache of a replacement stage) passes through stages that have a log and is
+//     computed as one prefill by the first stage that has none.
+#pragma once
+
+#include <atomic>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "adaptlink/error.hpp"
+#include "adaptlink/exec/checkpoint.hpp"
+#include "adaptlink/exec/wire.hpp"
+
+namespace adaptlink::exec {
+
+struct WorkerOptions {
+  std::string listen = "tcp://127.0.0.1:*";  // "*" as the port: any free port (reported via on_listening)
+  std::filesystem::path model;                // this machine's checkpoint copy; empty: the coordinator's path
+  int threads = 0;                            // CPU threads for libtorch (0: its default)
+  wire::Limits limits;
+};
+
+// Binds `listen`, calls on_listening with the bound endpoint, then serves until a shutdown message or until
+// *stop becomes true. Errors: an endpoint that cannot be bound, a --model that is not a checkpoint.
+Status run_worker(const WorkerOptions& options, const std::function<void(const std::string&)>& on_listening,
+                  const std::atomic<bool>* stop = nullptr);
+
+// Identity of a checkpoint for the handshake: a hash of config.json and of every tensor's name, dtype and
+// shape (not the weights: hashing gigabytes would dominate start-up). 16 hex digits.
+std::string model_fingerprint(const Checkpoint& checkpoint);
+
+}  // namespace adaptlink::exec

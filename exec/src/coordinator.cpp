@@ -1,0 +1,666 @@
+#include "adaptlink/exec/coordinator.hpp"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <set>
+#include <thread>
+#include <zmq.hpp>
+
+#include "adaptlink/exec/checkpoint.hpp"
+#include "adaptlink/exec/worker.hpp"
+#include "adaptlink/models/graph.hpp"
+#include "runtime.hpp"
+
+namespace adaptlink::exec {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using wire::Message;
+using wire::MsgType;
+
+struct WorkerState {
+  zmq::socket_t socket;
+  bool alive = true;
+  Clock::time_point last_pong;
+  std::set<std::pair<int, int>> holds;  // node ranges loaded (active or backup)
+};
+
+struct RequestState {
+  int outstanding = -1;  // sequence number of the step in flight, -1 before admission
+  bool finished = false;
+  std::vector<int64_t> generated;
+  Clock::time_point admitted;
+};
+
+class Coordinator {
+ public:
+  Coordinator(const PipelineSpec& spec, const std::vector<ExecRequest>& requests, const CoordinatorOptions& options)
+      : spec_(spec), requests_(requests), options_(options), ret_(ctx_, zmq::socket_type::router) {
+    detail::configure_socket(ret_);
+  }
+
+  Expected<ExecRun> run() {
+    auto st = prepare();
+    if (!st) return st.error();
+    st = handshake();
+    if (!st) return st.error();
+    st = serve();
+    if (!st) return st.error();
+    run_.wall_s = seconds(Clock::now());
+    return std::move(run_);
+  }
+
+ private:
+  // --- set-up ---
+
+  Status prepare() {
+    if (spec_.stages.empty()) return make_error("the pipeline has no stages");
+    if (options_.in_flight < 1) return make_error("in_flight must be >= 1");
+    auto ck = Checkpoint::open(options_.model);
+    if (!ck) return ck.error();
+    fingerprint_ = model_fingerprint(*ck);
+    const auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
+    int expect = 0;
+    text_stage_ = -1;
+    for (size_t s = 0; s < spec_.stages.size(); ++s) {
+      const auto& st = spec_.stages[s];
+      if (st.first != expect || st.last < st.first || st.last >= graph.size()) {
+        return make_error("stages must cover nodes 0..{} in order (stage {} is [{}, {}])", graph.size() - 1, s,
+                          st.first, st.last);
+      }
+      if (st.worker < 0 || st.worker >= static_cast<int>(spec_.workers.size())) {
+        return make_error("stage {} names worker {}, there are {}", s, st.worker, spec_.workers.size());
+      }
+      for (int n = st.first; n <= st.last; ++n) {
+        if (graph.node(n).kind == models::NodeKind::text_embed) text_stage_ = static_cast<int>(s);
+      }
+      expect = st.last + 1;
+    }
+    if (expect != graph.size()) return make_error("stages end at node {}, the model has {}", expect - 1, graph.size());
+    ADAPTLINK_CHECK(text_stage_ >= 0, "no stage holds text_embed");
+    for (const auto& r : requests_) {
+      if (r.input_ids.empty()) return make_error("request '{}' has no input ids", r.id);
+    }
+    try {
+      ret_.bind(options_.listen);
+    } catch (const zmq::error_t& e) {
+      return make_error("cannot listen on {}: {}", options_.listen, e.what());
+    }
+    return_endpoint_ = ret_.get(zmq::sockopt::last_endpoint);
+    for (const auto& w : spec_.workers) {
+      WorkerState ws{zmq::socket_t(ctx_, zmq::socket_type::dealer)};
+      detail::configure_socket(ws.socket);
+      try {
+        ws.socket.connect(w.endpoint);
+      } catch (const zmq::error_t& e) {
+        return make_error("worker '{}': bad endpoint '{}': {}", w.name, w.endpoint, e.what());
+      }
+      workers_.push_back(std::move(ws));
+    }
+    stage_worker_.clear();
+    for (const auto& s : spec_.stages) stage_worker_.push_back(s.worker);
+    states_.assign(requests_.size(), RequestState{});
+    run_.results.resize(requests_.size());
+    for (size_t i = 0; i < requests_.size(); ++i) run_.results[i].id = requests_[i].id;
+    start_ = Clock::now();
+    start_wall_us_ = detail::wall_us();
+    return Ok{};
+  }
+
+  [[nodiscard]] std::string who(int w) const {
+    return fmt::format("worker '{}' ({})", spec_.workers[static_cast<size_t>(w)].name,
+                       spec_.workers[static_cast<size_t>(w)].endpoint);
+  }
+  [[nodiscard]] double seconds(Clock::time_point t) const { return std::chrono::duration<double>(t - start_).count(); }
+
+  [[nodiscard]] LinkShape link(int from, int to) const {
+    if (!spec_.link || from == to) return {};
+    return spec_.link(from, to);
+  }
+
+  // The stage entry for a hello/route: its range, whether it runs, where it sends.
+  [[nodiscard]] nlohmann::json stage_entry(size_t s) const {
+    const auto& st = spec_.stages[s];
+    const int w = stage_worker_[s];
+    nlohmann::json e = {{"first", st.first}, {"last", st.last}, {"active", true}, {"next", ""}};
+    if (s + 1 < spec_.stages.size()) {
+      const int nw = stage_worker_[s + 1];
+      e["next"] = spec_.workers[static_cast<size_t>(nw)].endpoint;
+      const auto l = link(w, nw);
+      e["link"] = {{"latency_ms", l.latency_ms}, {"ms_per_byte", l.ms_per_byte}};
+    }
+    return e;
+  }
+
+  Status handshake() {
+    const int text_worker = stage_worker_[static_cast<size_t>(text_stage_)];
+    for (size_t w = 0; w < workers_.size(); ++w) {
+      const auto& spec = spec_.workers[w];
+      nlohmann::json stages = nlohmann::json::array();
+      for (size_t s = 0; s < spec_.stages.size(); ++s) {
+        if (stage_worker_[s] == static_cast<int>(w)) {
+          stages.push_back(stage_entry(s));
+          workers_[w].holds.insert({spec_.stages[s].first, spec_.stages[s].last});
+        }
+      }
+      for (const auto& [first, last] : spec.backups) {
+        if (workers_[w].holds.count({first, last})) continue;
+        stages.push_back({{"first", first}, {"last", last}, {"active", false}});
+        workers_[w].holds.insert({first, last});
+      }
+      const auto ret = link(static_cast<int>(w), text_worker);
+      Message hello;
+      hello.type = MsgType::hello;
+      hello.meta = {{"protocol", wire::kProtocolVersion},
+                    {"fingerprint", fingerprint_},
+                    {"model_dir", std::filesystem::absolute(options_.model).string()},
+                    {"device", spec.name},
+                    {"dtype", options_.dtype},
+                    {"exec_device", options_.exec_device},
+                    {"coordinator", return_endpoint_},
+                    {"slowdown", spec.slowdown},
+                    {"return_link", {{"latency_ms", ret.latency_ms}, {"ms_per_byte", ret.ms_per_byte}}},
+                    {"stages", stages}};
+      if (!detail::send_frames(workers_[w].socket, wire::encode(hello))) {
+        return make_error("{}: cannot send the hello", who(static_cast<int>(w)));
+      }
+    }
+    // Every worker must answer (ready or error) within the timeout.
+    std::vector<bool> ready(workers_.size(), false);
+    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(options_.hello_timeout_s));
+    while (std::count(ready.begin(), ready.end(), true) < static_cast<long>(ready.size())) {
+      if (Clock::now() > deadline) {
+        for (size_t w = 0; w < ready.size(); ++w) {
+          if (!ready[w]) {
+            return make_error("{} did not answer the hello within {:g} s (unreachable, or still loading)",
+                              who(static_cast<int>(w)), options_.hello_timeout_s);
+          }
+        }
+      }
+      if (auto lost = check_lost(); !lost.empty()) {
+        return make_error("{} exited during the handshake", who(lost.front()));
+      }
+      for (size_t w = 0; w < workers_.size(); ++w) {
+        if (ready[w]) continue;
+        auto m = receive(workers_[w].socket, static_cast<int>(w), 20);
+        if (!m) return m.error();
+        if (!m->has_value()) continue;
+        const Message& reply = **m;
+        if (reply.type == MsgType::error) {
+          return make_error("{} refused the hello: {}", who(static_cast<int>(w)),
+                            reply.meta.value("message", std::string("?")));
+        }
+        if (reply.type != MsgType::ready) {
+          return make_error("{} answered the hello with a {} message", who(static_cast<int>(w)),
+                            wire::to_string(reply.type));
+        }
+        ready[w] = true;
+        workers_[w].last_pong = Clock::now();
+      }
+    }
+    return Ok{};
+  }
+
+  // Polls one socket for up to `wait_ms`; a malformed message is an error naming the worker.
+  Expected<std::optional<Message>> receive(zmq::socket_t& socket, int w, int wait_ms) {
+    zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
+    detail::poll_items(&item, 1, wait_ms);
+    if ((item.revents & ZMQ_POLLIN) == 0) return std::optional<Message>();
+    auto frames = detail::recv_frames(socket, false);
+    if (!frames) return std::optional<Message>();
+    auto m = wire::decode(*frames);
+    if (!m) return make_error("{} sent a malformed message: {}", who(w), m.error().message);
+    return std::optional<Message>(std::move(m).value());
+  }
+
+  std::vector<int> check_lost() {
+    std::vector<int> lost;
+    if (!options_.poll_lost) return lost;
+    for (const auto& name : options_.poll_lost(seconds(Clock::now()))) {
+      for (size_t w = 0; w < spec_.workers.size(); ++w) {
+        if (spec_.workers[w].name == name && workers_[w].alive) lost.push_back(static_cast<int>(w));
+      }
+    }
+    return lost;
+  }
+
+  // --- the run ---
+
+  void send_step(size_t index, int seq) {
+    const auto& req = requests_[index];
+    auto& state = states_[index];
+    Message m;
+    m.type = MsgType::step;
+    m.request = static_cast<int64_t>(index) + 1;
+    m.seq = seq;
+    size_t entry = 0;
+    if (seq == 0) {
+      m.meta = {{"prefill", true}, {"input_ids", req.input_ids}, {"kind", "none"}};
+      if (options_.keep_prefill_logits) {
+        m.meta["all_logits"] = true;
+        m.meta["want_logits"] = true;
+      }
+      if (req.pixel_values.defined()) {
+        m.meta["kind"] = "pixels";
+        m.tensors.push_back(detail::to_blob(req.pixel_values.to(at::kFloat)));
+      }
+    } else {
+      entry = static_cast<size_t>(text_stage_);
+      m.meta = {{"prefill", false}, {"input_ids", {state.generated.back()}}, {"kind", "none"}};
+    }
+    m.meta["first"] = spec_.stages[entry].first;
+    state.outstanding = seq;
+    detail::send_frames(workers_[static_cast<size_t>(stage_worker_[entry])].socket, wire::encode(m));
+  }
+
+  void finish(size_t index) {
+    auto& state = states_[index];
+    state.finished = true;
+    auto& result = run_.results[index];
+    result.generated = state.generated;
+    result.done_s = seconds(Clock::now());
+    result.latency_ms = (result.done_s - result.admitted_s) * 1e3;
+    Message end;
+    end.type = MsgType::end;
+    end.request = static_cast<int64_t>(index) + 1;
+    const auto frames = wire::encode(end);
+    for (auto& w : workers_) {
+      if (w.alive) detail::send_frames(w.socket, frames);
+    }
+    ++done_;
+    --active_;
+    if (options_.progress) options_.progress(done_, requests_.size());
+  }
+
+  void record_events(const nlohmann::json& events) {
+    if (!events.is_array()) return;
+    for (const auto& e : events) {
+      if (!e.is_object()) continue;
+      StageTiming t;
+      t.device = e.value("device", std::string());
+      t.name = e.value("name", std::string());
+      t.request = e.value("request", int64_t{0});
+      t.start_s = static_cast<double>(e.value("ts_us", int64_t{0}) - start_wall_us_) / 1e6;
+      t.end_s = t.start_s + static_cast<double>(e.value("dur_us", int64_t{0})) / 1e6;
+      run_.events.push_back(std::move(t));
+    }
+  }
+
+  Status on_token(const Message& m) {
+    const int64_t index = m.request - 1;
+    if (index < 0 || index >= static_cast<int64_t>(requests_.size())) return Ok{};
+    auto& state = states_[static_cast<size_t>(index)];
+    if (state.finished || m.seq != state.outstanding) return Ok{};  // a duplicate after a failover
+    record_events(m.meta.value("events", nlohmann::json()));
+    last_progress_ = Clock::now();
+    const auto& req = requests_[static_cast<size_t>(index)];
+    if (!m.meta.contains("token") || !m.meta["token"].is_number_integer()) {
+      return make_error("the last stage sent a token message without a token (request '{}')", req.id);
+    }
+    if (m.seq == 0 && options_.keep_prefill_logits && !m.tensors.empty()) {
+      auto logits = detail::from_blob(m.tensors[0]);
+      if (!logits) return logits.error();
+      run_.results[static_cast<size_t>(index)].prefill_logits = *logits;
+    }
+    const int64_t token = m.meta["token"].get<int64_t>();
+    if (req.max_new_tokens == 0) {
+      finish(static_cast<size_t>(index));
+      return Ok{};
+    }
+    state.generated.push_back(token);
+    const bool eos = std::find(options_.eos_ids.begin(), options_.eos_ids.end(), token) != options_.eos_ids.end();
+    if (eos || static_cast<int>(state.generated.size()) >= req.max_new_tokens) {
+      finish(static_cast<size_t>(index));
+    } else {
+      send_step(static_cast<size_t>(index), m.seq + 1);
+    }
+    return Ok{};
+  }
+
+  void admit() {
+    while (active_ < options_.in_flight && next_ < requests_.size()) {
+      const size_t i = next_++;
+      states_[i].admitted = Clock::now();
+      run_.results[i].admitted_s = seconds(states_[i].admitted);
+      ++active_;
+      send_step(i, 0);
+    }
+  }
+
+  Status serve() {
+    // Times count from the first admission (the handshake's weight loading is not part of the run).
+    start_ = Clock::now();
+    start_wall_us_ = detail::wall_us();
+    last_progress_ = Clock::now();
+    auto last_ping = Clock::now() - std::chrono::hours(1);
+    const auto interval = std::chrono::duration<double>(options_.heartbeat_interval_s);
+    while (done_ < requests_.size()) {
+      admit();
+      const auto now = Clock::now();
+      if (options_.tick) options_.tick(seconds(now));
+      if (now - last_ping >= interval) {
+        Message ping;
+        ping.type = MsgType::ping;
+        const auto frames = wire::encode(ping);
+        for (auto& w : workers_) {
+          if (w.alive) detail::send_frames(w.socket, frames);
+        }
+        last_ping = now;
+      }
+      for (int w : check_lost()) {
+        auto st = on_lost(w, "its process exited");
+        if (!st) return st;
+      }
+      for (size_t w = 0; w < workers_.size(); ++w) {
+        if (workers_[w].alive && std::chrono::duration<double>(now - workers_[w].last_pong).count() >
+                                     options_.heartbeat_timeout_s) {
+          auto st = on_lost(static_cast<int>(w), fmt::format("no heartbeat for {:g} s", options_.heartbeat_timeout_s));
+          if (!st) return st;
+        }
+      }
+      if (std::chrono::duration<double>(Clock::now() - last_progress_).count() > options_.step_timeout_s) {
+        return make_error("no token for {:g} s: the pipeline is stuck", options_.step_timeout_s);
+      }
+      auto st = poll_once(20);
+      if (!st) return st;
+    }
+    return Ok{};
+  }
+
+  // One round of receiving: tokens and step errors on the return socket, pongs and errors from each worker.
+  Status poll_once(int wait_ms) {
+    std::vector<zmq::pollitem_t> items;
+    items.push_back({ret_.handle(), 0, ZMQ_POLLIN, 0});
+    for (auto& w : workers_) items.push_back({w.socket.handle(), 0, ZMQ_POLLIN, 0});
+    detail::poll_items(items.data(), items.size(), wait_ms);
+    if (items[0].revents & ZMQ_POLLIN) {
+      while (auto frames = detail::recv_frames(ret_, false)) {
+        if (frames->size() < 2) continue;
+        frames->erase(frames->begin());  // ROUTER identity
+        auto m = wire::decode(*frames);
+        if (!m) return make_error("a worker sent a malformed message to the coordinator: {}", m.error().message);
+        auto st = on_return(*m);
+        if (!st) return st;
+      }
+    }
+    for (size_t w = 0; w < workers_.size(); ++w) {
+      if (!(items[w + 1].revents & ZMQ_POLLIN)) continue;
+      while (auto frames = detail::recv_frames(workers_[w].socket, false)) {
+        auto m = wire::decode(*frames);
+        if (!m) return make_error("{} sent a malformed message: {}", who(static_cast<int>(w)), m.error().message);
+        if (m->type == MsgType::pong) {
+          workers_[w].last_pong = Clock::now();
+        } else if (m->type == MsgType::error) {
+          return make_error("{} reported an error: {}", who(static_cast<int>(w)),
+                            m->meta.value("message", std::string("?")));
+        }
+      }
+    }
+    return Ok{};
+  }
+
+  Status on_return(const Message& m) {
+    switch (m.type) {
+      case MsgType::token:
+        return on_token(m);
+      case MsgType::error: {
+        std::string text = m.meta.value("message", std::string("?"));
+        if (m.request > 0 && m.request <= static_cast<int64_t>(requests_.size())) {
+          return make_error("request '{}' failed: {}", requests_[static_cast<size_t>(m.request - 1)].id, text);
+        }
+        return make_error("a worker reported: {}", text);
+      }
+      case MsgType::ready:  // a rebuild finished
+        on_rebuilt(m);
+        return Ok{};
+      default:
+        return make_error("unexpected {} message on the coordinator's return socket", wire::to_string(m.type));
+    }
+  }
+
+  // --- failover ---
+
+  void on_rebuilt(const Message& m) {
+    record_events(m.meta.value("events", nlohmann::json()));
+    if (run_.faults.empty()) return;
+    auto& rec = run_.faults.back();
+    rec.recomputed_tokens += m.meta.value("rebuilt_positions", int64_t{0});
+    if (pending_rebuilds_ > 0 && --pending_rebuilds_ == 0) {
+      rec.recovered_s = seconds(Clock::now());
+      rec.recovery_ms = (*rec.recovered_s - rec.at_s) * 1e3;
+    }
+  }
+
+  // Sends a route to worker w and waits for its ready (loading a redeployed stage included).
+  Status route(int w, const nlohmann::json& stages, double load_delay_ms) {
+    Message r;
+    r.type = MsgType::route;
+    r.meta = {{"stages", stages}, {"load_delay_ms", load_delay_ms}};
+    auto& ws = workers_[static_cast<size_t>(w)];
+    detail::send_frames(ws.socket, wire::encode(r));
+    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(options_.hello_timeout_s));
+    while (Clock::now() < deadline) {
+      auto m = receive(ws.socket, w, 50);
+      if (!m) return m.error();
+      if (!m->has_value()) {
+        for (int gone : check_lost()) {
+          if (gone == w) return make_error("{} was lost while taking over a stage", who(w));
+        }
+        continue;
+      }
+      if ((*m)->type == MsgType::ready) return Ok{};
+      if ((*m)->type == MsgType::error) {
+        return make_error("{} could not take over: {}", who(w), (*m)->meta.value("message", std::string("?")));
+      }
+      // pongs and the like: keep waiting
+    }
+    return make_error("{} did not confirm the new route within {:g} s", who(w), options_.hello_timeout_s);
+  }
+
+  [[nodiscard]] int active_nodes(int w) const {
+    int n = 0;
+    for (size_t s = 0; s < spec_.stages.size(); ++s) {
+      if (stage_worker_[s] == w) n += spec_.stages[s].last - spec_.stages[s].first + 1;
+    }
+    return n;
+  }
+
+  Status on_lost(int w, const std::string& why) {
+    auto& ws = workers_[static_cast<size_t>(w)];
+    ws.alive = false;
+    const double detected = seconds(Clock::now());
+    partition::FaultRecord rec;
+    rec.device = spec_.workers[static_cast<size_t>(w)].name;
+    rec.kind = "dropout";
+    rec.at_s = detected;
+    if (options_.fault_time) {
+      if (auto t = options_.fault_time(rec.device)) rec.at_s = *t;
+    }
+    rec.detected_s = detected;
+    std::vector<size_t> lost_stages;
+    for (size_t s = 0; s < spec_.stages.size(); ++s) {
+      if (stage_worker_[s] == w) lost_stages.push_back(s);
+    }
+    if (lost_stages.empty()) {  // a standby or idle worker: nothing to recover
+      rec.recovered_s = detected;
+      rec.recovery_ms = (detected - rec.at_s) * 1e3;
+      run_.faults.push_back(rec);
+      return Ok{};
+    }
+    if (!options_.recover) return make_error("{} was lost ({})", who(w), why);
+    std::set<size_t> rerouted;
+    for (size_t s : lost_stages) {
+      const auto range = std::make_pair(spec_.stages[s].first, spec_.stages[s].last);
+      // A live holder of a preloaded copy (standby first, then the least loaded); else redeploy on the least
+      // loaded live worker.
+      int best = -1;
+      bool backup = false;
+      for (size_t c = 0; c < workers_.size(); ++c) {
+        if (!workers_[c].alive) continue;
+        const bool holds = workers_[c].holds.count(range) > 0;
+        const auto key = std::make_tuple(!holds, active_nodes(static_cast<int>(c)));
+        if (best < 0 || key < std::make_tuple(!backup, active_nodes(best))) {
+          best = static_cast<int>(c);
+          backup = holds;
+        }
+      }
+      if (best < 0) {
+        return make_error("{} was lost ({}) and no worker is left to take over nodes [{}, {}]", who(w), why,
+                          range.first, range.second);
+      }
+      stage_worker_[s] = best;
+      if (!backup && spec_.redeploy_ms) pending_delay_ms_[best] += spec_.redeploy_ms(best, range.first, range.second);
+      workers_[static_cast<size_t>(best)].holds.insert(range);
+      rerouted.insert(s);
+      if (s > 0) rerouted.insert(s - 1);
+    }
+    ws.holds.clear();
+    // New routes: the replacements (loading if needed) first, then their upstream neighbours.
+    for (size_t s : rerouted) {
+      const int holder = stage_worker_[s];
+      auto st = route(holder, nlohmann::json::array({stage_entry(s)}), pending_delay_ms_[holder]);
+      pending_delay_ms_[holder] = 0;
+      if (!st) return st;
+    }
+    for (auto& other : workers_) other.last_pong = Clock::now();
+    // Requests in flight: rebuild the replacement's state from the upstream logs, then re-issue their step.
+    pending_rebuilds_ = 0;
+    for (size_t i = 0; i < requests_.size(); ++i) {
+      const auto& state = states_[i];
+      if (state.finished || state.outstanding < 0) continue;
+      if (state.outstanding > 0) {
+        send_rebuild(i);
+        ++pending_rebuilds_;
+      }
+      send_step(i, state.outstanding);
+    }
+    if (pending_rebuilds_ == 0) {
+      rec.recovered_s = seconds(Clock::now());
+      rec.recovery_ms = (*rec.recovered_s - rec.at_s) * 1e3;
+    }
+    run_.faults.push_back(rec);
+    last_progress_ = Clock::now();
+    return Ok{};
+  }
+
+  // A rebuild of request `index`'s steps 0..k-1 (k = its outstanding step), entering at the first stage.
+  void send_rebuild(size_t index) {
+    const auto& req = requests_[index];
+    const auto& state = states_[index];
+    const int k = state.outstanding;
+    std::vector<int64_t> ids = req.input_ids;
+    ids.insert(ids.end(), state.generated.begin(), state.generated.begin() + (k - 1));
+    Message m;
+    m.type = MsgType::step;
+    m.request = static_cast<int64_t>(index) + 1;
+    m.seq = k;
+    m.meta = {{"first", spec_.stages[0].first}, {"prefill", true}, {"rebuild", true}, {"steps", k},
+              {"input_ids", ids}, {"kind", "none"}};
+    if (req.pixel_values.defined()) {
+      m.meta["kind"] = "pixels";
+      m.tensors.push_back(detail::to_blob(req.pixel_values.to(at::kFloat)));
+    }
+    detail::send_frames(workers_[static_cast<size_t>(stage_worker_[0])].socket, wire::encode(m));
+  }
+
+  const PipelineSpec& spec_;
+  const std::vector<ExecRequest>& requests_;
+  const CoordinatorOptions& options_;
+  zmq::context_t ctx_;
+  zmq::socket_t ret_;
+  std::string return_endpoint_;
+  std::string fingerprint_;
+  std::vector<WorkerState> workers_;
+  std::vector<int> stage_worker_;
+  int text_stage_ = 0;
+  std::vector<RequestState> states_;
+  size_t next_ = 0;
+  size_t done_ = 0;
+  int active_ = 0;
+  int pending_rebuilds_ = 0;
+  std::map<int, double> pending_delay_ms_;
+  Clock::time_point start_;
+  int64_t start_wall_us_ = 0;
+  Clock::time_point last_progress_;
+  ExecRun run_;
+};
+
+}  // namespace
+
+Expected<ExecRun> run_pipeline(const PipelineSpec& spec, const std::vector<ExecRequest>& requests,
+                               const CoordinatorOptions& options) {
+  Coordinator c(spec, requests, options);
+  return c.run();
+}
+
+partition::RunReport make_exec_report(const ExecRun& run, const std::string& scenario, const std::string& planner,
+                                      const std::vector<std::string>& device_names, int in_flight) {
+  partition::RunReport r;
+  r.scenario = scenario;
+  r.backend = "exec";
+  r.planner = planner;
+  std::vector<double> done;
+  std::vector<double> latencies;
+  long long tokens = 0;
+  for (const auto& res : run.results) {
+    done.push_back(res.done_s);
+    latencies.push_back(res.latency_ms);
+    tokens += static_cast<long long>(res.generated.size());
+  }
+  r.requests_completed = static_cast<long long>(run.results.size());
+  std::sort(done.begin(), done.end());
+  const auto n = static_cast<long long>(done.size());
+  const auto w = partition::steady_window(n, in_flight, true);
+  const double from_s = w.first == 0 ? 0.0 : done[static_cast<size_t>(w.first - 1)];
+  const double to_s = w.last == 0 ? 0.0 : done[static_cast<size_t>(w.last - 1)];
+  if (to_s > from_s) r.throughput_rps = static_cast<double>(w.last - w.first) / (to_s - from_s);
+  if (n > 0) r.tokens_per_s = r.throughput_rps * static_cast<double>(tokens) / static_cast<double>(n);
+  r.latency_ms = partition::summarize_latencies(latencies);
+  double used = 0;
+  int holders = 0;
+  for (const auto& name : device_names) {
+    double busy = 0;
+    for (const auto& e : run.events) {
+      if (e.device != name) continue;
+      busy += std::max(0.0, std::min(e.end_s, to_s) - std::max(e.start_s, from_s));
+    }
+    const double u = to_s > from_s ? std::min(1.0, busy / (to_s - from_s)) : 0.0;
+    r.device_utilization.emplace_back(name, u);
+    if (u > 0) {
+      used += u;
+      ++holders;
+    }
+  }
+  r.bubble_fraction = holders > 0 ? 1.0 - used / holders : 0.0;
+  r.faults = run.faults;
+  return r;
+}
+
+nlohmann::json make_exec_trace(const ExecRun& run, const std::vector<std::string>& device_names) {
+  nlohmann::json events = nlohmann::json::array();
+  for (size_t d = 0; d < device_names.size(); ++d) {
+    events.push_back({{"ph", "M"}, {"pid", 1}, {"tid", d + 1}, {"name", "thread_name"},
+                      {"args", {{"name", device_names[d]}}}});
+  }
+  events.push_back({{"ph", "M"}, {"pid", 1}, {"name", "process_name"}, {"args", {{"name", "devices"}}}});
+  for (const auto& e : run.events) {
+    const auto it = std::find(device_names.begin(), device_names.end(), e.device);
+    const size_t tid = it == device_names.end() ? device_names.size() + 1 : static_cast<size_t>(it - device_names.begin()) + 1;
+    events.push_back({{"ph", "X"}, {"pid", 1}, {"tid", tid}, {"name", e.name}, {"cat", "stage"},
+                      {"ts", e.start_s * 1e6}, {"dur", (e.end_s - e.start_s) * 1e6},
+                      {"args", {{"request", e.request}}}});
+  }
+  for (const auto& f : run.faults) {
+    events.push_back({{"ph", "i"}, {"pid", 1}, {"tid", 0}, {"s", "g"}, {"name", "dropout " + f.device},
+                      {"ts", f.at_s * 1e6}});
+  }
+  return {{"traceEvents", events}, {"displayTimeUnit", "ms"}};
+}
+
+}  // namespace adaptlink::exec

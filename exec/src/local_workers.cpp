@@ -1,0 +1,118 @@
+#include "adaptlink/exec/local_workers.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+namespace adaptlink::exec {
+
+namespace {
+
+// Reads one line from fd within the deadline ("" on timeout or EOF).
+std::string read_line(int fd, std::chrono::steady_clock::time_point deadline) {
+  std::string line;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(std::max<int64_t>(1, left.count()))) <= 0) continue;
+    char c = 0;
+    const ssize_t n = ::read(fd, &c, 1);
+    if (n <= 0) return "";
+    if (c == '\n') return line;
+    line.push_back(c);
+  }
+  return "";
+}
+
+}  // namespace
+
+std::filesystem::path self_executable() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::filesystem::path() : p;
+}
+
+LocalWorkers::~LocalWorkers() { stop_all(); }
+
+Status LocalWorkers::start(const std::filesystem::path& binary, int count, const std::vector<std::string>& extra_args,
+                           double timeout_s) {
+  if (binary.empty() || ::access(binary.c_str(), X_OK) != 0) {
+    return make_error("cannot start workers: '{}' is not an executable", binary.string());
+  }
+  for (int i = 0; i < count; ++i) {
+    int fds[2];
+    if (::pipe(fds) != 0) return make_error("cannot start workers: pipe() failed");
+    std::vector<std::string> args = {binary.string(), "worker", "--listen", "tcp://127.0.0.1:*"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const pid_t pid = ::fork();
+    if (pid < 0) return make_error("cannot start workers: fork() failed");
+    if (pid == 0) {
+      ::close(fds[0]);
+      ::dup2(fds[1], STDOUT_FILENO);
+      ::close(fds[1]);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    pids_.push_back(pid);
+    reaped_.push_back(false);
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                               std::chrono::duration<double>(timeout_s));
+    // "listening on tcp://127.0.0.1:PORT"
+    const std::string line = read_line(fds[0], deadline);
+    ::close(fds[0]);
+    const auto at = line.find("tcp://");
+    if (at == std::string::npos) {
+      return make_error("worker {} (pid {}) did not report its endpoint within {:g} s", i, pid, timeout_s);
+    }
+    endpoints_.push_back(line.substr(at));
+  }
+  return Ok{};
+}
+
+void LocalWorkers::signal(int i, int sig) {
+  if (i >= 0 && i < size() && !reaped_[static_cast<size_t>(i)]) ::kill(pids_[static_cast<size_t>(i)], sig);
+}
+
+bool LocalWorkers::exited(int i) {
+  if (i < 0 || i >= size()) return true;
+  if (reaped_[static_cast<size_t>(i)]) return true;
+  int status = 0;
+  if (::waitpid(pids_[static_cast<size_t>(i)], &status, WNOHANG) == pids_[static_cast<size_t>(i)]) {
+    reaped_[static_cast<size_t>(i)] = true;
+  }
+  return reaped_[static_cast<size_t>(i)];
+}
+
+void LocalWorkers::stop_all() {
+  for (int i = 0; i < size(); ++i) {
+    signal(i, SIGCONT);
+    signal(i, SIGTERM);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  for (int i = 0; i < size(); ++i) {
+    while (!exited(i) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (!exited(i)) {
+      signal(i, SIGKILL);
+      int status = 0;
+      ::waitpid(pids_[static_cast<size_t>(i)], &status, 0);
+      reaped_[static_cast<size_t>(i)] = true;
+    }
+  }
+  pids_.clear();
+  reaped_.clear();
+  endpoints_.clear();
+}
+
+}  // namespace adaptlink::exec

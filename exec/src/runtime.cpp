@@ -1,0 +1,104 @@
+#include "runtime.hpp"
+
+#include <ATen/ATen.h>
+
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+namespace adaptlink::exec::detail {
+
+namespace {
+
+struct DtypeName {
+  at::ScalarType type;
+  const char* name;
+};
+constexpr DtypeName kDtypes[] = {
+    {at::kFloat, "f32"}, {at::kBFloat16, "bf16"}, {at::kHalf, "f16"}, {at::kLong, "i64"}, {at::kInt, "i32"}};
+
+}  // namespace
+
+wire::TensorBlob to_blob(const at::Tensor& t) {
+  wire::TensorBlob blob;
+  const at::Tensor c = t.to(at::kCPU).contiguous();
+  for (const auto& d : kDtypes) {
+    if (d.type == c.scalar_type()) blob.dtype = d.name;
+  }
+  ADAPTLINK_CHECK(!blob.dtype.empty(), "tensor dtype has no wire encoding");
+  blob.shape = c.sizes().vec();
+  blob.data.assign(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  return blob;
+}
+
+Expected<at::Tensor> from_blob(const wire::TensorBlob& blob) {
+  for (const auto& d : kDtypes) {
+    if (blob.dtype != d.name) continue;
+    at::Tensor t = at::empty(blob.shape, at::TensorOptions().dtype(d.type));
+    if (static_cast<size_t>(t.numel() * t.element_size()) != blob.data.size()) {
+      return make_error("tensor of shape [{}] {} needs {} bytes, got {}", fmt::join(blob.shape, ", "), blob.dtype,
+                        t.numel() * t.element_size(), blob.data.size());
+    }
+    if (!blob.data.empty()) std::memcpy(t.data_ptr(), blob.data.data(), blob.data.size());
+    return t;
+  }
+  return make_error("unknown tensor dtype '{}'", blob.dtype);
+}
+
+Expected<ActivationKind> parse_activation_kind(std::string_view name) {
+  for (auto kind : {ActivationKind::none, ActivationKind::pixels, ActivationKind::vision_hidden,
+                    ActivationKind::image_features, ActivationKind::text_hidden, ActivationKind::logits}) {
+    if (to_string(kind) == name) return kind;
+  }
+  return make_error("unknown activation kind '{}'", name);
+}
+
+bool send_frames(zmq::socket_t& socket, const std::vector<std::string>& frames, const std::string* identity) {
+  try {
+    if (identity != nullptr) {
+      if (!socket.send(zmq::buffer(*identity), zmq::send_flags::sndmore)) return false;
+    }
+    for (size_t i = 0; i < frames.size(); ++i) {
+      const auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
+      if (!socket.send(zmq::buffer(frames[i]), flags)) return false;
+    }
+  } catch (const zmq::error_t&) {
+    return false;
+  }
+  return true;
+}
+
+std::optional<std::vector<std::string>> recv_frames(zmq::socket_t& socket, bool wait) {
+  std::vector<std::string> frames;
+  zmq::message_t part;
+  auto first = socket.recv(part, wait ? zmq::recv_flags::none : zmq::recv_flags::dontwait);
+  if (!first) return std::nullopt;
+  frames.emplace_back(static_cast<const char*>(part.data()), part.size());
+  while (part.more()) {
+    (void)socket.recv(part, zmq::recv_flags::none);
+    frames.emplace_back(static_cast<const char*>(part.data()), part.size());
+  }
+  return frames;
+}
+
+void configure_socket(zmq::socket_t& socket) {
+  socket.set(zmq::sockopt::linger, 0);
+  socket.set(zmq::sockopt::sndhwm, 100000);
+  socket.set(zmq::sockopt::rcvhwm, 100000);
+  socket.set(zmq::sockopt::sndtimeo, 10000);
+}
+
+void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms) {
+  try {
+    zmq::poll(items, count, std::chrono::milliseconds(timeout_ms));
+  } catch (const zmq::error_t& e) {
+    if (e.num() != EINTR) throw;
+    for (size_t i = 0; i < count; ++i) items[i].revents = 0;
+  }
+}
+
+void sleep_until(std::chrono::steady_clock::time_point deadline) {
+  std::this_thread::sleep_until(deadline);
+}
+
+}  // namespace adaptlink::exec::detail

@@ -1,0 +1,45 @@
+// Internal helpers shared by the worker and the coordinator: ZeroMQ frames <-> wire messages, tensors <-> wire
+// blobs, clocks. Not installed: only exec/src includes it.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "adaptlink/error.hpp"
+#include "adaptlink/exec/model.hpp"
+#include "adaptlink/exec/wire.hpp"
+
+namespace adaptlink::exec::detail {
+
+// A CPU, contiguous copy of `t` as a wire blob (float32, bfloat16, float16, int64, int32).
+wire::TensorBlob to_blob(const at::Tensor& t);
+// The tensor a blob describes (owning, on the CPU).
+Expected<at::Tensor> from_blob(const wire::TensorBlob& blob);
+Expected<ActivationKind> parse_activation_kind(std::string_view name);
+
+// Sends frames (with an optional ROUTER identity first). Returns false when the socket would block
+// for longer than its send timeout.
+bool send_frames(zmq::socket_t& socket, const std::vector<std::string>& frames, const std::string* identity = nullptr);
+// Receives every frame of one message (non-blocking when `wait` is false: nullopt when nothing is queued).
+std::optional<std::vector<std::string>> recv_frames(zmq::socket_t& socket, bool wait = true);
+
+void configure_socket(zmq::socket_t& socket);
+// zmq::poll that treats an interrupted call (a signal) as "nothing ready".
+void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms);  // linger 0, large HWMs, send timeout
+
+// Microseconds since the Unix epoch (system clock: comparable between processes on one host, and between
+// hosts as far as their clocks agree); trace events carry it.
+inline int64_t wall_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Sleeps until `deadline` (steady clock) in slices, so that long emulated waits stay responsive to `stop`.
+void sleep_until(std::chrono::steady_clock::time_point deadline);
+
+}  // namespace adaptlink::exec::detail

@@ -1,0 +1,357 @@
+#include "adaptlink/exec/serve.hpp"
+
+#include <ATen/ATen.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <random>
+
+#include "adaptlink/exec/checkpoint.hpp"
+#include "adaptlink/exec/local_workers.hpp"
+#include "adaptlink/exec/tensor_io.hpp"
+#include "adaptlink/exec/tokenizer.hpp"
+#include "adaptlink/partition/backup.hpp"
+#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/partition/problem.hpp"
+#include "adaptlink/partition/profile.hpp"
+#include "adaptlink/partition/testbed.hpp"
+
+namespace adaptlink::exec {
+
+namespace {
+
+Error at_line(const std::filesystem::path& file, int line, std::string message) {
+  return Error{std::move(message), file.string(), line, 0};
+}
+
+std::optional<Tokenizer> load_tokenizer(const std::filesystem::path& model) {
+  const auto path = model / "tokenizer.model";
+  if (!std::filesystem::exists(path)) return std::nullopt;
+  auto t = Tokenizer::load(path);
+  if (!t) return std::nullopt;
+  return std::move(t).value();
+}
+
+// Synthetic requests of the scenario's shape: <bos>, the image tokens, random text ids; random pixels.
+std::vector<ExecRequest> synthetic_requests(const models::LlavaConfig& config, const models::RequestShape& shape,
+                                            int count, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const int64_t vocab = config.text.vocab_size;
+  std::uniform_int_distribution<int64_t> token(3, vocab - 1);
+  std::vector<ExecRequest> out;
+  for (int i = 0; i < count; ++i) {
+    ExecRequest r;
+    r.id = fmt::format("r{}", i);
+    r.input_ids.push_back(1);
+    for (int k = 0; k < config.image_tokens_per_image() * shape.images; ++k) r.input_ids.push_back(config.image_token_index);
+    for (int k = 1; k < shape.prompt_tokens; ++k) {
+      int64_t t = token(rng);
+      if (t == config.image_token_index) t = 2;
+      r.input_ids.push_back(t);
+    }
+    if (shape.images > 0) {
+      at::Tensor pixels = at::empty({shape.images, config.vision.num_channels, config.vision.image_size,
+                                     config.vision.image_size});
+      std::normal_distribution<float> normal(0.0F, 1.0F);
+      auto* p = pixels.data_ptr<float>();
+      for (int64_t k = 0; k < pixels.numel(); ++k) p[k] = normal(rng);
+      r.pixel_values = pixels;
+    }
+    r.max_new_tokens = shape.output_tokens;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+models::Dtype model_dtype(const std::string& dtype) {
+  if (dtype == "bf16") return models::Dtype::bf16;
+  if (dtype == "fp16") return models::Dtype::fp16;
+  return models::Dtype::fp32;
+}
+
+Status write_text(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+  if (!out) return make_error("cannot write {}", path.string());
+  return Ok{};
+}
+
+}  // namespace
+
+Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& file, const std::filesystem::path& model,
+                                                 int default_max_new_tokens) {
+  std::ifstream in(file);
+  if (!in) return Error{"cannot open the requests file", file.string(), 0, 0};
+  auto ck = Checkpoint::open(model);
+  if (!ck) return ck.error();
+  const auto& config = ck->config();
+  std::optional<Tokenizer> tokenizer = load_tokenizer(model);
+  std::optional<ImageProcessorConfig> processor;
+  const auto base = file.parent_path();
+  auto resolve = [&](const std::string& p) {
+    std::filesystem::path path(p);
+    return path.is_absolute() ? path : base / path;
+  };
+  std::vector<ExecRequest> out;
+  std::string line;
+  int number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return at_line(file, number, "not a JSON object");
+    for (const auto& [key, value] : j.items()) {
+      if (key != "id" && key != "prompt" && key != "input_ids" && key != "image" && key != "pixel_values" &&
+          key != "max_new_tokens") {
+        return at_line(file, number, fmt::format("unknown key '{}'", key));
+      }
+    }
+    ExecRequest r;
+    if (j.contains("id")) {
+      if (j["id"].is_string()) {
+        r.id = j["id"].get<std::string>();
+      } else if (j["id"].is_number_integer()) {
+        r.id = std::to_string(j["id"].get<int64_t>());
+      } else {
+        return at_line(file, number, "'id' must be a string or an integer");
+      }
+    } else {
+      r.id = std::to_string(out.size());
+    }
+    if (j.contains("image") && j.contains("pixel_values")) {
+      return at_line(file, number, "give 'image' or 'pixel_values', not both");
+    }
+    if (j.contains("image")) {
+      if (!j["image"].is_string()) return at_line(file, number, "'image' must be a path");
+      if (!processor) {
+        auto p = checkpoint_image_processor(model, config);
+        if (!p) return p.error();
+        processor = *p;
+      }
+      auto pv = pixel_values_for_image(resolve(j["image"].get<std::string>()), *processor);
+      if (!pv) return at_line(file, number, pv.error().to_string());
+      r.pixel_values = *pv;
+    } else if (j.contains("pixel_values")) {
+      if (!j["pixel_values"].is_string()) return at_line(file, number, "'pixel_values' must be a path");
+      auto pv = read_safetensors_tensor(resolve(j["pixel_values"].get<std::string>()), "pixel_values");
+      if (!pv) return at_line(file, number, pv.error().to_string());
+      r.pixel_values = pv->dim() == 3 ? pv->unsqueeze(0) : *pv;
+    }
+    const bool has_image = r.pixel_values.defined();
+    if (j.contains("prompt") == j.contains("input_ids")) {
+      return at_line(file, number, "give exactly one of 'prompt' and 'input_ids'");
+    }
+    if (j.contains("input_ids")) {
+      if (!j["input_ids"].is_array() || j["input_ids"].empty()) {
+        return at_line(file, number, "'input_ids' must be a non-empty array of token ids");
+      }
+      for (const auto& id : j["input_ids"]) {
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= config.text.vocab_size) {
+          return at_line(file, number, fmt::format("'input_ids' must be ids in [0, {})", config.text.vocab_size));
+        }
+        r.input_ids.push_back(id.get<int64_t>());
+      }
+    } else {
+      if (!j["prompt"].is_string()) return at_line(file, number, "'prompt' must be a string");
+      if (!tokenizer) {
+        return at_line(file, number, fmt::format("{} has no tokenizer.model: use input_ids", model.string()));
+      }
+      const std::string text = llava_prompt_text(j["prompt"].get<std::string>(), has_image);
+      r.input_ids = tokenize_with_images(*tokenizer, text, config.image_token_index,
+                                         has_image ? config.image_tokens_per_image() * static_cast<int>(r.pixel_values.size(0)) : 0);
+    }
+    r.max_new_tokens = default_max_new_tokens;
+    if (j.contains("max_new_tokens")) {
+      if (!j["max_new_tokens"].is_number_integer() || j["max_new_tokens"].get<int64_t>() < 0) {
+        return at_line(file, number, "'max_new_tokens' must be a non-negative integer");
+      }
+      r.max_new_tokens = j["max_new_tokens"].get<int>();
+    }
+    out.push_back(std::move(r));
+  }
+  if (out.empty()) return Error{"no requests in the file", file.string(), 0, 0};
+  return out;
+}
+
+Expected<ServeOutcome> run_serve(const ServeOptions& options) {
+  auto scenario = partition::load_scenario(options.scenario);
+  if (!scenario) return scenario.error();
+  auto ck = Checkpoint::open(options.model);
+  if (!ck) return ck.error();
+  // Plan for the checkpoint's model at the executor's dtype, on the scenario's devices and network.
+  scenario->model.preset = options.model.filename().string();
+  scenario->model.llava = ck->config();
+  scenario->model.dtype = model_dtype(options.dtype);
+  if (options.in_flight) scenario->workload.in_flight = *options.in_flight;
+  if (options.backups) scenario->planner.backups = *options.backups;
+  if (options.planner) scenario->planner.name = *options.planner;
+  auto problem = partition::make_problem(std::move(scenario).value());
+  auto applied = partition::apply_profiles(options.profiles, *problem->cost);
+  if (!applied) return applied.error();
+  const auto& sc = problem->scenario;
+  const auto& cost = *problem->cost;
+  auto plan = partition::make_plan(cost, sc.planner.name, sc.planner.objective);
+  if (!plan) return plan.error();
+
+  // Requests.
+  std::vector<ExecRequest> requests;
+  bool ignore_eos = options.ignore_eos;
+  if (options.requests) {
+    auto r = read_requests(*options.requests, options.model, sc.workload.shape.output_tokens);
+    if (!r) return r.error();
+    requests = std::move(r).value();
+  } else {
+    requests = synthetic_requests(ck->config(), sc.workload.shape,
+                                  options.synthetic_requests.value_or(sc.workload.requests), options.seed);
+    ignore_eos = true;  // synthetic requests generate exactly output_tokens, as the simulator assumes
+  }
+
+  // Workers: one per scenario device that holds a stage or a backup (testbed: every device).
+  const int n = static_cast<int>(sc.devices.size());
+  std::vector<bool> used(static_cast<size_t>(n), options.testbed);
+  for (const auto& st : plan->stages) used[static_cast<size_t>(st.device)] = true;
+  for (const auto& b : plan->backups) used[static_cast<size_t>(b.device)] = true;
+  PipelineSpec spec;
+  std::vector<int> worker_of(static_cast<size_t>(n), -1);
+  std::vector<int> device_of;
+  for (int d = 0; d < n; ++d) {
+    const auto& dev = sc.devices[static_cast<size_t>(d)];
+    if (!used[static_cast<size_t>(d)] && dev.endpoint.empty()) continue;
+    if (!options.testbed && dev.endpoint.empty()) {
+      return Error{fmt::format("device '{}' holds a stage or backup but has no endpoint (its worker's address)",
+                               dev.name),
+                   sc.source.string(), 0, 0};
+    }
+    worker_of[static_cast<size_t>(d)] = static_cast<int>(spec.workers.size());
+    device_of.push_back(d);
+    WorkerSpec w;
+    w.name = dev.name;
+    w.endpoint = dev.endpoint;
+    w.slowdown = options.testbed ? partition::testbed_slowdown(sc, d) : 1.0;
+    spec.workers.push_back(w);
+  }
+  for (const auto& st : plan->stages) {
+    spec.stages.push_back({st.first_node, st.last_node, worker_of[static_cast<size_t>(st.device)]});
+  }
+  for (const auto& b : plan->backups) {
+    auto& w = spec.workers[static_cast<size_t>(worker_of[static_cast<size_t>(b.device)])];
+    for (int s : b.covers) {
+      w.backups.emplace_back(plan->stages[static_cast<size_t>(s)].first_node, plan->stages[static_cast<size_t>(s)].last_node);
+    }
+  }
+  if (options.testbed) {
+    spec.link = [&cost, device_of](int from, int to) {
+      LinkShape l;
+      for (const auto& hop : cost.route(device_of[static_cast<size_t>(from)], device_of[static_cast<size_t>(to)])) {
+        l.latency_ms += hop.spec.latency_ms;
+        l.ms_per_byte += partition::hop_busy_ms(hop.spec, 1.0);
+      }
+      return l;
+    };
+    spec.redeploy_ms = [&cost, device_of](int to, int first, int last) {
+      partition::Stage st;
+      st.first_node = first;
+      st.last_node = last;
+      return partition::redeploy_ms(cost, st, device_of[static_cast<size_t>(to)]);
+    };
+  }
+
+  // Testbed: start the emulating workers and schedule the faults.
+  LocalWorkers local;
+  std::map<std::string, double> fired;  // device -> time its fault was injected
+  std::vector<bool> done_fault(sc.faults.size(), false);
+  CoordinatorOptions co;
+  co.model = options.model;
+  co.dtype = options.dtype;
+  co.exec_device = options.device;
+  co.listen = options.listen;
+  co.in_flight = sc.workload.in_flight;
+  if (!ignore_eos) co.eos_ids = read_eos_ids(options.model, ck->config());
+  co.hello_timeout_s = options.hello_timeout_s;
+  co.heartbeat_interval_s = options.heartbeat_interval_s;
+  co.heartbeat_timeout_s = options.heartbeat_timeout_s;
+  if (options.testbed) {
+    std::vector<std::string> args;
+    if (options.worker_threads > 0) args = {"--threads", std::to_string(options.worker_threads)};
+    auto st = local.start(options.worker_binary, static_cast<int>(spec.workers.size()), args);
+    if (!st) return st.error();
+    for (size_t w = 0; w < spec.workers.size(); ++w) spec.workers[w].endpoint = local.endpoints()[w];
+    co.poll_lost = [&local, &spec](double) {
+      std::vector<std::string> gone;
+      for (int w = 0; w < local.size(); ++w) {
+        if (local.exited(w)) gone.push_back(spec.workers[static_cast<size_t>(w)].name);
+      }
+      return gone;
+    };
+    if (options.inject_faults) {
+      co.tick = [&](double now_s) {
+        for (size_t f = 0; f < sc.faults.size(); ++f) {
+          const auto& fault = sc.faults[f];
+          if (done_fault[f] || now_s < fault.at_s) continue;
+          done_fault[f] = true;
+          const int w = worker_of[static_cast<size_t>(sc.device_index(fault.device))];
+          if (fault.kind == partition::FaultKind::dropout && w >= 0) {
+            local.signal(w, SIGKILL);
+            fired[fault.device] = now_s;
+            if (options.progress) std::fprintf(stderr, "\ntestbed: %.2f s: killed %s (SIGKILL)\n", now_s, fault.device.c_str());
+          } else if (options.progress) {
+            std::fprintf(stderr, "\ntestbed: %.2f s: fault kind of %s is not emulated by the testbed (only dropout)\n",
+                         now_s, fault.device.c_str());
+          }
+        }
+      };
+      co.fault_time = [&fired](const std::string& device) -> std::optional<double> {
+        auto it = fired.find(device);
+        if (it == fired.end()) return std::nullopt;
+        return it->second;
+      };
+    }
+  }
+  if (options.progress) {
+    co.progress = [](size_t done, size_t total) {
+      std::fprintf(stderr, "\r%zu/%zu requests", done, total);
+      if (done == total) std::fprintf(stderr, "\n");
+      std::fflush(stderr);
+    };
+  }
+  auto run = run_pipeline(spec, requests, co);
+  local.stop_all();
+  if (!run) return run.error();
+
+  ServeOutcome outcome;
+  std::vector<std::string> names;
+  for (const auto& d : sc.devices) names.push_back(d.name);
+  outcome.report = make_exec_report(*run, sc.name, plan->planner, names, sc.workload.in_flight);
+  outcome.predicted_rps = plan->predicted.throughput_rps;
+  outcome.results = run->results;
+  for (const auto& r : requests) outcome.request_ids.push_back(r.id);
+
+  if (!options.out.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(options.out, ec);
+    if (ec) return make_error("cannot create {}: {}", options.out.string(), ec.message());
+    auto tokenizer = load_tokenizer(options.model);
+    std::string lines;
+    for (const auto& r : run->results) {
+      nlohmann::json j = {{"id", r.id}, {"generated", r.generated}, {"latency_ms", r.latency_ms}};
+      if (tokenizer) j["text"] = tokenizer->decode(r.generated);
+      lines += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+    auto report_json = partition::to_json(outcome.report);
+    report_json["predicted_throughput_rps"] = outcome.predicted_rps;
+    for (const auto& [file, text] :
+         std::vector<std::pair<std::string, std::string>>{{"outputs.jsonl", lines},
+                                                          {"report.json", report_json.dump(2) + "\n"},
+                                                          {"trace.json", make_exec_trace(*run, names).dump() + "\n"},
+                                                          {"plan.json", partition::to_json(*plan, cost).dump(2) + "\n"}}) {
+      auto st = write_text(options.out / file, text);
+      if (!st) return st.error();
+    }
+  }
+  outcome.plan = std::move(plan).value();
+  return outcome;
+}
+
+}  // namespace adaptlink::exec

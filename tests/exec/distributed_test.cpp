@@ -1,0 +1,350 @@
+// The multi-process pipeline (worker processes over ZeroMQ, the coordinator) against the single-process model:
+// identical greedy tokens and prefill logits for every fixture with 2, 3 and 4 stages and several requests in
+// flight; the wire protocol's checks; a coordinator that names an unreachable, refusing or lost worker.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstring>
+#include <set>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <zmq.hpp>
+
+#include "adaptlink/exec/coordinator.hpp"
+#include "adaptlink/exec/generate.hpp"
+#include "adaptlink/exec/local_workers.hpp"
+#include "adaptlink/exec/tensor_io.hpp"
+#include "adaptlink/exec/wire.hpp"
+#include "adaptlink/exec/worker.hpp"
+
+namespace adaptlink::exec {
+namespace {
+
+const std::filesystem::path kFixtures = std::filesystem::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures";
+const std::filesystem::path kRun = std::filesystem::path(ADAPTLINK_BINARY_DIR) / "exec" / "adaptlink-run";
+const std::vector<std::string> kNames = {"llava_llama_mha_tied", "llava_mistral_gqa_full", "llava_llama_gqa_sharded",
+                                         "llava_llama_tied_full_l1"};
+
+nlohmann::json expected(const std::string& name) {
+  std::ifstream in(kFixtures / name / "expected.json");
+  return nlohmann::json::parse(in);
+}
+
+// Three requests per fixture: the fixture's image prompt, the same text without the image, a shorter one.
+std::vector<ExecRequest> requests_for(const std::string& name) {
+  const auto e = expected(name);
+  auto ref = read_safetensors(kFixtures / name / "reference.safetensors");
+  EXPECT_TRUE(ref.has_value());
+  const auto ids = e["input_ids"].get<std::vector<int64_t>>();
+  std::vector<int64_t> text_only;
+  const auto config = load_checkpoint_config(kFixtures / name);
+  EXPECT_TRUE(config.has_value());
+  for (int64_t id : ids) {
+    if (id != config->image_token_index) text_only.push_back(id);
+  }
+  std::vector<int64_t> short_ids(text_only.begin(), text_only.begin() + std::min<size_t>(4, text_only.size()));
+  return {ExecRequest{"image", ids, ref->at("pixel_values"), 10}, ExecRequest{"text", text_only, at::Tensor(), 7},
+          ExecRequest{"short", short_ids, at::Tensor(), 9}};
+}
+
+class Distributed : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    workers_ = new LocalWorkers();
+    auto st = workers_->start(kRun, 4, {"--threads", "1"});
+    ASSERT_TRUE(st.has_value()) << st.error().to_string();
+  }
+  static void TearDownTestSuite() {
+    delete workers_;
+    workers_ = nullptr;
+  }
+  static PipelineSpec spec_for(const models::LayerGraph& graph, int stages) {
+    PipelineSpec spec;
+    const auto ranges = split_even(graph, stages);
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      spec.workers.push_back({fmt::format("w{}", i), workers_->endpoints()[i], 1.0, {}});
+      spec.stages.push_back({ranges[i].first, ranges[i].second, static_cast<int>(i)});
+    }
+    return spec;
+  }
+  static LocalWorkers* workers_;
+};
+LocalWorkers* Distributed::workers_ = nullptr;
+
+TEST_F(Distributed, SameTokensAndLogitsAsOneProcessForEveryFixtureWith2To4StagesAndRequestsInFlight) {
+  at::set_num_threads(1);
+  for (const auto& name : kNames) {
+    auto runner = LlavaRunner::load(kFixtures / name, *parse_exec_options("fp32", "cpu"));
+    ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
+    const auto requests = requests_for(name);
+    std::vector<GenerateResult> want;
+    for (const auto& r : requests) {
+      GenerateOptions opt;
+      opt.max_new_tokens = r.max_new_tokens;
+      opt.eos_ids = std::vector<int64_t>{2};
+      opt.keep_prefill_logits = true;
+      auto g = (*runner)->generate(r.input_ids, r.pixel_values, opt);
+      ASSERT_TRUE(g.has_value()) << g.error().to_string();
+      want.push_back(*g);
+    }
+    for (int stages = 2; stages <= 4; ++stages) {
+      CoordinatorOptions co;
+      co.model = kFixtures / name;
+      co.in_flight = 3;
+      co.eos_ids = {2};
+      co.keep_prefill_logits = true;
+      co.hello_timeout_s = 30;
+      auto run = run_pipeline(spec_for((*runner)->graph(), stages), requests, co);
+      ASSERT_TRUE(run.has_value()) << name << " with " << stages << " stages: " << run.error().to_string();
+      ASSERT_EQ(run->results.size(), requests.size());
+      for (size_t i = 0; i < requests.size(); ++i) {
+        const auto& got = run->results[i];
+        EXPECT_EQ(got.id, requests[i].id);
+        EXPECT_EQ(got.generated, want[i].generated) << name << ", " << stages << " stages, request " << got.id;
+        ASSERT_TRUE(got.prefill_logits.defined());
+        ASSERT_EQ(got.prefill_logits.sizes(), want[i].prefill_logits.sizes());
+        const double err = (got.prefill_logits - want[i].prefill_logits).abs().max().item<double>();
+        EXPECT_LE(err, 1e-5 * want[i].prefill_logits.abs().max().item<double>()) << name << " " << stages;
+      }
+      // Every stage ran: events from each worker of the pipeline.
+      std::set<std::string> devices;
+      for (const auto& ev : run->events) devices.insert(ev.device);
+      EXPECT_EQ(static_cast<int>(devices.size()), stages);
+    }
+  }
+}
+
+// --- protocol checks against a live worker ---
+
+struct RawClient {
+  zmq::context_t ctx;
+  zmq::socket_t s{ctx, zmq::socket_type::dealer};
+  explicit RawClient(const std::string& endpoint) {
+    s.set(zmq::sockopt::linger, 0);
+    s.set(zmq::sockopt::rcvtimeo, 20000);
+    s.connect(endpoint);
+  }
+  void send(const std::vector<std::string>& frames) {
+    for (size_t i = 0; i < frames.size(); ++i) {
+      s.send(zmq::buffer(frames[i]), i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+  }
+  Expected<wire::Message> reply() {
+    std::vector<std::string> frames;
+    zmq::message_t part;
+    if (!s.recv(part)) return make_error("no reply");
+    frames.emplace_back(static_cast<const char*>(part.data()), part.size());
+    while (part.more()) {
+      (void)s.recv(part);
+      frames.emplace_back(static_cast<const char*>(part.data()), part.size());
+    }
+    return wire::decode(frames);
+  }
+};
+
+std::string reply_error(RawClient& c) {
+  auto m = c.reply();
+  if (!m) return "undecodable reply: " + m.error().message;
+  if (m->type != wire::MsgType::error) return std::string("reply of type ") + std::string(wire::to_string(m->type));
+  return m->meta.value("message", std::string());
+}
+
+TEST_F(Distributed, WorkerAnswersBadMessagesWithErrorsAndKeepsServing) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  auto ck = Checkpoint::open(fixture);
+  ASSERT_TRUE(ck.has_value());
+  RawClient c(workers_->endpoints()[0]);
+  wire::Message hello;
+  hello.type = wire::MsgType::hello;
+  hello.meta = {{"protocol", wire::kProtocolVersion}, {"fingerprint", model_fingerprint(*ck)},
+                {"model_dir", fixture.string()}, {"stages", nlohmann::json::array()}};
+
+  // Wrong protocol version in the header.
+  auto frames = wire::encode(hello);
+  wire::Header h;
+  std::memcpy(&h, frames[0].data(), sizeof h);
+  h.version = 99;
+  std::memcpy(frames[0].data(), &h, sizeof h);
+  c.send(frames);
+  EXPECT_NE(reply_error(c).find("protocol version 99"), std::string::npos);
+
+  // Wrong model fingerprint.
+  auto bad = hello;
+  bad.meta["fingerprint"] = "0123456789abcdef";
+  c.send(wire::encode(bad));
+  EXPECT_NE(reply_error(c).find("fingerprint mismatch"), std::string::npos);
+
+  // Malformed: bad magic, truncated header, frame count, meta length, tensor bytes, oversized tensor shape.
+  frames = wire::encode(hello);
+  frames[0][0] = 'X';
+  c.send(frames);
+  EXPECT_NE(reply_error(c).find("bad magic"), std::string::npos);
+  c.send({std::string("short")});
+  EXPECT_NE(reply_error(c).find("header frame has 5 bytes"), std::string::npos);
+  frames = wire::encode(hello);
+  frames.push_back("extra");
+  c.send(frames);
+  EXPECT_NE(reply_error(c).find("frames"), std::string::npos);
+  wire::Message step;
+  step.type = wire::MsgType::step;
+  step.tensors.push_back({"f32", {1, 4}, std::string(16, '\0')});
+  frames = wire::encode(step);
+  frames[2].resize(12);
+  c.send(frames);
+  EXPECT_NE(reply_error(c).find("tensor 0: 12 bytes"), std::string::npos);
+  step.tensors[0] = {"f32", {1000000, 1000000, 1000000}, std::string(16, '\0')};
+  c.send(wire::encode(step));
+  EXPECT_NE(reply_error(c).find("too large"), std::string::npos);
+  step.tensors[0] = {"q4", {1, 4}, std::string(16, '\0')};
+  c.send(wire::encode(step));
+  EXPECT_NE(reply_error(c).find("unknown dtype"), std::string::npos);
+
+  // Still serving: a correct hello is answered with ready, and a pipeline run through the worker works.
+  c.send(wire::encode(hello));
+  auto ready = c.reply();
+  ASSERT_TRUE(ready.has_value()) << ready.error().message;
+  EXPECT_EQ(ready->type, wire::MsgType::ready) << ready->meta.dump();
+  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
+  CoordinatorOptions co;
+  co.model = fixture;
+  co.eos_ids = {2};
+  auto run = run_pipeline(spec_for(graph, 2), requests_for("llava_llama_mha_tied"), co);
+  ASSERT_TRUE(run.has_value()) << run.error().to_string();
+  EXPECT_EQ(run->results.size(), 3U);
+}
+
+TEST(Wire, EncodeDecodeRoundTripAndLimits) {
+  wire::Message m;
+  m.type = wire::MsgType::step;
+  m.request = 42;
+  m.seq = 7;
+  m.meta = {{"prefill", true}, {"input_ids", {1, 2, 3}}};
+  m.tensors.push_back({"bf16", {2, 3}, std::string(12, 'a')});
+  auto d = wire::decode(wire::encode(m));
+  ASSERT_TRUE(d.has_value()) << d.error().message;
+  EXPECT_EQ(d->type, wire::MsgType::step);
+  EXPECT_EQ(d->request, 42);
+  EXPECT_EQ(d->seq, 7);
+  EXPECT_EQ(d->meta["input_ids"].size(), 3U);
+  EXPECT_FALSE(d->meta.contains("tensors"));
+  ASSERT_EQ(d->tensors.size(), 1U);
+  EXPECT_EQ(d->tensors[0].shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(d->tensors[0].data, std::string(12, 'a'));
+
+  wire::Limits small;
+  small.max_message_bytes = 64;
+  auto big = wire::decode(wire::encode(m), small);
+  ASSERT_FALSE(big.has_value());
+  EXPECT_NE(big.error().message.find("exceeds the limit"), std::string::npos);
+
+  auto frames = wire::encode(m);
+  frames[1] = "{not json";
+  wire::Header h;
+  std::memcpy(&h, frames[0].data(), sizeof h);
+  h.meta_bytes = static_cast<uint32_t>(frames[1].size());
+  std::memcpy(frames[0].data(), &h, sizeof h);
+  auto bad_meta = wire::decode(frames);
+  ASSERT_FALSE(bad_meta.has_value());
+  EXPECT_NE(bad_meta.error().message.find("not a JSON object"), std::string::npos);
+
+  frames = wire::encode(m);
+  h.type = 999;
+  h.meta_bytes = static_cast<uint32_t>(frames[1].size());
+  std::memcpy(frames[0].data(), &h, sizeof h);
+  auto bad_type = wire::decode(frames);
+  ASSERT_FALSE(bad_type.has_value());
+  EXPECT_NE(bad_type.error().message.find("unknown message type 999"), std::string::npos);
+}
+
+TEST_F(Distributed, CoordinatorNamesAnUnreachableWorkerAndDoesNotHang) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  auto ck = Checkpoint::open(fixture);
+  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
+  auto spec = spec_for(graph, 2);
+  // Nothing listens there: bind a socket to learn a free port, then close it.
+  std::string dead;
+  {
+    zmq::context_t ctx;
+    zmq::socket_t s(ctx, zmq::socket_type::router);
+    s.bind("tcp://127.0.0.1:*");
+    dead = s.get(zmq::sockopt::last_endpoint);
+  }
+  spec.workers[1].name = "nano";
+  spec.workers[1].endpoint = dead;
+  CoordinatorOptions co;
+  co.model = fixture;
+  co.hello_timeout_s = 1.5;
+  const auto start = std::chrono::steady_clock::now();
+  auto run = run_pipeline(spec, requests_for("llava_llama_mha_tied"), co);
+  ASSERT_FALSE(run.has_value());
+  EXPECT_NE(run.error().message.find("worker 'nano'"), std::string::npos) << run.error().message;
+  EXPECT_NE(run.error().message.find("did not answer"), std::string::npos) << run.error().message;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 10.0);
+}
+
+TEST_F(Distributed, CoordinatorNamesAWorkerThatRefusesTheModel) {
+  // The worker is told to load another fixture than the coordinator's: the fingerprints differ.
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  LocalWorkers own;
+  auto st = own.start(kRun, 1, {"--model", (kFixtures / "llava_mistral_gqa_full").string()});
+  ASSERT_TRUE(st.has_value()) << st.error().to_string();
+  auto ck = Checkpoint::open(fixture);
+  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
+  auto spec = spec_for(graph, 2);
+  spec.workers[0].name = "agx";
+  spec.workers[0].endpoint = own.endpoints()[0];
+  CoordinatorOptions co;
+  co.model = fixture;
+  auto run = run_pipeline(spec, requests_for("llava_llama_mha_tied"), co);
+  ASSERT_FALSE(run.has_value());
+  EXPECT_NE(run.error().message.find("worker 'agx'"), std::string::npos) << run.error().message;
+  EXPECT_NE(run.error().message.find("fingerprint mismatch"), std::string::npos) << run.error().message;
+}
+
+TEST_F(Distributed, CoordinatorReportsALostWorkerWithoutRecoveryInsteadOfHanging) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  LocalWorkers own;
+  ASSERT_TRUE(own.start(kRun, 2, {}).has_value());
+  auto ck = Checkpoint::open(fixture);
+  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
+  PipelineSpec spec;
+  const auto ranges = split_even(graph, 2);
+  spec.workers = {{"agx", own.endpoints()[0], 1.0, {}}, {"nx", own.endpoints()[1], 30.0, {}}};  // nx is slow
+  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
+  std::vector<ExecRequest> many;
+  for (int i = 0; i < 6; ++i) {
+    auto r = requests_for("llava_llama_mha_tied")[1];
+    r.id = std::to_string(i);
+    r.max_new_tokens = 40;
+    many.push_back(r);
+  }
+  CoordinatorOptions co;
+  co.model = fixture;
+  co.recover = false;
+  co.heartbeat_timeout_s = 2;
+  bool killed = false;
+  co.tick = [&](double now_s) {
+    if (!killed && now_s > 0.3) {
+      own.signal(1, SIGKILL);
+      killed = true;
+    }
+  };
+  co.poll_lost = [&](double) {
+    std::vector<std::string> gone;
+    if (own.exited(1)) gone.push_back("nx");
+    return gone;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  auto run = run_pipeline(spec, many, co);
+  ASSERT_FALSE(run.has_value());
+  EXPECT_NE(run.error().message.find("worker 'nx'"), std::string::npos) << run.error().message;
+  EXPECT_NE(run.error().message.find("lost"), std::string::npos) << run.error().message;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 15.0);
+}
+
+}  // namespace
+}  // namespace adaptlink::exec
