@@ -10,6 +10,11 @@
 //                    [--profile FILE]... [--requests N]
 //       simulates each planner's plan on the same workload; table or JSON with ratios to `uniform`.
 //
+//   sweep SCENARIO --dropout-rate a,b,c [--runs N] [--seed S] [--mean-downtime S] [--out DIR] [--format text|json]
+//                  [--planner NAME] [--objective O] [--network-model M] [--requests N] [--no-plot] [--quiet]
+//       seeded Monte Carlo dropouts (rates: dropouts per active device per hour), each run simulated with and
+//       without backups; prints a table, writes DIR/sweep.json and DIR/sweep.png (cli/sim_sweep.cpp).
+//
 // Exit status: 0 ok, 1 the simulation failed, 2 bad input (scenario, flags, profile, a plan that cannot fit).
 #pragma once
 
@@ -17,5 +22,7 @@
 
 #include <functional>
 
-// Registers "run" and "compare" on `app`; when one is selected, parsing sets `action` to run it.
+// Registers "run", "compare" and "sweep" on `app`; when one is selected, parsing sets `action` to run it.
 void add_sim_commands(CLI::App& app, std::function<int()>& action);
+// Registers "sweep" (cli/sim_sweep.cpp); add_sim_commands calls it.
+void add_sweep_command(CLI::App& app, std::function<int()>& action);

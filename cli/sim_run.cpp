@@ -384,4 +384,6 @@ void add_sim_commands(CLI::App& app, std::function<int()>& action) {
   compare->add_option("--format", cmp_opts->format, "table | json")->check(CLI::IsMember({"table", "text", "json"}));
   compare->add_option("-o,--output", cmp_opts->output, "Write the table or JSON to FILE instead of stdout");
   compare->callback([&action, cmp_opts] { action = [cmp_opts] { return cmd_compare(*cmp_opts); }; });
+
+  add_sweep_command(app, action);
 }

@@ -36,6 +36,8 @@ struct Task {
   int stage = 0;
   int step = -1;  // -1: prefill, k >= 0: decode step k, kReplay: replay of `tokens` tokens (after a dropout)
   int tokens = 0;
+  int fault = -1;        // kReplay: the fault (index into spec.faults) whose recovery this replay is part of
+  double replay_s = 0;   // kReplay: its compute time on the device it was queued at
 };
 constexpr int kReplay = -2;
 
@@ -197,7 +199,7 @@ class Simulation {
       const Task task = dev.queue.front();
       dev.queue.pop_front();
       const auto& stage = stages_[static_cast<size_t>(task.stage)];
-      double duration = task.step == kReplay ? task.tokens * replay_per_token_s_[task.stage]
+      double duration = task.step == kReplay ? task.replay_s
                         : task.step < 0     ? stage.prefill_s
                                             : stage.decode_s[static_cast<size_t>(task.step)];
       duration *= dev.slowdown;
@@ -214,7 +216,7 @@ class Simulation {
       ++out_.stage_executions;
       if (trace_.wants(start)) trace_compute(d, task, start, end);
       if (task.step == kReplay) {
-        replay_done();
+        replay_done(task.fault);
       } else {
         after_compute(task);
       }
@@ -411,13 +413,11 @@ class Simulation {
     sg4::this_actor::sleep_for(f.detect_s + f.load_s);
     stages_ = f.stages_after;
     back_edge_ = f.back_edge_after;
-    replay_per_token_s_.assign(stages_.size(), 0.0);
-    for (size_t m = 0; m < f.moved.size(); ++m) replay_per_token_s_[f.moved[m]] = f.replay_s_per_token[m];
     for (const auto& st : stages_) ensure_device_actor(st.device);
     // Every request in flight that had passed a moved stage lost its KV cache there: replay its tokens so far
     // (prompt + image + generated) through that stage's layers on the new device, before anything else.
-    pending_replays_ = 0;
-    replay_fault_ = index;
+    // Each fault counts its own replays: a second dropout may come while the first one's replays still run.
+    if (pending_replays_.size() < spec_.faults.size()) pending_replays_.resize(spec_.faults.size(), 0);
     std::vector<int> slots;  // admission order
     for (int s = 0; s < static_cast<int>(slots_.size()); ++s) {
       if (slots_[static_cast<size_t>(s)].active) slots.push_back(s);
@@ -426,16 +426,19 @@ class Simulation {
     // Queue every replay first and release the devices afterwards: a release is a simcall, and the device
     // actor would start popping the queue in the middle of the insertions.
     std::vector<std::vector<Task>> replays(devices_.size());
-    for (int stage : f.moved) {
-      if (replay_per_token_s_[stage] <= 0) continue;
+    for (size_t m = 0; m < f.moved.size(); ++m) {
+      const int stage = f.moved[m];
+      const double per_token_s = f.replay_s_per_token[m];
+      if (per_token_s <= 0) continue;
       for (int s : slots) {
         const auto& slot = slots_[static_cast<size_t>(s)];
         if (slot.prefill_stages_done <= stage) continue;
         const int steps = slot.last_step < 0 ? 0 : slot.last_step + (slot.last_stage >= stage ? 1 : 0);
         const int tokens = spec_.prefill_tokens + steps;
         rec.recomputed_tokens += tokens;
-        replays[static_cast<size_t>(stages_[static_cast<size_t>(stage)].device)].push_back(Task{s, stage, kReplay, tokens});
-        ++pending_replays_;
+        replays[static_cast<size_t>(stages_[static_cast<size_t>(stage)].device)].push_back(
+            Task{s, stage, kReplay, tokens, static_cast<int>(index), tokens * per_token_s});
+        ++pending_replays_[index];
       }
     }
     for (size_t d = 0; d < devices_.size(); ++d) {
@@ -448,15 +451,16 @@ class Simulation {
     auto orphans = std::move(orphans_);
     orphans_.clear();
     for (const auto& t : orphans) enqueue(t);
-    if (pending_replays_ == 0) replay_done_at(sg4::Engine::get_clock());
+    if (pending_replays_[index] == 0) replay_done_at(index, sg4::Engine::get_clock());
   }
 
-  void replay_done() {
-    if (--pending_replays_ == 0) replay_done_at(sg4::Engine::get_clock());
+  void replay_done(int fault) {
+    if (fault < 0) return;
+    if (--pending_replays_[static_cast<size_t>(fault)] == 0) replay_done_at(static_cast<size_t>(fault), sg4::Engine::get_clock());
   }
 
-  void replay_done_at(double now) {
-    auto& rec = out_.faults[replay_fault_];
+  void replay_done_at(size_t fault, double now) {
+    auto& rec = out_.faults[fault];
     rec.recovered_s = now;
     rec.recovery_ms = (now - rec.at_s) * 1e3;
   }
@@ -513,10 +517,8 @@ class Simulation {
   const EngineOptions& options_;
   std::vector<StageSpec> stages_;  // the current placement (changes when a dropout moves a stage)
   TransferSpec back_edge_;
-  std::vector<double> replay_per_token_s_;
   std::vector<Task> orphans_;  // tasks of a lost device, waiting for the recovery
-  int pending_replays_ = 0;
-  size_t replay_fault_ = 0;
+  std::vector<int> pending_replays_;  // per fault: replays not yet done
   std::vector<sg4::Link*> links_;
   std::map<int, std::vector<int>> link_devices_;  // link -> devices at its ends
   partition::SteadyWindow window_;

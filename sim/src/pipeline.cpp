@@ -107,7 +107,8 @@ Expected<Ok> make_stages(const partition::CostModel& cost, const partition::Plan
 }  // namespace
 
 Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan& plan, PipelineSpec& spec,
-                        double detect_timeout_s, double heartbeat_interval_s) {
+                        const std::vector<partition::Fault>& faults, double detect_timeout_s,
+                        double heartbeat_interval_s) {
   const auto& scenario = cost.scenario();
   const int n = cost.num_devices();
   std::vector<int> devices;
@@ -122,7 +123,7 @@ Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan&
   const int te = cost.graph().text_embed_index();
 
   std::vector<const partition::Fault*> order;
-  for (const auto& f : scenario.faults) order.push_back(&f);
+  for (const auto& f : faults) order.push_back(&f);
   std::stable_sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->at_s < b->at_s; });
   for (const auto* f : order) {
     FaultSpec fs;

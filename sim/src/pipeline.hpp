@@ -91,10 +91,11 @@ struct PipelineSpec {
 
 Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const partition::Plan& plan,
                                       long long max_requests, std::uint64_t seed, bool stagger_start);
-// Resolves the scenario's [[faults]] and their recovery (see FaultSpec). An error names what is missing
-// (a device that no stage can move to, an unknown device).
+// Resolves faults (the scenario's [[faults]] or a sweep's drawn ones) and their recovery (see FaultSpec). An
+// error names what is missing (a device that no stage can move to, an unknown device).
 Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan& plan, PipelineSpec& spec,
-                        double detect_timeout_s, double heartbeat_interval_s);
+                        const std::vector<partition::Fault>& faults, double detect_timeout_s,
+                        double heartbeat_interval_s);
 
 // Trace settings and what the engine reports back.
 struct EngineOptions {

@@ -226,7 +226,12 @@ Expected<SimResult> run_simulation(const partition::CostModel& cost, const parti
       return make_error("heartbeat timeout ({} s) must be at least the interval ({} s), which must be positive",
                         options.heartbeat_timeout_s, options.heartbeat_interval_s);
     }
-    if (auto added = detail::add_faults(cost, plan, *spec, options.heartbeat_timeout_s, options.heartbeat_interval_s); !added) return added.error();
+    const auto& faults = options.fault_list ? *options.fault_list : cost.scenario().faults;
+    if (auto added = detail::add_faults(cost, plan, *spec, faults, options.heartbeat_timeout_s,
+                                        options.heartbeat_interval_s);
+        !added) {
+      return added.error();
+    }
   }
   EngineOptions engine_options;
   engine_options.network_model = options.network_model;

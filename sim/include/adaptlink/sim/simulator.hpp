@@ -27,6 +27,7 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,8 @@ struct SimOptions {
   // heartbeats every heartbeat_interval_s; a device is declared lost heartbeat_timeout_s after it drops out
   // (detected_s = at_s + timeout).
   bool faults = false;
+  // When set (and `faults` is true), these faults are applied instead of the scenario's [[faults]] (sweeps).
+  std::optional<std::vector<partition::Fault>> fault_list;
   double heartbeat_interval_s = 0.5;
   double heartbeat_timeout_s = 1.5;
 
