@@ -26,6 +26,7 @@
 #include "adaptlink/exec/worker.hpp"
 #include "adaptlink/exec/tensor_io.hpp"
 #include "adaptlink/exec/tokenizer.hpp"
+#include "commands.hpp"
 #include "common.hpp"
 
 namespace {
@@ -355,8 +356,11 @@ int main(int argc, char** argv) {
   auto* testbed = app.add_subcommand(
       "testbed", "Like serve, with local workers that emulate the scenario's devices, links and dropouts");
   add_serve_options(testbed, testbed_args, true);
+  adaptlink::run::ProfileArgs profile_args;
+  auto* profile = adaptlink::run::add_profile_command(app, profile_args);
   if (auto done = adaptlink::cli::parse_args(app, argc, argv, "adaptlink-run")) return *done;
   try {
+    if (profile->parsed()) return adaptlink::run::run_profile_command(profile_args);
     if (worker->parsed()) {
       wo.model = worker_model;
       return run_worker_command(wo);

@@ -1,0 +1,35 @@
+// adaptlink-run subcommands that live in their own files; run_main.cpp registers them.
+//
+//   profile --model DIR (--scenario FILE | --device NAME) [--prompt-tokens N] [--images N] [--repeats R]
+//           [--threads N] [--dtype fp32|bf16] [--out FILE] [--format text|json]
+//       measures every node of the layer DAG on this machine and writes a profile file (partition/profile.hpp)
+//       for adaptlink-sim plan|run|compare --profile (exec/cli/profile_cmd.cpp).
+//
+// Each add_*_command registers the subcommand and returns it (check ->parsed() after parsing); each
+// run_*_command returns the exit status: 0 ok, 1 the run failed, 2 bad input (one line "adaptlink-run: error: ...").
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <optional>
+#include <string>
+
+namespace adaptlink::run {
+
+struct ProfileArgs {
+  std::string model;                    // checkpoint directory
+  std::optional<std::string> scenario;  // one entry per device, scaled by partition::testbed_slowdown
+  std::optional<std::string> device;    // one entry for this device, unscaled
+  std::optional<int> prompt_tokens;     // default: the scenario's workload, else 64
+  std::optional<int> images;            // default: the scenario's workload, else 1
+  int repeats = 3;
+  int threads = 0;                      // 0: libtorch's default
+  std::string dtype = "fp32";
+  std::string out;                      // profile file; empty: none (use --format json for stdout)
+  std::string format = "text";
+};
+
+CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args);
+int run_profile_command(const ProfileArgs& args);
+
+}  // namespace adaptlink::run
