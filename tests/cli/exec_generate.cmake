@@ -45,6 +45,19 @@ if(NOT EXISTS ${logits})
 endif()
 file(REMOVE ${logits})
 
+# 1b. The same through three worker processes over ZeroMQ (--stages 3): transformers' tokens again.
+execute_process(COMMAND ${run} generate --model ${fx} --input-ids ${ids} --pixel-values ${fx}/reference.safetensors
+                        --max-new-tokens 12 --format json --stages 3 --dump-logits ${logits}
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 60)
+if(NOT rc EQUAL 0 OR NOT err STREQUAL "")
+  message(FATAL_ERROR "generate --stages 3 failed (${rc}): ${err}")
+endif()
+expect_generated("${out}" "--stages 3")
+if(NOT EXISTS ${logits})
+  message(FATAL_ERROR "--stages 3 --dump-logits wrote nothing")
+endif()
+file(REMOVE ${logits})
+
 # 2. --prompt + --image through the tokenizer and the image preprocessing.
 execute_process(COMMAND ${run} generate --model ${fx} --prompt "What is shown in this picture?"
                         --image ${SRC}/tests/fixtures/images/test.png --max-new-tokens 12 --format json
@@ -65,7 +78,7 @@ foreach(case
     "--model;${fx};--input-ids;1,2;--dtype;fp64"
     "--model;${fx};--input-ids;1,2;--image;/nonexistent.png"
     "--model;${fx};--input-ids;1,400,2;--pixel-values;${fx}/reference.safetensors"
-    "--model;${fx};--input-ids;1,2;--stages;3"
+    "--model;${fx};--input-ids;1,2;--stages;0"
     "--model;${SRC}/tests/fixtures/llava_mistral_gqa_full;--prompt;hi"
     "--model;${tmp};--input-ids;1,2")
   execute_process(COMMAND ${run} generate ${case} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
