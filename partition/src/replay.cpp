@@ -14,6 +14,7 @@
 // No SimGrid here: this is the core's cost model of a whole pipeline, fast enough (a few ms for
 // 40 requests) to rank a planner's best candidates.
 #include <algorithm>
+#include <limits>
 #include <queue>
 #include <tuple>
 
@@ -97,6 +98,11 @@ struct SharedLink {
 }  // namespace
 
 ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests, double stagger_ms) {
+  return replay(cost, stages, requests, stagger_ms, ReplayOptions{});
+}
+
+ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests, double stagger_ms,
+                    const ReplayOptions& options) {
   ReplayResult result;
   const int k = static_cast<int>(stages.size());
   if (k == 0 || requests <= 0) return result;
@@ -120,8 +126,23 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
     }
   }
 
+  // Per stage: the routes to the next stage and (last stage) back to the entry, and the bytes of its
+  // outgoing cut (looked up once, not per event).
+  std::vector<const std::vector<Hop>*> next_route(static_cast<size_t>(k), nullptr);
+  std::vector<double> out_prefill_bytes(static_cast<size_t>(k), 0.0), out_decode_bytes(static_cast<size_t>(k), 0.0);
+  for (int s = 0; s + 1 < k; ++s) {
+    next_route[s] = &cost.route(stages[s].device, stages[s + 1].device);
+    out_prefill_bytes[s] = graph.prefill_out_bytes(stages[s].last_node, shape);
+    out_decode_bytes[s] = graph.decode_out_bytes(stages[s].last_node);
+  }
+  const std::vector<Hop>* back_route = &cost.route(stages[k - 1].device, stages[entry].device);
+  auto route_of = [&](int a, int b) -> const std::vector<Hop>& {
+    return b == a + 1 ? *next_route[a] : *back_route;
+  };
+
   std::vector<SharedLink> links(static_cast<size_t>(cost.num_links()));
-  std::vector<Event> flows;  // the join event of each flow, by flow id
+  std::vector<Event> flows;  // the join event of each flow in transit, by flow id (slots are reused)
+  std::vector<int> free_flows;
   EventQueue events;
   long long seq = 0;
   std::vector<double> stage_free(static_cast<size_t>(k), 0.0);
@@ -142,7 +163,7 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
   // Sends `bytes` from stage a to stage b at time t: each hop waits its latency, then shares its
   // link's bandwidth with the flows already on it (store and forward between hops).
   auto start_hop = [&](int request, int a, int b, int step, int hop, double bytes, double t) {
-    const auto& route = cost.route(stages[a].device, stages[b].device);
+    const auto& route = route_of(a, b);
     if (hop >= static_cast<int>(route.size())) {
       events.push({t, seq++, Kind::task, request, b, step});
       return;
@@ -160,15 +181,32 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
   };
   // Events pop in time order, so a stage's next free time is all the FIFO state it needs: a task
   // starts at max(arrival, free).
+  // Ranking: the window needs `last - first` completions after window_start; a plan that has not
+  // had them `cut_span_ms` after it cannot beat options.beat_rps (exact, not an estimate).
+  const double cut_span_ms =
+      options.beat_rps > 0 ? (window.last - window.first) * 1e3 / options.beat_rps : std::numeric_limits<double>::infinity();
+  bool window_open = window.first == 0;
   while (!events.empty()) {
     const Event e = events.pop();
+    if (window_open && e.t - window_start > cut_span_ms) {
+      result.cut = true;
+      return result;
+    }
     if (e.kind == Kind::join) {
-      const auto& h = cost.route(stages[e.from].device, stages[e.stage].device)[static_cast<size_t>(e.hop)];
+      const auto& h = route_of(e.from, e.stage)[static_cast<size_t>(e.hop)];
       auto& link = links[static_cast<size_t>(h.link)];
       link.bytes_per_ms = h.spec.bandwidth_mbps * 1e3 / 8.0;
       link.advance(e.t);
-      link.finish.push({link.v + e.bytes, static_cast<int>(flows.size())});
-      flows.push_back(e);
+      int id;
+      if (free_flows.empty()) {
+        id = static_cast<int>(flows.size());
+        flows.push_back(e);
+      } else {
+        id = free_flows.back();
+        free_flows.pop_back();
+        flows[static_cast<size_t>(id)] = e;
+      }
+      link.finish.push({link.v + e.bytes, id});
       ++link.version;
       schedule_check(h.link);
       continue;
@@ -181,8 +219,10 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
       // finishes at the same virtual time (rounding must not leave it behind).
       link.v = std::max(link.v, link.finish.top().first);
       while (!link.finish.empty() && link.finish.top().first <= link.v * (1 + 1e-12) + 1e-9) {
-        const Event f = flows[static_cast<size_t>(link.finish.top().second)];
+        const int id = link.finish.top().second;
+        const Event f = flows[static_cast<size_t>(id)];
         link.finish.pop();
+        free_flows.push_back(id);
         start_hop(f.request, f.from, f.stage, f.step, f.hop + 1, f.bytes, e.t);
       }
       ++link.version;
@@ -194,8 +234,7 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
     const double end = start + (e.step < 0 ? prefill_ms[s] : decode_ms[s][e.step]);
     stage_free[s] = end;
     if (s + 1 < k) {
-      const int cut = stages[s].last_node;
-      const double bytes = e.step < 0 ? graph.prefill_out_bytes(cut, shape) : graph.decode_out_bytes(cut);
+      const double bytes = e.step < 0 ? out_prefill_bytes[s] : out_decode_bytes[s];
       start_hop(e.request, s, s + 1, e.step, 0, bytes, end);
       continue;
     }
@@ -205,13 +244,19 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
     }
     ++done;
     latency_sum += end - admitted[e.request];
-    if (done == window.first) window_start = end;
-    if (done == window.last) window_end = end;
+    if (done == window.first) {
+      window_start = end;
+      window_open = true;
+    }
+    if (done == window.last) {
+      window_end = end;
+      if (options.stop_at_window_end) break;
+    }
     admit(end);
   }
   const double span_ms = window_end - window_start;
   result.throughput_rps = span_ms > 0 ? (window.last - window.first) * 1e3 / span_ms : 0;
-  result.mean_latency_ms = latency_sum / static_cast<double>(requests);
+  result.mean_latency_ms = latency_sum / static_cast<double>(std::max<long long>(1, done));
   return result;
 }
 

@@ -77,11 +77,19 @@ Prediction evaluate(const CostModel& cost, std::vector<Stage>& stages);
 struct ReplayResult {
   double throughput_rps = 0;  // over the steady window
   double mean_latency_ms = 0;
+  bool cut = false;  // ReplayOptions::beat_rps: stopped early, the plan cannot beat it (throughput_rps = 0)
+};
+// For ranking plans: what a replay may skip without changing its throughput.
+struct ReplayOptions {
+  bool stop_at_window_end = false;  // stop at the window's last completion (mean latency then covers fewer)
+  double beat_rps = 0;              // > 0: stop as soon as the steady window cannot end above this throughput
 };
 // Deterministic event-driven replay of `requests` closed-loop requests through the stages
 // (see replay.cpp): what the bound leaves out when prefills and decode steps share stages.
 ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests,
                     double stagger_ms);
+ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests,
+                    double stagger_ms, const ReplayOptions& options);
 // evaluate(), then for closed loops the replayed throughput and latency of the scenario's requests
 // (at most max_requests of them); bound_rps keeps the bound. Planners report predict(cost, stages);
 // adaptlink ranks its candidates with the shorter ranking_requests() replay.
