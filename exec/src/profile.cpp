@@ -9,6 +9,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <tuple>
 
 #include "adaptlink/exec/checkpoint.hpp"
 #include "adaptlink/partition/profile.hpp"
