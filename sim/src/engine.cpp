@@ -52,8 +52,8 @@ struct RequestSlot {
   long long id = -1;
   double admitted_s = 0;
   bool active = false;
-  int prefill_stages_done = 0;  // the prefill has completed at stages [0, this)
-  int last_stage = -1;          // last completed decode task: stage and step (-1: none yet)
+  int prefill_nodes_done = 0;  // the prefill has passed nodes [0, this) (node indices: plans change)
+  int last_node = -1;          // last completed decode task: the last node of its stage, and its step (-1: none)
   int last_step = -1;
 };
 
@@ -84,7 +84,7 @@ double exponential_gap(std::mt19937_64& rng, double rate) {
 class Simulation {
  public:
   Simulation(const PipelineSpec& spec, const EngineOptions& options)
-      : spec_(spec), options_(options), stages_(spec.stages), back_edge_(spec.back_edge) {
+      : spec_(spec), options_(options), stages_(spec.stages), back_edge_(spec.back_edge), text_stage_(spec.text_stage) {
     window_ = partition::steady_window(spec.requests, spec.in_flight, spec.arrival == ArrivalKind::closed);
     progress_step_ = std::max<long long>(1, spec.requests / 100);
     out_.latencies_ms.reserve(static_cast<size_t>(spec.requests));
@@ -127,6 +127,7 @@ class Simulation {
     zone->seal();
     for (auto& dev : devices_) dev.ready = sg4::Semaphore::create(0);
     jobs_ready_ = sg4::Semaphore::create(0);
+    hold_ = sg4::Semaphore::create(0);
     all_done_ = sg4::Semaphore::create(0);
     lanes_.resize(spec_.links.size());
     return Ok{};
@@ -196,6 +197,8 @@ class Simulation {
     auto& dev = devices_[static_cast<size_t>(d)];
     for (;;) {
       dev.ready->acquire();
+      // A rebalance is draining the pipeline: start nothing; the switch kills this actor and starts a new one.
+      if (holding_) hold_->acquire();
       const Task task = dev.queue.front();
       dev.queue.pop_front();
       const auto& stage = stages_[static_cast<size_t>(task.stage)];
@@ -239,6 +242,7 @@ class Simulation {
           lanes_[static_cast<size_t>(hop.link)][static_cast<size_t>(lane)] = false;
         }
       }
+      --jobs_in_flight_;
       enqueue(job.next);
       ++idle_couriers_;
     }
@@ -296,6 +300,7 @@ class Simulation {
       enqueue(next);
       return;
     }
+    ++jobs_in_flight_;
     jobs_.push_back(Job{&spec_.routes[static_cast<size_t>(transfer.route)],
                         static_cast<std::uint64_t>(std::llround(transfer.bytes)), from_stage, next});
     if (idle_couriers_ > 0) {
@@ -314,9 +319,9 @@ class Simulation {
     const auto& stage = stages_[static_cast<size_t>(task.stage)];
     auto& slot = slots_[static_cast<size_t>(task.slot)];
     if (task.step < 0) {
-      slot.prefill_stages_done = task.stage + 1;
+      slot.prefill_nodes_done = stage.last_node + 1;
     } else {
-      slot.last_stage = task.stage;
+      slot.last_node = stage.last_node;
       slot.last_step = task.step;
     }
     if (task.stage < last) {
@@ -325,7 +330,7 @@ class Simulation {
     } else if (task.step + 1 >= spec_.output_tokens) {
       complete(task.slot);
     } else {
-      send(back_edge_, Task{task.slot, spec_.text_stage, task.step + 1}, task.stage);
+      send(back_edge_, Task{task.slot, text_stage_, task.step + 1}, task.stage);
     }
   }
 
@@ -354,10 +359,15 @@ class Simulation {
 
   // --- faults ---------------------------------------------------------------------------------------------
   void fault_loop() {
-    for (size_t i = 0; i < spec_.faults.size(); ++i) {
+    for (const auto& event : spec_.events) {
+      const size_t i = static_cast<size_t>(event.fault);
       const auto& f = spec_.faults[i];
       const double now = sg4::Engine::get_clock();
-      if (f.at_s > now) sg4::this_actor::sleep_for(f.at_s - now);
+      if (event.at_s > now) sg4::this_actor::sleep_for(event.at_s - now);
+      if (event.switch_plan) {
+        switch_plan(i, f);
+        continue;
+      }
       auto& dev = devices_[static_cast<size_t>(f.device)];
       switch (f.kind) {
         case FaultKindSpec::slowdown:
@@ -371,7 +381,7 @@ class Simulation {
           }
           break;
         case FaultKindSpec::rejoin:
-          // Back (empty) at its first heartbeat: it may take a stage in a later dropout; no rebalancing.
+          // Back (empty) at its first heartbeat; its rebalance (if any) is a later event.
           if (dev.dead && f.detect_s > 0) {
             dev.dead = false;
             out_.faults[i].detected_s = f.at_s + f.detect_s;
@@ -413,6 +423,7 @@ class Simulation {
     sg4::this_actor::sleep_for(f.detect_s + f.load_s);
     stages_ = f.stages_after;
     back_edge_ = f.back_edge_after;
+    text_stage_ = f.text_stage_after;
     for (const auto& st : stages_) ensure_device_actor(st.device);
     // Every request in flight that had passed a moved stage lost its KV cache there: replay its tokens so far
     // (prompt + image + generated) through that stage's layers on the new device, before anything else.
@@ -432,8 +443,9 @@ class Simulation {
       if (per_token_s <= 0) continue;
       for (int s : slots) {
         const auto& slot = slots_[static_cast<size_t>(s)];
-        if (slot.prefill_stages_done <= stage) continue;
-        const int steps = slot.last_step < 0 ? 0 : slot.last_step + (slot.last_stage >= stage ? 1 : 0);
+        const auto& moved = stages_[static_cast<size_t>(stage)];
+        if (slot.prefill_nodes_done <= moved.last_node) continue;
+        const int steps = slot.last_step < 0 ? 0 : slot.last_step + (slot.last_node >= moved.last_node ? 1 : 0);
         const int tokens = spec_.prefill_tokens + steps;
         rec.recomputed_tokens += tokens;
         replays[static_cast<size_t>(stages_[static_cast<size_t>(stage)].device)].push_back(
@@ -452,6 +464,95 @@ class Simulation {
     orphans_.clear();
     for (const auto& t : orphans) enqueue(t);
     if (pending_replays_[index] == 0) replay_done_at(index, sg4::Engine::get_clock());
+  }
+
+  // A rejoin's rebalance: the weights are loaded (the old placement kept serving meanwhile); drain to a safe point
+  // (no task running, no transfer under way), move every queued task to the new stage that holds the node it was
+  // to start at, rebuild the KV caches of the text layers that changed device, and go on with the new plan.
+  void switch_plan(size_t index, const FaultSpec& f) {
+    if (!f.stages_changed) {  // only backups were preloaded again: nothing to drain
+      replay_done_at(index, sg4::Engine::get_clock());
+      return;
+    }
+    holding_ = true;
+    auto busy = [this] {
+      if (jobs_in_flight_ > 0) return true;
+      for (const auto& dev : devices_) {
+        if (dev.running) return true;
+      }
+      return false;
+    };
+    while (busy()) sg4::this_actor::sleep_for(1e-3);
+    const double now = sg4::Engine::get_clock();
+    const int old_text_stage = text_stage_;
+    const auto old_stages = stages_;
+    std::vector<Task> pending;
+    for (auto& dev : devices_) {
+      if (dev.actor) {
+        dev.actor->kill();
+        dev.actor = nullptr;
+      }
+      for (const auto& t : dev.queue) pending.push_back(t);
+      dev.queue.clear();
+    }
+    for (const auto& t : orphans_) pending.push_back(t);
+    orphans_.clear();
+    stages_ = f.stages_after;
+    back_edge_ = f.back_edge_after;
+    text_stage_ = f.text_stage_after;
+    auto stage_of = [this](int node) {
+      for (size_t s = 0; s < stages_.size(); ++s) {
+        if (stages_[s].first_node <= node && node <= stages_[s].last_node) return static_cast<int>(s);
+      }
+      return static_cast<int>(stages_.size()) - 1;
+    };
+    auto& rec = out_.faults[index];
+    if (pending_replays_.size() < spec_.faults.size()) pending_replays_.resize(spec_.faults.size(), 0);
+    std::vector<std::vector<Task>> queues(devices_.size());
+    // KV rebuilds first, in admission order, ahead of any other work on their device.
+    std::vector<int> slots;
+    for (int s = 0; s < static_cast<int>(slots_.size()); ++s) {
+      if (slots_[static_cast<size_t>(s)].active) slots.push_back(s);
+    }
+    std::sort(slots.begin(), slots.end(), [this](int a, int b) { return slots_[a].id < slots_[b].id; });
+    for (size_t st = 0; st < stages_.size(); ++st) {
+      const int from = f.replay_from_node[st];
+      const double per_token_s = f.replay_s_per_token_after[st];
+      if (from < 0 || per_token_s <= 0) continue;
+      for (int s : slots) {
+        const auto& slot = slots_[static_cast<size_t>(s)];
+        if (slot.prefill_nodes_done <= from) continue;
+        const int steps = slot.last_step < 0 ? 0 : slot.last_step + (slot.last_node >= from ? 1 : 0);
+        const int tokens = spec_.prefill_tokens + steps;
+        rec.recomputed_tokens += tokens;
+        queues[static_cast<size_t>(stages_[st].device)].push_back(
+            Task{s, static_cast<int>(st), kReplay, tokens, static_cast<int>(index), tokens * per_token_s});
+        ++pending_replays_[index];
+      }
+    }
+    for (const auto& t : pending) {
+      if (t.step == kReplay) {  // an earlier recovery's rebuild: superseded by this one's
+        replay_done(t.fault);
+        continue;
+      }
+      // The node the task was to start at (a decode step starts at the text stage) and the new stage holding it.
+      Task moved = t;
+      moved.stage = t.step >= 0 && t.stage == old_text_stage ? text_stage_
+                                                              : stage_of(old_stages[static_cast<size_t>(t.stage)].first_node);
+      if (t.step >= 0 && moved.stage < text_stage_) moved.stage = text_stage_;
+      queues[static_cast<size_t>(stages_[static_cast<size_t>(moved.stage)].device)].push_back(moved);
+    }
+    for (size_t d = 0; d < devices_.size(); ++d) {
+      auto& dev = devices_[d];
+      dev.queue.assign(queues[d].begin(), queues[d].end());
+      dev.ready = sg4::Semaphore::create(static_cast<unsigned>(dev.queue.size()));
+    }
+    holding_ = false;
+    for (const auto& st : stages_) ensure_device_actor(st.device);
+    for (size_t d = 0; d < devices_.size(); ++d) {
+      if (!devices_[d].queue.empty() && !devices_[d].dead) ensure_device_actor(static_cast<int>(d));
+    }
+    if (pending_replays_[index] == 0) replay_done_at(index, now);
   }
 
   void replay_done(int fault) {
@@ -517,6 +618,10 @@ class Simulation {
   const EngineOptions& options_;
   std::vector<StageSpec> stages_;  // the current placement (changes when a dropout moves a stage)
   TransferSpec back_edge_;
+  int text_stage_ = 0;
+  bool holding_ = false;            // a rebalance is draining the pipeline
+  sg4::SemaphorePtr hold_;          // never released: devices wait on it while holding_
+  long long jobs_in_flight_ = 0;    // transfers queued or under way
   std::vector<Task> orphans_;  // tasks of a lost device, waiting for the recovery
   std::vector<int> pending_replays_;  // per fault: replays not yet done
   std::vector<sg4::Link*> links_;

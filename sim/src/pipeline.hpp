@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,7 @@
 #include "adaptlink/partition/cost_model.hpp"
 #include "adaptlink/partition/plan.hpp"
 #include "adaptlink/partition/report.hpp"
+#include "adaptlink/sim/simulator.hpp"
 
 namespace adaptlink::sim::detail {
 
@@ -36,6 +39,8 @@ struct TransferSpec {
 
 struct StageSpec {
   int device = -1;
+  int first_node = 0;  // the stage's node range (inclusive)
+  int last_node = 0;
   double prefill_s = 0;
   std::vector<double> decode_s;  // [output_tokens]: step k runs with prefill_tokens + k cached tokens
   TransferSpec prefill_out;      // to the next stage (none for the last)
@@ -61,8 +66,27 @@ struct FaultSpec {
   bool from_backup = false;
   std::vector<int> moved;                   // stage indices that move
   std::vector<double> replay_s_per_token;   // per moved stage: prefill of its text layers, per token, new device
-  std::vector<StageSpec> stages_after;      // the whole pipeline after the move
+  std::vector<StageSpec> stages_after;      // the whole pipeline after the move (dropout) or the switch (rejoin)
   TransferSpec back_edge_after;
+  int text_stage_after = 0;
+  // rejoin: the rebalance. The planner re-plans on the devices that are up; each device loads the weights it
+  // lacks over its link (load_s: the slowest), and at switch_s (detection + load_s) the pipeline drains at a
+  // safe point and switches; requests rebuild the KV caches of the text layers that changed device (per new
+  // stage: from replay_from_node on, replay_s_per_token_after per token; -1: none). rebalance is false when
+  // nothing moves or the planned rebalance was superseded.
+  bool rebalance = false;
+  bool stages_changed = true;  // false: the stages stay, only the backups are preloaded again (by switch_s)
+  double switch_s = 0;
+  std::vector<double> replay_s_per_token_after;
+  std::vector<int> replay_from_node;
+};
+
+// What the fault actor does, in order: apply fault `fault` at at_s, or switch to fault `fault`'s rebalanced
+// placement (switch_plan) at its switch_s. Later events wait for earlier ones to be handled.
+struct FaultEvent {
+  int fault = 0;
+  bool switch_plan = false;
+  double at_s = 0;
 };
 
 struct PipelineSpec {
@@ -87,7 +111,18 @@ struct PipelineSpec {
 
   int prefill_tokens = 0;  // tokens of a request's prefill (prompt + image features)
   std::vector<FaultSpec> faults;  // in at_s order
+  std::vector<FaultEvent> events;
 };
+
+// The running placement while faults are resolved: stages (node ranges and devices) and the backups held.
+struct Placement {
+  std::vector<partition::Stage> stages;
+  std::vector<partition::Backup> backups;
+  int text_stage = 0;
+};
+// Re-plans of one cost model and plan, by (backups, devices up); nullopt: the devices up cannot hold the model.
+// Sweeps resolve many fault lists on the same plan and keep one.
+using ReplanCache = std::map<std::pair<bool, std::vector<bool>>, std::optional<Placement>>;
 
 Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const partition::Plan& plan,
                                       long long max_requests, std::uint64_t seed, bool stagger_start);
@@ -95,7 +130,7 @@ Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const pa
 // error names what is missing (a device that no stage can move to, an unknown device).
 Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan& plan, PipelineSpec& spec,
                         const std::vector<partition::Fault>& faults, double detect_timeout_s,
-                        double heartbeat_interval_s);
+                        double heartbeat_interval_s, ReplanCache* cache = nullptr);
 
 // Trace settings and what the engine reports back.
 struct EngineOptions {
@@ -126,5 +161,8 @@ struct EngineOutcome {
 
 // Runs SimGrid. Creates an engine: call at most once per process.
 Expected<EngineOutcome> run_engine(const PipelineSpec& spec, const EngineOptions& options);
+
+// Runs a pipeline built (and its faults added) by the caller, as run_simulation does (simulator.cpp).
+Expected<SimResult> run_spec(const PipelineSpec& spec, const SimOptions& options);
 
 }  // namespace adaptlink::sim::detail

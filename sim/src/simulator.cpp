@@ -233,6 +233,10 @@ Expected<SimResult> run_simulation(const partition::CostModel& cost, const parti
       return added.error();
     }
   }
+  return detail::run_spec(*spec, options);
+}
+
+Expected<SimResult> detail::run_spec(const PipelineSpec& spec, const SimOptions& options) {
   EngineOptions engine_options;
   engine_options.network_model = options.network_model;
   engine_options.trace_path = options.trace_path.string();
@@ -245,9 +249,9 @@ Expected<SimResult> run_simulation(const partition::CostModel& cost, const parti
         options.progress(SimProgress{completed, total, sim_time_s});
       };
     }
-    return run_here(*spec, engine_options);
+    return run_here(spec, engine_options);
   }
-  return run_isolated(*spec, std::move(engine_options), options);
+  return run_isolated(spec, std::move(engine_options), options);
 }
 
 Expected<partition::RunReport> simulate(const partition::CostModel& cost, const partition::Plan& plan,

@@ -30,16 +30,17 @@ double exponential(std::mt19937_64& rng, double mean) {
 }
 
 // Resolves `faults` on `plan` as a simulation would: an error when some stage is left with nowhere to run.
-Expected<std::vector<detail::FaultSpec>> resolve(const partition::CostModel& cost, const partition::Plan& plan,
-                                                 const std::vector<partition::Fault>& faults,
-                                                 const SimOptions& sim) {
+Expected<detail::PipelineSpec> resolve(const partition::CostModel& cost, const partition::Plan& plan,
+                                       const std::vector<partition::Fault>& faults, const SimOptions& sim,
+                                       detail::ReplanCache& cache) {
   auto spec = detail::build_pipeline(cost, plan, sim.max_requests, sim.seed, sim.stagger_start);
   if (!spec) return spec.error();
-  if (auto added = detail::add_faults(cost, plan, *spec, faults, sim.heartbeat_timeout_s, sim.heartbeat_interval_s);
+  if (auto added = detail::add_faults(cost, plan, *spec, faults, sim.heartbeat_timeout_s, sim.heartbeat_interval_s,
+                                      &cache);
       !added) {
     return added.error();
   }
-  return std::move(spec->faults);
+  return spec;
 }
 
 void fill_side(SweepSide& side, Expected<SimResult> result, const std::vector<detail::FaultSpec>& specs) {
@@ -199,6 +200,7 @@ Expected<SweepResult> run_sweep(const partition::CostModel& cost, const partitio
   sim.trace_path.clear();
   sim.progress = nullptr;
 
+  detail::ReplanCache cache;  // rejoins re-plan on the devices up: the same sets recur across runs
   SweepResult result;
   result.scenario = scenario.name;
   result.planner = plan.planner;
@@ -241,7 +243,7 @@ Expected<SweepResult> run_sweep(const partition::CostModel& cost, const partitio
         if (back < drawn.size()) candidate.push_back(drawn[back]);
         std::stable_sort(candidate.begin(), candidate.end(),
                          [](const auto& a, const auto& b) { return a.at_s < b.at_s; });
-        if (resolve(cost, with, candidate, sim) && resolve(cost, without, candidate, sim)) {
+        if (resolve(cost, with, candidate, sim, cache) && resolve(cost, without, candidate, sim, cache)) {
           r.faults = std::move(candidate);
           ++r.dropouts;
         } else {
@@ -257,9 +259,9 @@ Expected<SweepResult> run_sweep(const partition::CostModel& cost, const partitio
       } else {
         sim.fault_list = r.faults;
         for (auto [side, side_plan] : {std::pair{&r.with_backups, &with}, std::pair{&r.without_backups, &without}}) {
-          auto specs = resolve(cost, *side_plan, r.faults, sim);
-          if (!specs) return specs.error();  // checked above
-          fill_side(*side, run_simulation(cost, *side_plan, sim), *specs);
+          auto spec = resolve(cost, *side_plan, r.faults, sim, cache);
+          if (!spec) return spec.error();  // checked above
+          fill_side(*side, detail::run_spec(*spec, sim), spec->faults);
           if (!side->report) ++result.failed;
           tick(rate, run);
         }

@@ -92,10 +92,20 @@ TEST(Faults, DropoutWithBackupRecoversBySwitchOverAndReplay) {
   const double expected_ms =
       1500.0 + f.recomputed_tokens * replay_ms_per_token(cost, pl.stages[static_cast<size_t>(lost)], spare);
   EXPECT_NEAR(*f.recovery_ms, expected_ms, 0.01 * expected_ms);
-  // nx rejoins at 60 s: seen at its first heartbeat (0.5 s); nothing to recover (no rebalancing).
-  ASSERT_TRUE(report->faults[1].detected_s.has_value());
-  EXPECT_NEAR(*report->faults[1].detected_s, 60.5, 1e-9);
-  EXPECT_FALSE(report->faults[1].recovery_ms.has_value());
+  // nx rejoins at 60 s: seen at its first heartbeat (0.5 s). The planner re-plans on the four active devices, which
+  // gives the first plan back: nx loads its stage's weights over its link (it came back empty), then the pipeline
+  // switches at a safe point and the requests rebuild that stage's KV caches on nx.
+  const auto& rejoin = report->faults[1];
+  ASSERT_TRUE(rejoin.detected_s.has_value());
+  EXPECT_NEAR(*rejoin.detected_s, 60.5, 1e-9);
+  ASSERT_TRUE(rejoin.recovered_s && rejoin.recovery_ms);
+  const double switch_s = 60.5 + part::redeploy_ms(cost, pl.stages[static_cast<size_t>(lost)], nx) * 1e-3;
+  EXPECT_GE(*rejoin.recovered_s, switch_s);
+  EXPECT_GT(rejoin.recomputed_tokens, 0);
+  // Drain (at most one stage task) + the KV rebuilds on nx, replays back to back.
+  const double rebuild_s = rejoin.recomputed_tokens * replay_ms_per_token(cost, pl.stages[static_cast<size_t>(lost)], nx) * 1e-3;
+  EXPECT_LT(*rejoin.recovered_s, switch_s + rebuild_s + 1.0);
+  EXPECT_GE(*rejoin.recovered_s, switch_s + rebuild_s - 1e-6);
 }
 
 TEST(Faults, BackupIsAtLeastTenTimesFasterThanRedeploy) {
@@ -292,7 +302,8 @@ namespace {
 using namespace testing;
 
 // The bundled scenario's rejoin (nx back at 60 s, empty): detected at its first heartbeat; when the spare that
-// took nx's stage drops out later, the stage is redeployed onto the idle nx.
+// took nx's stage drops out at 80 s, while nx still loads the weights of its rebalance, the stage is redeployed
+// onto the idle nx (which then has the first plan back: nothing left to rebalance).
 TEST(Faults, RejoinedDeviceTakesAStageInALaterDropout) {
   auto sc = load(source_dir() / "scenarios" / "jetson-quartet-dropout.toml");
   ASSERT_EQ(sc.faults.size(), 2u);
@@ -320,6 +331,88 @@ TEST(Faults, RejoinedDeviceTakesAStageInALaterDropout) {
   // Redeployed onto nx (idle, least loaded): detection + weights over nx's link + replay.
   const double load_ms = part::redeploy_ms(cost, st, cost.scenario().device_index("nx"));
   EXPECT_GT(*r->faults[2].recovery_ms, 1500 + load_ms);
+}
+
+}  // namespace
+}  // namespace adaptlink::sim
+
+namespace adaptlink::sim {
+namespace {
+
+using namespace testing;
+
+struct Timed {
+  part::RunReport report;
+  double makespan_s = 0;
+};
+
+Timed run_quartet(std::vector<part::Fault> faults, long long requests) {
+  auto sc = load(source_dir() / "scenarios" / "jetson-quartet.toml");
+  sc.planner.backups = false;
+  auto p = problem(std::move(sc));
+  auto pl = plan(*p, "adaptlink");
+  SimOptions o;
+  o.faults = true;
+  o.max_requests = requests;
+  o.fault_list = std::move(faults);
+  auto r = run_simulation(*p->cost, pl, o);
+  if (!r) ADD_FAILURE() << r.error().to_string();
+  return {std::move(r->report), r->stats.sim_time_s};
+}
+
+// jetson-quartet without backups: agx (the biggest stage) drops out at 30 s and its stage is redeployed onto a
+// device that already runs one; agx rejoins at 40 s. The planner re-plans on the four devices (the first plan),
+// agx loads its stage's weights, the pipeline switches at a safe point and runs at full speed again: the run
+// ends much earlier than when agx stays out, and no request is lost.
+TEST(Faults, RejoinRebalancesBackToTheFirstPlan) {
+  constexpr long long kN = 60;
+  const auto clean = run_quartet({}, kN);
+  const auto stays_out = run_quartet({{30, "agx", part::FaultKind::dropout, 1, 0}}, kN);
+  const auto back = run_quartet({{30, "agx", part::FaultKind::dropout, 1, 0}, {40, "agx", part::FaultKind::rejoin, 1, 0}}, kN);
+  EXPECT_EQ(back.report.requests_completed, kN);
+  EXPECT_EQ(back.report.requests_lost, 0);
+  ASSERT_EQ(back.report.faults.size(), 2u);
+  const auto& rejoin = back.report.faults[1];
+  ASSERT_TRUE(rejoin.detected_s && rejoin.recovered_s && rejoin.recovery_ms);
+  EXPECT_NEAR(*rejoin.detected_s, 40.5, 1e-9);
+  EXPECT_GT(rejoin.recomputed_tokens, 0);
+  // The switch waits for agx's weights, which it loads over its link.
+  auto sc = load(source_dir() / "scenarios" / "jetson-quartet.toml");
+  auto p = problem(std::move(sc));
+  auto pl = plan(*p, "adaptlink");
+  const int agx = p->scenario.device_index("agx");
+  double load_s = 0;
+  for (const auto& st : pl.stages) {
+    if (st.device == agx) load_s += part::redeploy_ms(*p->cost, st, agx) * 1e-3;
+  }
+  EXPECT_GE(*rejoin.recovered_s, 40.5 + load_s);
+  EXPECT_LT(*rejoin.recovered_s, 40.5 + load_s + 10);
+  // Taken back in: the run is shorter than with agx out for good, and the devices are busy as in the first plan.
+  EXPECT_LT(back.makespan_s, stays_out.makespan_s - 10);
+  EXPECT_GT(back.makespan_s, clean.makespan_s);
+  std::printf("makespan: fault-free %.1f s, agx out for good %.1f s, agx back at 40 s %.1f s (switch at %.1f s)\n",
+              clean.makespan_s, stays_out.makespan_s, back.makespan_s, *rejoin.recovered_s);
+}
+
+// A dropout while a rebalance loads its weights cancels it; the rebalance is planned again on the devices still
+// up once that dropout is handled. Everything completes; both faults get their times.
+TEST(Faults, DropoutDuringARebalanceReplansIt) {
+  auto sc = load(source_dir() / "scenarios" / "jetson-quartet-dropout.toml");  // nx out at 20 s, back at 60 s
+  sc.faults.push_back({70, "xavier", part::FaultKind::dropout, 1, 0});  // during nx's weight load
+  auto p = problem(std::move(sc));
+  auto pl = plan(*p, "adaptlink");
+  SimOptions o;
+  o.faults = true;
+  o.max_requests = 40;
+  auto r = simulate(*p->cost, pl, o);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->requests_completed, 40);
+  EXPECT_EQ(r->requests_lost, 0);
+  ASSERT_EQ(r->faults.size(), 3u);
+  ASSERT_TRUE(r->faults[2].recovery_ms.has_value());
+  const auto& rejoin = r->faults[1];
+  ASSERT_TRUE(rejoin.recovered_s.has_value());
+  EXPECT_GT(*rejoin.recovered_s, *r->faults[2].recovered_s);  // switched after xavier's recovery
 }
 
 }  // namespace

@@ -6,7 +6,8 @@
 //   * rate: dropouts per active device (role = "active") per hour of simulated time; standby devices do not
 //     drop out. Each device alternates up and down: up for an exponential time (mean 3600 / rate s), then down
 //     for an exponential time (mean SweepOptions::mean_downtime_s), after which it rejoins, empty (no weights,
-//     no backups), as `kind = "rejoin"` does in a scenario; then up again, and so on.
+//     no backups), as `kind = "rejoin"` does in a scenario (and is taken back in by a rebalance); then up
+//     again, and so on.
 //   * horizon: dropouts are drawn in [0, makespan of the fault-free run); a rejoin may fall later.
 //   * a drawn dropout that would leave some stage with no device to run it, with or without backups (the last
 //     device of the pipeline, or every device with room for a stage, lost), is not applied, nor its rejoin;
