@@ -17,6 +17,6 @@ time ninja -C /tmp/build-dev adaptlink-run test_exec 2>&1 | tee $OUT/build.log |
 /tmp/build-dev/test_exec 2>&1 | tee $OUT/test_exec.log | grep -E "FAILED|PASSED|SKIPPED|prefill logits|max \|diff"
 fx=tests/fixtures/llava_llama_mha_tied
 for dev in cpu cuda; do
-  /tmp/build-dev/adaptlink-run generate --model $fx --prompt "What is shown in this picture?" --image tests/fixtures/images/test.png --max-new-tokens 12 --format json --device $dev
+  /tmp/build-dev/exec/adaptlink-run generate --model $fx --prompt "What is shown in this picture?" --image tests/fixtures/images/test.png --max-new-tokens 12 --format json --device $dev
 done
-/tmp/build-dev/adaptlink-run generate --model $fx --prompt "What is shown in this picture?" --image tests/fixtures/images/test.jpg --max-new-tokens 4 --dtype bf16 --device cuda --format json
+/tmp/build-dev/exec/adaptlink-run generate --model $fx --prompt "What is shown in this picture?" --image tests/fixtures/images/test.jpg --max-new-tokens 4 --dtype bf16 --device cuda --format json

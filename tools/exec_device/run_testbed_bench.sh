@@ -8,41 +8,59 @@
 # libnorm1) .deb files in .devdeps/debs/, zmq.h/zmq.hpp/zmq_addon.hpp and toml++ in .devdeps/include/.
 # Results go under $OUT; compare the measured throughput with the simulator's prediction afterwards with
 #   adaptlink-sim run bench/testbed/jetson-quartet-testbed.toml --profile $OUT/profile.json --planner P
+#   PHASE=prep (build, tests, hop benchmark, checkpoint, profile) | testbed (the two runs) | all (default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
 THREADS=${THREADS:-3}
+PHASE=${PHASE:-all}
 mkdir -p "$OUT" .devdeps/root
 for deb in .devdeps/debs/*.deb; do dpkg -x "$deb" .devdeps/root; done
 export LD_LIBRARY_PATH=$PWD/.devdeps/root/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+bin=/tmp/build-dev
+scenario=bench/testbed/jetson-quartet-testbed.toml
+model=/tmp/medium-llava
+profile=/tmp/medium-llava-profile.json
+if [[ $PHASE != testbed ]]; then
 TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 nproc; lscpu | grep "Model name" || true
 cmake -S tools/exec_device -B /tmp/build-dev -G Ninja -DCMAKE_PREFIX_PATH="$TORCH_CMAKE" > "$OUT/configure.log" 2>&1 ||
   { tail -30 "$OUT/configure.log"; exit 1; }
 ninja -C /tmp/build-dev adaptlink-run adaptlink-make-checkpoint bench_exec_hop test_exec > "$OUT/build.log" 2>&1 ||
   { grep -E "error|FAILED" "$OUT/build.log" | head -30; exit 1; }
-bin=/tmp/build-dev
-"$bin/test_exec" --gtest_filter='Distributed*:Wire*' 2>&1 | tail -4 | tee "$OUT/test_distributed.log"
+"$bin/test_exec" --gtest_filter='Distributed*:Wire*' > "$OUT/test_distributed.log" 2>&1 || true
+tail -4 "$OUT/test_distributed.log"
 "$bin/bench_exec_hop" --iterations 5000 --out "$OUT/exec_hop_loopback.json" > /dev/null
 cat "$OUT/exec_hop_loopback.json"
-
-scenario=bench/testbed/jetson-quartet-testbed.toml
-model=/tmp/medium-llava
 "$bin/adaptlink-make-checkpoint" --config bench/testbed/medium-llava.json --dtype fp32 --out "$model" | tail -1
-time "$bin/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" --out "$OUT/profile.json" \
+time "$bin/exec/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" --out "$profile" \
   2> "$OUT/profile.log"
+fi
+cp "$profile" "$OUT/profile.json"
+[[ $PHASE == prep ]] && exit 0
+# Profile again right before the runs (same machine state), and once more after them (drift).
+"$bin/exec/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" --out "$profile" \
+  2> "$OUT/profile_before.log"
+cp "$profile" "$OUT/profile.json"
 for planner in adaptlink uniform; do
-  /usr/bin/time -v "$bin/adaptlink-run" testbed --scenario "$scenario" --model "$model" --threads "$THREADS" \
-    --profile "$OUT/profile.json" --planner "$planner" --quiet --out "$OUT/$planner" 2> "$OUT/$planner.time" |
+  /usr/bin/time -v "$bin/exec/adaptlink-run" testbed --scenario "$scenario" --model "$model" --threads "$THREADS" \
+    --profile "$profile" --planner "$planner" --quiet --out "$OUT/$planner" 2> "$OUT/$planner.time" |
     tee "$OUT/$planner.txt"
 done
+"$bin/exec/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" \
+  --out "$OUT/profile_after.json" 2> "$OUT/profile_after.log"
+tar czf /tmp/runs.tgz -C "$OUT" adaptlink uniform && rm -rf "$OUT/adaptlink" "$OUT/uniform" && mv /tmp/runs.tgz "$OUT/"
 python3 - "$OUT" <<'EOF'
 import json, sys
 out = sys.argv[1]
-r = {p: json.load(open(f"{out}/{p}/report.json")) for p in ("adaptlink", "uniform")}
+import tarfile
+with tarfile.open(f"{out}/runs.tgz") as t:
+    r = {p: json.load(t.extractfile(f"{p}/report.json")) for p in ("adaptlink", "uniform")}
 summary = {p: {"measured_rps": r[p]["throughput_rps"], "predicted_rps_replay": r[p].get("predicted_throughput_rps"),
                "p50_ms": r[p]["latency_ms"]["p50"]} for p in r}
 summary["adaptlink_over_uniform"] = r["adaptlink"]["throughput_rps"] / r["uniform"]["throughput_rps"]
 print(json.dumps(summary, indent=2))
 json.dump(summary, open(f"{out}/testbed_summary.json", "w"), indent=2)
 EOF
+# Everything in one archive (the device tool returns a limited number of files).
+tar czf /tmp/all.tgz -C "$OUT" . && find "$OUT" -mindepth 1 -not -name testbed_summary.json -delete && mv /tmp/all.tgz "$OUT/"
