@@ -34,7 +34,8 @@ namespace {
 constexpr int kMaxExactOrders = 720;
 constexpr int kMaxHeuristicOrders = 600;
 constexpr size_t kMaxFront = 64;
-// Plans whose bound is within 5% of the best are replayed; the best replayed one wins.
+// Candidates for the replay (ReplayRanker): the best plan of each of the kMaxCandidates best device
+// sequences (interchangeable devices alike) whose bound is within 5% of the best.
 constexpr double kRerankWindow = 0.95;
 constexpr size_t kMaxCandidates = 12;
 
