@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 #include <thread>
+#include <utility>
 #include <zmq.hpp>
 
 #include "adaptlink/exec/checkpoint.hpp"
@@ -24,6 +25,7 @@ using wire::MsgType;
 
 struct WorkerState {
   zmq::socket_t socket;
+  std::string endpoint;
   bool alive = true;
   Clock::time_point last_pong;
   std::set<std::pair<int, int>> holds;  // node ranges loaded (active or backup)
@@ -58,16 +60,16 @@ class Coordinator {
   // --- set-up ---
 
   Status prepare() {
-    if (spec_.stages.empty()) return make_error("the pipeline has no stages");
+    stages_ = spec_.stages;
+    if (stages_.empty()) return make_error("the pipeline has no stages");
     if (options_.in_flight < 1) return make_error("in_flight must be >= 1");
     auto ck = Checkpoint::open(options_.model);
     if (!ck) return ck.error();
     fingerprint_ = model_fingerprint(*ck);
     const auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
     int expect = 0;
-    text_stage_ = -1;
-    for (size_t s = 0; s < spec_.stages.size(); ++s) {
-      const auto& st = spec_.stages[s];
+    for (size_t s = 0; s < stages_.size(); ++s) {
+      const auto& st = stages_[s];
       if (st.first != expect || st.last < st.first || st.last >= graph.size()) {
         return make_error("stages must cover nodes 0..{} in order (stage {} is [{}, {}])", graph.size() - 1, s,
                           st.first, st.last);
@@ -76,12 +78,13 @@ class Coordinator {
         return make_error("stage {} names worker {}, there are {}", s, st.worker, spec_.workers.size());
       }
       for (int n = st.first; n <= st.last; ++n) {
-        if (graph.node(n).kind == models::NodeKind::text_embed) text_stage_ = static_cast<int>(s);
+        if (graph.node(n).kind == models::NodeKind::text_embed) text_node_ = n;
       }
       expect = st.last + 1;
     }
     if (expect != graph.size()) return make_error("stages end at node {}, the model has {}", expect - 1, graph.size());
-    ADAPTLINK_CHECK(text_stage_ >= 0, "no stage holds text_embed");
+    ADAPTLINK_CHECK(text_node_ >= 0, "no stage holds text_embed");
+    update_text_stage();
     for (const auto& r : requests_) {
       if (r.input_ids.empty()) return make_error("request '{}' has no input ids", r.id);
     }
@@ -92,7 +95,7 @@ class Coordinator {
     }
     return_endpoint_ = ret_.get(zmq::sockopt::last_endpoint);
     for (const auto& w : spec_.workers) {
-      WorkerState ws{zmq::socket_t(ctx_, zmq::socket_type::dealer)};
+      WorkerState ws{zmq::socket_t(ctx_, zmq::socket_type::dealer), w.endpoint};
       detail::configure_socket(ws.socket);
       try {
         ws.socket.connect(w.endpoint);
@@ -102,7 +105,7 @@ class Coordinator {
       workers_.push_back(std::move(ws));
     }
     stage_worker_.clear();
-    for (const auto& s : spec_.stages) stage_worker_.push_back(s.worker);
+    for (const auto& s : stages_) stage_worker_.push_back(s.worker);
     states_.assign(requests_.size(), RequestState{});
     run_.results.resize(requests_.size());
     for (size_t i = 0; i < requests_.size(); ++i) run_.results[i].id = requests_[i].id;
@@ -111,9 +114,15 @@ class Coordinator {
     return Ok{};
   }
 
+  void update_text_stage() {
+    for (size_t s = 0; s < stages_.size(); ++s) {
+      if (stages_[s].first <= text_node_ && text_node_ <= stages_[s].last) text_stage_ = static_cast<int>(s);
+    }
+  }
+
   [[nodiscard]] std::string who(int w) const {
     return fmt::format("worker '{}' ({})", spec_.workers[static_cast<size_t>(w)].name,
-                       spec_.workers[static_cast<size_t>(w)].endpoint);
+                       workers_[static_cast<size_t>(w)].endpoint);
   }
   [[nodiscard]] double seconds(Clock::time_point t) const { return std::chrono::duration<double>(t - start_).count(); }
 
@@ -124,27 +133,43 @@ class Coordinator {
 
   // The stage entry for a hello/route: its range, whether it runs, where it sends.
   [[nodiscard]] nlohmann::json stage_entry(size_t s) const {
-    const auto& st = spec_.stages[s];
+    const auto& st = stages_[s];
     const int w = stage_worker_[s];
     nlohmann::json e = {{"first", st.first}, {"last", st.last}, {"active", true}, {"next", ""}};
-    if (s + 1 < spec_.stages.size()) {
+    if (s + 1 < stages_.size()) {
       const int nw = stage_worker_[s + 1];
-      e["next"] = spec_.workers[static_cast<size_t>(nw)].endpoint;
+      e["next"] = workers_[static_cast<size_t>(nw)].endpoint;
       const auto l = link(w, nw);
       e["link"] = {{"latency_ms", l.latency_ms}, {"ms_per_byte", l.ms_per_byte}};
     }
     return e;
   }
 
+  [[nodiscard]] Message hello_for(size_t w, const nlohmann::json& stages) const {
+    const auto ret = link(static_cast<int>(w), stage_worker_[static_cast<size_t>(text_stage_)]);
+    Message hello;
+    hello.type = MsgType::hello;
+    hello.meta = {{"protocol", wire::kProtocolVersion},
+                  {"fingerprint", fingerprint_},
+                  {"model_dir", std::filesystem::absolute(options_.model).string()},
+                  {"device", spec_.workers[w].name},
+                  {"dtype", options_.dtype},
+                  {"exec_device", options_.exec_device},
+                  {"coordinator", return_endpoint_},
+                  {"slowdown", spec_.workers[w].slowdown},
+                  {"return_link", {{"latency_ms", ret.latency_ms}, {"ms_per_byte", ret.ms_per_byte}}},
+                  {"stages", stages}};
+    return hello;
+  }
+
   Status handshake() {
-    const int text_worker = stage_worker_[static_cast<size_t>(text_stage_)];
     for (size_t w = 0; w < workers_.size(); ++w) {
       const auto& spec = spec_.workers[w];
       nlohmann::json stages = nlohmann::json::array();
-      for (size_t s = 0; s < spec_.stages.size(); ++s) {
+      for (size_t s = 0; s < stages_.size(); ++s) {
         if (stage_worker_[s] == static_cast<int>(w)) {
           stages.push_back(stage_entry(s));
-          workers_[w].holds.insert({spec_.stages[s].first, spec_.stages[s].last});
+          workers_[w].holds.insert({stages_[s].first, stages_[s].last});
         }
       }
       for (const auto& [first, last] : spec.backups) {
@@ -152,20 +177,7 @@ class Coordinator {
         stages.push_back({{"first", first}, {"last", last}, {"active", false}});
         workers_[w].holds.insert({first, last});
       }
-      const auto ret = link(static_cast<int>(w), text_worker);
-      Message hello;
-      hello.type = MsgType::hello;
-      hello.meta = {{"protocol", wire::kProtocolVersion},
-                    {"fingerprint", fingerprint_},
-                    {"model_dir", std::filesystem::absolute(options_.model).string()},
-                    {"device", spec.name},
-                    {"dtype", options_.dtype},
-                    {"exec_device", options_.exec_device},
-                    {"coordinator", return_endpoint_},
-                    {"slowdown", spec.slowdown},
-                    {"return_link", {{"latency_ms", ret.latency_ms}, {"ms_per_byte", ret.ms_per_byte}}},
-                    {"stages", stages}};
-      if (!detail::send_frames(workers_[w].socket, wire::encode(hello))) {
+      if (!detail::send_frames(workers_[w].socket, wire::encode(hello_for(w, stages)))) {
         return make_error("{}: cannot send the hello", who(static_cast<int>(w)));
       }
     }
@@ -253,7 +265,7 @@ class Coordinator {
       entry = static_cast<size_t>(text_stage_);
       m.meta = {{"prefill", false}, {"input_ids", {state.generated.back()}}, {"kind", "none"}};
     }
-    m.meta["first"] = spec_.stages[entry].first;
+    m.meta["first"] = stages_[entry].first;
     state.outstanding = seq;
     detail::send_frames(workers_[static_cast<size_t>(stage_worker_[entry])].socket, wire::encode(m));
   }
@@ -323,6 +335,7 @@ class Coordinator {
   }
 
   void admit() {
+    if (pending_) return;  // draining to the safe point of a rebalance
     while (active_ < options_.in_flight && next_ < requests_.size()) {
       const size_t i = next_++;
       states_[i].admitted = Clock::now();
@@ -347,13 +360,29 @@ class Coordinator {
         Message ping;
         ping.type = MsgType::ping;
         const auto frames = wire::encode(ping);
-        for (auto& w : workers_) {
-          if (w.alive) detail::send_frames(w.socket, frames);
-        }
+        for (auto& w : workers_) detail::send_frames(w.socket, frames);  // lost ones too: they may come back
         last_ping = now;
       }
       for (int w : check_lost()) {
         auto st = on_lost(w, "its process exited");
+        if (!st) return st;
+      }
+      for (int w : std::exchange(returned_, {})) {
+        if (workers_[static_cast<size_t>(w)].alive) continue;
+        auto st = on_rejoined(w, workers_[static_cast<size_t>(w)].endpoint);
+        if (!st) return st;
+      }
+      if (options_.poll_rejoined) {
+        for (const auto& [name, endpoint] : options_.poll_rejoined(seconds(now))) {
+          for (size_t w = 0; w < spec_.workers.size(); ++w) {
+            if (spec_.workers[w].name != name || workers_[w].alive) continue;
+            auto st = on_rejoined(static_cast<int>(w), endpoint);
+            if (!st) return st;
+          }
+        }
+      }
+      if (pending_ && active_ == 0) {
+        auto st = switch_placement();
         if (!st) return st;
       }
       for (size_t w = 0; w < workers_.size(); ++w) {
@@ -395,6 +424,7 @@ class Coordinator {
         if (!m) return make_error("{} sent a malformed message: {}", who(static_cast<int>(w)), m.error().message);
         if (m->type == MsgType::pong) {
           workers_[w].last_pong = Clock::now();
+          if (!workers_[w].alive) returned_.insert(static_cast<int>(w));  // restarted at its endpoint
         } else if (m->type == MsgType::error) {
           return make_error("{} reported an error: {}", who(static_cast<int>(w)),
                             m->meta.value("message", std::string("?")));
@@ -441,8 +471,20 @@ class Coordinator {
     Message r;
     r.type = MsgType::route;
     r.meta = {{"stages", stages}, {"load_delay_ms", load_delay_ms}};
+    return request_ready(w, r);
+  }
+
+  // Sends `m` to worker w and waits for its ready; the heartbeat clocks restart afterwards (no pings were sent).
+  Status request_ready(int w, const Message& m) {
     auto& ws = workers_[static_cast<size_t>(w)];
-    detail::send_frames(ws.socket, wire::encode(r));
+    detail::send_frames(ws.socket, wire::encode(m));
+    auto st = wait_ready(w);
+    for (auto& other : workers_) other.last_pong = Clock::now();
+    return st;
+  }
+
+  Status wait_ready(int w) {
+    auto& ws = workers_[static_cast<size_t>(w)];
     const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(options_.hello_timeout_s));
     while (Clock::now() < deadline) {
@@ -465,8 +507,8 @@ class Coordinator {
 
   [[nodiscard]] int active_nodes(int w) const {
     int n = 0;
-    for (size_t s = 0; s < spec_.stages.size(); ++s) {
-      if (stage_worker_[s] == w) n += spec_.stages[s].last - spec_.stages[s].first + 1;
+    for (size_t s = 0; s < stages_.size(); ++s) {
+      if (stage_worker_[s] == w) n += stages_[s].last - stages_[s].first + 1;
     }
     return n;
   }
@@ -474,6 +516,11 @@ class Coordinator {
   Status on_lost(int w, const std::string& why) {
     auto& ws = workers_[static_cast<size_t>(w)];
     ws.alive = false;
+    // A fresh socket to the same endpoint: what was queued for the lost process is dropped, and only pings go
+    // there from now on (a pong means the worker is back).
+    ws.socket = zmq::socket_t(ctx_, zmq::socket_type::dealer);
+    detail::configure_socket(ws.socket);
+    ws.socket.connect(ws.endpoint);
     const double detected = seconds(Clock::now());
     partition::FaultRecord rec;
     rec.device = spec_.workers[static_cast<size_t>(w)].name;
@@ -484,7 +531,7 @@ class Coordinator {
     }
     rec.detected_s = detected;
     std::vector<size_t> lost_stages;
-    for (size_t s = 0; s < spec_.stages.size(); ++s) {
+    for (size_t s = 0; s < stages_.size(); ++s) {
       if (stage_worker_[s] == w) lost_stages.push_back(s);
     }
     if (lost_stages.empty()) {  // a standby or idle worker: nothing to recover
@@ -496,7 +543,7 @@ class Coordinator {
     if (!options_.recover) return make_error("{} was lost ({})", who(w), why);
     std::set<size_t> rerouted;
     for (size_t s : lost_stages) {
-      const auto range = std::make_pair(spec_.stages[s].first, spec_.stages[s].last);
+      const auto range = std::make_pair(stages_[s].first, stages_[s].last);
       // A live holder of a preloaded copy (standby first, then the least loaded); else redeploy on the least
       // loaded live worker.
       int best = -1;
@@ -528,7 +575,6 @@ class Coordinator {
       pending_delay_ms_[holder] = 0;
       if (!st) return st;
     }
-    for (auto& other : workers_) other.last_pong = Clock::now();
     // Requests in flight: rebuild the replacement's state from the upstream logs, then re-issue their step.
     pending_rebuilds_ = 0;
     for (size_t i = 0; i < requests_.size(); ++i) {
@@ -549,6 +595,98 @@ class Coordinator {
     return Ok{};
   }
 
+  // --- rejoin and rebalance ---
+
+  Status on_rejoined(int w, const std::string& endpoint) {
+    auto& ws = workers_[static_cast<size_t>(w)];
+    ws.socket = zmq::socket_t(ctx_, zmq::socket_type::dealer);
+    detail::configure_socket(ws.socket);
+    ws.socket.connect(endpoint);
+    ws.endpoint = endpoint;
+    ws.holds.clear();
+    partition::FaultRecord rec;
+    rec.device = spec_.workers[static_cast<size_t>(w)].name;
+    rec.kind = "rejoin";
+    rec.at_s = seconds(Clock::now());
+    if (options_.fault_time) {
+      if (auto t = options_.fault_time(rec.device)) rec.at_s = *t;
+    }
+    auto st = request_ready(w, hello_for(static_cast<size_t>(w), nlohmann::json::array()));
+    if (!st) return st;
+    ws.alive = true;
+    rec.detected_s = seconds(Clock::now());
+    std::vector<bool> up;
+    for (const auto& other : workers_) up.push_back(other.alive);
+    auto placement = spec_.replan ? spec_.replan(up) : Expected<Placement>(make_error("no re-planning"));
+    if (!placement) {  // it stays a spare: a redeploy target for later dropouts
+      rec.recovered_s = rec.detected_s;
+      rec.recovery_ms = (*rec.recovered_s - rec.at_s) * 1e3;
+      run_.faults.push_back(rec);
+      return Ok{};
+    }
+    // Preload what each worker lacks while the old placement serves.
+    for (size_t c = 0; c < workers_.size(); ++c) {
+      if (!workers_[c].alive) continue;
+      std::vector<std::pair<int, int>> wanted = placement->backups.size() > c ? placement->backups[c]
+                                                                               : std::vector<std::pair<int, int>>{};
+      for (const auto& st2 : placement->stages) {
+        if (st2.worker == static_cast<int>(c)) wanted.emplace_back(st2.first, st2.last);
+      }
+      nlohmann::json load = nlohmann::json::array();
+      double delay_ms = 0;
+      for (const auto& range : wanted) {
+        if (workers_[c].holds.count(range)) continue;
+        load.push_back({{"first", range.first}, {"last", range.second}, {"active", false}});
+        if (spec_.redeploy_ms) delay_ms += spec_.redeploy_ms(static_cast<int>(c), range.first, range.second);
+        workers_[c].holds.insert(range);
+      }
+      if (load.empty()) continue;
+      auto loaded = route(static_cast<int>(c), load, delay_ms);
+      if (!loaded) return loaded;
+    }
+    pending_ = std::move(placement).value();
+    pending_fault_ = run_.faults.size();
+    run_.faults.push_back(rec);
+    return Ok{};
+  }
+
+  // The safe point (no request in flight): every worker switches to the new placement.
+  Status switch_placement() {
+    stages_ = pending_->stages;
+    stage_worker_.clear();
+    for (const auto& st : stages_) stage_worker_.push_back(st.worker);
+    update_text_stage();
+    for (size_t c = 0; c < workers_.size(); ++c) {
+      if (!workers_[c].alive) continue;
+      nlohmann::json list = nlohmann::json::array();
+      std::set<std::pair<int, int>> keep;
+      for (size_t s = 0; s < stages_.size(); ++s) {
+        if (stage_worker_[s] != static_cast<int>(c)) continue;
+        list.push_back(stage_entry(s));
+        keep.insert({stages_[s].first, stages_[s].last});
+      }
+      if (pending_->backups.size() > c) {
+        for (const auto& range : pending_->backups[c]) {
+          if (keep.count(range)) continue;
+          list.push_back({{"first", range.first}, {"last", range.second}, {"active", false}});
+          keep.insert(range);
+        }
+      }
+      for (const auto& range : workers_[c].holds) {
+        if (!keep.count(range)) list.push_back({{"first", range.first}, {"last", range.second}, {"drop", true}});
+      }
+      workers_[c].holds = keep;
+      auto st = route(static_cast<int>(c), list, 0);
+      if (!st) return st;
+    }
+    pending_.reset();
+    auto& rec = run_.faults[pending_fault_];
+    rec.recovered_s = seconds(Clock::now());
+    rec.recovery_ms = (*rec.recovered_s - rec.at_s) * 1e3;
+    last_progress_ = Clock::now();
+    return Ok{};
+  }
+
   // A rebuild of request `index`'s steps 0..k-1 (k = its outstanding step), entering at the first stage.
   void send_rebuild(size_t index) {
     const auto& req = requests_[index];
@@ -560,7 +698,7 @@ class Coordinator {
     m.type = MsgType::step;
     m.request = static_cast<int64_t>(index) + 1;
     m.seq = k;
-    m.meta = {{"first", spec_.stages[0].first}, {"prefill", true}, {"rebuild", true}, {"steps", k},
+    m.meta = {{"first", stages_[0].first}, {"prefill", true}, {"rebuild", true}, {"steps", k},
               {"input_ids", ids}, {"kind", "none"}};
     if (req.pixel_values.defined()) {
       m.meta["kind"] = "pixels";
@@ -577,8 +715,13 @@ class Coordinator {
   std::string return_endpoint_;
   std::string fingerprint_;
   std::vector<WorkerState> workers_;
+  std::vector<StageSpec> stages_;  // the current placement (changes on a rebalance)
   std::vector<int> stage_worker_;
   int text_stage_ = 0;
+  int text_node_ = -1;
+  std::optional<Placement> pending_;  // a rebalance waiting for the safe point
+  std::set<int> returned_;            // lost workers that answered a ping again
+  size_t pending_fault_ = 0;          // its faults[] entry
   std::vector<RequestState> states_;
   size_t next_ = 0;
   size_t done_ = 0;

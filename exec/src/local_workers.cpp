@@ -39,44 +39,69 @@ std::filesystem::path self_executable() {
 
 LocalWorkers::~LocalWorkers() { stop_all(); }
 
+Expected<std::pair<pid_t, std::string>> LocalWorkers::spawn(double timeout_s) {
+  int fds[2];
+  if (::pipe(fds) != 0) return make_error("cannot start a worker: pipe() failed");
+  std::vector<std::string> args = {binary_.string(), "worker", "--listen", "tcp://127.0.0.1:*"};
+  args.insert(args.end(), extra_args_.begin(), extra_args_.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return make_error("cannot start a worker: fork() failed");
+  }
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::dup2(fds[1], STDOUT_FILENO);
+    ::close(fds[1]);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                              std::chrono::duration<double>(timeout_s));
+  // "adaptlink-run worker: listening on tcp://127.0.0.1:PORT"
+  const std::string line = read_line(fds[0], deadline);
+  ::close(fds[0]);
+  const auto at = line.find("tcp://");
+  if (at == std::string::npos) {
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return make_error("a worker (pid {}) did not report its endpoint within {:g} s", pid, timeout_s);
+  }
+  return std::make_pair(pid, line.substr(at));
+}
+
 Status LocalWorkers::start(const std::filesystem::path& binary, int count, const std::vector<std::string>& extra_args,
                            double timeout_s) {
   if (binary.empty() || ::access(binary.c_str(), X_OK) != 0) {
     return make_error("cannot start workers: '{}' is not an executable", binary.string());
   }
+  binary_ = binary;
+  extra_args_ = extra_args;
   for (int i = 0; i < count; ++i) {
-    int fds[2];
-    if (::pipe(fds) != 0) return make_error("cannot start workers: pipe() failed");
-    std::vector<std::string> args = {binary.string(), "worker", "--listen", "tcp://127.0.0.1:*"};
-    args.insert(args.end(), extra_args.begin(), extra_args.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0) return make_error("cannot start workers: fork() failed");
-    if (pid == 0) {
-      ::close(fds[0]);
-      ::dup2(fds[1], STDOUT_FILENO);
-      ::close(fds[1]);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    pids_.push_back(pid);
+    auto w = spawn(timeout_s);
+    if (!w) return w.error();
+    pids_.push_back(w->first);
     reaped_.push_back(false);
-    const auto deadline =
-        std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                               std::chrono::duration<double>(timeout_s));
-    // "listening on tcp://127.0.0.1:PORT"
-    const std::string line = read_line(fds[0], deadline);
-    ::close(fds[0]);
-    const auto at = line.find("tcp://");
-    if (at == std::string::npos) {
-      return make_error("worker {} (pid {}) did not report its endpoint within {:g} s", i, pid, timeout_s);
-    }
-    endpoints_.push_back(line.substr(at));
+    endpoints_.push_back(w->second);
   }
   return Ok{};
+}
+
+Expected<std::string> LocalWorkers::restart(int i, double timeout_s) {
+  if (i < 0 || i >= size()) return make_error("no worker {}", i);
+  if (!exited(i)) return make_error("worker {} is still running", i);
+  auto w = spawn(timeout_s);
+  if (!w) return w.error();
+  pids_[static_cast<size_t>(i)] = w->first;
+  reaped_[static_cast<size_t>(i)] = false;
+  endpoints_[static_cast<size_t>(i)] = w->second;
+  return w->second;
 }
 
 void LocalWorkers::signal(int i, int sig) {

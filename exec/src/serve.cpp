@@ -241,6 +241,34 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
       w.backups.emplace_back(plan->stages[static_cast<size_t>(s)].first_node, plan->stages[static_cast<size_t>(s)].last_node);
     }
   }
+  // Re-planning on the devices that are up (a rejoin): the others become standby without memory.
+  spec.replan = [&](const std::vector<bool>& up) -> Expected<Placement> {
+    partition::Scenario copy = sc;
+    copy.faults.clear();
+    for (size_t w = 0; w < up.size(); ++w) {
+      if (up[w]) continue;
+      auto& dev = copy.devices[static_cast<size_t>(device_of[w])];
+      dev.role = partition::Role::standby;
+      dev.mem_bytes = 0;
+    }
+    auto replanned = partition::make_problem(std::move(copy));
+    auto st = partition::apply_profiles(options.profiles, *replanned->cost);
+    if (!st) return st.error();
+    auto p = partition::make_plan(*replanned->cost, sc.planner.name, sc.planner.objective);
+    if (!p) return p.error();
+    Placement placement;
+    placement.backups.resize(spec.workers.size());
+    for (const auto& stage : p->stages) {
+      placement.stages.push_back({stage.first_node, stage.last_node, worker_of[static_cast<size_t>(stage.device)]});
+    }
+    for (const auto& b : p->backups) {
+      for (int s : b.covers) {
+        placement.backups[static_cast<size_t>(worker_of[static_cast<size_t>(b.device)])].emplace_back(
+            p->stages[static_cast<size_t>(s)].first_node, p->stages[static_cast<size_t>(s)].last_node);
+      }
+    }
+    return placement;
+  };
   if (options.testbed) {
     spec.link = [&cost, device_of](int from, int to) {
       LinkShape l;
@@ -260,7 +288,8 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
 
   // Testbed: start the emulating workers and schedule the faults.
   LocalWorkers local;
-  std::map<std::string, double> fired;  // device -> time its fault was injected
+  std::map<std::string, double> fired;  // device -> time its latest fault was injected
+  std::vector<std::pair<std::string, std::string>> rejoined;  // restarted workers not yet taken back
   std::vector<bool> done_fault(sc.faults.size(), false);
   CoordinatorOptions co;
   co.model = options.model;
@@ -296,11 +325,25 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
             local.signal(w, SIGKILL);
             fired[fault.device] = now_s;
             if (options.progress) std::fprintf(stderr, "\ntestbed: %.2f s: killed %s (SIGKILL)\n", now_s, fault.device.c_str());
+          } else if (fault.kind == partition::FaultKind::rejoin && w >= 0 && local.exited(w)) {
+            auto endpoint = local.restart(w);
+            if (endpoint) {
+              fired[fault.device] = now_s;
+              rejoined.emplace_back(fault.device, *endpoint);
+              if (options.progress) std::fprintf(stderr, "\ntestbed: %.2f s: %s is back\n", now_s, fault.device.c_str());
+            } else if (options.progress) {
+              std::fprintf(stderr, "\ntestbed: %.2f s: %s\n", now_s, endpoint.error().to_string().c_str());
+            }
           } else if (options.progress) {
-            std::fprintf(stderr, "\ntestbed: %.2f s: fault kind of %s is not emulated by the testbed (only dropout)\n",
-                         now_s, fault.device.c_str());
+            std::fprintf(stderr, "\ntestbed: %.2f s: this fault of %s is not emulated by the testbed\n", now_s,
+                         fault.device.c_str());
           }
         }
+      };
+      co.poll_rejoined = [&rejoined](double) {
+        auto out = std::move(rejoined);
+        rejoined.clear();
+        return out;
       };
       co.fault_time = [&fired](const std::string& device) -> std::optional<double> {
         auto it = fired.find(device);

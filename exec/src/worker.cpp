@@ -195,18 +195,17 @@ class Worker {
       const int first = s["first"].get<int>();
       const int last = s["last"].get<int>();
       if (s.value("drop", false)) {
-        slots_.erase(first);
+        slots_.erase({first, last});
         continue;
       }
-      auto& slot = slots_[first];
-      if (!slot.stage || slot.stage->last() != last) {
-        if (first < 0 || last < first || last >= graph_->size()) {
-          slots_.erase(first);
-          return make_error("stage [{}, {}] is outside the model's nodes 0..{}", first, last, graph_->size() - 1);
-        }
+      if (first < 0 || last < first || last >= graph_->size()) {
+        return make_error("stage [{}, {}] is outside the model's nodes 0..{}", first, last, graph_->size() - 1);
+      }
+      auto& slot = slots_[{first, last}];
+      if (!slot.stage) {
         auto stage = Stage::load(**ck, *graph_, first, last, exec_options_);
         if (!stage) {
-          slots_.erase(first);
+          slots_.erase({first, last});
           return stage.error();
         }
         slot.stage = std::move(stage).value();
@@ -300,7 +299,7 @@ class Worker {
   }
 
   void end_request(int64_t request) {
-    for (auto& [first, slot] : slots_) slot.stage->drop_request(request);
+    for (auto& [range, slot] : slots_) slot.stage->drop_request(request);
     for (auto it = logs_.begin(); it != logs_.end();) {
       it = it->first.second == request ? logs_.erase(it) : std::next(it);
     }
@@ -317,11 +316,12 @@ class Worker {
       return fail_step(m, "step without an integer \"first\" node");
     }
     const int first = m.meta["first"].get<int>();
-    auto it = slots_.find(first);
-    if (it == slots_.end() || !it->second.active) {
-      return fail_step(m, fmt::format("no active stage starting at node {} on this worker", first));
+    Slot* found = nullptr;
+    for (auto& [range, candidate] : slots_) {
+      if (range.first == first && candidate.active) found = &candidate;
     }
-    Slot& slot = it->second;
+    if (found == nullptr) return fail_step(m, fmt::format("no active stage starting at node {} on this worker", first));
+    Slot& slot = *found;
     RequestLog& log = logs_[{first, m.request}];
     if (m.meta.value("rebuild", false)) {
       rebuild(slot, log, m);
@@ -578,7 +578,7 @@ class Worker {
   std::string coordinator_;
   double slowdown_ = 1.0;
   LinkEmulation return_link_;
-  std::map<int, Slot> slots_;
+  std::map<std::pair<int, int>, Slot> slots_;  // by node range
   std::map<std::pair<int, int64_t>, RequestLog> logs_;
 
   std::mutex work_mu_;

@@ -109,6 +109,15 @@ testbed(holder-first holder)
 expect_same_outputs(ok40 holder)
 expect_recovered(holder 8 2)
 
+# 2b. b drops out and comes back: re-planned on the devices that are up, switched at a safe point (drained).
+testbed(rejoin rejoin)
+expect_same_outputs(ok40 rejoin)
+expect_recovered(rejoin 8 2)
+string(JSON kind GET "${report}" faults 1 kind)
+if(NOT kind STREQUAL "rejoin")
+  message(FATAL_ERROR "rejoin: faults[1].kind is ${kind}\n${report}")
+endif()
+
 # 3. The last copy of the model lost: exit 2 with an error naming the device and the nodes, within seconds.
 execute_process(COMMAND ${run} testbed --scenario ${data}/last-copy.toml --model ${fx} --quiet --heartbeat-timeout-s 2
                 RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 60)

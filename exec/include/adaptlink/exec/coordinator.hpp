@@ -3,7 +3,9 @@
 // sampled tokens, watches the workers (heartbeats, and process exits when it started them) and recovers from a
 // lost worker: a preloaded backup takes over its stage, or the stage is redeployed on a survivor; requests in
 // flight are rebuilt on the replacement from the upstream stages' logs and their step re-issued, so every
-// request completes with the output of a fault-free run.
+// request completes with the output of a fault-free run. A worker that comes back is handed a new plan: the
+// weights it and the others lack are preloaded while the old placement serves, admission pauses until the
+// requests in flight are done (the safe point), and the new placement takes over.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -41,6 +43,12 @@ struct StageSpec {
   int worker = 0;  // index into PipelineSpec::workers
 };
 
+// A placement of the stages on workers and the backups each worker preloads (re-planning).
+struct Placement {
+  std::vector<StageSpec> stages;
+  std::vector<std::vector<std::pair<int, int>>> backups;  // per worker
+};
+
 struct PipelineSpec {
   std::vector<WorkerSpec> workers;
   std::vector<StageSpec> stages;  // in pipeline order, covering the DAG
@@ -48,6 +56,8 @@ struct PipelineSpec {
   // unset: no emulation.
   std::function<LinkShape(int from_worker, int to_worker)> link;
   std::function<double(int to_worker, int first, int last)> redeploy_ms;  // emulated weight transfer
+  // Re-plans on the workers that are up (a rejoin rebalances); unset: a returning worker is only a spare.
+  std::function<Expected<Placement>(const std::vector<bool>& up)> replan;
 };
 
 struct ExecRequest {
@@ -85,6 +95,8 @@ struct CoordinatorOptions {
   std::function<void(double now_s)> tick;  // e.g. the testbed injecting faults at their times
   // When a device's fault was injected (seconds since the start), if known: the fault record's at_s.
   std::function<std::optional<double>(const std::string& device)> fault_time;
+  // Workers that are back (the testbed restarts a device's worker at its rejoin): name and new endpoint.
+  std::function<std::vector<std::pair<std::string, std::string>>(double now_s)> poll_rejoined;
   std::function<void(size_t done, size_t total)> progress;
 };
 

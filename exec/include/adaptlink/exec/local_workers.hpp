@@ -25,6 +25,9 @@ class LocalWorkers {
   Status start(const std::filesystem::path& binary, int count, const std::vector<std::string>& extra_args,
                double timeout_s = 30);
 
+  // Starts worker i again (after it exited: a rejoin); its new endpoint replaces the old one.
+  Expected<std::string> restart(int i, double timeout_s = 30);
+
   [[nodiscard]] int size() const { return static_cast<int>(pids_.size()); }
   [[nodiscard]] const std::vector<std::string>& endpoints() const { return endpoints_; }
   // Sends a signal to worker i (SIGKILL, SIGSTOP, SIGCONT, ...).
@@ -34,6 +37,11 @@ class LocalWorkers {
   void stop_all();
 
  private:
+  // fork/exec of one worker; its endpoint once it reports it.
+  Expected<std::pair<pid_t, std::string>> spawn(double timeout_s);
+
+  std::filesystem::path binary_;
+  std::vector<std::string> extra_args_;
   std::vector<pid_t> pids_;
   std::vector<bool> reaped_;
   std::vector<std::string> endpoints_;
