@@ -11,7 +11,9 @@
 //     `repeats` steps (the k-th sees k more cached tokens, which the fit accounts for); the medians are fitted by
 //     least squares to decode_ms_at_zero + decode_ms_per_token * cached (both clamped to >= 0). text_embed and
 //     the head do not read the cache: timed at length 0 only, per-token slope 0. Vision nodes do not decode (0).
-// Timings are wall-clock around Stage::forward on the CPU (synchronous).
+// Timings are wall-clock around Stage::forward on the CPU (synchronous). Before every run the CPU caches are
+// flushed (4x the L3 size is written): in a pipeline a stage streams through all its layers, so a layer's weights
+// are never as cache-hot as back-to-back repeats of one node would make them.
 #pragma once
 
 #include <filesystem>
