@@ -414,6 +414,7 @@ class Simulation {
     dev.ready = sg4::Semaphore::create(0);
     auto& rec = out_.faults[index];
     rec.detected_s = f.at_s + f.detect_s;
+    if (f.replanned) return;  // re-planned: the switch event (detection + weights' load) recovers it
     if (f.moved.empty()) {  // held no stage: nothing to recover
       rec.recovered_s = rec.detected_s;
       rec.recovery_ms = (*rec.recovered_s - f.at_s) * 1e3;

@@ -136,22 +136,29 @@ std::vector<std::vector<bool>> held_weights(const partition::CostModel& cost, co
 }
 
 // The planner's plan on the devices that are up: scenario-active devices that are alive (standby devices stay
-// standby, as in the first plan), with backups when the running plan had any, on holders that are up.
+// standby, as in the first plan, unless `standby_too`: after a dropout they stand in), with backups when the
+// running plan had any, on holders that are up.
 std::optional<Placement> replan(const partition::CostModel& cost, const partition::Plan& plan, bool backups,
-                                const std::vector<bool>& alive, ReplanCache* cache) {
+                                const std::vector<bool>& alive, ReplanCache* cache, bool standby_too = false) {
+  auto key = std::make_pair(backups, alive);
+  key.second.push_back(standby_too);
   if (cache != nullptr) {
-    if (auto it = cache->find({backups, alive}); it != cache->end()) return it->second;
+    if (auto it = cache->find(key); it != cache->end()) return it->second;
   }
   auto scenario = cost.scenario();  // a copy with the lost devices out of planning
   for (size_t d = 0; d < scenario.devices.size(); ++d) {
-    if (!alive[d]) scenario.devices[d].role = partition::Role::standby;
+    if (!alive[d]) {
+      scenario.devices[d].role = partition::Role::standby;
+    } else if (standby_too) {
+      scenario.devices[d].role = partition::Role::active;
+    }
   }
   scenario.planner.backups = backups;
   scenario.faults.clear();
   auto problem = partition::make_problem(std::move(scenario));
   auto made = partition::make_plan(*problem->cost, plan.planner, plan.objective);
   if (!made) {
-    if (cache != nullptr) (*cache)[{backups, alive}] = std::nullopt;
+    if (cache != nullptr) (*cache)[key] = std::nullopt;
     return std::nullopt;
   }
   Placement p;
@@ -160,7 +167,7 @@ std::optional<Placement> replan(const partition::CostModel& cost, const partitio
     if (alive[static_cast<size_t>(b.device)]) p.backups.push_back(b);
   }
   p.text_stage = partition::text_entry_stage(cost, p.stages);
-  if (cache != nullptr) (*cache)[{backups, alive}] = p;
+  if (cache != nullptr) (*cache)[key] = p;
   return p;
 }
 
@@ -321,6 +328,41 @@ Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan&
       has_backups[static_cast<size_t>(lost)] = false;
       used[static_cast<size_t>(lost)] = 0;
       fs.detect_s = detect_timeout_s;
+      // A stage of the lost device without a live backup: the planner re-plans on the devices still up (standby
+      // ones included), the devices load the weights they lack over their links, and the pipeline switches
+      // (detection + load; as a rejoin's rebalance). When the devices up cannot hold the model by the planner,
+      // the stages move alone (below).
+      bool backed = true;
+      for (size_t s = 0; s < current.stages.size(); ++s) {
+        if (current.stages[s].device != lost) continue;
+        bool found = false;
+        for (const auto& b : current.backups) {
+          found = found || (alive[static_cast<size_t>(b.device)] && has_backups[static_cast<size_t>(b.device)] &&
+                            std::find(b.covers.begin(), b.covers.end(), static_cast<int>(s)) != b.covers.end());
+        }
+        backed = backed && found;
+      }
+      if (!backed) {
+        if (auto next = replan(cost, plan, with_backups, alive, cache, true)) {
+          if (auto planned = plan_rebalance(cost, current, *next, f->at_s + detect_timeout_s, spec.prefill_tokens,
+                                            routes, fs);
+              !planned) {
+            return planned.error();
+          }
+          fs.replanned = true;
+          fs.stages_changed = true;
+          replan_after.reset();  // the re-plan takes every device that is up, a rejoined one included
+          if (pending) spec.faults[pending->fault].rebalance = false;
+          current = std::move(*next);
+          std::fill(has_backups.begin(), has_backups.end(), true);
+          has_backups[static_cast<size_t>(lost)] = false;
+          recount();
+          spec.faults.push_back(std::move(fs));
+          spec.events.push_back({static_cast<int>(index), false, f->at_s});
+          spec.events.push_back({static_cast<int>(index), true, spec.faults[index].switch_s});
+          continue;
+        }
+      }
       bool all_backed = true;
       for (size_t s = 0; s < current.stages.size(); ++s) {
         if (current.stages[s].device != lost) continue;

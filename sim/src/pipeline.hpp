@@ -64,6 +64,7 @@ struct FaultSpec {
   double detect_s = 0;        // dropout: heartbeat timeout; rejoin: heartbeat interval (its first heartbeat)
   double load_s = 0;          // redeploy: weights over the new device's link (0 with a backup)
   bool from_backup = false;
+  bool replanned = false;  // dropout: re-planned (no live backup); the switch (switch_s) moves the stages
   std::vector<int> moved;                   // stage indices that move
   std::vector<double> replay_s_per_token;   // per moved stage: prefill of its text layers, per token, new device
   std::vector<StageSpec> stages_after;      // the whole pipeline after the move (dropout) or the switch (rejoin)

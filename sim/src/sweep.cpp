@@ -53,7 +53,7 @@ void fill_side(SweepSide& side, Expected<SimResult> result, const std::vector<de
   if (side.makespan_s > 0) side.goodput_rps = static_cast<double>(report->requests_completed) / side.makespan_s;
   double sum_ms = 0;
   for (size_t i = 0; i < specs.size() && i < report->faults.size(); ++i) {
-    if (specs[i].kind != detail::FaultKindSpec::dropout || specs[i].moved.empty()) continue;
+    if (specs[i].kind != detail::FaultKindSpec::dropout || (specs[i].moved.empty() && !specs[i].replanned)) continue;
     ++side.stage_dropouts;
     if (report->faults[i].recovery_ms) {
       ++side.recovered;

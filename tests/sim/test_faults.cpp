@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "adaptlink/partition/backup.hpp"
 #include "adaptlink/sim/simulator.hpp"
@@ -195,8 +197,11 @@ using namespace testing;
 
 // One dropout mid-run on every bundled scenario: the device of the stage with the most weights drops out
 // once the pipeline is full (after the first request's latency). No request is lost; where the plan backs
-// that stage up, the switch-over is at least 10x faster than a redeploy.
+// that stage up, the switch-over is at least 5x faster than re-planning on the devices left and loading the
+// weights (gbe-lab: 9.2x, the re-plan spreads the lost stage over several gigabit links), 15x in geometric mean.
 TEST(Faults, BundledScenariosRecoverFromOneDropout) {
+  double log_ratio_sum = 0;
+  int backed_scenarios = 0;
   for (const auto& file : bundled_scenarios()) {
     double ms[2] = {0, 0};
     bool backed = false;
@@ -236,8 +241,14 @@ TEST(Faults, BundledScenariosRecoverFromOneDropout) {
     }
     std::printf("%-28s drop %-8s backup %s  recovery %9.1f ms  redeploy %9.1f ms  x%.1f\n",
                 file.filename().string().c_str(), dropped.c_str(), backed ? "yes" : "no ", ms[1], ms[0], ms[0] / ms[1]);
-    if (backed) EXPECT_GE(ms[0], 10 * ms[1]) << file.filename();
+    if (backed) {
+      EXPECT_GE(ms[0], 5 * ms[1]) << file.filename();
+      log_ratio_sum += std::log(ms[0] / ms[1]);
+      ++backed_scenarios;
+    }
   }
+  ASSERT_GT(backed_scenarios, 0);
+  EXPECT_GE(std::exp(log_ratio_sum / backed_scenarios), 15.0);
 }
 
 }  // namespace
@@ -392,6 +403,31 @@ TEST(Faults, RejoinRebalancesBackToTheFirstPlan) {
   EXPECT_GT(back.makespan_s, clean.makespan_s);
   std::printf("makespan: fault-free %.1f s, agx out for good %.1f s, agx back at 40 s %.1f s (switch at %.1f s)\n",
               clean.makespan_s, stays_out.makespan_s, back.makespan_s, *rejoin.recovered_s);
+}
+
+// No backup: the planner re-plans on the devices left (agx's 8 GB stage is spread over nx, nano and xavier),
+// which load their new weights in parallel, each over its own link: faster than loading the whole stage onto
+// any one device, and the requests in flight rebuild their KV caches on the new devices; nothing is lost.
+TEST(Faults, DropoutWithoutBackupReplansOnTheDevicesLeft) {
+  const auto r = run_quartet({{30, "agx", part::FaultKind::dropout, 1, 0}}, 24);
+  EXPECT_EQ(r.report.requests_completed, 24);
+  EXPECT_EQ(r.report.requests_lost, 0);
+  ASSERT_EQ(r.report.faults.size(), 1u);
+  const auto& f = r.report.faults[0];
+  ASSERT_TRUE(f.recovery_ms.has_value());
+  EXPECT_GT(f.recomputed_tokens, 0);
+  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto pl = plan(*p, "adaptlink");
+  const int agx = p->scenario.device_index("agx");
+  double one_device_ms = std::numeric_limits<double>::infinity();
+  for (const auto& st : pl.stages) {
+    if (st.device != agx) continue;
+    for (int d = 0; d < p->cost->num_devices(); ++d) {
+      if (d != agx) one_device_ms = std::min(one_device_ms, 1500 + part::redeploy_ms(*p->cost, st, d));
+    }
+  }
+  EXPECT_LT(*f.recovery_ms, one_device_ms);
+  EXPECT_GT(*f.recovery_ms, 1500);
 }
 
 // A dropout while a rebalance loads its weights cancels it; the rebalance is planned again on the devices still
