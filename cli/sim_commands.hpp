@@ -11,7 +11,8 @@
 //       simulates each planner's plan on the same workload; table or JSON with ratios to `uniform`.
 //
 //   sweep SCENARIO --dropout-rate a,b,c [--runs N] [--seed S] [--mean-downtime S] [--out DIR] [--format text|json]
-//                  [--planner NAME] [--objective O] [--network-model M] [--requests N] [--no-plot] [--quiet]
+//                  [--planner NAME] [--objective O] [--network-model M] [--requests N] [--profile FILE]...
+//                  [--no-plot] [--quiet]
 //       seeded Monte Carlo dropouts (rates: dropouts per active device per hour), each run simulated with and
 //       without backups; prints a table, writes DIR/sweep.json and DIR/sweep.png (cli/sim_sweep.cpp).
 //

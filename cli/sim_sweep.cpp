@@ -23,6 +23,7 @@
 
 #include "adaptlink/partition/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
+#include "adaptlink/partition/profile.hpp"
 #include "adaptlink/sim/simulator.hpp"
 #include "adaptlink/sim/sweep.hpp"
 #include "common.hpp"
@@ -47,6 +48,7 @@ struct SweepCliOptions {
   std::string objective;
   std::string network_model = "CM02";
   long long requests = 0;
+  std::vector<std::string> profiles;
   double mean_downtime_s = 60;
   bool no_plot = false;
   bool quiet = false;
@@ -175,6 +177,7 @@ int cmd_sweep(const SweepCliOptions& o) {
   }
   auto problem = part::load_problem(o.scenario);
   if (!problem) return al::cli::report(problem.error());
+  if (auto st = part::apply_profiles(o.profiles, *(*problem)->cost); !st) return al::cli::report(st.error());
   const auto& p = **problem;
   auto objective = p.scenario.planner.objective;
   if (o.objective == "throughput") objective = part::Objective::throughput;
@@ -270,6 +273,8 @@ void add_sweep_command(CLI::App& app, std::function<int()>& action) {
       ->check(CLI::IsMember({"throughput", "latency"}));
   sweep->add_option("--network-model", o->network_model, "SimGrid network model (default CM02)")
       ->check(CLI::IsMember(al::sim::network_models()));
+  sweep->add_option("--profile", o->profiles,
+                    "Measured per-node times (JSON, adaptlink-run profile; sim/README.md); repeatable");
   sweep->add_option("--requests", o->requests, "Simulate N requests per run instead of workload.requests")
       ->check(CLI::PositiveNumber);
   sweep->add_flag("--no-plot", o->no_plot, "Do not write sweep.png");

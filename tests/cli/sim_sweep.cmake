@@ -96,7 +96,8 @@ set(cases
     "sweep|${scenario}|--dropout-rate|1,x"
     "sweep|${scenario}|--dropout-rate|1|--runs|0"
     "sweep|${scenario}|--dropout-rate|1|--mean-downtime|0"
-    "sweep|${out}/missing.toml|--dropout-rate|1")
+    "sweep|${out}/missing.toml|--dropout-rate|1"
+    "sweep|${scenario}|--dropout-rate|1|--profile|${out}/missing-profile.json")
 foreach(case IN LISTS cases)
   string(REPLACE "|" ";" args "${case}")
   execute_process(COMMAND ${SIM} ${args} --out ${out}/bad RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
