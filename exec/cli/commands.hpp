@@ -14,7 +14,12 @@
 #include <optional>
 #include <string>
 
+#include "common.hpp"
+
 namespace adaptlink::run {
+
+// Bad input: one line "adaptlink-run: error: MESSAGE" on stderr (newlines flattened); returns 2.
+inline int fail(const std::string& message) { return cli::report(Error{"error: " + message, {}, 0, 0}, "adaptlink-run"); }
 
 struct ProfileArgs {
   std::string model;                    // checkpoint directory

@@ -17,16 +17,6 @@
 namespace adaptlink::run {
 namespace {
 
-constexpr int kExitBadInput = 2;
-
-int fail(const std::string& message) {
-  std::string one_line = message;
-  for (char& c : one_line) {
-    if (c == '\n') c = ' ';
-  }
-  std::fprintf(stderr, "adaptlink-run: error: %s\n", one_line.c_str());
-  return kExitBadInput;
-}
 
 std::string summary(const exec::MeasuredProfile& p, const std::optional<partition::Scenario>& scenario,
                     const ProfileArgs& args) {

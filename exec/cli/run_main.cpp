@@ -33,17 +33,8 @@ namespace {
 
 using namespace adaptlink;
 using namespace adaptlink::exec;
+using adaptlink::run::fail;
 
-constexpr int kExitBadInput = 2;
-
-int fail(const std::string& message) {
-  std::string one_line = message;
-  for (char& c : one_line) {
-    if (c == '\n') c = ' ';
-  }
-  std::fprintf(stderr, "adaptlink-run: error: %s\n", one_line.c_str());
-  return kExitBadInput;
-}
 
 Expected<std::vector<int64_t>> parse_ids(const std::string& text) {
   std::vector<int64_t> ids;
