@@ -260,7 +260,10 @@ void add_serve_options(CLI::App* cmd, ServeArgs& a, bool testbed) {
   cmd->add_option("--device", a.options.device, "cpu | cuda[:N] (where workers run their stages)");
   cmd->add_option("--in-flight", a.options.in_flight, "requests in the pipeline at once (default: the scenario's)");
   cmd->add_option("--listen", a.options.listen, "where the coordinator receives tokens (reachable by the workers)");
-  cmd->add_option("--heartbeat-timeout-s", a.options.heartbeat_timeout_s, "a worker silent this long is lost");
+  cmd->add_option("--heartbeat-interval-s", a.options.heartbeat_interval_s, "ping every worker this often (0.25)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--heartbeat-timeout-s", a.options.heartbeat_timeout_s, "a worker silent this long is lost (5)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--hello-timeout-s", a.options.hello_timeout_s, "per worker: answer the handshake and load");
   cmd->add_flag("--ignore-eos", a.options.ignore_eos, "generate max_new_tokens for every request");
   cmd->add_flag("--no-backups", a.no_backups, "plan without backup sub-blocks (recovery by redeploy)");
@@ -303,9 +306,12 @@ int run_serve_command(ServeArgs& a, bool testbed) {
   std::printf("  latency       p50 %.0f ms, p95 %.0f ms, p99 %.0f ms\n", r.latency_ms.p50, r.latency_ms.p95,
               r.latency_ms.p99);
   for (const auto& f : r.faults) {
+    if (!f.detected_s || !f.recovery_ms) {
+      std::printf("  fault         %s %s at %.2f s\n", f.kind.c_str(), f.device.c_str(), f.at_s);
+      continue;
+    }
     std::printf("  fault         %s %s at %.2f s: detected %.2f s, recovered in %.0f ms, %lld positions recomputed\n",
-                f.kind.c_str(), f.device.c_str(), f.at_s, f.detected_s.value_or(-1), f.recovery_ms.value_or(-1),
-                f.recomputed_tokens);
+                f.kind.c_str(), f.device.c_str(), f.at_s, *f.detected_s, *f.recovery_ms, f.recomputed_tokens);
   }
   if (!a.out.empty()) std::printf("  wrote         %s/{plan.json, outputs.jsonl, report.json, trace.json}\n", a.out.c_str());
   return 0;

@@ -17,6 +17,7 @@
 #include "adaptlink/partition/problem.hpp"
 #include "adaptlink/partition/profile.hpp"
 #include "adaptlink/partition/testbed.hpp"
+#include "runtime.hpp"
 
 namespace adaptlink::exec {
 
@@ -75,6 +76,25 @@ Status write_text(const std::filesystem::path& path, const std::string& text) {
   std::ofstream out(path);
   out << text;
   if (!out) return make_error("cannot write {}", path.string());
+  return Ok{};
+}
+
+// Testbed slowdown fault: tells a worker its new emulated slowdown (a route message with "slowdown").
+Status set_worker_slowdown(const std::string& endpoint, double factor) {
+  zmq::context_t ctx;
+  zmq::socket_t s(ctx, zmq::socket_type::dealer);
+  detail::configure_socket(s);
+  s.set(zmq::sockopt::rcvtimeo, 5000);
+  s.connect(endpoint);
+  wire::Message m;
+  m.type = wire::MsgType::route;
+  m.meta = {{"slowdown", factor}};
+  if (!detail::send_frames(s, wire::encode(m))) return make_error("cannot reach the worker at {}", endpoint);
+  auto frames = detail::recv_frames(s, true);
+  if (!frames) return make_error("the worker at {} did not answer", endpoint);
+  auto reply = wire::decode(*frames);
+  if (!reply) return reply.error();
+  if (reply->type != wire::MsgType::ready) return make_error("{}", reply->meta.value("message", std::string("refused")));
   return Ok{};
 }
 
@@ -290,6 +310,12 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   LocalWorkers local;
   std::map<std::string, double> fired;  // device -> time its latest fault was injected
   std::vector<std::pair<std::string, std::string>> rejoined;  // restarted workers not yet taken back
+  struct SlowdownFault {
+    double at_s;
+    std::string device;
+    bool applied;
+  };
+  std::vector<SlowdownFault> slowdowns;
   std::vector<bool> done_fault(sc.faults.size(), false);
   CoordinatorOptions co;
   co.model = options.model;
@@ -334,6 +360,14 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
             } else if (options.progress) {
               std::fprintf(stderr, "\ntestbed: %.2f s: %s\n", now_s, endpoint.error().to_string().c_str());
             }
+          } else if (fault.kind == partition::FaultKind::slowdown && w >= 0 && !local.exited(w)) {
+            const double factor = spec.workers[static_cast<size_t>(w)].slowdown * fault.factor;
+            auto st = set_worker_slowdown(local.endpoints()[static_cast<size_t>(w)], factor);
+            slowdowns.push_back({now_s, fault.device, st.has_value()});
+            if (options.progress) {
+              std::fprintf(stderr, "\ntestbed: %.2f s: %s slowed by %gx%s\n", now_s, fault.device.c_str(), fault.factor,
+                           st ? "" : (" (failed: " + st.error().message + ")").c_str());
+            }
           } else if (options.progress) {
             std::fprintf(stderr, "\ntestbed: %.2f s: this fault of %s is not emulated by the testbed\n", now_s,
                          fault.device.c_str());
@@ -367,6 +401,13 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   std::vector<std::string> names;
   for (const auto& d : sc.devices) names.push_back(d.name);
   outcome.report = make_exec_report(*run, sc.name, plan->planner, names, sc.workload.in_flight);
+  for (const auto& f : slowdowns) {  // applied at once: detection and recovery do not apply
+    partition::FaultRecord rec;
+    rec.at_s = f.at_s;
+    rec.device = f.device;
+    rec.kind = "slowdown";
+    outcome.report.faults.push_back(rec);
+  }
   outcome.predicted_rps = plan->predicted.throughput_rps;
   outcome.results = run->results;
   for (const auto& r : requests) outcome.request_ids.push_back(r.id);

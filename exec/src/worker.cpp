@@ -264,12 +264,21 @@ class Worker {
     return ready;
   }
 
+  // New routes or preloads ("stages"), and/or a new emulated slowdown ("slowdown": a testbed slowdown fault).
   Message route(const Message& m) {
     if (!graph_) return wire::error_message("route before hello");
-    auto loaded = apply_stages(m.meta, /*reset=*/false);
-    if (!loaded) return wire::error_message(loaded.error().to_string());
     Message ready;
     ready.type = MsgType::ready;
+    if (m.meta.contains("slowdown")) {
+      if (!m.meta["slowdown"].is_number() || m.meta["slowdown"].get<double>() < 1.0) {
+        return wire::error_message("slowdown must be a number >= 1");
+      }
+      std::lock_guard lock(state_mu_);
+      slowdown_ = m.meta["slowdown"].get<double>();
+      if (!m.meta.contains("stages")) return ready;
+    }
+    auto loaded = apply_stages(m.meta, /*reset=*/false);
+    if (!loaded) return wire::error_message(loaded.error().to_string());
     ready.meta = *loaded;
     return ready;
   }

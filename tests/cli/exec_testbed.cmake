@@ -118,6 +118,16 @@ if(NOT kind STREQUAL "rejoin")
   message(FATAL_ERROR "rejoin: faults[1].kind is ${kind}\n${report}")
 endif()
 
+# 2c. A slowdown fault: the device's worker gets a 3x larger emulated slowdown; same outputs, a slowdown entry.
+testbed(slowdown slowdown)
+expect_same_outputs(ok slowdown)
+file(READ ${work}/slowdown/report.json report)
+string(JSON kind GET "${report}" faults 0 kind)
+string(JSON device GET "${report}" faults 0 device)
+if(NOT kind STREQUAL "slowdown" OR NOT device STREQUAL "c")
+  message(FATAL_ERROR "slowdown: faults[0] is ${kind} of ${device}\n${report}")
+endif()
+
 # 3. The last copy of the model lost: exit 2 with an error naming the device and the nodes, within seconds.
 execute_process(COMMAND ${run} testbed --scenario ${data}/last-copy.toml --model ${fx} --quiet --heartbeat-timeout-s 2
                 RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 60)
