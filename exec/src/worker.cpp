@@ -460,16 +460,19 @@ class Worker {
   void rebuild(Slot& slot, RequestLog& log, Message& m) {
     const int steps = m.meta.value("steps", 0);
     if (steps <= 0) return fail_step(m, "rebuild without a positive \"steps\" count");
-    bool complete = log.last_seq >= steps - 1;
-    for (int s = 0; complete && s < steps; ++s) complete = log.steps.count(s) > 0;
+    // A stage of vision nodes only sees the prefill (decode steps skip it): its step 0 is all it has.
+    bool complete = slot_needs_order(slot) ? log.last_seq >= steps - 1 : log.steps.count(0) > 0;
+    for (int s = 0; complete && slot_needs_order(slot) && s < steps; ++s) complete = log.steps.count(s) > 0;
     if (complete) {
       // This stage has its part: pass its outputs of those steps on (none: it ends with the head, done).
       if (slot.next.empty()) return;
       std::vector<at::Tensor> parts;
       ActivationKind kind = log.steps[0].out.kind;
       for (int s = 0; s < steps; ++s) {
-        const auto& o = log.steps[s].out;
-        if (o.kind == kind && o.tensor.defined()) parts.push_back(o.tensor);
+        auto it = log.steps.find(s);
+        if (it != log.steps.end() && it->second.out.kind == kind && it->second.out.tensor.defined()) {
+          parts.push_back(it->second.out.tensor);
+        }
       }
       Activation joined{kind, kind == ActivationKind::text_hidden && !parts.empty() ? at::cat(parts, 1)
                               : parts.empty()                                        ? at::Tensor()

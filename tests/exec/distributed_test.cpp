@@ -346,5 +346,69 @@ TEST_F(Distributed, CoordinatorReportsALostWorkerWithoutRecoveryInsteadOfHanging
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 15.0);
 }
 
+// Failover when the first stage holds only vision nodes (decode steps skip it, so its log has only the prefill):
+// the middle stage's worker is killed with requests in flight; its backup takes over and every request gets the
+// single-process tokens.
+TEST(DistributedFailover, BackupTakesOverBehindAVisionOnlyStageWithIdenticalOutputs) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  LocalWorkers own;
+  ASSERT_TRUE(own.start(kRun, 4, {"--threads", "1"}).has_value());
+  auto runner = LlavaRunner::load(fixture, *parse_exec_options("fp32", "cpu"));
+  ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
+  const auto& graph = (*runner)->graph();
+  const int n = graph.size();
+  ASSERT_TRUE(graph.node(1).is_vision());
+  PipelineSpec spec;
+  spec.workers = {{"vision", own.endpoints()[0], 1.0, {}},
+                  {"middle", own.endpoints()[1], 1.0, {}},
+                  {"tail", own.endpoints()[2], 1.0, {}},
+                  {"spare", own.endpoints()[3], 1.0, {{2, n - 3}}}};
+  spec.stages = {{0, 1, 0}, {2, n - 3, 1}, {n - 2, n - 1, 2}};
+  spec.link = [](int, int) { return LinkShape{4.0, 0.0}; };  // 4 ms a hop: requests stay in flight long enough
+  auto base = requests_for("llava_llama_mha_tied")[0];
+  std::vector<ExecRequest> requests;
+  for (int i = 0; i < 6; ++i) {
+    auto r = base;
+    r.id = std::to_string(i);
+    r.input_ids.back() = 3 + i;  // different prompts
+    r.max_new_tokens = 40;
+    requests.push_back(r);
+  }
+  CoordinatorOptions co;
+  co.model = fixture;
+  co.in_flight = 4;
+  co.heartbeat_timeout_s = 3;
+  co.step_timeout_s = 20;  // a request stuck after the failover fails the test instead of hanging it
+  bool killed = false;
+  co.tick = [&](double now_s) {
+    if (!killed && now_s > 0.12) {  // the first four requests are decoding (about 8 ms a token)
+      own.signal(1, SIGKILL);
+      killed = true;
+    }
+  };
+  co.poll_lost = [&](double) {
+    std::vector<std::string> gone;
+    if (own.exited(1)) gone.push_back("middle");
+    return gone;
+  };
+  auto run = run_pipeline(spec, requests, co);
+  ASSERT_TRUE(run.has_value()) << run.error().to_string();
+  ASSERT_TRUE(killed);
+  ASSERT_EQ(run->faults.size(), 1U);
+  EXPECT_EQ(run->faults[0].device, "middle");
+  // Rebuilt positions: each request's prompt (with its image tokens) and more than one generated token.
+  EXPECT_GT(run->faults[0].recomputed_tokens, static_cast<long long>(4 * (base.input_ids.size() + 1)))
+      << "no request was decoding at the kill";
+  EXPECT_TRUE(run->faults[0].recovered_s.has_value());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    GenerateOptions opt;
+    opt.max_new_tokens = requests[i].max_new_tokens;
+    opt.eos_ids = std::vector<int64_t>{};
+    auto want = (*runner)->generate(requests[i].input_ids, requests[i].pixel_values, opt);
+    ASSERT_TRUE(want.has_value());
+    EXPECT_EQ(run->results[i].generated, want->generated) << "request " << i;
+  }
+}
+
 }  // namespace
 }  // namespace adaptlink::exec
