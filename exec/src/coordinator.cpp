@@ -95,7 +95,9 @@ class Coordinator {
     }
     return_endpoint_ = ret_.get(zmq::sockopt::last_endpoint);
     for (const auto& w : spec_.workers) {
-      WorkerState ws{zmq::socket_t(ctx_, zmq::socket_type::dealer), w.endpoint};
+      WorkerState ws;
+      ws.socket = zmq::socket_t(ctx_, zmq::socket_type::dealer);
+      ws.endpoint = w.endpoint;
       detail::configure_socket(ws.socket);
       try {
         ws.socket.connect(w.endpoint);
@@ -568,8 +570,13 @@ class Coordinator {
       if (s > 0) rerouted.insert(s - 1);
     }
     ws.holds.clear();
-    // New routes: the replacements (loading if needed) first, then their upstream neighbours.
+    // New routes: the replacements (loading if needed) first, so that a step their upstream neighbours send
+    // once re-routed never finds the stage inactive; then those neighbours.
+    std::vector<size_t> order(lost_stages.begin(), lost_stages.end());
     for (size_t s : rerouted) {
+      if (std::find(lost_stages.begin(), lost_stages.end(), s) == lost_stages.end()) order.push_back(s);
+    }
+    for (size_t s : order) {
       const int holder = stage_worker_[s];
       auto st = route(holder, nlohmann::json::array({stage_entry(s)}), pending_delay_ms_[holder]);
       pending_delay_ms_[holder] = 0;
