@@ -129,7 +129,8 @@ Expected<MeasuredProfile> measure_profile(const std::filesystem::path& model_dir
   if (!checkpoint) return checkpoint.error();
   const auto& config = checkpoint->config();
   MeasuredProfile result{models::LayerGraph::build(
-      config, options.exec.dtype == at::kFloat ? models::Dtype::fp32 : models::Dtype::bf16)};
+                             config, options.exec.dtype == at::kFloat ? models::Dtype::fp32 : models::Dtype::bf16),
+                         {}, 0, 0, {}, {}, {}};
   const auto& graph = result.graph;
   result.shape = shape;
   result.repeats = options.repeats;

@@ -94,7 +94,9 @@ void expect_valid_plan(const part::Plan& plan, const part::Problem& p, const std
   for (size_t s = 0; s < plan.stages.size(); ++s) {
     const auto& st = plan.stages[s];
     EXPECT_LE(st.first_node, st.last_node) << what;
-    if (s > 0) EXPECT_EQ(st.first_node, plan.stages[s - 1].last_node + 1) << what << " stage " << s;
+    if (s > 0) {
+      EXPECT_EQ(st.first_node, plan.stages[s - 1].last_node + 1) << what << " stage " << s;
+    }
     EXPECT_TRUE(devices.insert(st.device).second) << what << ": device used twice";
     EXPECT_EQ(p.scenario.devices[st.device].role, part::Role::active) << what;
     EXPECT_LE(st.memory_bytes, p.scenario.devices[st.device].mem_bytes) << what << " stage " << s;

@@ -59,7 +59,9 @@ TEST(Sweep, DrawsArePoissonPerActiveDeviceAndSeeded) {
   // Per device: dropout, rejoin, dropout, ... in time order; dropouts inside the horizon; standby never drops.
   std::map<std::string, std::vector<part::Fault>> per_device;
   for (size_t i = 0; i < a.size(); ++i) {
-    if (i > 0) EXPECT_LE(a[i - 1].at_s, a[i].at_s);
+    if (i > 0) {
+      EXPECT_LE(a[i - 1].at_s, a[i].at_s);
+    }
     per_device[a[i].device].push_back(a[i]);
   }
   EXPECT_EQ(per_device.count("spare"), 0u);

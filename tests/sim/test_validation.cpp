@@ -61,7 +61,9 @@ TEST(Validation, SaturatedThroughputIsOneOverBottleneck) {
       // The bottleneck device is busy all the time.
       double busiest = 0;
       for (const auto& [name_, u] : report->device_utilization) busiest = std::max(busiest, u);
-      if (std::abs(w - pl.predicted.bottleneck_ms) < 1e-6 * w) EXPECT_GT(busiest, 0.98);
+      if (std::abs(w - pl.predicted.bottleneck_ms) < 1e-6 * w) {
+        EXPECT_GT(busiest, 0.98);
+      }
     }
   }
 }
