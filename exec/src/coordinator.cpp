@@ -159,6 +159,7 @@ class Coordinator {
                   {"exec_device", options_.exec_device},
                   {"coordinator", return_endpoint_},
                   {"slowdown", spec_.workers[w].slowdown},
+                  {"epoch", epoch_},
                   {"return_link", {{"latency_ms", ret.latency_ms}, {"ms_per_byte", ret.ms_per_byte}}},
                   {"stages", stages}};
     return hello;
@@ -268,6 +269,7 @@ class Coordinator {
       m.meta = {{"prefill", false}, {"input_ids", {state.generated.back()}}, {"kind", "none"}};
     }
     m.meta["first"] = stages_[entry].first;
+    m.meta["epoch"] = epoch_;
     state.outstanding = seq;
     detail::send_frames(workers_[static_cast<size_t>(stage_worker_[entry])].socket, wire::encode(m));
   }
@@ -472,7 +474,7 @@ class Coordinator {
   Status route(int w, const nlohmann::json& stages, double load_delay_ms) {
     Message r;
     r.type = MsgType::route;
-    r.meta = {{"stages", stages}, {"load_delay_ms", load_delay_ms}};
+    r.meta = {{"stages", stages}, {"load_delay_ms", load_delay_ms}, {"epoch", epoch_}};
     return request_ready(w, r);
   }
 
@@ -543,6 +545,28 @@ class Coordinator {
       return Ok{};
     }
     if (!options_.recover) return make_error("{} was lost ({})", who(w), why);
+    // Without a live preloaded copy of every lost stage: re-plan on the workers that are up (the paper's
+    // baseline: the new placement loads what it lacks, every request in flight is rebuilt).
+    bool all_backed = true;
+    for (size_t s : lost_stages) {
+      bool backed = false;
+      for (const auto& c : workers_) backed = backed || (c.alive && c.holds.count({stages_[s].first, stages_[s].last}));
+      all_backed = all_backed && backed;
+    }
+    if (!all_backed && spec_.replan) {
+      std::vector<bool> up;
+      for (const auto& c : workers_) up.push_back(c.alive);
+      if (auto placement = spec_.replan(up)) {
+        ws.holds.clear();
+        ++epoch_;  // steps of the old placement still on their way are dropped by the workers
+        auto st = preload(*placement);
+        if (!st) return st;
+        st = apply_placement(*placement);
+        if (!st) return st;
+        rebuild_in_flight(rec, /*full=*/true);
+        return Ok{};
+      }
+    }
     std::set<size_t> rerouted;
     for (size_t s : lost_stages) {
       const auto range = std::make_pair(stages_[s].first, stages_[s].last);
@@ -582,13 +606,19 @@ class Coordinator {
       pending_delay_ms_[holder] = 0;
       if (!st) return st;
     }
-    // Requests in flight: rebuild the replacement's state from the upstream logs, then re-issue their step.
+    rebuild_in_flight(rec, /*full=*/false);
+    return Ok{};
+  }
+
+  // Requests in flight: rebuild the replacements' state from the upstream logs (`full`: through every stage
+  // that has none), then re-issue their pending step. The fault is recovered when the last rebuild is done.
+  void rebuild_in_flight(partition::FaultRecord rec, bool full) {
     pending_rebuilds_ = 0;
     for (size_t i = 0; i < requests_.size(); ++i) {
       const auto& state = states_[i];
       if (state.finished || state.outstanding < 0) continue;
       if (state.outstanding > 0) {
-        send_rebuild(i);
+        send_rebuild(i, full);
         ++pending_rebuilds_;
       }
       send_step(i, state.outstanding);
@@ -599,7 +629,6 @@ class Coordinator {
     }
     run_.faults.push_back(rec);
     last_progress_ = Clock::now();
-    return Ok{};
   }
 
   // --- rejoin and rebalance ---
@@ -632,12 +661,22 @@ class Coordinator {
       return Ok{};
     }
     // Preload what each worker lacks while the old placement serves.
+    st = preload(*placement);
+    if (!st) return st;
+    pending_ = std::move(placement).value();
+    pending_fault_ = run_.faults.size();
+    run_.faults.push_back(rec);
+    return Ok{};
+  }
+
+  // Every live worker loads the node ranges of `placement` it lacks (inactive), with the emulated transfer.
+  Status preload(const Placement& placement) {
     for (size_t c = 0; c < workers_.size(); ++c) {
       if (!workers_[c].alive) continue;
-      std::vector<std::pair<int, int>> wanted = placement->backups.size() > c ? placement->backups[c]
-                                                                               : std::vector<std::pair<int, int>>{};
-      for (const auto& st2 : placement->stages) {
-        if (st2.worker == static_cast<int>(c)) wanted.emplace_back(st2.first, st2.last);
+      std::vector<std::pair<int, int>> wanted =
+          placement.backups.size() > c ? placement.backups[c] : std::vector<std::pair<int, int>>{};
+      for (const auto& st : placement.stages) {
+        if (st.worker == static_cast<int>(c)) wanted.emplace_back(st.first, st.last);
       }
       nlohmann::json load = nlohmann::json::array();
       double delay_ms = 0;
@@ -647,19 +686,15 @@ class Coordinator {
         if (spec_.redeploy_ms) delay_ms += spec_.redeploy_ms(static_cast<int>(c), range.first, range.second);
         workers_[c].holds.insert(range);
       }
-      if (load.empty()) continue;
-      auto loaded = route(static_cast<int>(c), load, delay_ms);
-      if (!loaded) return loaded;
+      auto st = route(static_cast<int>(c), load, delay_ms);  // also hands every worker the current epoch
+      if (!st) return st;
     }
-    pending_ = std::move(placement).value();
-    pending_fault_ = run_.faults.size();
-    run_.faults.push_back(rec);
     return Ok{};
   }
 
-  // The safe point (no request in flight): every worker switches to the new placement.
-  Status switch_placement() {
-    stages_ = pending_->stages;
+  // Every live worker switches to `placement` (preloaded): its stages active, its backups held, the rest dropped.
+  Status apply_placement(const Placement& placement) {
+    stages_ = placement.stages;
     stage_worker_.clear();
     for (const auto& st : stages_) stage_worker_.push_back(st.worker);
     update_text_stage();
@@ -672,8 +707,8 @@ class Coordinator {
         list.push_back(stage_entry(s));
         keep.insert({stages_[s].first, stages_[s].last});
       }
-      if (pending_->backups.size() > c) {
-        for (const auto& range : pending_->backups[c]) {
+      if (placement.backups.size() > c) {
+        for (const auto& range : placement.backups[c]) {
           if (keep.count(range)) continue;
           list.push_back({{"first", range.first}, {"last", range.second}, {"active", false}});
           keep.insert(range);
@@ -686,6 +721,13 @@ class Coordinator {
       auto st = route(static_cast<int>(c), list, 0);
       if (!st) return st;
     }
+    return Ok{};
+  }
+
+  // The safe point (no request in flight): every worker switches to the new placement.
+  Status switch_placement() {
+    auto st = apply_placement(*pending_);
+    if (!st) return st;
     pending_.reset();
     auto& rec = run_.faults[pending_fault_];
     rec.recovered_s = seconds(Clock::now());
@@ -695,7 +737,7 @@ class Coordinator {
   }
 
   // A rebuild of request `index`'s steps 0..k-1 (k = its outstanding step), entering at the first stage.
-  void send_rebuild(size_t index) {
+  void send_rebuild(size_t index, bool full) {
     const auto& req = requests_[index];
     const auto& state = states_[index];
     const int k = state.outstanding;
@@ -706,7 +748,7 @@ class Coordinator {
     m.request = static_cast<int64_t>(index) + 1;
     m.seq = k;
     m.meta = {{"first", stages_[0].first}, {"prefill", true}, {"rebuild", true}, {"steps", k},
-              {"input_ids", ids}, {"kind", "none"}};
+              {"input_ids", ids}, {"kind", "none"}, {"epoch", epoch_}, {"full", full}};
     if (req.pixel_values.defined()) {
       m.meta["kind"] = "pixels";
       m.tensors.push_back(detail::to_blob(req.pixel_values.to(at::kFloat)));
@@ -726,6 +768,7 @@ class Coordinator {
   std::vector<int> stage_worker_;
   int text_stage_ = 0;
   int text_node_ = -1;
+  int64_t epoch_ = 0;  // placement generation, raised by a re-plan after a dropout
   std::optional<Placement> pending_;  // a rebalance waiting for the safe point
   std::set<int> returned_;            // lost workers that answered a ping again
   size_t pending_fault_ = 0;          // its faults[] entry

@@ -196,6 +196,7 @@ class Worker {
       const int last = s["last"].get<int>();
       if (s.value("drop", false)) {
         slots_.erase({first, last});
+        for (auto it = logs_.begin(); it != logs_.end();) it = it->first.first == first ? logs_.erase(it) : std::next(it);
         continue;
       }
       if (first < 0 || last < first || last >= graph_->size()) {
@@ -249,6 +250,7 @@ class Worker {
       device_ = meta.value("device", std::string("worker"));
       coordinator_ = meta.value("coordinator", std::string());
       slowdown_ = std::max(1.0, meta.value("slowdown", 1.0));
+      epoch_ = meta.value("epoch", int64_t{0});
       return_link_ = parse_link(meta.value("return_link", nlohmann::json()));
     }
     {
@@ -269,6 +271,10 @@ class Worker {
     if (!graph_) return wire::error_message("route before hello");
     Message ready;
     ready.type = MsgType::ready;
+    if (m.meta.contains("epoch") && m.meta["epoch"].is_number_integer()) {
+      std::lock_guard lock(state_mu_);
+      epoch_ = std::max(epoch_, m.meta["epoch"].get<int64_t>());
+    }
     if (m.meta.contains("slowdown")) {
       if (!m.meta["slowdown"].is_number() || m.meta["slowdown"].get<double>() < 1.0) {
         return wire::error_message("slowdown must be a number >= 1");
@@ -324,6 +330,7 @@ class Worker {
     if (!m.meta.contains("first") || !m.meta["first"].is_number_integer()) {
       return fail_step(m, "step without an integer \"first\" node");
     }
+    if (m.meta.value("epoch", int64_t{0}) < epoch_) return;  // sent before a re-plan: re-issued since
     const int first = m.meta["first"].get<int>();
     Slot* found = nullptr;
     for (auto& [range, candidate] : slots_) {
@@ -343,10 +350,15 @@ class Worker {
       compute(slot, log, m);
     }
     // Steps that waited for this one.
-    while (!log.parked.empty() && log.parked.begin()->first == log.last_seq + 1) {
+    while (!log.parked.empty() && log.parked.begin()->first <= log.last_seq + 1) {
       Message next = std::move(log.parked.begin()->second);
       log.parked.erase(log.parked.begin());
-      compute(slot, log, next);
+      if (next.meta.value("epoch", int64_t{0}) < epoch_) continue;  // stale
+      if (next.seq <= log.last_seq) {
+        resend_logged(slot, log, next);
+      } else {
+        compute(slot, log, next);
+      }
     }
   }
 
@@ -463,9 +475,13 @@ class Worker {
     // A stage of vision nodes only sees the prefill (decode steps skip it): its step 0 is all it has.
     bool complete = slot_needs_order(slot) ? log.last_seq >= steps - 1 : log.steps.count(0) > 0;
     for (int s = 0; complete && slot_needs_order(slot) && s < steps; ++s) complete = log.steps.count(s) > 0;
+    const bool full = m.meta.value("full", false);  // after a re-plan every stage may need rebuilding
     if (complete) {
       // This stage has its part: pass its outputs of those steps on (none: it ends with the head, done).
-      if (slot.next.empty()) return;
+      if (slot.next.empty()) {
+        if (full) ack_rebuild(m, 0);
+        return;
+      }
       std::vector<at::Tensor> parts;
       ActivationKind kind = log.steps[0].out.kind;
       for (int s = 0; s < steps; ++s) {
@@ -503,14 +519,24 @@ class Worker {
       for (int s = 1; s < steps; ++s) log.steps[s].out = Activation{};
     }
     log.last_seq = steps - 1;
-    // Tell the coordinator how many positions were recomputed.
+    const int64_t positions = out->kind == ActivationKind::text_hidden || out->kind == ActivationKind::logits
+                                  ? parsed->step.input_ids.size(0)
+                                  : 0;
+    if (full && !slot.next.empty()) {  // the stages behind may have lost their state too: pass it on
+      m.meta["rebuilt_positions"] = m.meta.value("rebuilt_positions", int64_t{0}) + positions;
+      forward(slot, m, *out, true);
+      return;
+    }
+    ack_rebuild(m, positions);
+  }
+
+  // Tells the coordinator a rebuild is done and how many positions were recomputed on the way.
+  void ack_rebuild(const Message& m, int64_t positions) {
     Message done;
     done.type = MsgType::ready;
     done.request = m.request;
     done.seq = m.seq;
-    done.meta = {{"rebuilt_positions", out->kind == ActivationKind::text_hidden || out->kind == ActivationKind::logits
-                                           ? parsed->step.input_ids.size(0)
-                                           : 0},
+    done.meta = {{"rebuilt_positions", m.meta.value("rebuilt_positions", int64_t{0}) + positions},
                  {"device", device_},
                  {"events", m.meta.value("events", nlohmann::json::array())}};
     to_coordinator(std::move(done));
@@ -589,6 +615,7 @@ class Worker {
   std::string device_ = "worker";
   std::string coordinator_;
   double slowdown_ = 1.0;
+  int64_t epoch_ = 0;  // placement generation: steps of an older one are stale (dropped)
   LinkEmulation return_link_;
   std::map<std::pair<int, int>, Slot> slots_;  // by node range
   std::map<std::pair<int, int64_t>, RequestLog> logs_;
