@@ -96,11 +96,8 @@ class Coordinator {
     return_endpoint_ = ret_.get(zmq::sockopt::last_endpoint);
     for (const auto& w : spec_.workers) {
       WorkerState ws;
-      ws.socket = zmq::socket_t(ctx_, zmq::socket_type::dealer);
-      ws.endpoint = w.endpoint;
-      detail::configure_socket(ws.socket);
       try {
-        ws.socket.connect(w.endpoint);
+        connect(ws, w.endpoint);
       } catch (const zmq::error_t& e) {
         return make_error("worker '{}': bad endpoint '{}': {}", w.name, w.endpoint, e.what());
       }
@@ -120,6 +117,14 @@ class Coordinator {
     for (size_t s = 0; s < stages_.size(); ++s) {
       if (stages_[s].first <= text_node_ && text_node_ <= stages_[s].last) text_stage_ = static_cast<int>(s);
     }
+  }
+
+  // A new DEALER socket to `endpoint` for a worker (replacing its old one and whatever was queued there).
+  void connect(WorkerState& ws, const std::string& endpoint) {
+    ws.socket = zmq::socket_t(ctx_, zmq::socket_type::dealer);
+    detail::configure_socket(ws.socket);
+    ws.socket.connect(endpoint);
+    ws.endpoint = endpoint;
   }
 
   [[nodiscard]] std::string who(int w) const {
@@ -165,21 +170,26 @@ class Coordinator {
     return hello;
   }
 
+  // Stage entries for worker w under the current placement: its stages (active) and `backups` (preloaded,
+  // inactive); every range listed goes into `held`.
+  nlohmann::json holdings(size_t w, const std::vector<std::pair<int, int>>& backups,
+                          std::set<std::pair<int, int>>& held) const {
+    nlohmann::json list = nlohmann::json::array();
+    for (size_t s = 0; s < stages_.size(); ++s) {
+      if (stage_worker_[s] != static_cast<int>(w)) continue;
+      list.push_back(stage_entry(s));
+      held.insert({stages_[s].first, stages_[s].last});
+    }
+    for (const auto& range : backups) {
+      if (!held.insert(range).second) continue;
+      list.push_back({{"first", range.first}, {"last", range.second}, {"active", false}});
+    }
+    return list;
+  }
+
   Status handshake() {
     for (size_t w = 0; w < workers_.size(); ++w) {
-      const auto& spec = spec_.workers[w];
-      nlohmann::json stages = nlohmann::json::array();
-      for (size_t s = 0; s < stages_.size(); ++s) {
-        if (stage_worker_[s] == static_cast<int>(w)) {
-          stages.push_back(stage_entry(s));
-          workers_[w].holds.insert({stages_[s].first, stages_[s].last});
-        }
-      }
-      for (const auto& [first, last] : spec.backups) {
-        if (workers_[w].holds.count({first, last})) continue;
-        stages.push_back({{"first", first}, {"last", last}, {"active", false}});
-        workers_[w].holds.insert({first, last});
-      }
+      const nlohmann::json stages = holdings(w, spec_.workers[w].backups, workers_[w].holds);
       if (!detail::send_frames(workers_[w].socket, wire::encode(hello_for(w, stages)))) {
         return make_error("{}: cannot send the hello", who(static_cast<int>(w)));
       }
@@ -522,9 +532,7 @@ class Coordinator {
     ws.alive = false;
     // A fresh socket to the same endpoint: what was queued for the lost process is dropped, and only pings go
     // there from now on (a pong means the worker is back).
-    ws.socket = zmq::socket_t(ctx_, zmq::socket_type::dealer);
-    detail::configure_socket(ws.socket);
-    ws.socket.connect(ws.endpoint);
+    connect(ws, ws.endpoint);
     const double detected = seconds(Clock::now());
     partition::FaultRecord rec;
     rec.device = spec_.workers[static_cast<size_t>(w)].name;
@@ -568,6 +576,7 @@ class Coordinator {
       }
     }
     std::set<size_t> rerouted;
+    std::map<int, double> delay_ms;  // per new holder: the emulated transfer of weights it did not preload
     for (size_t s : lost_stages) {
       const auto range = std::make_pair(stages_[s].first, stages_[s].last);
       // A live holder of a preloaded copy (standby first, then the least loaded); else redeploy on the least
@@ -588,7 +597,7 @@ class Coordinator {
                           range.first, range.second);
       }
       stage_worker_[s] = best;
-      if (!backup && spec_.redeploy_ms) pending_delay_ms_[best] += spec_.redeploy_ms(best, range.first, range.second);
+      if (!backup && spec_.redeploy_ms) delay_ms[best] += spec_.redeploy_ms(best, range.first, range.second);
       workers_[static_cast<size_t>(best)].holds.insert(range);
       rerouted.insert(s);
       if (s > 0) rerouted.insert(s - 1);
@@ -602,8 +611,7 @@ class Coordinator {
     }
     for (size_t s : order) {
       const int holder = stage_worker_[s];
-      auto st = route(holder, nlohmann::json::array({stage_entry(s)}), pending_delay_ms_[holder]);
-      pending_delay_ms_[holder] = 0;
+      auto st = route(holder, nlohmann::json::array({stage_entry(s)}), std::exchange(delay_ms[holder], 0.0));
       if (!st) return st;
     }
     rebuild_in_flight(rec, /*full=*/false);
@@ -635,10 +643,7 @@ class Coordinator {
 
   Status on_rejoined(int w, const std::string& endpoint) {
     auto& ws = workers_[static_cast<size_t>(w)];
-    ws.socket = zmq::socket_t(ctx_, zmq::socket_type::dealer);
-    detail::configure_socket(ws.socket);
-    ws.socket.connect(endpoint);
-    ws.endpoint = endpoint;
+    connect(ws, endpoint);
     ws.holds.clear();
     partition::FaultRecord rec;
     rec.device = spec_.workers[static_cast<size_t>(w)].name;
@@ -700,20 +705,9 @@ class Coordinator {
     update_text_stage();
     for (size_t c = 0; c < workers_.size(); ++c) {
       if (!workers_[c].alive) continue;
-      nlohmann::json list = nlohmann::json::array();
       std::set<std::pair<int, int>> keep;
-      for (size_t s = 0; s < stages_.size(); ++s) {
-        if (stage_worker_[s] != static_cast<int>(c)) continue;
-        list.push_back(stage_entry(s));
-        keep.insert({stages_[s].first, stages_[s].last});
-      }
-      if (placement.backups.size() > c) {
-        for (const auto& range : placement.backups[c]) {
-          if (keep.count(range)) continue;
-          list.push_back({{"first", range.first}, {"last", range.second}, {"active", false}});
-          keep.insert(range);
-        }
-      }
+      nlohmann::json list =
+          holdings(c, placement.backups.size() > c ? placement.backups[c] : std::vector<std::pair<int, int>>{}, keep);
       for (const auto& range : workers_[c].holds) {
         if (!keep.count(range)) list.push_back({{"first", range.first}, {"last", range.second}, {"drop", true}});
       }
@@ -777,7 +771,6 @@ class Coordinator {
   size_t done_ = 0;
   int active_ = 0;
   int pending_rebuilds_ = 0;
-  std::map<int, double> pending_delay_ms_;
   Clock::time_point start_;
   int64_t start_wall_us_ = 0;
   Clock::time_point last_progress_;

@@ -4,7 +4,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <thread>
 
 namespace adaptlink::exec::detail {
 
@@ -95,10 +94,6 @@ void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms) {
     if (e.num() != EINTR) throw;
     for (size_t i = 0; i < count; ++i) items[i].revents = 0;
   }
-}
-
-void sleep_until(std::chrono::steady_clock::time_point deadline) {
-  std::this_thread::sleep_until(deadline);
 }
 
 }  // namespace adaptlink::exec::detail

@@ -39,7 +39,4 @@ inline int64_t wall_us() {
       .count();
 }
 
-// Sleeps until `deadline` (steady clock) in slices, so that long emulated waits stay responsive to `stop`.
-void sleep_until(std::chrono::steady_clock::time_point deadline);
-
 }  // namespace adaptlink::exec::detail

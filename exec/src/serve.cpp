@@ -98,15 +98,32 @@ Status set_worker_slowdown(const std::string& endpoint, double factor) {
   return Ok{};
 }
 
+// A plan's stages and backups in worker indices (worker_of: scenario device -> worker, -1 for none).
+Placement placement_of(const partition::Plan& plan, const std::vector<int>& worker_of, size_t workers) {
+  Placement placement;
+  placement.backups.resize(workers);
+  for (const auto& stage : plan.stages) {
+    placement.stages.push_back({stage.first_node, stage.last_node, worker_of[static_cast<size_t>(stage.device)]});
+  }
+  for (const auto& b : plan.backups) {
+    for (int s : b.covers) {
+      const auto& covered = plan.stages[static_cast<size_t>(s)];
+      placement.backups[static_cast<size_t>(worker_of[static_cast<size_t>(b.device)])].emplace_back(
+          covered.first_node, covered.last_node);
+    }
+  }
+  return placement;
+}
+
 }  // namespace
 
 Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& file, const std::filesystem::path& model,
                                                  int default_max_new_tokens) {
   std::ifstream in(file);
   if (!in) return Error{"cannot open the requests file", file.string(), 0, 0};
-  auto ck = Checkpoint::open(model);
-  if (!ck) return ck.error();
-  const auto& config = ck->config();
+  auto loaded = load_checkpoint_config(model);  // the config is all a request needs
+  if (!loaded) return loaded.error();
+  const auto& config = *loaded;
   std::optional<Tokenizer> tokenizer = load_tokenizer(model);
   std::optional<ImageProcessorConfig> processor;
   const auto base = file.parent_path();
@@ -252,42 +269,26 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
     w.slowdown = options.testbed ? partition::testbed_slowdown(sc, d) : 1.0;
     spec.workers.push_back(w);
   }
-  for (const auto& st : plan->stages) {
-    spec.stages.push_back({st.first_node, st.last_node, worker_of[static_cast<size_t>(st.device)]});
-  }
-  for (const auto& b : plan->backups) {
-    auto& w = spec.workers[static_cast<size_t>(worker_of[static_cast<size_t>(b.device)])];
-    for (int s : b.covers) {
-      w.backups.emplace_back(plan->stages[static_cast<size_t>(s)].first_node, plan->stages[static_cast<size_t>(s)].last_node);
-    }
-  }
-  // Re-planning on the devices that are up (a rejoin): the others become standby without memory.
+  const Placement initial = placement_of(*plan, worker_of, spec.workers.size());
+  spec.stages = initial.stages;
+  for (size_t w = 0; w < spec.workers.size(); ++w) spec.workers[w].backups = initial.backups[w];
+  // Re-planning on the workers that are up (a dropout without backup, a rejoin): every other device (down, or
+  // without a worker) becomes a standby without memory, so the planner gives it nothing.
   spec.replan = [&](const std::vector<bool>& up) -> Expected<Placement> {
     partition::Scenario copy = sc;
     copy.faults.clear();
-    for (size_t w = 0; w < up.size(); ++w) {
-      if (up[w]) continue;
-      auto& dev = copy.devices[static_cast<size_t>(device_of[w])];
-      dev.role = partition::Role::standby;
-      dev.mem_bytes = 0;
+    for (size_t d = 0; d < copy.devices.size(); ++d) {
+      const int w = worker_of[d];
+      if (w >= 0 && up[static_cast<size_t>(w)]) continue;
+      copy.devices[d].role = partition::Role::standby;
+      copy.devices[d].mem_bytes = 0;
     }
     auto replanned = partition::make_problem(std::move(copy));
     auto st = partition::apply_profiles(options.profiles, *replanned->cost);
     if (!st) return st.error();
     auto p = partition::make_plan(*replanned->cost, sc.planner.name, sc.planner.objective);
     if (!p) return p.error();
-    Placement placement;
-    placement.backups.resize(spec.workers.size());
-    for (const auto& stage : p->stages) {
-      placement.stages.push_back({stage.first_node, stage.last_node, worker_of[static_cast<size_t>(stage.device)]});
-    }
-    for (const auto& b : p->backups) {
-      for (int s : b.covers) {
-        placement.backups[static_cast<size_t>(worker_of[static_cast<size_t>(b.device)])].emplace_back(
-            p->stages[static_cast<size_t>(s)].first_node, p->stages[static_cast<size_t>(s)].last_node);
-      }
-    }
-    return placement;
+    return placement_of(*p, worker_of, spec.workers.size());
   };
   if (options.testbed) {
     spec.link = [&cost, device_of](int from, int to) {

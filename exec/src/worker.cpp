@@ -320,7 +320,7 @@ class Worker {
     }
   }
 
-  void to_coordinator(Message m, const LinkEmulation& link = {}) { enqueue(coordinator_, wire::encode(m), link, nullptr); }
+  void to_coordinator(Message m, const LinkEmulation& link = {}) { enqueue(coordinator_, wire::encode(m), link); }
 
   void fail_step(const Message& m, const std::string& text) {
     to_coordinator(wire::error_message(fmt::format("{}: {}", device_, text), m.request, m.seq));
@@ -412,7 +412,7 @@ class Worker {
     if (out->kind == ActivationKind::logits) {
       const at::Tensor& logits = out->tensor;  // [1, tokens or 1, vocab]
       entry.token = logits[0][logits.size(1) - 1].argmax().item<int64_t>();
-      send_token(slot, m, entry.token, m.meta.value("want_logits", false) ? logits[0].to(at::kFloat) : at::Tensor());
+      send_token(m, entry.token, m.meta.value("want_logits", false) ? logits[0].to(at::kFloat) : at::Tensor());
       return;
     }
     entry.out = *out;
@@ -423,7 +423,7 @@ class Worker {
   void emulate_compute(Clock::time_point start) {
     if (slowdown_ <= 1.0) return;
     const auto measured = Clock::now() - start;
-    detail::sleep_until(start + std::chrono::duration_cast<Clock::duration>(measured * slowdown_));
+    std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(measured * slowdown_));
   }
 
   void add_event(nlohmann::json& meta, const Slot& slot, std::string_view what, int64_t start_us, int64_t end_us,
@@ -447,10 +447,10 @@ class Worker {
     m.meta["kind"] = std::string(to_string(out.kind));
     m.meta["rebuild"] = rebuild;
     if (out.kind != ActivationKind::none) m.tensors.push_back(detail::to_blob(out.tensor));
-    enqueue(slot.next, wire::encode(m), slot.link, &m.meta);
+    enqueue(slot.next, wire::encode(m), slot.link);
   }
 
-  void send_token(const Slot& /*slot*/, const Message& in, int64_t token, const at::Tensor& logits) {
+  void send_token(const Message& in, int64_t token, const at::Tensor& logits) {
     Message t;
     t.type = MsgType::token;
     t.request = in.request;
@@ -464,7 +464,7 @@ class Worker {
   void resend_logged(Slot& slot, RequestLog& log, Message& m) {
     auto it = log.steps.find(m.seq);
     if (it == log.steps.end()) return fail_step(m, fmt::format("step {} was rebuilt, not logged", m.seq));
-    if (it->second.token >= 0) return send_token(slot, m, it->second.token, at::Tensor());
+    if (it->second.token >= 0) return send_token(m, it->second.token, at::Tensor());
     forward(slot, m, it->second.out, false);
   }
 
@@ -544,8 +544,7 @@ class Worker {
 
   // --- sender thread ---
 
-  void enqueue(const std::string& endpoint, std::vector<std::string> frames, const LinkEmulation& link,
-               nlohmann::json* /*meta*/) {
+  void enqueue(const std::string& endpoint, std::vector<std::string> frames, const LinkEmulation& link) {
     if (endpoint.empty()) return;
     size_t bytes = 0;
     for (const auto& f : frames) bytes += f.size();
