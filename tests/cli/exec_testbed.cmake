@@ -128,24 +128,23 @@ if(NOT kind STREQUAL "slowdown" OR NOT device STREQUAL "c")
   message(FATAL_ERROR "slowdown: faults[0] is ${kind} of ${device}\n${report}")
 endif()
 
+# adaptlink-run ARGN must exit 2 with stderr matching `pattern`.
+function(expect_exit2 what pattern)
+  execute_process(COMMAND ${run} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 60)
+  if(NOT rc EQUAL 2 OR NOT stderr MATCHES "${pattern}")
+    message(FATAL_ERROR "${what}: exit ${rc}\n${stdout}\n${stderr}")
+  endif()
+endfunction()
+
 # 3. The last copy of the model lost: exit 2 with an error naming the device and the nodes, within seconds.
-execute_process(COMMAND ${run} testbed --scenario ${data}/last-copy.toml --model ${fx} --quiet --heartbeat-timeout-s 2
-                RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 60)
-if(NOT rc EQUAL 2 OR NOT stderr MATCHES "worker 'solo' .* no worker is left to take over nodes \\[0, 7\\]")
-  message(FATAL_ERROR "last copy lost: exit ${rc}\n${stdout}\n${stderr}")
-endif()
+expect_exit2("last copy lost" "worker 'solo' .* no worker is left to take over nodes \\[0, 7\\]"
+             testbed --scenario ${data}/last-copy.toml --model ${fx} --quiet --heartbeat-timeout-s 2)
 
 # 4. serve with a scenario whose devices name no worker endpoint: an error naming the device.
 file(WRITE ${work}/requests.jsonl "{\"id\": \"a\", \"input_ids\": [1, 5, 6], \"max_new_tokens\": 3}\n")
-execute_process(COMMAND ${run} serve --scenario ${data}/dropout.toml --model ${fx} --requests ${work}/requests.jsonl
-                RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 60)
-if(NOT rc EQUAL 2 OR NOT stderr MATCHES "device 'a' holds a stage or backup but has no endpoint")
-  message(FATAL_ERROR "serve without endpoints: exit ${rc}\n${stdout}\n${stderr}")
-endif()
+expect_exit2("serve without endpoints" "device 'a' holds a stage or backup but has no endpoint"
+             serve --scenario ${data}/dropout.toml --model ${fx} --requests ${work}/requests.jsonl)
 # A malformed requests file: the file and line are named.
 file(WRITE ${work}/bad.jsonl "{\"id\": \"a\", \"input_ids\": [1, 5, 6]}\n{\"id\": \"b\", \"prompt\": 3}\n")
-execute_process(COMMAND ${run} testbed --scenario ${data}/dropout.toml --model ${fx} --requests ${work}/bad.jsonl
-                RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 60)
-if(NOT rc EQUAL 2 OR NOT stderr MATCHES "bad.jsonl:2: 'prompt' must be a string")
-  message(FATAL_ERROR "bad requests file: exit ${rc}\n${stdout}\n${stderr}")
-endif()
+expect_exit2("bad requests file" "bad.jsonl:2: 'prompt' must be a string"
+             testbed --scenario ${data}/dropout.toml --model ${fx} --requests ${work}/bad.jsonl)
