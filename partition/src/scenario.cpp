@@ -61,7 +61,7 @@ constexpr std::string_view kNetworkKeys[] = {"topology", "bandwidth_mbps", "late
 constexpr std::string_view kLinkKeys[] = {"between", "bandwidth_mbps", "latency_ms"};
 constexpr std::string_view kWorkloadKeys[] = {"requests",           "arrival",       "in_flight",    "rate_per_s",
                                               "images_per_request", "prompt_tokens", "output_tokens"};
-constexpr std::string_view kPlannerKeys[] = {"name", "objective", "backups"};
+constexpr std::string_view kPlannerKeys[] = {"name", "objective", "backups", "schedule"};
 constexpr std::string_view kFaultKeys[] = {"at_s", "device", "kind", "factor", "bandwidth_mbps"};
 constexpr std::string_view kCatalogueTopKeys[] = {"device"};
 constexpr std::string_view kCatalogueKeys[] = {"kind", "tflops", "mem_gb", "mem_bw_gbs", "description"};
@@ -74,6 +74,9 @@ std::string_view to_string(Topology topology) { return topology == Topology::sta
 std::string_view to_string(Arrival arrival) { return arrival == Arrival::closed ? "closed" : "poisson"; }
 std::string_view to_string(Objective objective) {
   return objective == Objective::throughput ? "throughput" : "latency";
+}
+std::string_view to_string(Schedule schedule) {
+  return schedule == Schedule::decode_first ? "decode-first" : "fifo";
 }
 std::string_view to_string(FaultKind kind) {
   switch (kind) {
@@ -405,6 +408,8 @@ constexpr std::pair<std::string_view, Arrival> kArrivals[] = {{"closed", Arrival
                                                               {"poisson", Arrival::poisson}};
 constexpr std::pair<std::string_view, Objective> kObjectives[] = {{"throughput", Objective::throughput},
                                                                   {"latency", Objective::latency}};
+constexpr std::pair<std::string_view, Schedule> kSchedules[] = {{"decode-first", Schedule::decode_first},
+                                                                {"fifo", Schedule::fifo}};
 constexpr std::pair<std::string_view, FaultKind> kFaultKinds[] = {{"dropout", FaultKind::dropout},
                                                                   {"rejoin", FaultKind::rejoin},
                                                                   {"slowdown", FaultKind::slowdown},
@@ -757,6 +762,7 @@ class ScenarioParser {
     }
     if (auto v = r_.opt_choice(t, "objective", "planner", kObjectives)) s.planner.objective = *v;
     if (auto v = r_.opt_bool(t, "backups", "planner")) s.planner.backups = *v;
+    if (auto v = r_.opt_choice(t, "schedule", "planner", kSchedules)) s.planner.schedule = *v;
   }
 
   void parse_faults(const toml::table& root, Scenario& s) {
@@ -933,6 +939,7 @@ std::string to_toml(const Scenario& s) {
   line("name", quote(s.planner.name));
   line("objective", quote(to_string(s.planner.objective)));
   line("backups", s.planner.backups ? "true" : "false");
+  line("schedule", quote(to_string(s.planner.schedule)));
 
   for (const Fault& f : s.faults) {
     out += "\n[[faults]]\n";

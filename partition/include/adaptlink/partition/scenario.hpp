@@ -65,10 +65,18 @@ struct Workload {
 
 enum class Objective { throughput, latency };
 
+// How a stage orders the steps waiting for it (every back-end: replay, simulator, workers).
+//   decode_first  decode steps go before prefills, and a running prefill yields to a waiting decode
+//                 step after each of its nodes (layer-level preemption: no request holds a stage for a
+//                 whole prefill while the others' decode steps queue behind it)
+//   fifo          arrival order; a prefill holds the stage for all of its nodes
+enum class Schedule { decode_first, fifo };
+
 struct PlannerSettings {
   std::string name = "adaptlink";
   Objective objective = Objective::throughput;
   bool backups = true;
+  Schedule schedule = Schedule::decode_first;
 };
 
 enum class FaultKind { dropout, rejoin, slowdown, link };
