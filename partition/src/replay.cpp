@@ -4,7 +4,10 @@
 // assumes every request looks alike. Real requests do not: a prefill holds a stage ten to a
 // hundred times longer than a decode step, and in a pipeline with few requests in flight the
 // others pile up behind it. The replay measures that, with the same semantics as the simulator:
-//   * each stage is a FIFO server (one task at a time, exact compute time from the cost model);
+//   * each stage is a server of one task at a time (exact compute time from the cost model) in the
+//     scenario's planner.schedule: fifo (arrival order, a prefill holds the stage for its whole node
+//     range) or decode-first (waiting decode steps go first; a prefill runs one node at a time and
+//     yields to a decode step that is waiting when a node ends, then resumes before any other prefill);
 //   * a transfer crosses its route hop by hop (store and forward); each hop waits its latency,
 //     then shares the link's bandwidth equally with the other flows on it;
 //   * a request: prefill through every stage, then output_tokens decode steps from the stage with
@@ -14,6 +17,7 @@
 // No SimGrid here: this is the core's cost model of a whole pipeline, fast enough (a few ms for
 // 40 requests) to rank a planner's best candidates.
 #include <algorithm>
+#include <deque>
 #include <limits>
 #include <queue>
 #include <tuple>
@@ -26,7 +30,7 @@ namespace adaptlink::partition {
 namespace {
 
 
-enum class Kind { task, join, check };
+enum class Kind { task, join, check, done };
 
 struct Event {
   double t;
@@ -40,6 +44,7 @@ struct Event {
   double bytes = 0;
   int link = 0;  // check: which link
   long long version = 0;
+  int node = 0;  // done (decode-first prefill): the node that ended
 };
 
 // The event queue keeps small keys and stores the events in a pool (heap moves stay cheap).
@@ -58,6 +63,9 @@ class EventQueue {
     heap_.push(Key{e.t, e.seq, slot});
   }
   [[nodiscard]] bool empty() const { return heap_.empty(); }
+  [[nodiscard]] double next_time() const {
+    return heap_.empty() ? std::numeric_limits<double>::infinity() : heap_.top().t;
+  }
   Event pop() {
     const Key k = heap_.top();
     heap_.pop();
@@ -186,6 +194,69 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
   const double cut_span_ms =
       options.beat_rps > 0 ? (window.last - window.first) * 1e3 / options.beat_rps : std::numeric_limits<double>::infinity();
   bool window_open = window.first == 0;
+  // decode-first: each stage's waiting steps, and whether it is running one.
+  const bool decode_first = cost.scenario().planner.schedule == Schedule::decode_first;
+  struct Waiting {
+    int request, step, node;  // node: a prefill's next node
+  };
+  struct StageQueue {
+    std::deque<Waiting> decodes, prefills;
+    bool busy = false;
+  };
+  std::vector<StageQueue> queues(static_cast<size_t>(k));
+  std::vector<std::vector<double>> prefill_node_ms(static_cast<size_t>(k));
+  for (int s = 0; decode_first && s < k; ++s) {
+    for (int n = stages[s].first_node; n <= stages[s].last_node; ++n) {
+      prefill_node_ms[s].push_back(cost.prefill_ms(stages[s].device, n, n));
+    }
+  }
+  auto start_next = [&](int s, double t) {
+    auto& q = queues[s];
+    auto& from = !q.decodes.empty() ? q.decodes : q.prefills;
+    if (from.empty()) return;
+    const Waiting w = from.front();
+    from.pop_front();
+    q.busy = true;
+    if (w.step >= 0) {
+      events.push({t + decode_ms[s][w.step], seq++, Kind::done, w.request, s, w.step});
+      return;
+    }
+    // A prefill runs nodes up to the first end at which a decode step may be waiting. Every event still to
+    // come is at or after the queue's next one, so ends before that need no stop (one event, not one a node).
+    const auto& node_ms = prefill_node_ms[s];
+    const int first = stages[s].first_node;
+    int node = w.node;
+    double end = t + node_ms[node - first];
+    if (q.decodes.empty()) {
+      const double horizon = events.next_time();
+      while (node < stages[s].last_node && end < horizon) end += node_ms[++node - first];
+    }
+    Event done{end, seq++, Kind::done, w.request, s, -1};
+    done.node = node;
+    events.push(done);
+  };
+  // Sends a finished step on (next stage, the token back, or the request's completion); true when it
+  // completed the steady window's last request.
+  auto pass_on = [&](int request, int s, int step, double end) {
+    if (s + 1 < k) {
+      start_hop(request, s, s + 1, step, 0, step < 0 ? out_prefill_bytes[s] : out_decode_bytes[s], end);
+      return false;
+    }
+    if (step + 1 < steps) {
+      start_hop(request, s, entry, step + 1, 0, kTokenBytes, end);
+      return false;
+    }
+    ++done;
+    latency_sum += end - admitted[request];
+    if (done == window.first) {
+      window_start = end;
+      window_open = true;
+    }
+    admit(end);
+    if (done != window.last) return false;
+    window_end = end;
+    return true;
+  };
   while (!events.empty()) {
     const Event e = events.pop();
     if (window_open && e.t - window_start > cut_span_ms) {
@@ -230,29 +301,27 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
       continue;
     }
     const int s = e.stage;
-    const double start = std::max(e.t, stage_free[s]);
-    const double end = start + (e.step < 0 ? prefill_ms[s] : decode_ms[s][e.step]);
-    stage_free[s] = end;
-    if (s + 1 < k) {
-      const double bytes = e.step < 0 ? out_prefill_bytes[s] : out_decode_bytes[s];
-      start_hop(e.request, s, s + 1, e.step, 0, bytes, end);
+    double end = e.t;
+    if (!decode_first) {  // fifo: a stage's next free time is all its state (events pop in time order)
+      end = std::max(e.t, stage_free[s]) + (e.step < 0 ? prefill_ms[s] : decode_ms[s][e.step]);
+      stage_free[s] = end;
+    } else if (e.kind == Kind::task) {
+      auto& q = e.step < 0 ? queues[s].prefills : queues[s].decodes;
+      q.push_back({e.request, e.step, stages[s].first_node});
+      if (!queues[s].busy) start_next(s, e.t);
       continue;
+    } else {  // done
+      queues[s].busy = false;
+      if (e.step < 0 && e.node < stages[s].last_node) {  // the prefill goes on after waiting decode steps
+        queues[s].prefills.push_front({e.request, -1, e.node + 1});
+        start_next(s, e.t);
+        continue;
+      }
     }
-    if (e.step + 1 < steps) {
-      start_hop(e.request, s, entry, e.step + 1, 0, kTokenBytes, end);
-      continue;
-    }
-    ++done;
-    latency_sum += end - admitted[e.request];
-    if (done == window.first) {
-      window_start = end;
-      window_open = true;
-    }
-    if (done == window.last) {
-      window_end = end;
-      if (options.stop_at_window_end) break;
-    }
-    admit(end);
+    // The step's result moves on first: a stage picks its next step knowing every event due now.
+    const bool window_ended = pass_on(e.request, s, e.step, end);
+    if (decode_first) start_next(s, e.t);
+    if (window_ended && options.stop_at_window_end) break;
   }
   const double span_ms = window_end - window_start;
   result.throughput_rps = span_ms > 0 ? (window.last - window.first) * 1e3 / span_ms : 0;

@@ -1,10 +1,12 @@
 // The SimGrid part of the simulator: platform, actors, run. The only file that includes SimGrid.
 //
 // Actors:
-//   device  (one per device, daemon)  serves its FIFO task queue: occupies the device for the task's exact
-//                                     compute time (sleep_for on the device's host: one task at a time, so no
-//                                     CPU sharing to model, and 20 % faster than an Exec), then hands the
-//                                     request to its next step
+//   device  (one per device, daemon)  serves its task queue in the plan's schedule (fifo: arrival order;
+//                                     decode-first: decode steps first, and a prefill yields to a waiting
+//                                     decode step after each of its nodes): occupies the device for the
+//                                     task's exact compute time (sleep_for on the device's host: one task at
+//                                     a time, so no CPU sharing to model, and 20 % faster than an Exec), then
+//                                     hands the request to its next step
 //   courier (pool, daemon)            carries one transfer along its route, hop by hop (store and forward),
 //                                     then queues the task at the receiving device; the pool grows so that a
 //                                     transfer never waits for a courier
@@ -38,6 +40,7 @@ struct Task {
   int tokens = 0;
   int fault = -1;        // kReplay: the fault (index into spec.faults) whose recovery this replay is part of
   double replay_s = 0;   // kReplay: its compute time on the device it was queued at
+  int node = -1;         // prefill (decode-first): the node it goes on at after yielding (-1: the stage's first)
 };
 constexpr int kReplay = -2;
 
@@ -199,31 +202,70 @@ class Simulation {
       dev.ready->acquire();
       // A rebalance is draining the pipeline: start nothing; the switch kills this actor and starts a new one.
       if (holding_) hold_->acquire();
-      const Task task = dev.queue.front();
-      dev.queue.pop_front();
+      const Task task = take_next(dev);
       const auto& stage = stages_[static_cast<size_t>(task.stage)];
-      double duration = task.step == kReplay ? task.replay_s
-                        : task.step < 0     ? stage.prefill_s
-                                            : stage.decode_s[static_cast<size_t>(task.step)];
-      duration *= dev.slowdown;
       const double start = sg4::Engine::get_clock();
       dev.busy = true;
       dev.busy_since_s = start;
       dev.current = task;
       dev.running = true;
-      if (duration > 0) sg4::this_actor::sleep_for(duration);
+      const bool finished = task.step == -1 && spec_.decode_first ? run_prefill_nodes(dev, task, stage)
+                                                                   : (sleep_task(dev, task, stage), true);
       const double end = sg4::Engine::get_clock();
       dev.running = false;
       dev.busy = false;
       dev.busy_total_s += end - start;
-      ++out_.stage_executions;
+      ++out_.stage_executions;  // one trace slice each: a prefill that yields counts each run of nodes
       if (trace_.wants(start)) trace_compute(d, task, start, end);
+      if (!finished) continue;  // yielded to a decode step: the rest of the prefill is queued first
       if (task.step == kReplay) {
         replay_done(task.fault);
       } else {
         after_compute(task);
       }
     }
+  }
+
+  // decode-first: the first decode step waiting, else the queue's front; fifo: the front. A recovery's KV
+  // rebuilds (queued at the front) go before anything else in both.
+  Task take_next(DeviceState& dev) {
+    auto it = dev.queue.begin();
+    if (spec_.decode_first && it->step != kReplay) {
+      auto decode = std::find_if(dev.queue.begin(), dev.queue.end(), [](const Task& t) { return t.step >= 0; });
+      if (decode != dev.queue.end()) it = decode;
+    }
+    const Task task = *it;
+    dev.queue.erase(it);
+    return task;
+  }
+
+  [[nodiscard]] static bool decode_waiting(const DeviceState& dev) {
+    return std::any_of(dev.queue.begin(), dev.queue.end(), [](const Task& t) { return t.step >= 0; });
+  }
+
+  void sleep_task(const DeviceState& dev, const Task& task, const StageSpec& stage) {
+    const double duration = (task.step == kReplay ? task.replay_s
+                             : task.step < 0     ? stage.prefill_s
+                                                 : stage.decode_s[static_cast<size_t>(task.step)]) *
+                            dev.slowdown;
+    if (duration > 0) sg4::this_actor::sleep_for(duration);
+  }
+
+  // A prefill under decode-first: its nodes one at a time; when a decode step is waiting after a node that is not
+  // the stage's last, the rest goes back to the queue's front and the step runs first. True once all have run.
+  bool run_prefill_nodes(DeviceState& dev, const Task& task, const StageSpec& stage) {
+    for (int n = task.node < 0 ? stage.first_node : task.node; n <= stage.last_node; ++n) {
+      const double duration = stage.prefill_node_s[static_cast<size_t>(n - stage.first_node)] * dev.slowdown;
+      if (duration > 0) sg4::this_actor::sleep_for(duration);
+      if (n < stage.last_node && decode_waiting(dev)) {
+        Task rest = task;
+        rest.node = n + 1;
+        dev.queue.push_front(rest);
+        dev.ready->release();
+        return false;
+      }
+    }
+    return true;
   }
 
   void courier_loop() {
@@ -407,9 +449,10 @@ class Simulation {
       dev.busy_total_s += now - dev.busy_since_s;
       dev.busy = false;
     }
-    if (dev.running) orphans_.push_back(dev.current);  // its work is lost: the task runs again
+    // Its work is lost, a prefill's nodes done so far too: the tasks run again from their stage's start.
+    if (dev.running) orphans_.push_back(restarted(dev.current));
     dev.running = false;
-    for (const auto& t : dev.queue) orphans_.push_back(t);
+    for (const auto& t : dev.queue) orphans_.push_back(restarted(t));
     dev.queue.clear();
     dev.ready = sg4::Semaphore::create(0);
     auto& rec = out_.faults[index];
@@ -493,7 +536,7 @@ class Simulation {
         dev.actor->kill();
         dev.actor = nullptr;
       }
-      for (const auto& t : dev.queue) pending.push_back(t);
+      for (const auto& t : dev.queue) pending.push_back(restarted(t));
       dev.queue.clear();
     }
     for (const auto& t : orphans_) pending.push_back(t);
@@ -554,6 +597,11 @@ class Simulation {
       if (!devices_[d].queue.empty() && !devices_[d].dead) ensure_device_actor(static_cast<int>(d));
     }
     if (pending_replays_[index] == 0) replay_done_at(index, now);
+  }
+
+  static Task restarted(Task t) {
+    t.node = -1;
+    return t;
   }
 
   void replay_done(int fault) {

@@ -83,6 +83,7 @@ Expected<Ok> make_stages(const partition::CostModel& cost, const std::vector<par
     stage.first_node = st.first_node;
     stage.last_node = st.last_node;
     stage.prefill_s = cost.prefill_ms(dev, st.first_node, st.last_node) * 1e-3;
+    for (int n = st.first_node; n <= st.last_node; ++n) stage.prefill_node_s.push_back(cost.prefill_ms(dev, n, n) * 1e-3);
     if (static_cast<int>(s) >= text_stage) {
       stage.decode_s.resize(static_cast<size_t>(shape.output_tokens));
       for (int k = 0; k < shape.output_tokens; ++k) {
@@ -472,6 +473,7 @@ Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const pa
 
   const int prefill_tokens = graph.prefill_tokens(shape);
   spec.prefill_tokens = prefill_tokens;
+  spec.decode_first = cost.scenario().planner.schedule == partition::Schedule::decode_first;
   spec.output_tokens = shape.output_tokens;
   RouteTable routes(cost, spec);
   if (auto made = make_stages(cost, plan.stages, spec.text_stage, routes, spec.stages, spec.back_edge); !made) {

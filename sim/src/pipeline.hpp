@@ -42,6 +42,7 @@ struct StageSpec {
   int first_node = 0;  // the stage's node range (inclusive)
   int last_node = 0;
   double prefill_s = 0;
+  std::vector<double> prefill_node_s;  // per node of the range (decode-first: a prefill yields between nodes)
   std::vector<double> decode_s;  // [output_tokens]: step k runs with prefill_tokens + k cached tokens
   TransferSpec prefill_out;      // to the next stage (none for the last)
   TransferSpec decode_out;       // per decode step, to the next stage (stages from the text stage on)
@@ -111,6 +112,7 @@ struct PipelineSpec {
   std::uint64_t seed = 1;
 
   int prefill_tokens = 0;  // tokens of a request's prefill (prompt + image features)
+  bool decode_first = true;  // planner.schedule: decode steps first, prefills yield between nodes (else FIFO)
   std::vector<FaultSpec> faults;  // in at_s order
   std::vector<FaultEvent> events;
 };

@@ -41,28 +41,37 @@ TEST(Validation, OneRequestLatencyIsSumOfStagesAndTransfers) {
 // Many requests in flight: throughput = 1 / bottleneck (the busiest stage or link per request). "Many" is
 // 20x the knee R0/W: balanced plans have several near-equal bottleneck stages, and a closed network with
 // FIFO stages needs that population to keep the slowest one busy all the time (see sim/README.md).
+// Decode-first is work-conserving too, so the bottleneck stays busy; but with that many requests decoding,
+// new prefills wait for gaps and completions come in bursts, so the finite steady window (4 x in_flight
+// requests) reads up to ~1.2 % low (0.2 % with 16 x): it gets 2 %.
 TEST(Validation, SaturatedThroughputIsOneOverBottleneck) {
   for (const auto& file : bundled_scenarios()) {
-    auto original = problem(load(file));
-    for (const std::string name : {"uniform", "adaptlink"}) {
-      SCOPED_TRACE(file.filename().string() + " / " + name);
-      auto pl = plan(*original, name);
-      const double w = bottleneck_ms(*original->cost, pl);
-      const double r0 = alone_ms(*original->cost, pl);
-      auto sc = original->scenario;
-      sc.workload.arrival = part::Arrival::closed;
-      sc.workload.in_flight = 20 * static_cast<int>(std::ceil(r0 / w));
-      sc.workload.requests = 4 * sc.workload.in_flight;
-      auto p = problem(sc);
-      auto report = simulate(*p->cost, pl);
-      ASSERT_TRUE(report) << report.error().to_string();
-      const double expected = 1e3 / w;
-      EXPECT_NEAR(report->throughput_rps, expected, 0.01 * expected) << "in_flight " << sc.workload.in_flight;
-      // The bottleneck device is busy all the time.
-      double busiest = 0;
-      for (const auto& [name_, u] : report->device_utilization) busiest = std::max(busiest, u);
-      if (std::abs(w - pl.predicted.bottleneck_ms) < 1e-6 * w) {
-        EXPECT_GT(busiest, 0.98);
+    for (const auto schedule : {part::Schedule::fifo, part::Schedule::decode_first}) {
+      const double tolerance = schedule == part::Schedule::fifo ? 0.01 : 0.02;
+      auto loaded = load(file);
+      loaded.planner.schedule = schedule;
+      auto original = problem(loaded);
+      for (const std::string name : {"uniform", "adaptlink"}) {
+        SCOPED_TRACE(file.filename().string() + " / " + name +
+                     (schedule == part::Schedule::fifo ? " / fifo" : " / decode-first"));
+        auto pl = plan(*original, name);
+        const double w = bottleneck_ms(*original->cost, pl);
+        const double r0 = alone_ms(*original->cost, pl);
+        auto sc = original->scenario;
+        sc.workload.arrival = part::Arrival::closed;
+        sc.workload.in_flight = 20 * static_cast<int>(std::ceil(r0 / w));
+        sc.workload.requests = 4 * sc.workload.in_flight;
+        auto p = problem(sc);
+        auto report = simulate(*p->cost, pl);
+        ASSERT_TRUE(report) << report.error().to_string();
+        const double expected = 1e3 / w;
+        EXPECT_NEAR(report->throughput_rps, expected, tolerance * expected) << "in_flight " << sc.workload.in_flight;
+        // The bottleneck device is busy all the time.
+        double busiest = 0;
+        for (const auto& [name_, u] : report->device_utilization) busiest = std::max(busiest, u);
+        if (std::abs(w - pl.predicted.bottleneck_ms) < 1e-6 * w) {
+          EXPECT_GT(busiest, 0.98);
+        }
       }
     }
   }
