@@ -164,6 +164,7 @@ class Coordinator {
                   {"exec_device", options_.exec_device},
                   {"coordinator", return_endpoint_},
                   {"slowdown", spec_.workers[w].slowdown},
+                  {"schedule", std::string(detail::schedule_name(options_.schedule))},
                   {"epoch", epoch_},
                   {"return_link", {{"latency_ms", ret.latency_ms}, {"ms_per_byte", ret.ms_per_byte}}},
                   {"stages", stages}};

@@ -101,6 +101,11 @@ Expected<std::unique_ptr<Stage>> Stage::load(const Checkpoint& checkpoint, const
   stage->options_ = options;
   c10::AutoGradMode no_grad(false);
   for (int n = first; n <= last; ++n) {
+    const auto kind = graph.node(n).kind;
+    if (kind == NodeKind::text_embed || kind == NodeKind::decoder_layer) {
+      if (stage->first_text_ < 0) stage->first_text_ = n;
+      stage->last_text_ = n;
+    }
     for (const auto& req : node_tensors(graph, n, checkpoint.has_lm_head())) {
       if (stage->weights_.count(req.name)) continue;
       const auto* t = checkpoint.find(req.name);
@@ -134,8 +139,10 @@ std::vector<std::string> Stage::tensor_names() const {
   return names;
 }
 
-ActivationKind Stage::prefill_input_kind() const {
-  switch (graph_.node(first_).kind) {
+ActivationKind Stage::prefill_input_kind() const { return prefill_input_kind(first_); }
+
+ActivationKind Stage::prefill_input_kind(int node) const {
+  switch (graph_.node(node).kind) {
     case NodeKind::vision_embed:
       return ActivationKind::pixels;
     case NodeKind::vision_layer:
@@ -329,23 +336,20 @@ at::Tensor Stage::run_head(const at::Tensor& x, bool all_logits) const {
 
 // ---- stage -------------------------------------------------------------------------------------
 
-Expected<Activation> Stage::forward(const StepInput& step, const Activation& input) {
-  c10::AutoGradMode no_grad(false);
+// The input must be what node `from` consumes.
+Status Stage::check_input(const StepInput& step, const Activation& cur, int from) const {
   const auto& text = graph_.config().text;
-  Activation cur = input;
-  if (cur.tensor.defined() && cur.tensor.device() != options_.device) cur.tensor = cur.tensor.to(options_.device);
-
-  // The input must be what the first node consumes.
-  const NodeKind first_kind = graph_.node(first_).kind;
-  const bool first_is_vision = graph_.node(first_).is_vision();
+  const NodeKind from_kind = graph_.node(from).kind;
+  const bool from_is_vision = graph_.node(from).is_vision();
   if (step.prefill) {
-    const ActivationKind want = prefill_input_kind();
-    const bool ok = cur.kind == want || (cur.kind == ActivationKind::none && (first_is_vision || want == ActivationKind::image_features));
+    const ActivationKind want = prefill_input_kind(from);
+    const bool ok = cur.kind == want ||
+                    (cur.kind == ActivationKind::none && (from_is_vision || want == ActivationKind::image_features));
     if (!ok) {
       return make_error("stage [{}, {}] expects {} in the prefill, got {}", first_, last_, to_string(want),
                         to_string(cur.kind));
     }
-  } else if (!first_is_vision && first_kind != NodeKind::text_embed && cur.kind != ActivationKind::text_hidden) {
+  } else if (!from_is_vision && from_kind != NodeKind::text_embed && cur.kind != ActivationKind::text_hidden) {
     return make_error("stage [{}, {}] expects text_hidden in a decode step, got {}", first_, last_, to_string(cur.kind));
   }
   if (cur.kind == ActivationKind::pixels) {
@@ -361,11 +365,35 @@ Expected<Activation> Stage::forward(const StepInput& step, const Activation& inp
     return make_error("text hidden state has shape {}, expected [1, tokens, {}]", shape_string(cur.tensor.sizes().vec()),
                       text.hidden_size);
   }
+  return Ok{};
+}
+
+// The request's KV cache for text node `node`: a prefill starts a new one at the stage's first text node (a later
+// piece of the same prefill continues the one its first piece started).
+Stage::KvCache* Stage::cache_for(const StepInput& step, int node) {
+  auto& slot = caches_[step.request];
+  if ((step.prefill && node == first_text_) || !slot) slot = std::make_unique<KvCache>();
+  return slot.get();
+}
+
+Expected<Activation> Stage::forward(const StepInput& step, const Activation& input) {
+  return forward(step, input, first_, last_);
+}
+
+Expected<Activation> Stage::forward(const StepInput& step, const Activation& input, int from, int to) {
+  if (from < first_ || to > last_ || from > to) {
+    return make_error("nodes [{}, {}] are not a part of stage [{}, {}]", from, to, first_, last_);
+  }
+  c10::AutoGradMode no_grad(false);
+  Activation cur = input;
+  if (cur.tensor.defined() && cur.tensor.device() != options_.device) cur.tensor = cur.tensor.to(options_.device);
+  auto ok = check_input(step, cur, from);
+  if (!ok) return ok.error();
 
   KvCache* cache = nullptr;
-  int64_t past = 0;
+  int64_t past = 0;    // tokens cached before this step (the length only advances once the step's last text node ran)
   int64_t tokens = 0;  // new tokens of this step in the text tower
-  for (int n = first_; n <= last_; ++n) {
+  for (int n = from; n <= to; ++n) {
     const auto& node = graph_.node(n);
     if (node.is_vision()) {
       if (!step.prefill || cur.kind == ActivationKind::none) continue;  // no image / decode: vision nodes idle
@@ -385,9 +413,7 @@ Expected<Activation> Stage::forward(const StepInput& step, const Activation& inp
       continue;
     }
     if (cache == nullptr && (node.kind == NodeKind::text_embed || node.kind == NodeKind::decoder_layer)) {
-      auto& slot = caches_[step.request];
-      if (step.prefill || !slot) slot = std::make_unique<KvCache>();
-      cache = slot.get();
+      cache = cache_for(step, n);
       past = cache->length;
     }
     switch (node.kind) {
@@ -410,9 +436,9 @@ Expected<Activation> Stage::forward(const StepInput& step, const Activation& inp
         break;
     }
   }
-  if (cache != nullptr) cache->length = past + tokens;
-  // A decode step through a vision-only stage carries nothing.
-  if (!step.prefill && graph_.node(last_).is_vision()) cur = {ActivationKind::none, at::Tensor()};
+  if (cache != nullptr && to >= last_text_) cache->length = past + tokens;
+  // A decode step through vision nodes only carries nothing.
+  if (!step.prefill && graph_.node(to).is_vision()) cur = {ActivationKind::none, at::Tensor()};
   return cur;
 }
 

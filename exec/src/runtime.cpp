@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -50,6 +51,32 @@ Expected<ActivationKind> parse_activation_kind(std::string_view name) {
     if (to_string(kind) == name) return kind;
   }
   return make_error("unknown activation kind '{}'", name);
+}
+
+std::string_view schedule_name(partition::Schedule schedule) {
+  return schedule == partition::Schedule::decode_first ? "decode-first" : "fifo";
+}
+
+Expected<partition::Schedule> parse_schedule(std::string_view name) {
+  for (auto schedule : {partition::Schedule::decode_first, partition::Schedule::fifo}) {
+    if (schedule_name(schedule) == name) return schedule;
+  }
+  return make_error("unknown schedule '{}' (expected decode-first or fifo)", name);
+}
+
+bool is_decode_step(const wire::Message& m) {
+  return m.type == wire::MsgType::step && m.meta.is_object() && !m.meta.value("prefill", false) &&
+         !m.meta.value("rebuild", false);
+}
+
+std::optional<size_t> next_message(const std::deque<wire::Message>& waiting, partition::Schedule schedule,
+                                   bool prefill_parked) {
+  if (schedule == partition::Schedule::decode_first) {
+    const auto decode = std::find_if(waiting.begin(), waiting.end(), is_decode_step);
+    if (decode != waiting.end()) return static_cast<size_t>(decode - waiting.begin());
+  }
+  if (prefill_parked || waiting.empty()) return std::nullopt;
+  return 0;
 }
 
 bool send_frames(zmq::socket_t& socket, const std::vector<std::string>& frames, const std::string* identity) {

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <chrono>
+#include <deque>
 #include <optional>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "adaptlink/error.hpp"
 #include "adaptlink/exec/model.hpp"
 #include "adaptlink/exec/wire.hpp"
+#include "adaptlink/partition/scenario.hpp"
 
 namespace adaptlink::exec::detail {
 
@@ -31,6 +33,22 @@ std::optional<std::vector<std::string>> recv_frames(zmq::socket_t& socket, bool 
 void configure_socket(zmq::socket_t& socket);
 // zmq::poll that treats an interrupted call (a signal) as "nothing ready".
 void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms);  // linger 0, large HWMs, send timeout
+
+// The scenario's planner.schedule as the hello's "schedule" names it: "decode-first" | "fifo".
+std::string_view schedule_name(partition::Schedule schedule);
+Expected<partition::Schedule> parse_schedule(std::string_view name);
+
+// A decode step: a step message that is neither a prefill nor a rebuild (the work decode-first lets go first).
+bool is_decode_step(const wire::Message& m);
+
+// The worker's choice of what to compute next: the index in `waiting` (arrival order) of the message to take,
+// or nullopt for none (nothing waits, or a prefill is parked and no decode step waits: resume the prefill).
+//   fifo          the oldest message;
+//   decode_first  the oldest decode step, else the parked prefill (it goes on before any other message), else
+//                 the oldest message.
+// A prefill is only ever parked under decode_first (it yields to decode steps between its nodes).
+std::optional<size_t> next_message(const std::deque<wire::Message>& waiting, partition::Schedule schedule,
+                                   bool prefill_parked);
 
 // Microseconds since the Unix epoch (system clock: comparable between processes on one host, and between
 // hosts as far as their clocks agree); trace events carry it.

@@ -324,6 +324,7 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   co.exec_device = options.device;
   co.listen = options.listen;
   co.in_flight = sc.workload.in_flight;
+  co.schedule = sc.planner.schedule;  // the workers order their steps as the plan's prediction assumed
   if (!ignore_eos) co.eos_ids = read_eos_ids(options.model, ck->config());
   co.hello_timeout_s = options.hello_timeout_s;
   co.heartbeat_interval_s = options.heartbeat_interval_s;

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <queue>
 #include <thread>
 #include <zmq.hpp>
@@ -22,6 +23,7 @@ namespace adaptlink::exec {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using partition::Schedule;
 using wire::Message;
 using wire::MsgType;
 
@@ -69,6 +71,21 @@ struct RequestLog {
   int last_seq = -1;
   std::map<int, Logged> steps;
   std::map<int, Message> parked;  // steps that arrived before their predecessor
+};
+
+// A step on its way through a stage's nodes: what ran so far produced `act`, `next` runs next.
+struct Running {
+  Message m;
+  StepInput step;
+  Activation act;
+  int next = 0;
+};
+
+// A prefill that let decode steps go first between two of its nodes (decode-first); it goes on in the same
+// Stage object (its KV cache holds the prefill's first layers).
+struct ParkedPrefill {
+  const Stage* stage = nullptr;
+  Running run;
 };
 
 struct Outgoing {
@@ -242,6 +259,8 @@ class Worker {
     }
     auto opts = parse_exec_options(meta.value("dtype", std::string("fp32")), meta.value("exec_device", std::string("cpu")));
     if (!opts) return wire::error_message(opts.error().to_string());
+    auto schedule = detail::parse_schedule(meta.value("schedule", std::string("decode-first")));
+    if (!schedule) return wire::error_message(schedule.error().to_string());
     {
       std::lock_guard lock(state_mu_);
       exec_options_ = *opts;
@@ -254,8 +273,10 @@ class Worker {
       return_link_ = parse_link(meta.value("return_link", nlohmann::json()));
     }
     {
-      std::lock_guard lock(work_mu_);
+      std::scoped_lock lock(state_mu_, work_mu_);
       work_.clear();
+      parked_.reset();
+      schedule_ = *schedule;
     }
     auto loaded = apply_stages(meta, /*reset=*/true);
     if (!loaded) return wire::error_message(loaded.error().to_string());
@@ -295,22 +316,35 @@ class Worker {
     c10::AutoGradMode no_grad(false);
     if (options_.threads > 0) at::set_num_threads(options_.threads);
     while (true) {
-      Message m;
+      std::optional<Message> m;
       {
         std::unique_lock lock(work_mu_);
-        work_cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stopping_ || !work_.empty(); });
+        work_cv_.wait_for(lock, std::chrono::milliseconds(100),
+                          [this] { return stopping_ || !work_.empty() || parked_.has_value(); });
         if (stopping_) return;
-        if (work_.empty()) continue;
-        m = std::move(work_.front());
-        work_.pop_front();
+        const auto next = detail::next_message(work_, schedule_, parked_.has_value());
+        if (next) {
+          m = std::move(work_[*next]);
+          work_.erase(work_.begin() + static_cast<std::ptrdiff_t>(*next));
+        } else if (!parked_) {
+          continue;
+        }
       }
       std::lock_guard lock(state_mu_);
-      if (m.type == MsgType::end) {
-        end_request(m.request);
+      if (!m) {
+        resume_prefill();
+      } else if (m->type == MsgType::end) {
+        end_request(m->request);
       } else {
-        handle_step(std::move(m));
+        handle_step(std::move(*m));
       }
     }
+  }
+
+  // Under decode-first, whether a parked prefill would now wait for a decode step (the compute thread's choice).
+  bool decode_waiting() {
+    std::lock_guard lock(work_mu_);
+    return detail::next_message(work_, schedule_, /*prefill_parked=*/true).has_value();
   }
 
   void end_request(int64_t request) {
@@ -332,10 +366,7 @@ class Worker {
     }
     if (m.meta.value("epoch", int64_t{0}) < epoch_) return;  // sent before a re-plan: re-issued since
     const int first = m.meta["first"].get<int>();
-    Slot* found = nullptr;
-    for (auto& [range, candidate] : slots_) {
-      if (range.first == first && candidate.active) found = &candidate;
-    }
+    Slot* found = active_slot(first);
     if (found == nullptr) return fail_step(m, fmt::format("no active stage starting at node {} on this worker", first));
     Slot& slot = *found;
     RequestLog& log = logs_[{first, m.request}];
@@ -347,9 +378,21 @@ class Worker {
       log.parked.emplace(m.seq, std::move(m));
       return;
     } else {
-      compute(slot, log, m);
+      compute(slot, log, std::move(m));
     }
-    // Steps that waited for this one.
+    run_parked_steps(slot, log);
+  }
+
+  Slot* active_slot(int first) {
+    Slot* found = nullptr;
+    for (auto& [range, candidate] : slots_) {
+      if (range.first == first && candidate.active) found = &candidate;
+    }
+    return found;
+  }
+
+  // Steps that waited for their predecessor (while that is a parked prefill, it is not logged yet: they wait on).
+  void run_parked_steps(Slot& slot, RequestLog& log) {
     while (!log.parked.empty() && log.parked.begin()->first <= log.last_seq + 1) {
       Message next = std::move(log.parked.begin()->second);
       log.parked.erase(log.parked.begin());
@@ -357,7 +400,7 @@ class Worker {
       if (next.seq <= log.last_seq) {
         resend_logged(slot, log, next);
       } else {
-        compute(slot, log, next);
+        compute(slot, log, std::move(next));
       }
     }
   }
@@ -396,27 +439,68 @@ class Worker {
     return p;
   }
 
-  // Runs the stage, logs the result and passes it on.
-  void compute(Slot& slot, RequestLog& log, Message& m) {
+  // Runs the stage on a step, logs the result and passes it on.
+  void compute(Slot& slot, RequestLog& log, Message m) {
     auto parsed = parse_step(m);
     if (!parsed) return fail_step(m, parsed.error().message);
+    const int first = slot.stage->first();
+    proceed(slot, log, Running{std::move(m), parsed->step, std::move(parsed->input), first});
+  }
+
+  // Runs the step's remaining nodes. Under decode-first a prefill runs them one at a time and, when a decode step
+  // waits after one, parks (parked_: at most one) so that the decode steps go first; the compute loop resumes it.
+  // Each contiguous run of nodes is one trace event; the result is logged and passed on once the last node ran.
+  void proceed(Slot& slot, RequestLog& log, Running r) {
+    const int last = slot.stage->last();
+    const int from = r.next;
+    const bool yields = r.step.prefill && schedule_ == Schedule::decode_first && !parked_;
     const int64_t started_us = detail::wall_us();
-    const auto start = Clock::now();
-    auto out = slot.stage->forward(parsed->step, parsed->input);
-    if (!out) return fail_step(m, out.error().message);
-    emulate_compute(start);
-    const int64_t ended_us = detail::wall_us();
-    add_event(m.meta, slot, parsed->step.prefill ? "prefill" : "decode", started_us, ended_us, m.request);
+    while (r.next <= last) {
+      const int to = yields ? r.next : last;
+      const auto start = Clock::now();
+      auto out = slot.stage->forward(r.step, r.act, r.next, to);
+      if (!out) return fail_step(r.m, out.error().message);
+      emulate_compute(start);  // per node: a decode step that arrives waits for the current (emulated) node only
+      r.act = std::move(out).value();
+      r.next = to + 1;
+      if (yields && r.next <= last && decode_waiting()) break;
+    }
+    add_event(r.m.meta, r.step.prefill ? "prefill" : "decode", from, r.next - 1, started_us, detail::wall_us(),
+              r.m.request);
+    if (r.next <= last) {
+      parked_ = ParkedPrefill{slot.stage.get(), std::move(r)};
+      return;
+    }
+    log_and_pass_on(slot, log, r.m, r.act);
+  }
+
+  void resume_prefill() {
+    if (!parked_) return;  // a hello dropped it
+    ParkedPrefill p = std::move(*parked_);
+    parked_.reset();
+    Message& m = p.run.m;
+    if (m.meta.value("epoch", int64_t{0}) < epoch_) return;  // a re-plan since: re-issued
+    const int first = m.meta["first"].get<int>();
+    Slot* slot = active_slot(first);
+    if (slot == nullptr || slot->stage.get() != p.stage) {
+      return fail_step(m, fmt::format("the stage starting at node {} was replaced during a prefill", first));
+    }
+    RequestLog& log = logs_[{first, m.request}];
+    proceed(*slot, log, std::move(p.run));
+    run_parked_steps(*slot, log);
+  }
+
+  void log_and_pass_on(const Slot& slot, RequestLog& log, const Message& m, const Activation& out) {
     log.last_seq = m.seq;
     Logged& entry = log.steps[m.seq];
-    if (out->kind == ActivationKind::logits) {
-      const at::Tensor& logits = out->tensor;  // [1, tokens or 1, vocab]
+    if (out.kind == ActivationKind::logits) {
+      const at::Tensor& logits = out.tensor;  // [1, tokens or 1, vocab]
       entry.token = logits[0][logits.size(1) - 1].argmax().item<int64_t>();
       send_token(m, entry.token, m.meta.value("want_logits", false) ? logits[0].to(at::kFloat) : at::Tensor());
       return;
     }
-    entry.out = *out;
-    forward(slot, m, *out, false);
+    entry.out = out;
+    forward(slot, m, out, false);
   }
 
   // Emulated slowdown: the step takes `slowdown_` times its measured time; the extra is idle waiting.
@@ -426,11 +510,12 @@ class Worker {
     std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(measured * slowdown_));
   }
 
-  void add_event(nlohmann::json& meta, const Slot& slot, std::string_view what, int64_t start_us, int64_t end_us,
+  // A trace event "what [first, last]" for nodes first..last of this worker's run of a step.
+  void add_event(nlohmann::json& meta, std::string_view what, int first, int last, int64_t start_us, int64_t end_us,
                  int64_t request) {
     if (!meta.contains("events") || !meta["events"].is_array()) meta["events"] = nlohmann::json::array();
     meta["events"].push_back({{"device", device_},
-                              {"name", fmt::format("{} [{}, {}]", what, slot.stage->first(), slot.stage->last())},
+                              {"name", fmt::format("{} [{}, {}]", what, first, last)},
                               {"request", request},
                               {"ts_us", start_us},
                               {"dur_us", end_us - start_us}});
@@ -507,7 +592,7 @@ class Worker {
     auto out = slot.stage->forward(parsed->step, parsed->input);
     if (!out) return fail_step(m, out.error().message);
     emulate_compute(start);
-    add_event(m.meta, slot, "rebuild", started_us, detail::wall_us(), m.request);
+    add_event(m.meta, "rebuild", slot.stage->first(), slot.stage->last(), started_us, detail::wall_us(), m.request);
     log.steps.clear();
     if (out->kind == ActivationKind::text_hidden) {
       const int64_t total = out->tensor.size(1);
@@ -622,6 +707,10 @@ class Worker {
   std::mutex work_mu_;
   std::condition_variable work_cv_;
   std::deque<Message> work_;
+  // Set by a hello under both state_mu_ and work_mu_; the compute thread chooses under work_mu_ and computes under
+  // state_mu_ (it alone writes parked_ otherwise).
+  Schedule schedule_ = Schedule::decode_first;
+  std::optional<ParkedPrefill> parked_;
 
   std::mutex out_mu_;
   std::condition_variable out_cv_;

@@ -1,6 +1,7 @@
 // The multi-process pipeline (worker processes over ZeroMQ, the coordinator) against the single-process model:
 // identical greedy tokens and prefill logits for every fixture with 2, 3 and 4 stages and several requests in
-// flight; the wire protocol's checks; a coordinator that names an unreachable, refusing or lost worker.
+// flight, under both step schedules (and a decode step overtaking a running prefill under decode-first only); the
+// wire protocol's checks; a coordinator that names an unreachable, refusing or lost worker.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
@@ -8,9 +9,10 @@
 
 #include <chrono>
 #include <cstring>
-#include <set>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
 #include <thread>
 #include <zmq.hpp>
 
@@ -75,7 +77,14 @@ class Distributed : public ::testing::Test {
 };
 LocalWorkers* Distributed::workers_ = nullptr;
 
-TEST_F(Distributed, SameTokensAndLogitsAsOneProcessForEveryFixtureWith2To4StagesAndRequestsInFlight) {
+std::string schedule_name(const ::testing::TestParamInfo<partition::Schedule>& info) {
+  return info.param == partition::Schedule::decode_first ? "DecodeFirst" : "Fifo";
+}
+const auto kSchedules = ::testing::Values(partition::Schedule::decode_first, partition::Schedule::fifo);
+
+class DistributedSchedule : public Distributed, public ::testing::WithParamInterface<partition::Schedule> {};
+
+TEST_P(DistributedSchedule, SameTokensAndLogitsAsOneProcessForEveryFixtureWith2To4StagesAndRequestsInFlight) {
   at::set_num_threads(1);
   for (const auto& name : kNames) {
     auto runner = LlavaRunner::load(kFixtures / name, *parse_exec_options("fp32", "cpu"));
@@ -98,6 +107,7 @@ TEST_F(Distributed, SameTokensAndLogitsAsOneProcessForEveryFixtureWith2To4Stages
       co.eos_ids = {2};
       co.keep_prefill_logits = true;
       co.hello_timeout_s = 30;
+      co.schedule = GetParam();
       auto run = run_pipeline(spec_for((*runner)->graph(), stages), requests, co);
       ASSERT_TRUE(run.has_value()) << name << " with " << stages << " stages: " << run.error().to_string();
       ASSERT_EQ(run->results.size(), requests.size());
@@ -117,6 +127,91 @@ TEST_F(Distributed, SameTokensAndLogitsAsOneProcessForEveryFixtureWith2To4Stages
     }
   }
 }
+
+// A worker's trace event "what [a, b]".
+struct NodeRun {
+  std::string what;
+  int first = 0;
+  int last = 0;
+};
+NodeRun node_run(const std::string& name) {
+  std::smatch m;
+  static const std::regex pattern(R"((\w+) \[(\d+), (\d+)\])");
+  EXPECT_TRUE(std::regex_match(name, m, pattern)) << name;
+  if (m.empty()) return {};
+  return {m[1].str(), std::stoi(m[2].str()), std::stoi(m[3].str())};
+}
+
+// A long prefill (request A: the image prompt on a slowed first worker) while request B decodes. The first worker
+// holds the text embedding, so B's decode steps enter there. B's prefill goes first, so A's prefill is running
+// before B's first decode step exists. Decode-first: B's decode steps run between pieces of A's prefill (whose
+// events name the nodes of each piece and together cover the stage once); fifo: A's prefill is one event that no
+// decode step of B interrupts. Either way every token is the single-process one.
+TEST_P(DistributedSchedule, ADecodeStepOvertakesARunningPrefillOnlyUnderDecodeFirst) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  auto runner = LlavaRunner::load(fixture, *parse_exec_options("fp32", "cpu"));
+  ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
+  const auto& graph = (*runner)->graph();
+  const int split = graph.text_embed_index() + 1;  // the first decoder layer ends the first stage
+  PipelineSpec spec;
+  // The slowdown stretches every node of the first worker (A's prefill: about 0.3 s); the second one answers at
+  // full speed, so B's next decode step is back (about 20 ms) long before A's prefill is done, even on a loaded
+  // machine.
+  spec.workers = {{"first", workers_->endpoints()[0], 200.0, {}}, {"second", workers_->endpoints()[1], 1.0, {}}};
+  spec.stages = {{0, split, 0}, {split + 1, graph.size() - 1, 1}};
+  const auto base = requests_for("llava_llama_mha_tied");
+  auto b = base[1];  // text only
+  b.max_new_tokens = 8;
+  auto a = base[0];  // image
+  a.max_new_tokens = 2;
+  const std::vector<ExecRequest> requests = {b, a};
+  CoordinatorOptions co;
+  co.model = fixture;
+  co.in_flight = 2;
+  co.hello_timeout_s = 30;
+  co.schedule = GetParam();
+  auto run = run_pipeline(spec, requests, co);
+  ASSERT_TRUE(run.has_value()) << run.error().to_string();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    GenerateOptions opt;
+    opt.max_new_tokens = requests[i].max_new_tokens;
+    opt.eos_ids = std::vector<int64_t>{};
+    auto want = (*runner)->generate(requests[i].input_ids, requests[i].pixel_values, opt);
+    ASSERT_TRUE(want.has_value());
+    EXPECT_EQ(run->results[i].generated, want->generated) << requests[i].id;
+  }
+  const int64_t request_b = 1;
+  const int64_t request_a = 2;
+  std::vector<StageTiming> prefill_a;
+  std::vector<StageTiming> decode_b;
+  int covered = 0;
+  for (const auto& e : run->events) {
+    if (e.device != "first") continue;
+    const auto r = node_run(e.name);
+    if (e.request == request_a && r.what == "prefill") {
+      EXPECT_EQ(r.first, covered) << e.name << ": the pieces of a prefill follow each other";
+      covered = r.last + 1;
+      prefill_a.push_back(e);
+    }
+    if (e.request == request_b && r.what == "decode") decode_b.push_back(e);
+  }
+  EXPECT_EQ(covered, split + 1) << "A's prefill pieces cover the first stage";
+  ASSERT_FALSE(prefill_a.empty());
+  ASSERT_FALSE(decode_b.empty());
+  const double a_start = prefill_a.front().start_s;
+  const double a_end = prefill_a.back().end_s;
+  int overtaking = 0;
+  for (const auto& d : decode_b) overtaking += d.start_s > a_start && d.end_s < a_end ? 1 : 0;
+  if (GetParam() == partition::Schedule::decode_first) {
+    EXPECT_GT(prefill_a.size(), 1U) << "A's prefill never yielded";
+    EXPECT_GT(overtaking, 0) << "no decode step of B ran between two pieces of A's prefill";
+  } else {
+    EXPECT_EQ(prefill_a.size(), 1U);
+    EXPECT_EQ(overtaking, 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Schedules, DistributedSchedule, kSchedules, schedule_name);
 
 // --- protocol checks against a live worker ---
 

@@ -21,6 +21,7 @@
 
 #include "adaptlink/error.hpp"
 #include "adaptlink/partition/report.hpp"
+#include "adaptlink/partition/scenario.hpp"
 
 namespace adaptlink::exec {
 
@@ -84,6 +85,9 @@ struct CoordinatorOptions {
   int in_flight = 4;
   std::vector<int64_t> eos_ids;
   bool keep_prefill_logits = false;
+  // How each worker orders the steps waiting for its stages (the scenario's planner.schedule; the hello's
+  // "schedule"): decode steps first, a prefill yielding to them between its nodes; or arrival order.
+  partition::Schedule schedule = partition::Schedule::decode_first;
   double hello_timeout_s = 120;      // per worker, includes loading its weights
   double heartbeat_interval_s = 0.25;
   double heartbeat_timeout_s = 5;    // a worker silent this long is lost

@@ -69,6 +69,12 @@ class Stage {
 
   // Runs the stage's nodes on `input`; errors for an input of the wrong kind or shape, or bad token ids.
   Expected<Activation> forward(const StepInput& step, const Activation& input);
+  // Runs only nodes [from, to] (first() <= from <= to <= last()) on `input`, what node from - 1 produces (the
+  // table above; the step's input when from == first()). Chaining pieces that cover [first, last] is the same
+  // arithmetic as one call, so a prefill can stop between nodes (a worker serving a decode step first) and go on
+  // later: the piece with the stage's first text node starts the request's KV cache, and the cached length
+  // advances only with the piece holding its last one (the pieces in between attend at the same positions).
+  Expected<Activation> forward(const StepInput& step, const Activation& input, int from, int to);
   void drop_request(int64_t request);
   [[nodiscard]] int64_t cached_tokens(int64_t request) const;
 
@@ -85,6 +91,9 @@ class Stage {
   struct KvCache;
   Stage() = default;
   const at::Tensor& w(const std::string& name) const;
+  [[nodiscard]] ActivationKind prefill_input_kind(int node) const;
+  Status check_input(const StepInput& step, const Activation& input, int from) const;
+  KvCache* cache_for(const StepInput& step, int node);
   at::Tensor run_vision_embed(const at::Tensor& pixels) const;
   at::Tensor run_vision_layer(int layer, const at::Tensor& x) const;
   at::Tensor run_projector(const at::Tensor& vision_hidden) const;
@@ -99,6 +108,8 @@ class Stage {
   ExecOptions options_;
   std::unordered_map<std::string, at::Tensor> weights_;
   at::Tensor inv_freq_;  // [head_dim / 2] float32 (RoPE)
+  int first_text_ = -1;  // the stage's first and last nodes that use the KV cache (text_embed, decoder
+  int last_text_ = -1;   // layers); -1: none
   std::map<int64_t, std::unique_ptr<KvCache>> caches_;
 };
 
