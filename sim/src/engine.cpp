@@ -3,7 +3,8 @@
 // Actors:
 //   device  (one per device, daemon)  serves its task queue in the plan's schedule (fifo: arrival order;
 //                                     decode-first: decode steps first, and a prefill yields to a waiting
-//                                     decode step after each of its nodes): occupies the device for the
+//                                     decode step after each of its nodes; a recovery's KV rebuilds go
+//                                     before everything in both): occupies the device for the
 //                                     task's exact compute time (sleep_for on the device's host: one task at
 //                                     a time, so no CPU sharing to model, and 20 % faster than an Exec), then
 //                                     hands the request to its next step
@@ -226,21 +227,27 @@ class Simulation {
     }
   }
 
-  // decode-first: the first decode step waiting, else the queue's front; fifo: the front. A recovery's KV
-  // rebuilds (queued at the front) go before anything else in both.
+  // fifo: the queue's front (a recovery's KV rebuilds are queued there). decode-first: the first rebuild, else
+  // the first decode step, else the front.
   Task take_next(DeviceState& dev) {
     auto it = dev.queue.begin();
-    if (spec_.decode_first && it->step != kReplay) {
-      auto decode = std::find_if(dev.queue.begin(), dev.queue.end(), [](const Task& t) { return t.step >= 0; });
-      if (decode != dev.queue.end()) it = decode;
+    if (spec_.decode_first) {
+      if (auto rebuild = std::find_if(dev.queue.begin(), dev.queue.end(), is_rebuild); rebuild != dev.queue.end()) {
+        it = rebuild;
+      } else if (auto decode = std::find_if(dev.queue.begin(), dev.queue.end(), is_decode); decode != dev.queue.end()) {
+        it = decode;
+      }
     }
     const Task task = *it;
     dev.queue.erase(it);
     return task;
   }
 
-  [[nodiscard]] static bool decode_waiting(const DeviceState& dev) {
-    return std::any_of(dev.queue.begin(), dev.queue.end(), [](const Task& t) { return t.step >= 0; });
+  static bool is_rebuild(const Task& t) { return t.step == kReplay; }
+  static bool is_decode(const Task& t) { return t.step >= 0; }
+  // What a prefill yields to under decode-first.
+  [[nodiscard]] static bool urgent_waiting(const DeviceState& dev) {
+    return std::any_of(dev.queue.begin(), dev.queue.end(), [](const Task& t) { return is_rebuild(t) || is_decode(t); });
   }
 
   void sleep_task(const DeviceState& dev, const Task& task, const StageSpec& stage) {
@@ -251,13 +258,14 @@ class Simulation {
     if (duration > 0) sg4::this_actor::sleep_for(duration);
   }
 
-  // A prefill under decode-first: its nodes one at a time; when a decode step is waiting after a node that is not
-  // the stage's last, the rest goes back to the queue's front and the step runs first. True once all have run.
+  // A prefill under decode-first: its nodes one at a time; when a decode step (or a recovery's rebuild) is waiting
+  // after a node that is not the stage's last, the rest goes back to the queue's front and that runs first. True
+  // once all have run.
   bool run_prefill_nodes(DeviceState& dev, const Task& task, const StageSpec& stage) {
     for (int n = task.node < 0 ? stage.first_node : task.node; n <= stage.last_node; ++n) {
       const double duration = stage.prefill_node_s[static_cast<size_t>(n - stage.first_node)] * dev.slowdown;
       if (duration > 0) sg4::this_actor::sleep_for(duration);
-      if (n < stage.last_node && decode_waiting(dev)) {
+      if (n < stage.last_node && urgent_waiting(dev)) {
         Task rest = task;
         rest.node = n + 1;
         dev.queue.push_front(rest);

@@ -197,8 +197,9 @@ using namespace testing;
 
 // One dropout mid-run on every bundled scenario: the device of the stage with the most weights drops out
 // once the pipeline is full (after the first request's latency). No request is lost; where the plan backs
-// that stage up, the switch-over is at least 5x faster than re-planning on the devices left and loading the
-// weights (gbe-lab: 9.2x, the re-plan spreads the lost stage over several gigabit links), 15x in geometric mean.
+// that stage up, the switch-over is at least 10x faster than re-planning on the devices left and loading the
+// weights (issue 7), 15x in geometric mean. Measured: 13.3x (homogeneous-4) to 27.6x. Under the fifo schedule
+// gbe-lab was 9.2x: the backup holder finished a whole prefill before the KV rebuilds could start.
 TEST(Faults, BundledScenariosRecoverFromOneDropout) {
   double log_ratio_sum = 0;
   int backed_scenarios = 0;
@@ -242,7 +243,7 @@ TEST(Faults, BundledScenariosRecoverFromOneDropout) {
     std::printf("%-28s drop %-8s backup %s  recovery %9.1f ms  redeploy %9.1f ms  x%.1f\n",
                 file.filename().string().c_str(), dropped.c_str(), backed ? "yes" : "no ", ms[1], ms[0], ms[0] / ms[1]);
     if (backed) {
-      EXPECT_GE(ms[0], 5 * ms[1]) << file.filename();
+      EXPECT_GE(ms[0], 10 * ms[1]) << file.filename();
       log_ratio_sum += std::log(ms[0] / ms[1]);
       ++backed_scenarios;
     }
