@@ -38,15 +38,18 @@ void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms);  // linge
 std::string_view schedule_name(partition::Schedule schedule);
 Expected<partition::Schedule> parse_schedule(std::string_view name);
 
-// A decode step: a step message that is neither a prefill nor a rebuild (the work decode-first lets go first).
+// A decode step: a step message that is neither a prefill nor a rebuild. A rebuild: a step message that rebuilds
+// a request's KV cache after a failure (meta "rebuild").
 bool is_decode_step(const wire::Message& m);
+bool is_rebuild_step(const wire::Message& m);
 
 // The worker's choice of what to compute next: the index in `waiting` (arrival order) of the message to take,
-// or nullopt for none (nothing waits, or a prefill is parked and no decode step waits: resume the prefill).
+// or nullopt for none (nothing waits, or a prefill is parked and nothing that goes before it waits: resume it).
 //   fifo          the oldest message;
-//   decode_first  the oldest decode step, else the parked prefill (it goes on before any other message), else
-//                 the oldest message.
-// A prefill is only ever parked under decode_first (it yields to decode steps between its nodes).
+//   decode_first  the oldest rebuild (a recovery goes first), else the oldest decode step, else the parked
+//                 prefill (it goes on before any other message), else the oldest message.
+// Under decode_first a running prefill yields after each node to what goes before a parked one (the simulator's
+// policy, sim/src/engine.cpp); fifo never parks a prefill.
 std::optional<size_t> next_message(const std::deque<wire::Message>& waiting, partition::Schedule schedule,
                                    bool prefill_parked);
 

@@ -81,8 +81,8 @@ struct Running {
   int next = 0;
 };
 
-// A prefill that let decode steps go first between two of its nodes (decode-first); it goes on in the same
-// Stage object (its KV cache holds the prefill's first layers).
+// A prefill that let decode steps (or rebuilds) go first between two of its nodes (decode-first); it goes on in
+// the same Stage object (its KV cache holds the prefill's first layers).
 struct ParkedPrefill {
   const Stage* stage = nullptr;
   Running run;
@@ -341,8 +341,9 @@ class Worker {
     }
   }
 
-  // Under decode-first, whether a parked prefill would now wait for a decode step (the compute thread's choice).
-  bool decode_waiting() {
+  // Under decode-first, whether a parked prefill would now wait for a decode step or a rebuild (the compute thread's
+  // choice).
+  bool prefill_must_yield() {
     std::lock_guard lock(work_mu_);
     return detail::next_message(work_, schedule_, /*prefill_parked=*/true).has_value();
   }
@@ -447,8 +448,8 @@ class Worker {
     proceed(slot, log, Running{std::move(m), parsed->step, std::move(parsed->input), first});
   }
 
-  // Runs the step's remaining nodes. Under decode-first a prefill runs them one at a time and, when a decode step
-  // waits after one, parks (parked_: at most one) so that the decode steps go first; the compute loop resumes it.
+  // Runs the step's remaining nodes. Under decode-first a prefill runs them one at a time and, when a decode step or
+  // a rebuild waits after one, parks (parked_: at most one) so that those go first; the compute loop resumes it.
   // Each contiguous run of nodes is one trace event; the result is logged and passed on once the last node ran.
   void proceed(Slot& slot, RequestLog& log, Running r) {
     const int last = slot.stage->last();
@@ -463,7 +464,7 @@ class Worker {
       emulate_compute(start);  // per node: a decode step that arrives waits for the current (emulated) node only
       r.act = std::move(out).value();
       r.next = to + 1;
-      if (yields && r.next <= last && decode_waiting()) break;
+      if (yields && r.next <= last && prefill_must_yield()) break;
     }
     add_event(r.m.meta, r.step.prefill ? "prefill" : "decode", from, r.next - 1, started_us, detail::wall_us(),
               r.m.request);
