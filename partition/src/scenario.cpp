@@ -62,7 +62,7 @@ constexpr std::string_view kLinkKeys[] = {"between", "bandwidth_mbps", "latency_
 constexpr std::string_view kWorkloadKeys[] = {"requests",           "arrival",       "in_flight",    "rate_per_s",
                                               "images_per_request", "prompt_tokens", "output_tokens"};
 constexpr std::string_view kPlannerKeys[] = {"name", "objective", "backups", "schedule"};
-constexpr std::string_view kFaultKeys[] = {"at_s", "device", "kind", "factor", "bandwidth_mbps"};
+constexpr std::string_view kFaultKeys[] = {"at_s", "device", "kind", "factor", "bandwidth_mbps", "signal"};
 constexpr std::string_view kCatalogueTopKeys[] = {"device"};
 constexpr std::string_view kCatalogueKeys[] = {"kind", "tflops", "mem_gb", "mem_bw_gbs", "description"};
 constexpr std::string_view kDtypeNames[] = {"fp32", "bf16", "fp16", "int8", "int4"};
@@ -408,6 +408,8 @@ constexpr std::pair<std::string_view, Arrival> kArrivals[] = {{"closed", Arrival
                                                               {"poisson", Arrival::poisson}};
 constexpr std::pair<std::string_view, Objective> kObjectives[] = {{"throughput", Objective::throughput},
                                                                   {"latency", Objective::latency}};
+constexpr std::pair<std::string_view, Fault::Signal> kSignals[] = {{"kill", Fault::Signal::kill},
+                                                                  {"stop", Fault::Signal::stop}};
 constexpr std::pair<std::string_view, Schedule> kSchedules[] = {{"decode-first", Schedule::decode_first},
                                                                 {"fifo", Schedule::fifo}};
 constexpr std::pair<std::string_view, FaultKind> kFaultKinds[] = {{"dropout", FaultKind::dropout},
@@ -807,6 +809,11 @@ class ScenarioParser {
       } else if (const toml::node* bandwidth = t.get("bandwidth_mbps")) {
         r_.fail(*bandwidth, fmt::format("{}.bandwidth_mbps: only for kind = \"link\", not {}", path, quote(kind_text)));
       }
+      if (f.kind == FaultKind::dropout) {
+        if (auto v = r_.opt_choice(t, "signal", path, kSignals)) f.signal = *v;
+      } else if (const toml::node* signal = t.get("signal")) {
+        r_.fail(*signal, fmt::format("{}.signal: only for kind = \"dropout\", not {}", path, quote(kind_text)));
+      }
       if (f.kind == FaultKind::rejoin) {
         bool dropped = std::any_of(s.faults.begin(), s.faults.end(), [&](const Fault& o) {
           return o.kind == FaultKind::dropout && o.device == f.device && o.at_s < f.at_s;
@@ -948,6 +955,7 @@ std::string to_toml(const Scenario& s) {
     line("kind", quote(to_string(f.kind)));
     if (f.kind == FaultKind::slowdown) line("factor", number(f.factor));
     if (f.kind == FaultKind::link) line("bandwidth_mbps", number(f.bandwidth_mbps));
+    if (f.kind == FaultKind::dropout && f.signal == Fault::Signal::stop) line("signal", quote("stop"));
   }
   return out;
 }

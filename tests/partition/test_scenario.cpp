@@ -303,6 +303,7 @@ TEST(ScenarioFile, Defaults) {
   EXPECT_EQ(s.planner.name, "adaptlink");
   EXPECT_EQ(s.planner.objective, Objective::throughput);
   EXPECT_TRUE(s.planner.backups);
+  EXPECT_EQ(s.planner.schedule, Schedule::decode_first);
   EXPECT_TRUE(s.faults.empty());
   expect_round_trip(s);
 }
@@ -383,10 +384,12 @@ output_tokens = 9
 name = "exhaustive"
 objective = "latency"
 backups = false
+schedule = "fifo"
 [[faults]]
 at_s = 1
 device = "a"
 kind = "dropout"
+signal = "stop"
 [[faults]]
 at_s = 2.5
 device = "a"
@@ -419,6 +422,8 @@ bandwidth_mbps = 10
   EXPECT_EQ(s->workload.rate_per_s, 0.3);
   EXPECT_EQ(s->faults[2].factor, 2.5);
   EXPECT_EQ(s->faults[3].bandwidth_mbps, 10);
+  EXPECT_EQ(s->planner.schedule, Schedule::fifo);
+  EXPECT_EQ(s->faults[0].signal, Fault::Signal::stop);
   expect_round_trip(*s);
 
   // Values set in code (not read from a file) round-trip too, including memory sizes whose
@@ -530,7 +535,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"fault-negative-time.toml", 10, 8, "faults[0].at_s: must be >= 0, got -1"},
         BadCase{"unknown-fault-kind.toml", 12, 8, "faults[0].kind: unknown kind \"crash\""},
         BadCase{"slowdown-without-factor.toml", 12, 8, "faults[0].factor: kind = \"slowdown\" needs factor"},
-        BadCase{"slowdown-zero-factor.toml", 13, 10, "faults[0].factor: must be > 0, got 0"}),
+        BadCase{"slowdown-zero-factor.toml", 13, 10, "faults[0].factor: must be > 0, got 0"},
+        BadCase{"unknown-schedule.toml", 10, 12, "planner.schedule: unknown schedule \"lifo\""},
+        BadCase{"signal-not-dropout.toml", 14, 10, "faults[0].signal: only for kind = \"dropout\""},
+        BadCase{"unknown-signal.toml", 13, 10, "faults[0].signal: unknown signal \"pause\""}),
     [](const testing::TestParamInfo<BadCase>& info) {
       std::string name = fs::path(info.param.file).stem().string();
       std::replace(name.begin(), name.end(), '-', '_');
@@ -555,7 +563,7 @@ TEST(ScenarioErrors, ExpectLinesMatchAndEveryFileIsCovered) {
     std::string expected = first.substr(prefix.size());
     EXPECT_NE(s.error().message.find(expected), std::string::npos) << s.error().to_string();
   }
-  EXPECT_EQ(files, 34);  // keep in step with the BadScenarioFile list
+  EXPECT_EQ(files, 37);  // keep in step with the BadScenarioFile list
 }
 
 TEST(ScenarioErrors, RandomBinaryGarbage) {

@@ -87,6 +87,10 @@ struct Fault {
   FaultKind kind = FaultKind::dropout;
   double factor = 1;          // slowdown
   double bandwidth_mbps = 0;  // link
+  // dropout: how the testbed makes it. kill: SIGKILL (the connection breaks); stop: SIGSTOP (the process hangs,
+  // found by the heartbeat timeout; a later rejoin sends SIGCONT). The simulator treats both as a dropout
+  // detected by the heartbeat timeout.
+  enum class Signal { kill, stop } signal = Signal::kill;
 };
 
 struct ModelSpec {
