@@ -8,12 +8,16 @@
 # libnorm1) .deb files in .devdeps/debs/, zmq.h/zmq.hpp/zmq_addon.hpp and toml++ in .devdeps/include/.
 # Results go under $OUT; compare the measured throughput with the simulator's prediction afterwards with
 #   adaptlink-sim run bench/testbed/jetson-quartet-testbed.toml --profile $OUT/profile.json --planner P
-#   PHASE=prep (build, tests, hop benchmark, checkpoint, profile) | testbed (the two runs) | all (default)
+#   PHASE=prep (build, tests, hop benchmark, checkpoint, profile) | testbed (the runs) | all (default)
+#   SCHEDULES="decode-first fifo" (default decode-first): [planner] schedule of each run, PLANNERS (default
+#   "adaptlink uniform"); the runs go to $OUT/<schedule>-<planner>.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
 THREADS=${THREADS:-3}
 PHASE=${PHASE:-all}
+SCHEDULES=${SCHEDULES:-decode-first}
+PLANNERS=${PLANNERS:-adaptlink uniform}
 mkdir -p "$OUT" .devdeps/root
 for deb in .devdeps/debs/*.deb; do dpkg -x "$deb" .devdeps/root; done
 export LD_LIBRARY_PATH=$PWD/.devdeps/root/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
@@ -42,23 +46,27 @@ cp "$profile" "$OUT/profile.json"
 "$bin/exec/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" --out "$profile" \
   2> "$OUT/profile_before.log"
 cp "$profile" "$OUT/profile.json"
-for planner in adaptlink uniform; do
-  /usr/bin/time -v "$bin/exec/adaptlink-run" testbed --scenario "$scenario" --model "$model" --threads "$THREADS" \
-    --profile "$profile" --planner "$planner" --quiet --out "$OUT/$planner" 2> "$OUT/$planner.time" |
-    tee "$OUT/$planner.txt"
+runs=()
+for schedule in $SCHEDULES; do
+  sed "s/^\[planner\]/[planner]\nschedule = \"$schedule\"/" "$scenario" > "${scenario%.toml}-$schedule.tmp.toml"
+  for planner in $PLANNERS; do
+    run=$schedule-$planner
+    runs+=("$run")
+    /usr/bin/time -v "$bin/exec/adaptlink-run" testbed --scenario "${scenario%.toml}-$schedule.tmp.toml" --model "$model" \
+      --threads "$THREADS" --profile "$profile" --planner "$planner" --quiet --out "$OUT/$run" 2> "$OUT/$run.time" |
+      tee "$OUT/$run.txt"
+  done
 done
 "$bin/exec/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" \
   --out "$OUT/profile_after.json" 2> "$OUT/profile_after.log"
-tar czf /tmp/runs.tgz -C "$OUT" adaptlink uniform && rm -rf "$OUT/adaptlink" "$OUT/uniform" && mv /tmp/runs.tgz "$OUT/"
-python3 - "$OUT" <<'EOF'
-import json, sys
-out = sys.argv[1]
-import tarfile
+tar czf /tmp/runs.tgz -C "$OUT" "${runs[@]}" && (cd "$OUT" && rm -rf "${runs[@]}") && mv /tmp/runs.tgz "$OUT/"
+python3 - "$OUT" "${runs[@]}" <<'EOF'
+import json, sys, tarfile
+out, runs = sys.argv[1], sys.argv[2:]
 with tarfile.open(f"{out}/runs.tgz") as t:
-    r = {p: json.load(t.extractfile(f"{p}/report.json")) for p in ("adaptlink", "uniform")}
-summary = {p: {"measured_rps": r[p]["throughput_rps"], "predicted_rps_replay": r[p].get("predicted_throughput_rps"),
-               "p50_ms": r[p]["latency_ms"]["p50"]} for p in r}
-summary["adaptlink_over_uniform"] = r["adaptlink"]["throughput_rps"] / r["uniform"]["throughput_rps"]
+    r = {run: json.load(t.extractfile(f"{run}/report.json")) for run in runs}
+summary = {run: {"measured_rps": r[run]["throughput_rps"], "predicted_rps_replay": r[run].get("predicted_throughput_rps"),
+                 "p50_ms": r[run]["latency_ms"]["p50"]} for run in r}
 print(json.dumps(summary, indent=2))
 json.dump(summary, open(f"{out}/testbed_summary.json", "w"), indent=2)
 EOF
