@@ -351,7 +351,7 @@ int main(int argc, char** argv) {
   add_serve_options(serve, serve_args, false);
   ServeArgs testbed_args;
   auto* testbed = app.add_subcommand(
-      "testbed", "Like serve, with local workers that emulate the scenario's devices, links and dropouts");
+      "testbed", "Like serve, with local workers that emulate the scenario's devices, links and faults");
   add_serve_options(testbed, testbed_args, true);
   adaptlink::run::ProfileArgs profile_args;
   auto* profile = adaptlink::run::add_profile_command(app, profile_args);

@@ -137,6 +137,11 @@ class Coordinator {
     if (!spec_.link || from == to) return {};
     return spec_.link(from, to);
   }
+  [[nodiscard]] nlohmann::json link_json(int from, int to) const {
+    const auto l = link(from, to);
+    return {{"latency_ms", l.latency_ms}, {"ms_per_byte", l.ms_per_byte}};
+  }
+  [[nodiscard]] int text_worker() const { return stage_worker_[static_cast<size_t>(text_stage_)]; }
 
   // The stage entry for a hello/route: its range, whether it runs, where it sends.
   [[nodiscard]] nlohmann::json stage_entry(size_t s) const {
@@ -146,14 +151,12 @@ class Coordinator {
     if (s + 1 < stages_.size()) {
       const int nw = stage_worker_[s + 1];
       e["next"] = workers_[static_cast<size_t>(nw)].endpoint;
-      const auto l = link(w, nw);
-      e["link"] = {{"latency_ms", l.latency_ms}, {"ms_per_byte", l.ms_per_byte}};
+      e["link"] = link_json(w, nw);
     }
     return e;
   }
 
   [[nodiscard]] Message hello_for(size_t w, const nlohmann::json& stages) const {
-    const auto ret = link(static_cast<int>(w), stage_worker_[static_cast<size_t>(text_stage_)]);
     Message hello;
     hello.type = MsgType::hello;
     hello.meta = {{"protocol", wire::kProtocolVersion},
@@ -166,7 +169,7 @@ class Coordinator {
                   {"slowdown", spec_.workers[w].slowdown},
                   {"schedule", std::string(detail::schedule_name(options_.schedule))},
                   {"epoch", epoch_},
-                  {"return_link", {{"latency_ms", ret.latency_ms}, {"ms_per_byte", ret.ms_per_byte}}},
+                  {"return_link", link_json(static_cast<int>(w), text_worker())},
                   {"stages", stages}};
     return hello;
   }
@@ -371,6 +374,10 @@ class Coordinator {
       admit();
       const auto now = Clock::now();
       if (options_.tick) options_.tick(seconds(now));
+      if (options_.poll_relinked) {
+        auto st = relink(options_.poll_relinked(seconds(now)));
+        if (!st) return st;
+      }
       if (now - last_ping >= interval) {
         Message ping;
         ping.type = MsgType::ping;
@@ -489,6 +496,36 @@ class Coordinator {
     return request_ready(w, r);
   }
 
+  // A link fault on `devices` (spec_.link now gives the degraded shapes): every live worker that sends over one of
+  // their links (its own, into them, or the return to the text stage's worker) gets its active stages' entries and
+  // its return link again. Later routes and hellos use spec_.link too, so a re-plan keeps the degraded links.
+  Status relink(const std::vector<std::string>& devices) {
+    std::set<int> changed;
+    for (const auto& name : devices) {
+      for (size_t w = 0; w < spec_.workers.size(); ++w) {
+        if (spec_.workers[w].name == name) changed.insert(static_cast<int>(w));
+      }
+    }
+    if (changed.empty()) return Ok{};
+    for (size_t w = 0; w < workers_.size(); ++w) {
+      if (!workers_[w].alive) continue;
+      bool touched = changed.count(static_cast<int>(w)) > 0 || changed.count(text_worker()) > 0;
+      nlohmann::json stages = nlohmann::json::array();
+      for (size_t s = 0; s < stages_.size(); ++s) {
+        if (stage_worker_[s] != static_cast<int>(w)) continue;
+        stages.push_back(stage_entry(s));
+        touched = touched || (s + 1 < stages_.size() && changed.count(stage_worker_[s + 1]) > 0);
+      }
+      if (!touched) continue;
+      Message r;
+      r.type = MsgType::route;
+      r.meta = {{"stages", stages}, {"epoch", epoch_}, {"return_link", link_json(static_cast<int>(w), text_worker())}};
+      auto st = request_ready(static_cast<int>(w), r);
+      if (!st) return st;
+    }
+    return Ok{};
+  }
+
   // Sends `m` to worker w and waits for its ready; the heartbeat clocks restart afterwards (no pings were sent).
   Status request_ready(int w, const Message& m) {
     auto& ws = workers_[static_cast<size_t>(w)];
@@ -554,6 +591,10 @@ class Coordinator {
       return Ok{};
     }
     if (!options_.recover) return make_error("{} was lost ({})", who(w), why);
+    // Steps of the old placement still on their way are dropped by the workers told the new epoch (the requests in
+    // flight are re-issued below). A lost worker that was only hung (SIGSTOP, a partition) and comes back may still
+    // send or hold such steps: its hello carries the new epoch, so it drops them too.
+    ++epoch_;
     // Without a live preloaded copy of every lost stage: re-plan on the workers that are up (the paper's
     // baseline: the new placement loads what it lacks, every request in flight is rebuilt).
     bool all_backed = true;
@@ -567,7 +608,6 @@ class Coordinator {
       for (const auto& c : workers_) up.push_back(c.alive);
       if (auto placement = spec_.replan(up)) {
         ws.holds.clear();
-        ++epoch_;  // steps of the old placement still on their way are dropped by the workers
         auto st = preload(*placement);
         if (!st) return st;
         st = apply_placement(*placement);
@@ -844,7 +884,7 @@ nlohmann::json make_exec_trace(const ExecRun& run, const std::vector<std::string
                       {"args", {{"request", e.request}}}});
   }
   for (const auto& f : run.faults) {
-    events.push_back({{"ph", "i"}, {"pid", 1}, {"tid", 0}, {"s", "g"}, {"name", "dropout " + f.device},
+    events.push_back({{"ph", "i"}, {"pid", 1}, {"tid", 0}, {"s", "g"}, {"name", f.kind + " " + f.device},
                       {"ts", f.at_s * 1e6}});
   }
   return {{"traceEvents", events}, {"displayTimeUnit", "ms"}};

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -47,6 +48,7 @@ Expected<std::pair<pid_t, std::string>> LocalWorkers::spawn(double timeout_s) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
     ::close(fds[0]);
@@ -54,6 +56,9 @@ Expected<std::pair<pid_t, std::string>> LocalWorkers::spawn(double timeout_s) {
     return make_error("cannot start a worker: fork() failed");
   }
   if (pid == 0) {
+    // Dies with this process, however it ends: a worker left stopped (SIGSTOP) would otherwise never exit.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);  // it ended before the prctl
     ::close(fds[0]);
     ::dup2(fds[1], STDOUT_FILENO);
     ::close(fds[1]);
@@ -88,6 +93,7 @@ Status LocalWorkers::start(const std::filesystem::path& binary, int count, const
     if (!w) return w.error();
     pids_.push_back(w->first);
     reaped_.push_back(false);
+    stopped_.push_back(false);
     endpoints_.push_back(w->second);
   }
   return Ok{};
@@ -100,12 +106,20 @@ Expected<std::string> LocalWorkers::restart(int i, double timeout_s) {
   if (!w) return w.error();
   pids_[static_cast<size_t>(i)] = w->first;
   reaped_[static_cast<size_t>(i)] = false;
+  stopped_[static_cast<size_t>(i)] = false;
   endpoints_[static_cast<size_t>(i)] = w->second;
   return w->second;
 }
 
 void LocalWorkers::signal(int i, int sig) {
-  if (i >= 0 && i < size() && !reaped_[static_cast<size_t>(i)]) ::kill(pids_[static_cast<size_t>(i)], sig);
+  if (i < 0 || i >= size() || reaped_[static_cast<size_t>(i)]) return;
+  if (::kill(pids_[static_cast<size_t>(i)], sig) != 0) return;
+  if (sig == SIGSTOP) stopped_[static_cast<size_t>(i)] = true;
+  if (sig == SIGCONT) stopped_[static_cast<size_t>(i)] = false;
+}
+
+bool LocalWorkers::stopped(int i) {
+  return !exited(i) && stopped_[static_cast<size_t>(i)];
 }
 
 bool LocalWorkers::exited(int i) {
@@ -120,7 +134,7 @@ bool LocalWorkers::exited(int i) {
 
 void LocalWorkers::stop_all() {
   for (int i = 0; i < size(); ++i) {
-    signal(i, SIGCONT);
+    signal(i, SIGCONT);  // first: a stopped process keeps a SIGTERM pending until it continues
     signal(i, SIGTERM);
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
@@ -137,6 +151,7 @@ void LocalWorkers::stop_all() {
   }
   pids_.clear();
   reaped_.clear();
+  stopped_.clear();
   endpoints_.clear();
 }
 

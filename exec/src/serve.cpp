@@ -3,10 +3,13 @@
 #include <ATen/ATen.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <random>
+#include <set>
+#include <utility>
 
 #include "adaptlink/exec/checkpoint.hpp"
 #include "adaptlink/exec/local_workers.hpp"
@@ -96,6 +99,26 @@ Status set_worker_slowdown(const std::string& endpoint, double factor) {
   if (!reply) return reply.error();
   if (reply->type != wire::MsgType::ready) return make_error("{}", reply->meta.value("message", std::string("refused")));
   return Ok{};
+}
+
+// The links a link fault on `device` degrades: every link with the device at an end, as the simulator does. The cost
+// model's route from the device to any other starts with such a link (the direct link between the two, or the
+// device's access link of a star), and every such link starts one of those routes.
+std::set<int> links_of(const partition::CostModel& cost, int device) {
+  std::set<int> out;
+  for (int other = 0; other < cost.num_devices(); ++other) {
+    if (other != device && !cost.route(device, other).empty()) out.insert(cost.route(device, other).front().link);
+  }
+  return out;
+}
+
+// A fault applied at once (slowdown, link): its report entry has no detection or recovery.
+partition::FaultRecord applied_fault(double at_s, const std::string& device, const std::string& kind) {
+  partition::FaultRecord rec;
+  rec.at_s = at_s;
+  rec.device = device;
+  rec.kind = kind;
+  return rec;
 }
 
 // A plan's stages and backups in worker indices (worker_of: scenario device -> worker, -1 for none).
@@ -290,12 +313,15 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
     if (!p) return p.error();
     return placement_of(*p, worker_of, spec.workers.size());
   };
+  std::map<int, double> link_mbps;  // testbed link faults: the bandwidth of each degraded link, from then on
   if (options.testbed) {
-    spec.link = [&cost, device_of](int from, int to) {
+    spec.link = [&cost, &link_mbps, device_of](int from, int to) {
       LinkShape l;
       for (const auto& hop : cost.route(device_of[static_cast<size_t>(from)], device_of[static_cast<size_t>(to)])) {
-        l.latency_ms += hop.spec.latency_ms;
-        l.ms_per_byte += partition::hop_busy_ms(hop.spec, 1.0);
+        auto shape = hop.spec;
+        if (auto it = link_mbps.find(hop.link); it != link_mbps.end()) shape.bandwidth_mbps = it->second;
+        l.latency_ms += shape.latency_ms;
+        l.ms_per_byte += partition::hop_busy_ms(shape, 1.0);
       }
       return l;
     };
@@ -310,13 +336,9 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   // Testbed: start the emulating workers and schedule the faults.
   LocalWorkers local;
   std::map<std::string, double> fired;  // device -> time its latest fault was injected
-  std::vector<std::pair<std::string, std::string>> rejoined;  // restarted workers not yet taken back
-  struct SlowdownFault {
-    double at_s;
-    std::string device;
-    bool applied;
-  };
-  std::vector<SlowdownFault> slowdowns;
+  std::vector<std::pair<std::string, std::string>> rejoined;  // restarted or continued workers not yet taken back
+  std::vector<std::string> relinked;                          // devices whose links changed, not yet re-sent
+  std::vector<partition::FaultRecord> at_once;  // slowdown and link faults: applied at once (no detection, recovery)
   std::vector<bool> done_fault(sc.faults.size(), false);
   CoordinatorOptions co;
   co.model = options.model;
@@ -348,39 +370,46 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
           const auto& fault = sc.faults[f];
           if (done_fault[f] || now_s < fault.at_s) continue;
           done_fault[f] = true;
-          const int w = worker_of[static_cast<size_t>(sc.device_index(fault.device))];
-          if (fault.kind == partition::FaultKind::dropout && w >= 0) {
-            local.signal(w, SIGKILL);
+          const int device = sc.device_index(fault.device);
+          const int w = worker_of[static_cast<size_t>(device)];
+          std::string done;  // what the testbed did, for --progress; empty: nothing applies
+          if (fault.kind == partition::FaultKind::dropout && w >= 0 && !local.exited(w) && !local.stopped(w)) {
+            const bool stop = fault.signal == partition::Fault::Signal::stop;
+            local.signal(w, stop ? SIGSTOP : SIGKILL);  // stopped: found by the heartbeat timeout
             fired[fault.device] = now_s;
-            if (options.progress) std::fprintf(stderr, "\ntestbed: %.2f s: killed %s (SIGKILL)\n", now_s, fault.device.c_str());
+            done = stop ? "stopped (SIGSTOP)" : "killed (SIGKILL)";
+          } else if (fault.kind == partition::FaultKind::rejoin && w >= 0 && local.stopped(w)) {
+            local.signal(w, SIGCONT);  // it goes on with its old state; the coordinator's hello resets it
+            fired[fault.device] = now_s;
+            rejoined.emplace_back(fault.device, local.endpoints()[static_cast<size_t>(w)]);
+            done = "continued (SIGCONT)";
           } else if (fault.kind == partition::FaultKind::rejoin && w >= 0 && local.exited(w)) {
             auto endpoint = local.restart(w);
             if (endpoint) {
               fired[fault.device] = now_s;
               rejoined.emplace_back(fault.device, *endpoint);
-              if (options.progress) std::fprintf(stderr, "\ntestbed: %.2f s: %s is back\n", now_s, fault.device.c_str());
-            } else if (options.progress) {
-              std::fprintf(stderr, "\ntestbed: %.2f s: %s\n", now_s, endpoint.error().to_string().c_str());
             }
-          } else if (fault.kind == partition::FaultKind::slowdown && w >= 0 && !local.exited(w)) {
+            done = endpoint ? "restarted" : "not restarted: " + endpoint.error().to_string();
+          } else if (fault.kind == partition::FaultKind::slowdown && w >= 0 && !local.exited(w) &&
+                     !local.stopped(w)) {
             const double factor = spec.workers[static_cast<size_t>(w)].slowdown * fault.factor;
             auto st = set_worker_slowdown(local.endpoints()[static_cast<size_t>(w)], factor);
-            slowdowns.push_back({now_s, fault.device, st.has_value()});
-            if (options.progress) {
-              std::fprintf(stderr, "\ntestbed: %.2f s: %s slowed by %gx%s\n", now_s, fault.device.c_str(), fault.factor,
-                           st ? "" : (" (failed: " + st.error().message + ")").c_str());
-            }
-          } else if (options.progress) {
-            std::fprintf(stderr, "\ntestbed: %.2f s: this fault of %s is not emulated by the testbed\n", now_s,
-                         fault.device.c_str());
+            at_once.push_back(applied_fault(now_s, fault.device, "slowdown"));
+            done = fmt::format("slowed by {:g}x{}", fault.factor, st ? "" : " (failed: " + st.error().message + ")");
+          } else if (fault.kind == partition::FaultKind::link) {
+            for (int link : links_of(cost, device)) link_mbps[link] = fault.bandwidth_mbps;
+            relinked.push_back(fault.device);
+            at_once.push_back(applied_fault(now_s, fault.device, "link"));
+            done = fmt::format("links at {:g} Mbit/s", fault.bandwidth_mbps);
+          }
+          if (options.progress) {
+            std::fprintf(stderr, "\ntestbed: %.2f s: %s %s\n", now_s, fault.device.c_str(),
+                         done.empty() ? "unchanged (this fault does not apply to its worker now)" : done.c_str());
           }
         }
       };
-      co.poll_rejoined = [&rejoined](double) {
-        auto out = std::move(rejoined);
-        rejoined.clear();
-        return out;
-      };
+      co.poll_rejoined = [&rejoined](double) { return std::exchange(rejoined, {}); };
+      co.poll_relinked = [&relinked](double) { return std::exchange(relinked, {}); };
       co.fault_time = [&fired](const std::string& device) -> std::optional<double> {
         auto it = fired.find(device);
         if (it == fired.end()) return std::nullopt;
@@ -403,13 +432,9 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   std::vector<std::string> names;
   for (const auto& d : sc.devices) names.push_back(d.name);
   outcome.report = make_exec_report(*run, sc.name, plan->planner, names, sc.workload.in_flight);
-  for (const auto& f : slowdowns) {  // applied at once: detection and recovery do not apply
-    partition::FaultRecord rec;
-    rec.at_s = f.at_s;
-    rec.device = f.device;
-    rec.kind = "slowdown";
-    outcome.report.faults.push_back(rec);
-  }
+  auto& faults = outcome.report.faults;
+  faults.insert(faults.end(), at_once.begin(), at_once.end());
+  std::stable_sort(faults.begin(), faults.end(), [](const auto& a, const auto& b) { return a.at_s < b.at_s; });
   outcome.predicted_rps = plan->predicted.throughput_rps;
   outcome.results = run->results;
   for (const auto& r : requests) outcome.request_ids.push_back(r.id);

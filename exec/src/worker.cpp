@@ -278,6 +278,13 @@ class Worker {
       parked_.reset();
       schedule_ = *schedule;
     }
+    {
+      // A new session (also a worker taken back after it hung, e.g. SIGSTOP then SIGCONT): nothing it produced
+      // before is sent any more.
+      std::lock_guard lock(out_mu_);
+      out_ = {};
+      link_free_.clear();
+    }
     auto loaded = apply_stages(meta, /*reset=*/true);
     if (!loaded) return wire::error_message(loaded.error().to_string());
     Message ready;
@@ -287,7 +294,8 @@ class Worker {
     return ready;
   }
 
-  // New routes or preloads ("stages"), and/or a new emulated slowdown ("slowdown": a testbed slowdown fault).
+  // New routes or preloads ("stages"; a stage's "link" also changes its emulated link: a testbed link fault), a new
+  // emulated slowdown ("slowdown": a testbed slowdown fault) and/or a new emulated return link ("return_link").
   Message route(const Message& m) {
     if (!graph_) return wire::error_message("route before hello");
     Message ready;
@@ -302,8 +310,12 @@ class Worker {
       }
       std::lock_guard lock(state_mu_);
       slowdown_ = m.meta["slowdown"].get<double>();
-      if (!m.meta.contains("stages")) return ready;
     }
+    if (m.meta.contains("return_link")) {
+      std::lock_guard lock(state_mu_);
+      return_link_ = parse_link(m.meta["return_link"]);
+    }
+    if (!m.meta.contains("stages") && (m.meta.contains("slowdown") || m.meta.contains("return_link"))) return ready;
     auto loaded = apply_stages(m.meta, /*reset=*/false);
     if (!loaded) return wire::error_message(loaded.error().to_string());
     ready.meta = *loaded;

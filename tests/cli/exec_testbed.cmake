@@ -1,7 +1,9 @@
 # adaptlink-run testbed end to end on a tiny fixture: worker processes over ZeroMQ, a worker killed with
 # SIGKILL while 4 requests are in flight. Every request completes with the tokens of the fault-free run, with a
 # backup (switch-over) and without one (redeploy); faults[] is filled; a device lost twice, a backup holder lost
-# first, and the last copy lost (a clear error, no hang). Run by CTest with -DBIN=<build dir> -DSRC=<source dir>.
+# first, a rejoin, a slowdown, a worker stopped with SIGSTOP (found by the heartbeat timeout; also continued by a
+# rejoin), a link fault, and the last copy lost (a clear error, no hang); no worker process is left behind.
+# Run by CTest with -DBIN=<build dir> -DSRC=<source dir>.
 if(NOT WITH_TORCH)
   message(STATUS "libtorch back-end not built: skipped")
   return()
@@ -11,10 +13,19 @@ set(fx ${SRC}/tests/fixtures/llava_llama_mha_tied)
 set(data ${SRC}/tests/data/testbed)
 set(work ${BIN}/tests/exec_testbed)
 file(REMOVE_RECURSE ${work})
+# Every testbed run gets this in its environment, and so do its workers: a process that still has it after the
+# run is a worker left behind.
+string(RANDOM LENGTH 12 mark)
+set(mark "ADAPTLINK_TESTBED_TEST=${mark}")
 
 function(testbed scenario out)
-  execute_process(COMMAND ${run} testbed --scenario ${data}/${scenario}.toml --model ${fx} --quiet
-                          --heartbeat-timeout-s 2 --out ${work}/${out} ${ARGN}
+  set(heartbeat --heartbeat-timeout-s 2)
+  list(FIND ARGN --heartbeat-timeout-s given)
+  if(given GREATER -1)
+    set(heartbeat "")
+  endif()
+  execute_process(COMMAND ${CMAKE_COMMAND} -E env ${mark} ${run} testbed --scenario ${data}/${scenario}.toml
+                          --model ${fx} --quiet ${heartbeat} --out ${work}/${out} ${ARGN}
                   RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 120)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "testbed ${scenario} ${ARGN}: exit ${rc}\n${stdout}\n${stderr}")
@@ -126,6 +137,97 @@ string(JSON kind GET "${report}" faults 0 kind)
 string(JSON device GET "${report}" faults 0 device)
 if(NOT kind STREQUAL "slowdown" OR NOT device STREQUAL "c")
   message(FATAL_ERROR "slowdown: faults[0] is ${kind} of ${device}\n${report}")
+endif()
+
+# 2d. b hangs (SIGSTOP) instead of exiting: found lost by the heartbeat timeout (1.5 s here; a kill is seen
+# within milliseconds), its backup takes over, the same outputs. It is still stopped when the run ends, and must
+# not be left behind.
+function(expect_no_workers_left what)
+  execute_process(COMMAND sh -c "grep -l -s -a '${mark}' /proc/[0-9]*/environ" OUTPUT_VARIABLE left)
+  if(NOT left STREQUAL "")
+    message(FATAL_ERROR "${what}: worker processes left behind:\n${left}")
+  endif()
+endfunction()
+# A JSON number of seconds (0.3154) as whole milliseconds (315).
+function(to_ms seconds var)
+  if(NOT seconds MATCHES "^([0-9]+)(\\.([0-9]*))?$")
+    message(FATAL_ERROR "not a plain number of seconds: ${seconds}")
+  endif()
+  string(SUBSTRING "${CMAKE_MATCH_3}000" 0 3 fraction)
+  math(EXPR ms "${CMAKE_MATCH_1} * 1000 + 1${fraction} - 1000")  # 1xyz - 1000: no octal reading of 0xy
+  set(${var} ${ms} PARENT_SCOPE)
+endfunction()
+# The latest start (ms) among out/trace.json's events whose "ts" (us) follows `prefix`.
+function(last_event_ms out prefix var)
+  file(READ ${work}/${out}/trace.json trace)
+  string(REGEX MATCHALL "${prefix}\"ts\":[0-9]+" starts "${trace}")
+  set(last 0)
+  foreach(e IN LISTS starts)
+    string(REGEX REPLACE ".*:" "" us "${e}")
+    math(EXPR ms "${us} / 1000")
+    if(ms GREATER last)
+      set(last ${ms})
+    endif()
+  endforeach()
+  set(${var} ${last} PARENT_SCOPE)
+endfunction()
+
+testbed(stop stop --heartbeat-timeout-s 1.5)
+expect_same_outputs(ok stop)
+expect_recovered(stop 8 1)
+expect_no_workers_left(stop)
+string(JSON at GET "${report}" faults 0 at_s)
+string(JSON detected GET "${report}" faults 0 detected_s)
+to_ms(${at} at_ms)
+to_ms(${detected} detected_ms)
+math(EXPR detection_ms "${detected_ms} - ${at_ms}")
+message(STATUS "stop: detected ${detection_ms} ms after the SIGSTOP (heartbeat timeout 1500 ms, pings every 250 ms)")
+if(detection_ms LESS 1000 OR detection_ms GREATER 4000)
+  message(FATAL_ERROR "stop: detected ${detection_ms} ms after the SIGSTOP, not about the heartbeat timeout\n${report}")
+endif()
+
+# 2e. A stop, then a rejoin (SIGCONT at 2.3 s, after the detection): b goes on with the state it had, which its
+# hello drops; the coordinator re-plans, switches at the safe point and b runs stages again (trace events after
+# the switch). 12 requests: some still wait for admission at the safe point.
+testbed(stop-rejoin ok12 --no-faults)
+testbed(stop-rejoin stoprejoin --heartbeat-timeout-s 1.5)
+expect_same_outputs(ok12 stoprejoin)
+expect_recovered(stoprejoin 12 2)
+expect_no_workers_left(stop-rejoin)
+string(JSON kind GET "${report}" faults 1 kind)
+string(JSON switched GET "${report}" faults 1 recovered_s)
+if(NOT kind STREQUAL "rejoin")
+  message(FATAL_ERROR "stop-rejoin: faults[1].kind is ${kind}\n${report}")
+endif()
+to_ms(${switched} switched_ms)
+# Stage events of b (devices a, b, c, spare: thread 2); keys are sorted, so "tid" comes just before "ts".
+last_event_ms(stoprejoin "\"tid\":2," b_last_ms)
+if(NOT b_last_ms GREATER switched_ms)
+  message(FATAL_ERROR "stop-rejoin: b's last stage event at ${b_last_ms} ms, the switch at ${switched_ms} ms")
+endif()
+
+# 2f. A link fault: from 0.1 s on, every link with b at an end runs at 0.2 Mbit/s (a -> b and b -> c). Same
+# outputs, a link entry. That it took effect, as a lower bound that load cannot break: a request's steps follow each
+# other at least 18 ms apart (three routes of two 3 ms hops), so at most 4 x (at/18 ms + 1) decode steps crossed
+# a -> b before the fault reached a; the other ones of the 8 x 23 cross it after, each at least 288 bytes (the
+# header and a [1, 1, 64] float activation), 11.52 ms each at 0.2 Mbit/s, one after the other; b runs each one
+# after it crossed. The fault-free run ends in about 1.1 s; this bound is about 1.9 s.
+testbed(link link)
+expect_same_outputs(ok link)
+file(READ ${work}/link/report.json report)
+string(JSON kind GET "${report}" faults 0 kind)
+string(JSON device GET "${report}" faults 0 device)
+string(JSON detected TYPE "${report}" faults 0 detected_s)
+if(NOT kind STREQUAL "link" OR NOT device STREQUAL "b" OR NOT detected STREQUAL "NULL")
+  message(FATAL_ERROR "link: faults[0] is ${kind} of ${device}, detected_s ${detected}\n${report}")
+endif()
+string(JSON at GET "${report}" faults 0 at_s)
+to_ms(${at} at_ms)
+math(EXPR bound_ms "${at_ms} + (8 * 23 - 4 * (${at_ms} / 18 + 1)) * 288 * 8 / 200")
+last_event_ms(link "" last_ms)
+message(STATUS "link: last stage event at ${last_ms} ms (at least ${bound_ms} ms with the slow link)")
+if(last_ms LESS bound_ms)
+  message(FATAL_ERROR "link: the run ended at ${last_ms} ms, the slow link needs at least ${bound_ms} ms")
 endif()
 
 # adaptlink-run ARGN must exit 2 with stderr matching `pattern`.

@@ -1,7 +1,7 @@
 // The multi-process pipeline (worker processes over ZeroMQ, the coordinator) against the single-process model:
 // identical greedy tokens and prefill logits for every fixture with 2, 3 and 4 stages and several requests in
 // flight, under both step schedules (and a decode step overtaking a running prefill under decode-first only); the
-// wire protocol's checks; a coordinator that names an unreachable, refusing or lost worker.
+// wire protocol's checks; a coordinator that names an unreachable, refusing, lost or stopped worker.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
@@ -439,6 +439,59 @@ TEST_F(Distributed, CoordinatorReportsALostWorkerWithoutRecoveryInsteadOfHanging
   EXPECT_NE(run.error().message.find("worker 'nx'"), std::string::npos) << run.error().message;
   EXPECT_NE(run.error().message.find("lost"), std::string::npos) << run.error().message;
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 15.0);
+}
+
+// A worker stopped with SIGSTOP (the testbed's signal = "stop") neither exits nor answers: the coordinator finds it
+// lost by the heartbeat timeout instead of hanging, and stop_all continues it before SIGTERM, so it ends at once
+// (a SIGTERM stays pending while a process is stopped: it would wait for the 3 s SIGKILL fallback).
+TEST_F(Distributed, AStoppedWorkerIsLostByTheHeartbeatTimeoutAndStopAllEndsIt) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  LocalWorkers own;
+  ASSERT_TRUE(own.start(kRun, 2, {"--threads", "1"}).has_value());
+  auto ck = Checkpoint::open(fixture);
+  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
+  PipelineSpec spec;
+  const auto ranges = split_even(graph, 2);
+  spec.workers = {{"agx", own.endpoints()[0], 1.0, {}}, {"nx", own.endpoints()[1], 1.0, {}}};
+  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
+  spec.link = [](int, int) { return LinkShape{4.0, 0.0}; };  // requests stay in flight at the stop
+  std::vector<ExecRequest> many;
+  for (int i = 0; i < 6; ++i) {
+    auto r = requests_for("llava_llama_mha_tied")[1];
+    r.id = std::to_string(i);
+    r.max_new_tokens = 40;
+    many.push_back(r);
+  }
+  CoordinatorOptions co;
+  co.model = fixture;
+  co.recover = false;
+  co.heartbeat_timeout_s = 1;
+  double stopped_at = -1;
+  co.tick = [&](double now_s) {
+    if (stopped_at < 0 && now_s > 0.2) {
+      own.signal(1, SIGSTOP);
+      stopped_at = now_s;
+    }
+  };
+  co.poll_lost = [&](double) {
+    std::vector<std::string> gone;
+    if (own.exited(1)) gone.push_back("nx");
+    return gone;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  auto run = run_pipeline(spec, many, co);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_FALSE(run.has_value());
+  EXPECT_NE(run.error().message.find("worker 'nx'"), std::string::npos) << run.error().message;
+  EXPECT_NE(run.error().message.find("no heartbeat for 1 s"), std::string::npos) << run.error().message;
+  EXPECT_GT(took, stopped_at + 0.5);  // not before the timeout (the handshake is not counted in stopped_at)
+  EXPECT_LT(took, 15.0);
+  EXPECT_TRUE(own.stopped(1));
+  EXPECT_FALSE(own.exited(1));
+  const auto stop_start = std::chrono::steady_clock::now();
+  own.stop_all();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - stop_start).count(), 2.5);
+  EXPECT_EQ(own.size(), 0);
 }
 
 // Failover when the first stage holds only vision nodes (decode steps skip it, so its log has only the prefill):

@@ -5,7 +5,10 @@
 // flight are rebuilt on the replacement from the upstream stages' logs and their step re-issued, so every
 // request completes with the output of a fault-free run. A worker that comes back is handed a new plan: the
 // weights it and the others lack are preloaded while the old placement serves, admission pauses until the
-// requests in flight are done (the safe point), and the new placement takes over.
+// requests in flight are done (the safe point), and the new placement takes over. A lost worker that was only
+// hung (SIGSTOP, found by the heartbeat timeout) and goes on is taken back the same way: its hello drops its old
+// stages, logs, queued steps and unsent results, and carries the epoch the recovery raised, so that steps of the
+// old placement still reaching it are dropped too.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -99,8 +102,12 @@ struct CoordinatorOptions {
   std::function<void(double now_s)> tick;  // e.g. the testbed injecting faults at their times
   // When a device's fault was injected (seconds since the start), if known: the fault record's at_s.
   std::function<std::optional<double>(const std::string& device)> fault_time;
-  // Workers that are back (the testbed restarts a device's worker at its rejoin): name and new endpoint.
+  // Workers that are back (the testbed restarts a device's worker at its rejoin, or continues a stopped one):
+  // name and (new) endpoint.
   std::function<std::vector<std::pair<std::string, std::string>>(double now_s)> poll_rejoined;
+  // Devices whose emulated links changed since the last call (a testbed link fault; PipelineSpec::link gives the new
+  // shapes): the workers that send over those links are told their new shapes.
+  std::function<std::vector<std::string>(double now_s)> poll_relinked;
   std::function<void(size_t done, size_t total)> progress;
 };
 

@@ -1,6 +1,8 @@
 // Worker processes on this machine (`generate --stages K`, `testbed`, tests): each is `adaptlink-run worker
 // --listen tcp://127.0.0.1:*` started with fork/exec; its first stdout line names the port it bound.
-// The destructor stops them (SIGTERM, then SIGKILL) and reaps them.
+// The destructor stops them (SIGCONT for a stopped one, SIGTERM, then SIGKILL) and reaps them; a worker also dies
+// with this process (PR_SET_PDEATHSIG: with the thread that started it, so start and restart them on a thread that
+// outlives them), so none is left behind, stopped or not.
 #pragma once
 
 #include <sys/types.h>
@@ -34,6 +36,8 @@ class LocalWorkers {
   void signal(int i, int sig);
   // Whether worker i has exited (reaps it).
   bool exited(int i);
+  // Whether worker i is stopped (SIGSTOP sent, no SIGCONT since) and has not exited.
+  bool stopped(int i);
   void stop_all();
 
  private:
@@ -44,6 +48,7 @@ class LocalWorkers {
   std::vector<std::string> extra_args_;
   std::vector<pid_t> pids_;
   std::vector<bool> reaped_;
+  std::vector<bool> stopped_;
   std::vector<std::string> endpoints_;
 };
 

@@ -7,9 +7,14 @@
 //            (partition/testbed.hpp: fastest device = this machine); the extra is idle waiting;
 //   links    the sending worker holds each message for latency + bytes / bandwidth of the scenario's route
 //            between the two devices (FIFO per destination);
-//   faults   the scenario's [[faults]] dropouts kill (SIGKILL) the device's worker at at_s after the first
-//            request is admitted; slowdowns change its factor; a redeploy waits for the weights' transfer
-//            over the device's link (partition::redeploy_ms).
+//   faults   the scenario's [[faults]], at at_s after the first request is admitted: a dropout kills the device's
+//            worker (SIGKILL: its exit is seen at once) or, with signal = "stop", stops it (SIGSTOP: found lost
+//            by the heartbeat timeout); a rejoin restarts a killed worker or continues a stopped one (SIGCONT:
+//            its hello drops the old state); a slowdown changes its factor; a link fault sets every link with
+//            the device at an end to bandwidth_mbps from then on (the workers sending over them are told; later
+//            routes keep it). Slowdown and link faults appear in report.json's faults[] without detection or
+//            recovery. A redeploy waits for the weights' transfer over the device's link
+//            (partition::redeploy_ms, at the scenario's bandwidth).
 #pragma once
 
 #include <cstdint>

@@ -13,17 +13,19 @@
 // is used, so a malformed or oversized message is an Error value, never a crash.
 //
 // Message types and their meta (see worker.hpp and coordinator.hpp for who sends what):
-//   hello     coordinator -> worker: protocol, fingerprint, model_dir, device, stages [[first, last], ...],
-//             active (index into stages or -1 for a standby), next (endpoint or ""), coordinator (return
-//             endpoint), dtype, exec_device, emulation {slowdown, next_latency_ms, next_ms_per_byte,
-//             return_latency_ms, return_ms_per_byte}
+//   hello     coordinator -> worker: protocol, fingerprint, model_dir, device, dtype, exec_device, coordinator
+//             (return endpoint), schedule ("decode-first" | "fifo": the order of its waiting steps), epoch
+//             (placement generation), slowdown, return_link {latency_ms, ms_per_byte}, stages [{first, last,
+//             active (false: a preloaded backup), next (endpoint or ""), link {latency_ms, ms_per_byte}}]
 //   ready     worker -> coordinator (reply to hello or route): weight_bytes, load_ms
 //   error     either way: message (request/seq set when it concerns one step)
 //   step      -> worker: prefill, all_logits, want_logits, input_ids [..], kind (activation kind), events;
 //             one tensor (the activation) unless kind is "none"
 //   token     last worker -> coordinator: token, events; one tensor (logits [tokens, vocab]) when asked for
 //   end       coordinator -> worker: drop the request's KV cache
-//   route     coordinator -> worker: active, next (failover: serve another preloaded stage, send elsewhere)
+//   route     coordinator -> worker: stages as in the hello (failover: serve another preloaded stage, send
+//             elsewhere; "drop": true unloads one), load_delay_ms, epoch; slowdown and return_link (testbed
+//             slowdown and link faults; a stage entry's link changes that link)
 //   resend    coordinator -> worker: send the logged inputs of a request's past steps to `next` again as one
 //             step with "rebuild": true, so that a replacement stage rebuilds that request's KV cache
 //   ping/pong heartbeats (pong answers at once, even while the worker computes)

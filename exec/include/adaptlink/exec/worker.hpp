@@ -1,10 +1,14 @@
 // A pipeline worker (`adaptlink-run worker`): holds one or more stages of the model (its own and preloaded
-// backups), runs the steps that reach it in arrival order and sends each result straight to the next stage's
-// worker (or the sampled token to the coordinator).
+// backups), runs the steps that reach it in the order of the hello's "schedule" (decode-first by default: a
+// recovery's rebuilds, then decode steps, go before prefills, and a running prefill yields to them between its
+// nodes; fifo: arrival order; see detail::next_message in exec/src/runtime.hpp) and sends each result straight to
+// the next stage's worker (or the sampled token to the coordinator).
 //
 // Threads: the receiver owns the listening ROUTER socket (answers hello, ping and malformed messages at once,
 // queues steps); the compute thread runs stages; the sender delivers results, applying the testbed's link
-// emulation (latency + bytes / bandwidth, FIFO per link) when the coordinator asked for one.
+// emulation (latency + bytes / bandwidth, FIFO per link) when the coordinator asked for one; a route message
+// changes a link's shape from then on (a testbed link fault). A hello starts a new session: stages, logs, queued
+// steps and unsent results of the old one are dropped (a worker that hung and came back starts clean).
 //
 // Per request and stage the worker logs what it produced (and the step sequence numbers it has seen), so that
 //   * a step that arrives again (the coordinator re-issues in-flight steps after a failover) is answered from
