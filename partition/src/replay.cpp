@@ -30,21 +30,20 @@ namespace adaptlink::partition {
 namespace {
 
 
-enum class Kind { task, join, check, done };
+enum class Kind { task, join, check, wake };
 
 struct Event {
   double t;
   long long seq;
   Kind kind;
   int request = 0;
-  int stage = 0;  // task: the stage that runs it; join: the stage the transfer goes to
+  int stage = 0;  // task, wake: the stage that runs it; join: the stage the transfer goes to
   int step = 0;   // -1 prefill, k >= 0 decode step k
   int hop = 0;    // join: which hop of the route
   int from = 0;   // join: the sending stage
   double bytes = 0;
   int link = 0;  // check: which link
   long long version = 0;
-  int node = 0;  // done (decode-first prefill): the node that ended
 };
 
 // The event queue keeps small keys and stores the events in a pool (heap moves stay cheap).
@@ -194,14 +193,22 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
   const double cut_span_ms =
       options.beat_rps > 0 ? (window.last - window.first) * 1e3 / options.beat_rps : std::numeric_limits<double>::infinity();
   bool window_open = window.first == 0;
-  // decode-first: each stage's waiting steps, and whether it is running one.
+  // decode-first: each stage's waiting steps and when it is free. A decode step's result is passed on when it
+  // starts (its end is known then); a stage needs an event (a wake) only to pick its next step when steps wait
+  // for it, and to end a prefill: at its last node, or at the first node end after a decode step arrived.
   const bool decode_first = cost.scenario().planner.schedule == Schedule::decode_first;
   struct Waiting {
     int request, step, node;  // node: a prefill's next node
   };
   struct StageQueue {
     std::deque<Waiting> decodes, prefills;
-    bool busy = false;
+    double busy_until = 0;
+    bool wake = false;  // a wake event at busy_until is queued (its version is wake_version)
+    long long wake_version = 0;
+    bool prefill_running = false;  // the running prefill: request, from node `from` at `from_t` to node `to`
+    bool yielding = false;         // `to` was moved up for a decode step that arrived
+    int request = 0, from = 0, to = 0;
+    double from_t = 0;
   };
   std::vector<StageQueue> queues(static_cast<size_t>(k));
   std::vector<std::vector<double>> prefill_node_ms(static_cast<size_t>(k));
@@ -210,30 +217,23 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
       prefill_node_ms[s].push_back(cost.prefill_ms(stages[s].device, n, n));
     }
   }
-  auto start_next = [&](int s, double t) {
+  auto wake_at = [&](int s, double t) {
     auto& q = queues[s];
-    auto& from = !q.decodes.empty() ? q.decodes : q.prefills;
-    if (from.empty()) return;
-    const Waiting w = from.front();
-    from.pop_front();
-    q.busy = true;
-    if (w.step >= 0) {
-      events.push({t + decode_ms[s][w.step], seq++, Kind::done, w.request, s, w.step});
-      return;
-    }
-    // A prefill runs nodes up to the first end at which a decode step may be waiting. Every event still to
-    // come is at or after the queue's next one, so ends before that need no stop (one event, not one a node).
+    q.wake = true;
+    Event w{t, seq++, Kind::wake, -1, s, 0};
+    w.version = ++q.wake_version;  // any earlier wake is void
+    events.push(w);
+  };
+  // The end of the first node of the running prefill that ends at or after t (node by node, as the simulator
+  // sleeps), and that node.
+  auto node_end_after = [&](int s, double t) {
+    const auto& q = queues[s];
     const auto& node_ms = prefill_node_ms[s];
     const int first = stages[s].first_node;
-    int node = w.node;
-    double end = t + node_ms[node - first];
-    if (q.decodes.empty()) {
-      const double horizon = events.next_time();
-      while (node < stages[s].last_node && end < horizon) end += node_ms[++node - first];
-    }
-    Event done{end, seq++, Kind::done, w.request, s, -1};
-    done.node = node;
-    events.push(done);
+    int node = q.from;
+    double end = q.from_t + node_ms[node - first];
+    while (end < t && node < stages[s].last_node) end += node_ms[++node - first];
+    return std::make_pair(end, node);
   };
   // Sends a finished step on (next stage, the token back, or the request's completion); true when it
   // completed the steady window's last request.
@@ -256,6 +256,30 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
     if (done != window.last) return false;
     window_end = end;
     return true;
+  };
+  // Starts the stage's next waiting step at t (decode steps first). Returns true when it completed the steady
+  // window.
+  auto start_next = [&](int s, double t) {
+    auto& q = queues[s];
+    auto& from = !q.decodes.empty() ? q.decodes : q.prefills;
+    if (from.empty()) return false;
+    const Waiting w = from.front();
+    from.pop_front();
+    if (w.step >= 0) {
+      q.busy_until = t + decode_ms[s][w.step];
+      if (!q.decodes.empty() || !q.prefills.empty()) wake_at(s, q.busy_until);
+      return pass_on(w.request, s, w.step, q.busy_until);
+    }
+    q.prefill_running = true;
+    q.yielding = false;
+    q.request = w.request;
+    q.from = w.node;
+    q.from_t = t;
+    const auto [end, node] = node_end_after(s, std::numeric_limits<double>::infinity());
+    q.to = node;
+    q.busy_until = end;
+    wake_at(s, end);
+    return false;
   };
   while (!events.empty()) {
     const Event e = events.pop();
@@ -301,26 +325,46 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
       continue;
     }
     const int s = e.stage;
-    double end = e.t;
+    bool window_ended = false;
     if (!decode_first) {  // fifo: a stage's next free time is all its state (events pop in time order)
-      end = std::max(e.t, stage_free[s]) + (e.step < 0 ? prefill_ms[s] : decode_ms[s][e.step]);
+      const double end = std::max(e.t, stage_free[s]) + (e.step < 0 ? prefill_ms[s] : decode_ms[s][e.step]);
       stage_free[s] = end;
+      window_ended = pass_on(e.request, s, e.step, end);
     } else if (e.kind == Kind::task) {
-      auto& q = e.step < 0 ? queues[s].prefills : queues[s].decodes;
-      q.push_back({e.request, e.step, stages[s].first_node});
-      if (!queues[s].busy) start_next(s, e.t);
-      continue;
-    } else {  // done
-      queues[s].busy = false;
-      if (e.step < 0 && e.node < stages[s].last_node) {  // the prefill goes on after waiting decode steps
-        queues[s].prefills.push_front({e.request, -1, e.node + 1});
-        start_next(s, e.t);
+      auto& q = queues[s];
+      (e.step < 0 ? q.prefills : q.decodes).push_back({e.request, e.step, stages[s].first_node});
+      if (q.wake) {
+        // A running prefill yields at the first node end from now on (unless that is its last node).
+        if (e.step >= 0 && q.prefill_running && !q.yielding) {
+          const auto [end, node] = node_end_after(s, e.t);
+          if (node < q.to) {
+            q.yielding = true;
+            q.to = node;
+            q.busy_until = end;
+            wake_at(s, end);
+          }
+        }
+        continue;  // the stage picks at its wake
+      }
+      if (e.t < q.busy_until) {
+        wake_at(s, q.busy_until);
         continue;
       }
+      window_ended = start_next(s, e.t);
+    } else {  // a wake: a prefill ends or stops; the stage picks its next step
+      auto& q = queues[s];
+      if (e.version != q.wake_version) continue;  // moved up since
+      q.wake = false;
+      if (q.prefill_running) {
+        q.prefill_running = false;
+        if (q.to == stages[s].last_node) {
+          window_ended = pass_on(q.request, s, -1, e.t);
+        } else {
+          q.prefills.push_front({q.request, -1, q.to + 1});
+        }
+      }
+      window_ended = start_next(s, e.t) || window_ended;
     }
-    // The step's result moves on first: a stage picks its next step knowing every event due now.
-    const bool window_ended = pass_on(e.request, s, e.step, end);
-    if (decode_first) start_next(s, e.t);
     if (window_ended && options.stop_at_window_end) break;
   }
   const double span_ms = window_end - window_start;
