@@ -53,6 +53,67 @@ std::vector<ExecRequest> requests_for(const std::string& name) {
           ExecRequest{"short", short_ids, at::Tensor(), 9}};
 }
 
+// `n` copies of the fixture's text-only request, `tokens` tokens each: enough work to still be in flight when a
+// test stops or kills a worker.
+std::vector<ExecRequest> copies_of_text_request(int n, int tokens) {
+  std::vector<ExecRequest> out;
+  for (int i = 0; i < n; ++i) {
+    auto r = requests_for("llava_llama_mha_tied")[1];
+    r.id = std::to_string(i);
+    r.max_new_tokens = tokens;
+    out.push_back(r);
+  }
+  return out;
+}
+
+// Two stages, the fixture's halves, on `own`'s first two workers "agx" and "nx" (nx emulated `nx_slowdown` times
+// slower).
+PipelineSpec agx_nx_spec(const std::filesystem::path& fixture, const LocalWorkers& own, double nx_slowdown) {
+  auto ck = Checkpoint::open(fixture);
+  EXPECT_TRUE(ck.has_value());
+  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
+  const auto ranges = split_even(graph, 2);
+  PipelineSpec spec;
+  spec.workers = {{"agx", own.endpoints()[0], 1.0, {}}, {"nx", own.endpoints()[1], nx_slowdown, {}}};
+  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
+  return spec;
+}
+
+// Options for a run without recovery on agx_nx_spec() that sends `signal` to nx (worker 1) once `at_s` seconds
+// have passed (the time goes to *fired_at) and reports nx lost when its process has exited.
+CoordinatorOptions signalling_nx_without_recovery(const std::filesystem::path& fixture, LocalWorkers& own, int signal,
+                                                  double at_s, double heartbeat_timeout_s, double* fired_at) {
+  CoordinatorOptions co;
+  co.model = fixture;
+  co.recover = false;
+  co.heartbeat_timeout_s = heartbeat_timeout_s;
+  co.tick = [&own, signal, at_s, fired_at](double now_s) {
+    if (*fired_at < 0 && now_s > at_s) {
+      own.signal(1, signal);
+      *fired_at = now_s;
+    }
+  };
+  co.poll_lost = [&own](double) {
+    std::vector<std::string> gone;
+    if (own.exited(1)) gone.push_back("nx");
+    return gone;
+  };
+  return co;
+}
+
+// Each request's tokens equal the single process's greedy run of the same length (no end-of-sequence stop).
+void expect_tokens_of_one_process(LlavaRunner& runner, const std::vector<ExecRequest>& requests, const ExecRun& run) {
+  ASSERT_EQ(run.results.size(), requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    GenerateOptions opt;
+    opt.max_new_tokens = requests[i].max_new_tokens;
+    opt.eos_ids = std::vector<int64_t>{};
+    auto want = runner.generate(requests[i].input_ids, requests[i].pixel_values, opt);
+    ASSERT_TRUE(want.has_value());
+    EXPECT_EQ(run.results[i].generated, want->generated) << "request " << requests[i].id;
+  }
+}
+
 class Distributed : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -172,14 +233,7 @@ TEST_P(DistributedSchedule, ADecodeStepOvertakesARunningPrefillOnlyUnderDecodeFi
   co.schedule = GetParam();
   auto run = run_pipeline(spec, requests, co);
   ASSERT_TRUE(run.has_value()) << run.error().to_string();
-  for (size_t i = 0; i < requests.size(); ++i) {
-    GenerateOptions opt;
-    opt.max_new_tokens = requests[i].max_new_tokens;
-    opt.eos_ids = std::vector<int64_t>{};
-    auto want = (*runner)->generate(requests[i].input_ids, requests[i].pixel_values, opt);
-    ASSERT_TRUE(want.has_value());
-    EXPECT_EQ(run->results[i].generated, want->generated) << requests[i].id;
-  }
+  expect_tokens_of_one_process(**runner, requests, *run);
   const int64_t request_b = 1;
   const int64_t request_a = 2;
   std::vector<StageTiming> prefill_a;
@@ -404,35 +458,10 @@ TEST_F(Distributed, CoordinatorReportsALostWorkerWithoutRecoveryInsteadOfHanging
   const auto fixture = kFixtures / "llava_llama_mha_tied";
   LocalWorkers own;
   ASSERT_TRUE(own.start(kRun, 2, {}).has_value());
-  auto ck = Checkpoint::open(fixture);
-  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
-  PipelineSpec spec;
-  const auto ranges = split_even(graph, 2);
-  spec.workers = {{"agx", own.endpoints()[0], 1.0, {}}, {"nx", own.endpoints()[1], 30.0, {}}};  // nx is slow
-  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
-  std::vector<ExecRequest> many;
-  for (int i = 0; i < 6; ++i) {
-    auto r = requests_for("llava_llama_mha_tied")[1];
-    r.id = std::to_string(i);
-    r.max_new_tokens = 40;
-    many.push_back(r);
-  }
-  CoordinatorOptions co;
-  co.model = fixture;
-  co.recover = false;
-  co.heartbeat_timeout_s = 2;
-  bool killed = false;
-  co.tick = [&](double now_s) {
-    if (!killed && now_s > 0.3) {
-      own.signal(1, SIGKILL);
-      killed = true;
-    }
-  };
-  co.poll_lost = [&](double) {
-    std::vector<std::string> gone;
-    if (own.exited(1)) gone.push_back("nx");
-    return gone;
-  };
+  const PipelineSpec spec = agx_nx_spec(fixture, own, 30.0);  // nx is slow
+  const auto many = copies_of_text_request(6, 40);
+  double killed_at = -1;
+  const auto co = signalling_nx_without_recovery(fixture, own, SIGKILL, 0.3, 2, &killed_at);
   const auto start = std::chrono::steady_clock::now();
   auto run = run_pipeline(spec, many, co);
   ASSERT_FALSE(run.has_value());
@@ -448,36 +477,11 @@ TEST_F(Distributed, AStoppedWorkerIsLostByTheHeartbeatTimeoutAndStopAllEndsIt) {
   const auto fixture = kFixtures / "llava_llama_mha_tied";
   LocalWorkers own;
   ASSERT_TRUE(own.start(kRun, 2, {"--threads", "1"}).has_value());
-  auto ck = Checkpoint::open(fixture);
-  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
-  PipelineSpec spec;
-  const auto ranges = split_even(graph, 2);
-  spec.workers = {{"agx", own.endpoints()[0], 1.0, {}}, {"nx", own.endpoints()[1], 1.0, {}}};
-  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
+  PipelineSpec spec = agx_nx_spec(fixture, own, 1.0);
   spec.link = [](int, int) { return LinkShape{4.0, 0.0}; };  // requests stay in flight at the stop
-  std::vector<ExecRequest> many;
-  for (int i = 0; i < 6; ++i) {
-    auto r = requests_for("llava_llama_mha_tied")[1];
-    r.id = std::to_string(i);
-    r.max_new_tokens = 40;
-    many.push_back(r);
-  }
-  CoordinatorOptions co;
-  co.model = fixture;
-  co.recover = false;
-  co.heartbeat_timeout_s = 1;
+  const auto many = copies_of_text_request(6, 40);
   double stopped_at = -1;
-  co.tick = [&](double now_s) {
-    if (stopped_at < 0 && now_s > 0.2) {
-      own.signal(1, SIGSTOP);
-      stopped_at = now_s;
-    }
-  };
-  co.poll_lost = [&](double) {
-    std::vector<std::string> gone;
-    if (own.exited(1)) gone.push_back("nx");
-    return gone;
-  };
+  const auto co = signalling_nx_without_recovery(fixture, own, SIGSTOP, 0.2, 1, &stopped_at);
   const auto start = std::chrono::steady_clock::now();
   auto run = run_pipeline(spec, many, co);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -548,14 +552,7 @@ TEST(DistributedFailover, BackupTakesOverBehindAVisionOnlyStageWithIdenticalOutp
   EXPECT_GT(run->faults[0].recomputed_tokens, static_cast<long long>(4 * (base.input_ids.size() + 1)))
       << "no request was decoding at the kill";
   EXPECT_TRUE(run->faults[0].recovered_s.has_value());
-  for (size_t i = 0; i < requests.size(); ++i) {
-    GenerateOptions opt;
-    opt.max_new_tokens = requests[i].max_new_tokens;
-    opt.eos_ids = std::vector<int64_t>{};
-    auto want = (*runner)->generate(requests[i].input_ids, requests[i].pixel_values, opt);
-    ASSERT_TRUE(want.has_value());
-    EXPECT_EQ(run->results[i].generated, want->generated) << "request " << i;
-  }
+  expect_tokens_of_one_process(**runner, requests, *run);
 }
 
 }  // namespace
