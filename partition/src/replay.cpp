@@ -62,9 +62,6 @@ class EventQueue {
     heap_.push(Key{e.t, e.seq, slot});
   }
   [[nodiscard]] bool empty() const { return heap_.empty(); }
-  [[nodiscard]] double next_time() const {
-    return heap_.empty() ? std::numeric_limits<double>::infinity() : heap_.top().t;
-  }
   Event pop() {
     const Key k = heap_.top();
     heap_.pop();
