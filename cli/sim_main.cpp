@@ -68,9 +68,8 @@ int cmd_validate(const std::string& file, const std::string& format) {
 std::string plan_table(const part::Plan& plan, const part::CostModel& cost, const al::Expected<part::Plan>& uniform) {
   const auto& sc = cost.scenario();
   const char* objective = plan.objective == part::Objective::throughput ? "throughput" : "latency";
-  const char* schedule = sc.planner.schedule == part::Schedule::fifo ? "fifo" : "decode-first";
   std::string out = fmt::format("scenario {}: planner {}, objective {}, schedule {}, solved in {:.1f} ms\n\n", sc.name,
-                                plan.planner, objective, schedule, plan.solve_ms);
+                                plan.planner, objective, part::schedule_name(sc.planner.schedule), plan.solve_ms);
   al::cli::Table t({"stage", "device", "nodes", "layers", "prefill_ms", "decode_ms", "memory_GB", "of_GB"});
   for (size_t s = 0; s < plan.stages.size(); ++s) {
     const auto& st = plan.stages[s];

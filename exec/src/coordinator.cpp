@@ -167,7 +167,7 @@ class Coordinator {
                   {"exec_device", options_.exec_device},
                   {"coordinator", return_endpoint_},
                   {"slowdown", spec_.workers[w].slowdown},
-                  {"schedule", std::string(detail::schedule_name(options_.schedule))},
+                  {"schedule", std::string(partition::schedule_name(options_.schedule))},
                   {"epoch", epoch_},
                   {"return_link", link_json(static_cast<int>(w), text_worker())},
                   {"stages", stages}};

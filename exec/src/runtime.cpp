@@ -53,14 +53,8 @@ Expected<ActivationKind> parse_activation_kind(std::string_view name) {
   return make_error("unknown activation kind '{}'", name);
 }
 
-std::string_view schedule_name(partition::Schedule schedule) {
-  return schedule == partition::Schedule::decode_first ? "decode-first" : "fifo";
-}
-
 Expected<partition::Schedule> parse_schedule(std::string_view name) {
-  for (auto schedule : {partition::Schedule::decode_first, partition::Schedule::fifo}) {
-    if (schedule_name(schedule) == name) return schedule;
-  }
+  if (auto schedule = partition::parse_schedule(name)) return *schedule;
   return make_error("unknown schedule '{}' (expected decode-first or fifo)", name);
 }
 

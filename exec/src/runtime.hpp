@@ -34,8 +34,7 @@ void configure_socket(zmq::socket_t& socket);
 // zmq::poll that treats an interrupted call (a signal) as "nothing ready".
 void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms);  // linger 0, large HWMs, send timeout
 
-// The scenario's planner.schedule as the hello's "schedule" names it: "decode-first" | "fifo".
-std::string_view schedule_name(partition::Schedule schedule);
+// A hello's "schedule" (partition::schedule_name's names), or an error naming the known ones.
 Expected<partition::Schedule> parse_schedule(std::string_view name);
 
 // A decode step: a step message that is neither a prefill nor a rebuild. A rebuild: a step message that rebuilds

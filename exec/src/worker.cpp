@@ -259,7 +259,8 @@ class Worker {
     }
     auto opts = parse_exec_options(meta.value("dtype", std::string("fp32")), meta.value("exec_device", std::string("cpu")));
     if (!opts) return wire::error_message(opts.error().to_string());
-    auto schedule = detail::parse_schedule(meta.value("schedule", std::string("decode-first")));
+    auto schedule = detail::parse_schedule(
+        meta.value("schedule", std::string(partition::schedule_name(Schedule::decode_first))));
     if (!schedule) return wire::error_message(schedule.error().to_string());
     {
       std::lock_guard lock(state_mu_);

@@ -75,9 +75,6 @@ std::string_view to_string(Arrival arrival) { return arrival == Arrival::closed 
 std::string_view to_string(Objective objective) {
   return objective == Objective::throughput ? "throughput" : "latency";
 }
-std::string_view to_string(Schedule schedule) {
-  return schedule == Schedule::decode_first ? "decode-first" : "fifo";
-}
 std::string_view to_string(FaultKind kind) {
   switch (kind) {
     case FaultKind::dropout:
@@ -845,6 +842,20 @@ Expected<std::string> read_file(const std::filesystem::path& path, std::string_v
 // ---------------------------------------------------------------------------------------------
 // Public API
 
+std::string_view schedule_name(Schedule schedule) {
+  for (const auto& [name, value] : kSchedules) {
+    if (value == schedule) return name;
+  }
+  return "?";
+}
+
+std::optional<Schedule> parse_schedule(std::string_view name) {
+  for (const auto& [known, value] : kSchedules) {
+    if (known == name) return value;
+  }
+  return std::nullopt;
+}
+
 Expected<std::vector<CatalogueEntry>> load_catalogue(const std::filesystem::path& path) {
   auto text = read_file(path, "device catalogue");
   if (!text) return text.error();
@@ -946,7 +957,7 @@ std::string to_toml(const Scenario& s) {
   line("name", quote(s.planner.name));
   line("objective", quote(to_string(s.planner.objective)));
   line("backups", s.planner.backups ? "true" : "false");
-  line("schedule", quote(to_string(s.planner.schedule)));
+  line("schedule", quote(schedule_name(s.planner.schedule)));
 
   for (const Fault& f : s.faults) {
     out += "\n[[faults]]\n";

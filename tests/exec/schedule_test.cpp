@@ -106,11 +106,11 @@ TEST(NextMessage, AParkedPrefillGoesOnBeforeAnythingButRebuildsAndDecodeSteps) {
 
 TEST(NextMessage, ScheduleNamesRoundTrip) {
   for (auto s : {Schedule::decode_first, Schedule::fifo}) {
-    auto parsed = detail::parse_schedule(detail::schedule_name(s));
+    auto parsed = detail::parse_schedule(partition::schedule_name(s));
     ASSERT_TRUE(parsed.has_value());
     EXPECT_EQ(*parsed, s);
   }
-  EXPECT_EQ(detail::schedule_name(Schedule::decode_first), "decode-first");
+  EXPECT_EQ(partition::schedule_name(Schedule::decode_first), "decode-first");
   auto bad = detail::parse_schedule("lifo");
   ASSERT_FALSE(bad.has_value());
   EXPECT_NE(bad.error().message.find("decode-first or fifo"), std::string::npos);

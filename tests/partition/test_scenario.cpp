@@ -424,6 +424,11 @@ bandwidth_mbps = 10
   EXPECT_EQ(s->faults[3].bandwidth_mbps, 10);
   EXPECT_EQ(s->planner.schedule, Schedule::fifo);
   EXPECT_EQ(s->faults[0].signal, Fault::Signal::stop);
+  for (auto schedule : {Schedule::decode_first, Schedule::fifo}) {
+    EXPECT_EQ(parse_schedule(schedule_name(schedule)), schedule);
+  }
+  EXPECT_EQ(schedule_name(Schedule::decode_first), "decode-first");
+  EXPECT_FALSE(parse_schedule("lifo").has_value());
   expect_round_trip(*s);
 
   // Values set in code (not read from a file) round-trip too, including memory sizes whose

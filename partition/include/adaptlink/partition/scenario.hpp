@@ -71,6 +71,9 @@ enum class Objective { throughput, latency };
 //                 whole prefill while the others' decode steps queue behind it)
 //   fifo          arrival order; a prefill holds the stage for all of its nodes
 enum class Schedule { decode_first, fifo };
+// The names the scenario's `schedule` key (and the workers' hello) use: "decode-first" | "fifo".
+std::string_view schedule_name(Schedule schedule);
+std::optional<Schedule> parse_schedule(std::string_view name);
 
 struct PlannerSettings {
   std::string name = "adaptlink";
