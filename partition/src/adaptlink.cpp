@@ -25,6 +25,7 @@
 #include <map>
 #include <tuple>
 
+#include "adaptlink/partition/replicas.hpp"
 #include "planners_internal.hpp"
 
 namespace adaptlink::partition::detail {
@@ -34,6 +35,9 @@ namespace {
 constexpr int kMaxExactOrders = 720;
 constexpr int kMaxHeuristicOrders = 600;
 constexpr size_t kMaxFront = 64;
+// adaptlink_bound_best (the replica search's screen of many device groups) tries fewer orders.
+constexpr int kScreenExactOrders = 48;
+constexpr int kScreenHeuristicOrders = 24;
 // Candidates for the replay (ReplayRanker): the best plan of each of the kMaxCandidates best device
 // sequences (interchangeable devices alike) whose bound is within 5% of the best.
 constexpr double kRerankWindow = 0.95;
@@ -79,6 +83,12 @@ void insert_pareto(std::vector<T>& front, const T& e) {
 
 class Search {
  public:
+  // Caps the device orders solve() tries (exhaustively up to `exact` distinct orders, else `heuristic` seeded
+  // and swapped ones).
+  void limit_orders(int exact, int heuristic) {
+    max_exact_orders_ = exact;
+    max_heuristic_orders_ = heuristic;
+  }
   Search(const CostModel& cost, Objective objective, std::vector<int> devices)
       : cost_(cost), objective_(objective), devices_(std::move(devices)) {
     const auto& graph = cost.graph();
@@ -221,6 +231,8 @@ class Search {
   std::vector<std::pair<double, std::vector<Stage>>> candidates_;
   std::vector<std::vector<Stage>> seeds_;
   std::vector<int> class_of_;  // interchangeable devices share a class
+  int max_exact_orders_ = kMaxExactOrders;
+  int max_heuristic_orders_ = kMaxHeuristicOrders;
 };
 
 double Search::run(const std::vector<int>& order) {
@@ -414,7 +426,7 @@ void Search::solve() {
     return order;
   };
 
-  if (orders <= kMaxExactOrders) {
+  if (orders <= max_exact_orders_) {
     std::vector<int> seq = labels;
     std::sort(seq.begin(), seq.end());
     do {
@@ -438,7 +450,8 @@ void Search::solve() {
   seeds.push_back(devices_);
   // The general DP costs a factor n more per order than the decomposable one.
   const int n_dev = static_cast<int>(devices_.size());
-  int budget = decomposable_ ? kMaxHeuristicOrders : std::max(24, 9600 / (n_dev * n_dev));
+  int budget = decomposable_ ? max_heuristic_orders_ : std::max(24, 9600 / (n_dev * n_dev));
+  budget = std::min(budget, max_heuristic_orders_);
   std::vector<int> best_order;
   double best_run = -std::numeric_limits<double>::infinity();
   for (const auto& s : seeds) {
@@ -613,6 +626,22 @@ constexpr size_t kFullyRanked = 3;
 constexpr double kMinRefineBudget = 6.0;
 constexpr double kRefineBudgetPerDeviceSq = 0.1;
 
+// The search: the baselines seed the incumbent (adaptlink is never below them), so do the peers' plans where
+// their dynamic programs are small (a few ms); then the DP over device orders.
+void seed_and_solve(const CostModel& cost, Objective objective, const std::vector<int>& devices, Search& search) {
+  for (const char* baseline : {"uniform", "proportional", "memory"}) {
+    auto p = make_planner(baseline);
+    if (auto seeded = (*p)->plan(cost, objective)) search.offer(*seeded);
+  }
+  if (peer_table_cells(cost, devices) <= kPeerSeedMaxCells) {
+    for (const char* peer : {"edgeshard", "pipeedge"}) {
+      auto p = make_planner(peer);
+      if (auto seeded = (*p)->plan(cost, objective)) search.offer(*seeded);
+    }
+  }
+  search.solve();
+}
+
 class AdaptlinkPlanner final : public Planner {
  public:
   [[nodiscard]] std::string name() const override { return "adaptlink"; }
@@ -620,19 +649,7 @@ class AdaptlinkPlanner final : public Planner {
     const auto devices = active_devices(cost.scenario());
     if (devices.empty()) return make_error("adaptlink: no active device");
     Search search(cost, objective, devices);
-    // The baselines seed the incumbent: adaptlink is never below them.
-    for (const char* baseline : {"uniform", "proportional", "memory"}) {
-      auto p = make_planner(baseline);
-      if (auto seeded = (*p)->plan(cost, objective)) search.offer(*seeded);
-    }
-    // So do the peers' plans where their dynamic programs are small (a few ms).
-    if (peer_table_cells(cost, devices) <= kPeerSeedMaxCells) {
-      for (const char* peer : {"edgeshard", "pipeedge"}) {
-        auto p = make_planner(peer);
-        if (auto seeded = (*p)->plan(cost, objective)) search.offer(*seeded);
-      }
-    }
-    search.solve();
+    seed_and_solve(cost, objective, devices, search);
     if (search.best().empty()) return memory_shortfall(cost, devices);
     Plan plan;
     plan.planner = "adaptlink";
@@ -711,6 +728,11 @@ class AdaptlinkPlanner final : public Planner {
     plan.stages = chosen;
     plan.predicted = evaluate(cost, plan.stages);
     plan.predicted.throughput_rps = best;
+    // Several independent pipelines on disjoint device groups, when they beat this one (replicas.cpp).
+    if (auto replicated = plan_replicas(cost, objective, best)) {
+      replicated->search_bound_rps = std::max(replicated->search_bound_rps, plan.search_bound_rps);
+      return std::move(*replicated);
+    }
     return plan;
   }
 };
@@ -718,5 +740,14 @@ class AdaptlinkPlanner final : public Planner {
 }  // namespace
 
 std::unique_ptr<Planner> make_adaptlink_planner() { return std::make_unique<AdaptlinkPlanner>(); }
+
+std::vector<Stage> adaptlink_bound_best(const CostModel& cost, Objective objective) {
+  const auto devices = active_devices(cost.scenario());
+  if (devices.empty()) return {};
+  Search search(cost, objective, devices);
+  search.limit_orders(kScreenExactOrders, kScreenHeuristicOrders);
+  seed_and_solve(cost, objective, devices, search);
+  return search.best();
+}
 
 }  // namespace adaptlink::partition::detail

@@ -97,6 +97,13 @@ CostModel::CostModel(const models::LayerGraph& graph, const Scenario& scenario)
   }
 }
 
+CostModel::CostModel(const CostModel& base, const Scenario& scenario) : CostModel(*base.graph_, scenario) {
+  ADAPTLINK_CHECK(scenario.devices.size() == base.scenario_->devices.size(), "replica scenario with other devices");
+  profile_ = base.profile_;
+  slowdown_ = base.slowdown_;
+  for (int d = 0; d < num_devices(); ++d) rebuild_device(d);
+}
+
 void CostModel::set_profile(int device, const NodeTimes& times) {
   ADAPTLINK_CHECK(static_cast<int>(times.prefill_ms.size()) == num_nodes() &&
                       static_cast<int>(times.decode_ms_at_zero.size()) == num_nodes() &&

@@ -82,41 +82,63 @@ double score(const Prediction& prediction, Objective objective) {
   return objective == Objective::throughput ? prediction.throughput_rps : -prediction.alone_ms;
 }
 
+namespace {
+
+nlohmann::json stages_json(const std::vector<Stage>& stages, const CostModel& cost) {
+  const auto& graph = cost.graph();
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& st : stages) {
+    nlohmann::json nodes = nlohmann::json::array();
+    for (int i = st.first_node; i <= st.last_node; ++i) nodes.push_back(graph.node(i).name);
+    out.push_back({{"device", cost.scenario().devices[st.device].name},
+                   {"first_layer", st.first_node},
+                   {"last_layer", st.last_node},
+                   {"nodes", nodes},
+                   {"compute_ms", {{"prefill", st.prefill_ms}, {"decode", st.decode_ms}}},
+                   {"memory_bytes", st.memory_bytes},
+                   {"memory_available_bytes", cost.scenario().devices[st.device].mem_bytes}});
+  }
+  return out;
+}
+
+nlohmann::json prediction_json(const Prediction& p) {
+  return {{"throughput_rps", p.throughput_rps}, {"tokens_per_s", p.tokens_per_s}, {"bottleneck_ms", p.bottleneck_ms},
+          {"latency_ms", p.latency_ms},         {"bound_rps", p.bound_rps},       {"alone_ms", p.alone_ms}};
+}
+
+}  // namespace
+
 nlohmann::json to_json(const Plan& plan, const CostModel& cost) {
   using nlohmann::json;
   const auto& graph = cost.graph();
-  json stages = json::array();
-  for (const auto& st : plan.stages) {
-    json nodes = json::array();
-    for (int i = st.first_node; i <= st.last_node; ++i) nodes.push_back(graph.node(i).name);
-    stages.push_back({{"device", cost.scenario().devices[st.device].name},
-                      {"first_layer", st.first_node},
-                      {"last_layer", st.last_node},
-                      {"nodes", nodes},
-                      {"compute_ms", {{"prefill", st.prefill_ms}, {"decode", st.decode_ms}}},
-                      {"memory_bytes", st.memory_bytes},
-                      {"memory_available_bytes", cost.scenario().devices[st.device].mem_bytes}});
-  }
   json backups = json::array();
   for (const auto& b : plan.backups) {
     backups.push_back(
         {{"device", cost.scenario().devices[b.device].name}, {"covers", b.covers}, {"memory_bytes", b.memory_bytes}});
   }
-  return json{{"planner", plan.planner},
-              {"objective", plan.objective == Objective::throughput ? "throughput" : "latency"},
-              {"model", graph.config().model_type},
-              {"dtype", std::string(models::to_string(graph.dtype()))},
-              {"stages", stages},
-              {"backups", backups},
-              {"unbacked_stages", plan.unbacked_stages},
-              {"predicted",
-               {{"throughput_rps", plan.predicted.throughput_rps},
-                {"tokens_per_s", plan.predicted.tokens_per_s},
-                {"bottleneck_ms", plan.predicted.bottleneck_ms},
-                {"latency_ms", plan.predicted.latency_ms},
-                {"bound_rps", plan.predicted.bound_rps},
-                {"alone_ms", plan.predicted.alone_ms}}},
-              {"solve_ms", plan.solve_ms}};
+  json out{{"planner", plan.planner},
+           {"objective", plan.objective == Objective::throughput ? "throughput" : "latency"},
+           {"model", graph.config().model_type},
+           {"dtype", std::string(models::to_string(graph.dtype()))},
+           {"stages", stages_json(plan.stages, cost)},
+           {"backups", backups},
+           {"unbacked_stages", plan.unbacked_stages},
+           {"predicted", prediction_json(plan.predicted)},
+           {"solve_ms", plan.solve_ms}};
+  if (!plan.replicas.empty()) {
+    json replicas = json::array();
+    for (const auto& r : plan.replicas) {
+      json devices = json::array();
+      for (int d : r.devices) devices.push_back(cost.scenario().devices[d].name);
+      replicas.push_back({{"devices", devices},
+                          {"in_flight", r.in_flight},
+                          {"requests", r.requests},
+                          {"stages", stages_json(r.stages, cost)},
+                          {"predicted", prediction_json(r.predicted)}});
+    }
+    out["replicas"] = replicas;
+  }
+  return out;
 }
 
 }  // namespace adaptlink::partition

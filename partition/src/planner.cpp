@@ -156,8 +156,9 @@ Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Object
   auto plan = (*p)->plan(cost, objective);
   if (!plan) return plan;
   plan->solve_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  // Planners search on the closed-form bound; the reported prediction replays the plan.
-  plan->predicted = predict(cost, plan->stages);
+  // Planners search on the closed-form bound; the reported prediction replays the plan (a replicated
+  // plan's replicas were replayed on their own problems, replicas.cpp).
+  if (plan->replicas.empty()) plan->predicted = predict(cost, plan->stages);
   if (cost.scenario().planner.backups) place_backups(cost, *plan);
   return plan;
 }

@@ -245,6 +245,7 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
     }
     ++done;
     latency_sum += end - admitted[request];
+    result.completions_ms.push_back(end);
     if (done == window.first) {
       window_start = end;
       window_open = true;

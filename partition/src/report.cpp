@@ -168,4 +168,14 @@ SteadyWindow steady_window(long long requests, long long in_flight, bool closed_
   return w;
 }
 
+double steady_throughput(std::vector<double> completion_times, long long in_flight) {
+  const auto n = static_cast<long long>(completion_times.size());
+  if (n == 0) return 0;
+  std::sort(completion_times.begin(), completion_times.end());
+  const auto w = steady_window(n, in_flight, true);
+  const double start = w.first == 0 ? 0.0 : completion_times[static_cast<size_t>(w.first - 1)];
+  const double span = completion_times[static_cast<size_t>(w.last - 1)] - start;
+  return span > 0 ? static_cast<double>(w.last - w.first) / span : 0.0;
+}
+
 }  // namespace adaptlink::partition

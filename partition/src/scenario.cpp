@@ -61,7 +61,7 @@ constexpr std::string_view kNetworkKeys[] = {"topology", "bandwidth_mbps", "late
 constexpr std::string_view kLinkKeys[] = {"between", "bandwidth_mbps", "latency_ms"};
 constexpr std::string_view kWorkloadKeys[] = {"requests",           "arrival",       "in_flight",    "rate_per_s",
                                               "images_per_request", "prompt_tokens", "output_tokens"};
-constexpr std::string_view kPlannerKeys[] = {"name", "objective", "backups", "schedule"};
+constexpr std::string_view kPlannerKeys[] = {"name", "objective", "backups", "schedule", "replicas"};
 constexpr std::string_view kFaultKeys[] = {"at_s", "device", "kind", "factor", "bandwidth_mbps", "signal"};
 constexpr std::string_view kCatalogueTopKeys[] = {"device"};
 constexpr std::string_view kCatalogueKeys[] = {"kind", "tflops", "mem_gb", "mem_bw_gbs", "description"};
@@ -762,6 +762,7 @@ class ScenarioParser {
     if (auto v = r_.opt_choice(t, "objective", "planner", kObjectives)) s.planner.objective = *v;
     if (auto v = r_.opt_bool(t, "backups", "planner")) s.planner.backups = *v;
     if (auto v = r_.opt_choice(t, "schedule", "planner", kSchedules)) s.planner.schedule = *v;
+    if (auto v = r_.opt_bool(t, "replicas", "planner")) s.planner.replicas = *v;
   }
 
   void parse_faults(const toml::table& root, Scenario& s) {
@@ -958,6 +959,7 @@ std::string to_toml(const Scenario& s) {
   line("objective", quote(to_string(s.planner.objective)));
   line("backups", s.planner.backups ? "true" : "false");
   line("schedule", quote(schedule_name(s.planner.schedule)));
+  line("replicas", s.planner.replicas ? "true" : "false");
 
   for (const Fault& f : s.faults) {
     out += "\n[[faults]]\n";

@@ -44,6 +44,9 @@ struct NodeTimes {
 class CostModel {
  public:
   CostModel(const models::LayerGraph& graph, const Scenario& scenario);
+  // The same graph, profiles and slowdowns on another scenario with the same devices (a replica's: other
+  // device roles, in_flight and requests; the KV reservation follows its in_flight).
+  CostModel(const CostModel& base, const Scenario& scenario);
 
   [[nodiscard]] const models::LayerGraph& graph() const { return *graph_; }
   [[nodiscard]] const Scenario& scenario() const { return *scenario_; }

@@ -56,13 +56,26 @@ struct Prediction {
   bool feasible = false;  // every stage fits its device's memory
 };
 
+// One pipeline of a replicated plan (adaptlink, closed loop; see replicas.hpp): it runs on its own device
+// group and serves its own share of the requests, independently of the other replicas (disjoint devices,
+// hence disjoint links: access links in a star, pair links otherwise).
+struct Replica {
+  std::vector<int> devices;  // its group (scenario indices, scenario order); its stages use some or all
+  int in_flight = 1;         // its share of workload.in_flight
+  long long requests = 0;    // its share of workload.requests
+  std::vector<Stage> stages;
+  Prediction predicted;  // on its own problem (replica_problem in replicas.hpp)
+};
+
 struct Plan {
   std::string planner;
   Objective objective = Objective::throughput;
-  std::vector<Stage> stages;
+  std::vector<Stage> stages;  // with replicas: the first replica's (a runnable one-pipeline plan by itself)
   std::vector<Backup> backups;
   std::vector<int> unbacked_stages;  // stages no backup covers
-  Prediction predicted;
+  Prediction predicted;  // with replicas: their sum (combine_predictions in replicas.hpp)
+  // Empty: one pipeline (stages). Otherwise two or more replicas, every back-end runs them all.
+  std::vector<Replica> replicas;
   double search_bound_rps = 0;  // adaptlink: the best closed-form bound its search found
   double solve_ms = 0;
 };
@@ -78,6 +91,7 @@ struct ReplayResult {
   double throughput_rps = 0;  // over the steady window
   double mean_latency_ms = 0;
   bool cut = false;  // ReplayOptions::beat_rps: stopped early, the plan cannot beat it (throughput_rps = 0)
+  std::vector<double> completions_ms;  // every request's completion time, in completion order
 };
 // For ranking plans: what a replay may skip without changing its throughput.
 struct ReplayOptions {

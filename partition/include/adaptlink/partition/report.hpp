@@ -81,5 +81,9 @@ struct SteadyWindow {
   long long last = 0;
 };
 SteadyWindow steady_window(long long requests, long long in_flight, bool closed_loop);
+// Closed-loop throughput (completions per unit of the times given) over the steady window of a set of
+// completion times (any order; "time 0" is the common start), as one closed loop of `in_flight` requests would
+// count it. Replicated plans: every replica's completions merged, in_flight the sum of theirs.
+double steady_throughput(std::vector<double> completion_times, long long in_flight);
 
 }  // namespace adaptlink::partition

@@ -80,6 +80,10 @@ struct PlannerSettings {
   Objective objective = Objective::throughput;
   bool backups = true;
   Schedule schedule = Schedule::decode_first;
+  // adaptlink may serve the closed loop on several independent pipelines (replicas) on disjoint device
+  // groups, each with its own share of the requests in flight, when that beats one pipeline (throughput
+  // objective, no backups, no faults; see partition/src/replicas.cpp).
+  bool replicas = true;
 };
 
 enum class FaultKind { dropout, rejoin, slowdown, link };
