@@ -70,14 +70,30 @@ std::string plan_table(const part::Plan& plan, const part::CostModel& cost, cons
   const char* objective = plan.objective == part::Objective::throughput ? "throughput" : "latency";
   std::string out = fmt::format("scenario {}: planner {}, objective {}, schedule {}, solved in {:.1f} ms\n\n", sc.name,
                                 plan.planner, objective, part::schedule_name(sc.planner.schedule), plan.solve_ms);
-  al::cli::Table t({"stage", "device", "nodes", "layers", "prefill_ms", "decode_ms", "memory_GB", "of_GB"});
-  for (size_t s = 0; s < plan.stages.size(); ++s) {
-    const auto& st = plan.stages[s];
-    t.add({std::to_string(s), sc.devices[st.device].name, node_span(cost, st),
-           fmt::format("{}-{}", st.first_node, st.last_node), fmt::format("{:.1f}", st.prefill_ms),
-           fmt::format("{:.1f}", st.decode_ms), gb(st.memory_bytes), gb(sc.devices[st.device].mem_bytes)});
-  }
+  // A replicated plan: one table row per stage of every replica, the replica in the first column.
+  const bool replicated = !plan.replicas.empty();
+  std::vector<std::string> header{"stage", "device", "nodes", "layers", "prefill_ms", "decode_ms", "memory_GB", "of_GB"};
+  if (replicated) header.insert(header.begin(), "replica");
+  al::cli::Table t(header);
+  auto add_stages = [&](const std::vector<part::Stage>& stages, const std::string& replica) {
+    for (size_t s = 0; s < stages.size(); ++s) {
+      const auto& st = stages[s];
+      std::vector<std::string> row{std::to_string(s), sc.devices[st.device].name, node_span(cost, st),
+                                   fmt::format("{}-{}", st.first_node, st.last_node), fmt::format("{:.1f}", st.prefill_ms),
+                                   fmt::format("{:.1f}", st.decode_ms), gb(st.memory_bytes),
+                                   gb(sc.devices[st.device].mem_bytes)};
+      if (replicated) row.insert(row.begin(), replica);
+      t.add(row);
+    }
+  };
+  if (!replicated) add_stages(plan.stages, "");
+  for (size_t r = 0; r < plan.replicas.size(); ++r) add_stages(plan.replicas[r].stages, std::to_string(r));
   out += t.str();
+  for (size_t r = 0; r < plan.replicas.size(); ++r) {
+    const auto& rep = plan.replicas[r];
+    out += fmt::format("{}replica {}: {} in flight, {} requests, {:.4f} requests/s\n", r == 0 ? "\n" : "", r,
+                       rep.in_flight, rep.requests, rep.predicted.throughput_rps);
+  }
   const auto& pr = plan.predicted;
   out += fmt::format("\npredicted: {:.4f} requests/s, {:.2f} tokens/s, bottleneck {:.1f} ms/request, latency {:.1f} ms\n",
                      pr.throughput_rps, pr.tokens_per_s, pr.bottleneck_ms, pr.latency_ms);

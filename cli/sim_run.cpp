@@ -1,6 +1,7 @@
 // adaptlink-sim run | compare (see sim_commands.hpp).
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -105,9 +106,16 @@ std::string workload_text(const part::Scenario& sc, long long requests) {
   return fmt::format("{} requests, Poisson arrivals at {}/s, {} output tokens", n, w.rate_per_s, w.shape.output_tokens);
 }
 
+// "a>b>c", or per replica of a replicated plan "a>b | c | d".
 std::string stage_devices(const part::Plan& plan, const part::Scenario& sc) {
+  auto one = [&sc](const std::vector<part::Stage>& stages) {
+    std::string s;
+    for (const auto& st : stages) s += (s.empty() ? "" : ">") + sc.devices[static_cast<size_t>(st.device)].name;
+    return s;
+  };
+  if (plan.replicas.empty()) return one(plan.stages);
   std::string s;
-  for (const auto& st : plan.stages) s += (s.empty() ? "" : ">") + sc.devices[static_cast<size_t>(st.device)].name;
+  for (const auto& r : plan.replicas) s += (s.empty() ? "" : " | ") + one(r.stages);
   return s;
 }
 
@@ -172,12 +180,17 @@ std::string summary_table(const part::Plan& plan, const part::CostModel& cost, c
   al::cli::Table d({"device", "stage", "layers", "busy_ms/request", "utilization"});
   for (size_t i = 0; i < r.device_utilization.size(); ++i) {
     std::string stage = "-", layers = "-", busy = "-";
-    for (size_t s = 0; s < plan.stages.size(); ++s) {
-      const auto& st = plan.stages[s];
-      if (st.device == static_cast<int>(i)) {
-        stage = std::to_string(s);
-        layers = fmt::format("{}-{}", st.first_node, st.last_node);
-        busy = fmt::format("{:.1f}", st.prefill_ms + st.decode_ms);
+    // A replicated plan's stages are named by replica: "r1 s0".
+    const size_t replicas = std::max<size_t>(1, plan.replicas.size());
+    for (size_t rep = 0; rep < replicas; ++rep) {
+      const auto& stages = plan.replicas.empty() ? plan.stages : plan.replicas[rep].stages;
+      for (size_t s = 0; s < stages.size(); ++s) {
+        const auto& st = stages[s];
+        if (st.device == static_cast<int>(i)) {
+          stage = plan.replicas.empty() ? std::to_string(s) : fmt::format("r{} s{}", rep, s);
+          layers = fmt::format("{}-{}", st.first_node, st.last_node);
+          busy = fmt::format("{:.1f}", st.prefill_ms + st.decode_ms);
+        }
       }
     }
     d.add({r.device_utilization[i].first, stage, layers, busy, fmt::format("{:.3f}", r.device_utilization[i].second)});

@@ -178,6 +178,9 @@ int cmd_sweep(const SweepCliOptions& o) {
   auto problem = part::load_problem(o.scenario);
   if (!problem) return al::cli::report(problem.error());
   if (auto st = part::apply_profiles(o.profiles, *(*problem)->cost); !st) return al::cli::report(st.error());
+  // Sweeps draw dropouts, which replicated plans do not simulate: plan one pipeline (its backups and redeploys
+  // are what a sweep compares).
+  (*problem)->scenario.planner.replicas = false;
   const auto& p = **problem;
   auto objective = p.scenario.planner.objective;
   if (o.objective == "throughput") objective = part::Objective::throughput;

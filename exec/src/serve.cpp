@@ -247,6 +247,8 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   if (options.in_flight) scenario->workload.in_flight = *options.in_flight;
   if (options.backups) scenario->planner.backups = *options.backups;
   if (options.planner) scenario->planner.name = *options.planner;
+  // The workers serve one pipeline: replicated plans (partition/replicas.hpp) are simulated only so far.
+  scenario->planner.replicas = false;
   auto problem = partition::make_problem(std::move(scenario).value());
   auto applied = partition::apply_profiles(options.profiles, *problem->cost);
   if (!applied) return applied.error();

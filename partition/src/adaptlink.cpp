@@ -35,7 +35,7 @@ namespace {
 constexpr int kMaxExactOrders = 720;
 constexpr int kMaxHeuristicOrders = 600;
 constexpr size_t kMaxFront = 64;
-// adaptlink_bound_best (the replica search's screen of many device groups) tries fewer orders.
+// adaptlink_screened (the replica search's screen of many device groups) tries fewer orders.
 constexpr int kScreenExactOrders = 48;
 constexpr int kScreenHeuristicOrders = 24;
 // Candidates for the replay (ReplayRanker): the best plan of each of the kMaxCandidates best device
@@ -741,13 +741,34 @@ class AdaptlinkPlanner final : public Planner {
 
 std::unique_ptr<Planner> make_adaptlink_planner() { return std::make_unique<AdaptlinkPlanner>(); }
 
-std::vector<Stage> adaptlink_bound_best(const CostModel& cost, Objective objective) {
+std::vector<Stage> adaptlink_screened(const CostModel& cost, Objective objective) {
   const auto devices = active_devices(cost.scenario());
   if (devices.empty()) return {};
   Search search(cost, objective, devices);
   search.limit_orders(kScreenExactOrders, kScreenHeuristicOrders);
   seed_and_solve(cost, objective, devices, search);
-  return search.best();
+  const auto& workload = cost.scenario().workload;
+  if (search.best().empty() || objective != Objective::throughput || workload.arrival != Arrival::closed) {
+    return search.best();
+  }
+  std::vector<std::pair<double, std::vector<Stage>>> pool = search.candidates();
+  for (const auto& seed : search.seeds()) {
+    auto st = seed;
+    pool.emplace_back(evaluate(cost, st).throughput_rps, seed);
+  }
+  std::stable_sort(pool.begin(), pool.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  ReplayRanker ranker(cost, ranking_requests(workload));
+  std::vector<Stage> chosen = search.best();
+  double best = ranker.screen(chosen, 0.0);
+  for (const auto& [bound, stages] : pool) {
+    if (bound <= best) break;  // the replay never exceeds the bound
+    const double x = ranker.screen(stages, best);
+    if (x > best) {
+      best = x;
+      chosen = stages;
+    }
+  }
+  return chosen;
 }
 
 }  // namespace adaptlink::partition::detail

@@ -18,9 +18,10 @@ std::vector<Stage> split_by_weights(const CostModel& cost, const std::vector<int
 Expected<Plan> finish_split(const CostModel& cost, std::string name, Objective objective, std::vector<Stage> stages);
 
 std::unique_ptr<Planner> make_adaptlink_planner();
-// adaptlink's search without the replay that ranks and refines its plans: the plan with the best closed-form
-// bound (empty when nothing fits). The replica search screens groups with it (replicas.cpp).
-std::vector<Stage> adaptlink_bound_best(const CostModel& cost, Objective objective);
+// adaptlink made cheap for the replica search's many device groups (replicas.cpp): fewer device orders, and its
+// candidates ranked by the short screening replay only, without the full replays and the refinement (empty
+// when nothing fits).
+std::vector<Stage> adaptlink_screened(const CostModel& cost, Objective objective);
 std::unique_ptr<Planner> make_exhaustive_planner();
 std::unique_ptr<Planner> make_edgeshard_planner();  // edgeshard.cpp
 std::unique_ptr<Planner> make_pipeedge_planner();   // pipeedge.cpp

@@ -7,19 +7,22 @@
 //           device, 5 % slack for contiguous cuts); leftovers that cannot form a group join the last one;
 //   candidates: solos + packed, then the same with the two slowest groups merged, again and again down to two
 //           groups; solos + the other devices as one pipeline; solos alone (devices that fit nowhere left out).
-// Only groupings with at most in_flight groups and at least two are tried. For each, the in-flight slots are
-// handed out one at a time: every group gets one, then each further slot goes to the group whose planned
-// throughput gains the most from it. A group's throughput at k slots is adaptlink's own plan of the group's
-// problem (replica_problem at in_flight k), replayed like any plan: memoised per (group, k).
-// The best grouping wins when it beats one pipeline by more than 1 %; requests are then shared out in
-// proportion to the replicas' throughput (largest remainder), and each replica's prediction is replayed on
-// its own share.
+// Only groupings with at most in_flight groups and at least two are tried.
+// Screen: each group is planned once by a cheap adaptlink (fewer device orders, candidates ranked by a short
+// replay: adaptlink_screened) at as many requests in flight as it has devices; the in-flight slots are then
+// handed out one at a time (every group gets one, each further slot to the group whose replayed throughput
+// gains the most from it, lazily: a gain is bounded by the closed-form bound first).
+// Finish: the kFinished best screened groupings are planned in full (adaptlink itself on each group's problem,
+// replica_problem at its own k), the requests shared out in proportion to the replicas' throughput (largest
+// remainder; then once more in proportion to each replica's pace over its whole run, kept when better) and
+// replayed (predict_replicated). The best wins when it beats one pipeline by more than 1 %.
 #include "adaptlink/partition/replicas.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <map>
 #include <numeric>
+#include <tuple>
 
 #include "adaptlink/partition/planner.hpp"
 #include "adaptlink/partition/report.hpp"
@@ -71,18 +74,18 @@ namespace {
 std::vector<long long> apportion(long long total, const std::vector<double>& weights, const std::vector<int>& floor_of);
 }  // namespace
 
-Prediction predict_replicated(const CostModel& cost, std::vector<Replica>& replicas, long long max_requests) {
+namespace {
+
+// predict_replicated, also giving each replica's makespan (its last completion) in ms.
+Prediction replay_replicas(const CostModel& cost, std::vector<Replica>& replicas, long long max_requests,
+                           std::vector<double>* makespans_ms) {
   long long total = 0;
-  std::vector<double> weights;
-  std::vector<int> floors;
   long long in_flight = 0;
   for (const auto& r : replicas) {
     total += r.requests;
-    weights.push_back(static_cast<double>(r.requests));
-    floors.push_back(r.in_flight);
     in_flight += r.in_flight;
   }
-  const auto requests = apportion(std::min(total, max_requests), weights, floors);
+  const auto requests = share_requests(replicas, std::min(total, max_requests));
   std::vector<double> completions;
   double latency_sum = 0;
   for (size_t i = 0; i < replicas.size(); ++i) {
@@ -100,6 +103,10 @@ Prediction predict_replicated(const CostModel& cost, std::vector<Replica>& repli
     }
     completions.insert(completions.end(), run.completions_ms.begin(), run.completions_ms.end());
     latency_sum += run.mean_latency_ms * static_cast<double>(run.completions_ms.size());
+    if (makespans_ms != nullptr) {
+      makespans_ms->resize(replicas.size(), 0.0);
+      if (!run.completions_ms.empty()) (*makespans_ms)[i] = run.completions_ms.back();
+    }
   }
   auto plan = combine_predictions(replicas);
   const double merged = steady_throughput(completions, in_flight) * 1e3;
@@ -109,6 +116,22 @@ Prediction predict_replicated(const CostModel& cost, std::vector<Replica>& repli
     plan.latency_ms = latency_sum / static_cast<double>(completions.size());
   }
   return plan;
+}
+
+}  // namespace
+
+std::vector<long long> share_requests(const std::vector<Replica>& replicas, long long total) {
+  std::vector<double> weights;
+  std::vector<int> floors;
+  for (const auto& r : replicas) {
+    weights.push_back(static_cast<double>(r.requests));
+    floors.push_back(r.in_flight);
+  }
+  return apportion(total, weights, floors);
+}
+
+Prediction predict_replicated(const CostModel& cost, std::vector<Replica>& replicas, long long max_requests) {
+  return replay_replicas(cost, replicas, max_requests, nullptr);
 }
 
 bool replicas_allowed(const Scenario& scenario, Objective objective) {
@@ -121,6 +144,8 @@ namespace {
 
 constexpr double kMemorySlack = 1.05;
 constexpr double kMinGain = 1.01;
+// Groupings finished (planned in full and replayed) after the screen.
+constexpr size_t kFinished = 2;
 // Screening replays (a group at k requests in flight) replay this many requests, at least 12 k: a shorter
 // steady window than the reported prediction's, good enough to hand out slots and compare groupings.
 constexpr long long kScreenRequests = 80;
@@ -213,7 +238,7 @@ class ReplicaSearch {
     if (!base) {
       const int k = std::min(static_cast<int>(group.size()), cost_.scenario().workload.in_flight);
       auto problem = replica_problem(cost_, group, k, cost_.scenario().workload.requests);
-      base = detail::adaptlink_bound_best(*problem.cost, objective_);
+      base = detail::adaptlink_screened(*problem.cost, objective_);
     }
     return *base;
   }
@@ -225,17 +250,21 @@ class ReplicaSearch {
     return *p.cost;
   }
 
-  // adaptlink's plan of `group` at `k` requests in flight (the scenario's requests); nullopt when the group
-  // cannot hold the model.
-  std::optional<Plan> plan_group(const Group& group, int k) const {
-    auto problem = replica_problem(cost_, group, k, cost_.scenario().workload.requests);
-    auto plan = planner_->plan(*problem.cost, objective_);
-    if (!plan || !plan->predicted.feasible) return std::nullopt;
-    return std::move(*plan);
+  // adaptlink's own plan of `group` at `k` requests in flight (the scenario's requests), memoised; nullptr when
+  // the group cannot hold the model.
+  const Plan* full_plan(const Group& group, int k) {
+    auto [it, fresh] = full_plans_.try_emplace(std::make_pair(group, k));
+    if (fresh) {
+      auto problem = replica_problem(cost_, group, k, cost_.scenario().workload.requests);
+      if (auto plan = planner_->plan(*problem.cost, objective_); plan && plan->predicted.feasible) {
+        it->second = std::move(*plan);
+      }
+    }
+    return it->second ? &*it->second : nullptr;
   }
 
-  // A group's throughput at k requests in flight, memoised: adaptlink's search (without its replay ranking)
-  // plans the group once, at as many requests as it has devices, and every k replays that plan (a full plan
+  // A group's throughput at k requests in flight, memoised: a cheap adaptlink (adaptlink_screened) plans the
+  // group once, at as many requests as it has devices, and every k replays that plan (a full plan
   // per group and slot would cost many times more; the winning groups are planned in full at their own k).
   // 0 when the group cannot hold the model.
   double group_rps(const Group& group, int k) {
@@ -294,27 +323,92 @@ class ReplicaSearch {
   double weights_ = 0, kv_per_request_ = 0, buffer_ = 0;
   std::map<int, double> alone_rps_;  // active devices
   std::map<Group, std::optional<std::vector<Stage>>> base_plans_;
-  std::map<int, ReplicaProblem> problems_;  // by k: replays read only the workload, not the device roles
+  std::map<int, ReplicaProblem> problems_;
+  std::map<std::pair<Group, int>, std::optional<Plan>> full_plans_;  // by k: replays read only the workload, not the device roles
   std::map<std::pair<Group, int>, double> rps_;
   double rps_of_ = 0;
 };
 
-// Largest-remainder shares of `total` in proportion to `weights`, each at least `floor_of[i]`.
+// Largest-remainder shares of `total` in proportion to `weights`; a share below its floor is raised to it at the
+// expense of the largest shares (the sum stays `total` when it covers the floors).
 std::vector<long long> apportion(long long total, const std::vector<double>& weights, const std::vector<int>& floor_of) {
   const double sum = std::accumulate(weights.begin(), weights.end(), 0.0);
   std::vector<long long> out(weights.size());
   std::vector<std::pair<double, size_t>> rem;
   long long given = 0;
   for (size_t i = 0; i < weights.size(); ++i) {
-    const double exact = static_cast<double>(total) * weights[i] / sum;
+    const double exact = sum > 0 ? static_cast<double>(total) * weights[i] / sum : 0.0;
     out[i] = static_cast<long long>(std::floor(exact));
     given += out[i];
     rem.emplace_back(exact - static_cast<double>(out[i]), i);
   }
   std::stable_sort(rem.begin(), rem.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (size_t r = 0; given < total; ++r, ++given) ++out[rem[r % rem.size()].second];
-  for (size_t i = 0; i < out.size(); ++i) out[i] = std::max<long long>(out[i], floor_of[i]);
+  for (size_t r = 0; given < total && !rem.empty(); ++r, ++given) ++out[rem[r % rem.size()].second];
+  for (size_t i = 0; i < out.size(); ++i) {
+    while (out[i] < floor_of[i]) {
+      ++out[i];
+      auto largest = std::max_element(out.begin(), out.end());
+      if (largest != out.begin() + static_cast<std::ptrdiff_t>(i) &&
+          *largest - 1 >= floor_of[static_cast<size_t>(largest - out.begin())]) {
+        --*largest;
+      }
+    }
+  }
   return out;
+}
+
+}  // namespace
+
+namespace {
+
+// The replicated plan of a grouping with its slots: each group planned in full by adaptlink at its own share of
+// the requests in flight (kept only where it beats the screened plan), requests shared out, replayed.
+Plan finish(const CostModel& cost, Objective objective, ReplicaSearch& search, const std::vector<Group>& groups,
+            const std::vector<int>& k) {
+  Plan plan;
+  plan.planner = "adaptlink";
+  plan.objective = objective;
+  std::vector<double> rps;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    Replica r;
+    r.devices = groups[g];
+    r.in_flight = k[g];
+    r.stages = search.base_stages(groups[g]);
+    rps.push_back(search.group_rps(groups[g], k[g]));
+    if (const Plan* own = search.full_plan(groups[g], k[g]); own && own->predicted.throughput_rps > rps.back()) {
+      rps.back() = own->predicted.throughput_rps;
+      r.stages = own->stages;
+    }
+    plan.replicas.push_back(std::move(r));
+  }
+  const auto requests = apportion(cost.scenario().workload.requests, rps, k);
+  for (size_t g = 0; g < groups.size(); ++g) plan.replicas[g].requests = requests[g];
+  std::vector<double> makespans;
+  plan.predicted = replay_replicas(cost, plan.replicas, kReplayRequests, &makespans);
+  // Shares in proportion to each replica's pace over its whole run (warm-up and drain included) end the
+  // replicas closer together: a replica still running alone at the end lowers the merged window's throughput.
+  if (std::all_of(makespans.begin(), makespans.end(), [](double m) { return m > 0; })) {
+    std::vector<double> pace;
+    for (size_t g = 0; g < plan.replicas.size(); ++g) {
+      pace.push_back(static_cast<double>(plan.replicas[g].requests) / makespans[g]);
+    }
+    auto paced = plan.replicas;
+    const auto shares = apportion(cost.scenario().workload.requests, pace, k);
+    for (size_t g = 0; g < paced.size(); ++g) paced[g].requests = shares[g];
+    const auto p = predict_replicated(cost, paced);
+    if (p.throughput_rps > plan.predicted.throughput_rps) {
+      plan.replicas = std::move(paced);
+      plan.predicted = p;
+    }
+  }
+  // The fastest replica first: `stages` (replica 0) is the best one-pipeline plan a reader that knows no
+  // replicas can run.
+  std::stable_sort(plan.replicas.begin(), plan.replicas.end(), [](const Replica& a, const Replica& b) {
+    return a.predicted.throughput_rps > b.predicted.throughput_rps;
+  });
+  plan.stages = plan.replicas.front().stages;
+  plan.search_bound_rps = plan.predicted.bound_rps;
+  return plan;
 }
 
 }  // namespace
@@ -322,53 +416,24 @@ std::vector<long long> apportion(long long total, const std::vector<double>& wei
 std::optional<Plan> plan_replicas(const CostModel& cost, Objective objective, double single_rps) {
   if (!replicas_allowed(cost.scenario(), objective)) return std::nullopt;
   ReplicaSearch search(cost, objective);
-  double best_rps = single_rps * kMinGain;
-  std::vector<Group> best_groups;
-  std::vector<int> best_k;
+  // Screen every grouping, then finish the best few: the screen's short replays of cheaper plans can order
+  // close groupings wrongly.
+  std::vector<std::tuple<double, std::vector<Group>, std::vector<int>>> screened;
   for (const auto& groups : search.groupings()) {
     const auto k = search.share_slots(groups);
-    if (k.empty() || !(search.shared_rps() > best_rps)) continue;
-    best_rps = search.shared_rps();
-    best_groups = groups;
-    best_k = k;
+    if (!k.empty() && search.shared_rps() > single_rps * kMinGain) screened.emplace_back(search.shared_rps(), groups, k);
   }
-  if (best_groups.empty()) return std::nullopt;
-
-  // Each winning group planned at its own share of the in-flight requests (replanned plans that do worse
-  // than the shared one's replay keep that one), then replayed on its share of the requests.
-  std::vector<std::vector<Stage>> stages(best_groups.size());
-  std::vector<double> rps(best_groups.size());
-  for (size_t g = 0; g < best_groups.size(); ++g) {
-    rps[g] = search.group_rps(best_groups[g], best_k[g]);
-    stages[g] = search.base_stages(best_groups[g]);
-    if (auto own = search.plan_group(best_groups[g], best_k[g]); own && own->predicted.throughput_rps > rps[g]) {
-      rps[g] = own->predicted.throughput_rps;
-      stages[g] = own->stages;
+  std::stable_sort(screened.begin(), screened.end(),
+                   [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
+  std::optional<Plan> best;
+  for (size_t i = 0; i < std::min(screened.size(), kFinished); ++i) {
+    auto plan = finish(cost, objective, search, std::get<1>(screened[i]), std::get<2>(screened[i]));
+    if (plan.predicted.throughput_rps > single_rps * kMinGain &&
+        (!best || plan.predicted.throughput_rps > best->predicted.throughput_rps)) {
+      best = std::move(plan);
     }
   }
-  const auto requests = apportion(cost.scenario().workload.requests, rps, best_k);
-  Plan plan;
-  plan.planner = "adaptlink";
-  plan.objective = objective;
-  for (size_t g = 0; g < best_groups.size(); ++g) {
-    Replica r;
-    r.devices = best_groups[g];
-    r.in_flight = best_k[g];
-    r.requests = requests[g];
-    r.stages = stages[g];
-    plan.replicas.push_back(std::move(r));
-  }
-  plan.predicted = predict_replicated(cost, plan.replicas);
-  // The fastest replica first: `stages` (replica 0) is the best one-pipeline plan a reader that knows no
-  // replicas can run.
-  std::stable_sort(plan.replicas.begin(), plan.replicas.end(), [](const Replica& a, const Replica& b) {
-    return a.predicted.throughput_rps > b.predicted.throughput_rps;
-  });
-  plan.stages = plan.replicas.front().stages;
-  // Replayed on their own (smaller) shares of the requests, the replicas must still beat one pipeline.
-  if (!(plan.predicted.throughput_rps > single_rps)) return std::nullopt;
-  plan.search_bound_rps = plan.predicted.bound_rps;
-  return plan;
+  return best;
 }
 
 }  // namespace adaptlink::partition

@@ -92,6 +92,7 @@ class Simulation {
     window_ = partition::steady_window(spec.requests, spec.in_flight, spec.arrival == ArrivalKind::closed);
     progress_step_ = std::max<long long>(1, spec.requests / 100);
     out_.latencies_ms.reserve(static_cast<size_t>(spec.requests));
+    out_.completions_s.reserve(static_cast<size_t>(spec.requests));
   }
 
   Expected<Ok> build_platform() {
@@ -387,6 +388,7 @@ class Simulation {
   void complete(int slot) {
     const double now = sg4::Engine::get_clock();
     out_.latencies_ms.push_back((now - slots_[static_cast<size_t>(slot)].admitted_s) * 1e3);
+    out_.completions_s.push_back(now);
     slots_[static_cast<size_t>(slot)].active = false;
     free_slots_.push_back(slot);
     const long long done = ++out_.completed;

@@ -155,6 +155,7 @@ std::optional<Placement> replan(const partition::CostModel& cost, const partitio
     }
   }
   scenario.planner.backups = backups;
+  scenario.planner.replicas = false;  // recovery and rebalance move stages of one pipeline
   scenario.faults.clear();
   auto problem = partition::make_problem(std::move(scenario));
   auto made = partition::make_plan(*problem->cost, plan.planner, plan.objective);

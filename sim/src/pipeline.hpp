@@ -150,6 +150,7 @@ struct EngineOutcome {
   long long completed = 0;
   double makespan_s = 0;
   std::vector<double> latencies_ms;         // per completed request
+  std::vector<double> completions_s;        // per completed request, its completion time (same order)
   double window_start_s = 0;                // steady-state window (see partition::steady_window)
   double window_end_s = 0;
   long long window_completions = 0;         // completions inside the window

@@ -10,12 +10,18 @@
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cmath>
 #include <cstring>
+#include <fstream>
+#include <numeric>
 #include <set>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "adaptlink/partition/replicas.hpp"
 #include "pipeline.hpp"
+#include "trace.hpp"
 
 namespace adaptlink::sim {
 
@@ -99,6 +105,8 @@ Expected<SimResult> run_here(const PipelineSpec& spec, const EngineOptions& engi
         static_cast<double>(spec.requests - 1) / (outcome->last_arrival_s - outcome->first_arrival_s);
   }
   result.report = make_report(spec, *outcome);
+  result.latencies_ms = std::move(outcome->latencies_ms);
+  result.completions_s = std::move(outcome->completions_s);
   return result;
 }
 
@@ -160,7 +168,9 @@ Expected<SimResult> run_isolated(const PipelineSpec& spec, EngineOptions engine_
       write_frame(fd, 'R',
                   nlohmann::json{{"report", partition::to_json(result->report)},
                                  {"device_order", order},
-                                 {"stats", stats_to_json(result->stats)}}
+                                 {"stats", stats_to_json(result->stats)},
+                                 {"latencies_ms", result->latencies_ms},
+                                 {"completions_s", result->completions_s}}
                       .dump());
     } else {
       write_frame(fd, 'E', result.error().to_string());
@@ -193,7 +203,12 @@ Expected<SimResult> run_isolated(const PipelineSpec& spec, EngineOptions engine_
           }
         }
         report->device_utilization = std::move(ordered);
-        answer = SimResult{std::move(*report), stats_from_json(j.at("stats"))};
+        SimResult result;
+        result.report = std::move(*report);
+        result.stats = stats_from_json(j.at("stats"));
+        result.latencies_ms = j.at("latencies_ms").get<std::vector<double>>();
+        result.completions_s = j.at("completions_s").get<std::vector<double>>();
+        answer = std::move(result);
       }
     } else if (type == 'E') {
       answer = Error{payload, {}, 0, 0};
@@ -208,6 +223,219 @@ Expected<SimResult> run_isolated(const PipelineSpec& spec, EngineOptions engine_
   return make_error("the simulator process ended (status {}) without a result", WEXITSTATUS(status));
 }
 
+// --- replicated plans ----------------------------------------------------------------------------------------
+
+// Checks what a replicated plan must be before its replicas are run: disjoint groups of existing devices,
+// each with requests in flight and stages on its own devices.
+Expected<Ok> check_replicas(const partition::CostModel& cost, const partition::Plan& plan) {
+  const auto& sc = cost.scenario();
+  std::vector<int> owner(sc.devices.size(), -1);
+  for (size_t r = 0; r < plan.replicas.size(); ++r) {
+    const auto& rep = plan.replicas[r];
+    if (rep.in_flight < 1) return make_error("replica {}: in_flight must be at least 1 (got {})", r, rep.in_flight);
+    if (rep.stages.empty()) return make_error("replica {} has no stages", r);
+    for (int d : rep.devices) {
+      if (d < 0 || static_cast<size_t>(d) >= sc.devices.size()) {
+        return make_error("replica {}: device index {} is not a scenario device", r, d);
+      }
+      if (owner[static_cast<size_t>(d)] >= 0) {
+        return make_error("replicas {} and {} share device '{}': replicas need disjoint device groups",
+                          owner[static_cast<size_t>(d)], r, sc.devices[static_cast<size_t>(d)].name);
+      }
+      owner[static_cast<size_t>(d)] = static_cast<int>(r);
+    }
+    for (const auto& st : rep.stages) {
+      if (std::find(rep.devices.begin(), rep.devices.end(), st.device) == rep.devices.end()) {
+        return make_error("replica {}: a stage runs on device {}, outside the replica's group", r, st.device);
+      }
+    }
+  }
+  return Ok{};
+}
+
+// Merges the replicas' Chrome traces (trace.cpp's format) into one file. Device rows (pid 1) are numbered by
+// scenario device and the replicas' devices are disjoint, so their slices go in as they are; link rows (pid 2)
+// are numbered per run from 0, so each replica's are moved past the previous ones'. Metadata that every run
+// writes alike (process names, the device rows' names) is written once.
+Expected<Ok> merge_traces(const std::vector<std::filesystem::path>& parts, const std::filesystem::path& out_path) {
+  std::vector<nlohmann::json> slices, metadata;
+  std::set<std::string> seen;
+  nlohmann::json other = nlohmann::json::object();
+  long long events = 0;
+  bool truncated = false;
+  int link_tid_base = 0;
+  for (size_t r = 0; r < parts.size(); ++r) {
+    nlohmann::json part;
+    try {
+      std::ifstream in(parts[r]);
+      if (!in) return make_error("cannot read the trace of replica {} ('{}')", r, parts[r].string());
+      part = nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+      return make_error("the trace of replica {} ('{}') is not JSON: {}", r, parts[r].string(), e.what());
+    }
+    int next_base = link_tid_base;
+    for (auto& e : part.at("traceEvents")) {
+      if (e.value("pid", 0) == detail::TraceWriter::kLinkPid && e.contains("tid")) {
+        const int tid = e["tid"].get<int>() + link_tid_base;
+        e["tid"] = tid;
+        next_base = std::max(next_base, tid + 1);
+      }
+      if (e.value("ph", "") == "M") {
+        if (seen.insert(e.dump()).second) metadata.push_back(std::move(e));
+      } else {
+        slices.push_back(std::move(e));
+      }
+    }
+    link_tid_base = next_base;
+    const auto o = part.value("otherData", nlohmann::json::object());
+    if (r == 0) other = o;
+    events += o.value("events", 0LL);
+    truncated = truncated || o.value("truncated", false);
+  }
+  other["events"] = events;
+  other["truncated"] = truncated;
+  other["replicas"] = parts.size();
+  std::ofstream out(out_path, std::ios::binary | std::ios::trunc);
+  if (!out) return make_error("cannot write the trace to '{}'", out_path.string());
+  out << "{\"traceEvents\":[\n";
+  bool first = true;
+  for (const auto* list : {&slices, &metadata}) {
+    for (const auto& e : *list) {
+      if (!first) out << ",\n";
+      first = false;
+      out << e.dump();
+    }
+  }
+  out << "\n],\"displayTimeUnit\":\"ms\",\"otherData\":" << other.dump() << "}\n";
+  out.close();
+  if (!out) return make_error("cannot write the trace to '{}'", out_path.string());
+  return Ok{};
+}
+
+// A replicated plan (see simulator.hpp): every replica run alone on its own problem, the results merged as
+// partition::predict_replicated merges its replays.
+Expected<SimResult> run_replicated(const partition::CostModel& cost, const partition::Plan& plan,
+                                   const SimOptions& options) {
+  const auto& sc = cost.scenario();
+  const auto& replicas = plan.replicas;
+  if (options.faults) {
+    const auto& faults = options.fault_list ? *options.fault_list : sc.faults;
+    if (!faults.empty()) {
+      return make_error(
+          "faults are not simulated on replicated plans ({} replicas): plan one pipeline to simulate them (set "
+          "[planner] replicas = false in the scenario), or simulate without faults",
+          replicas.size());
+    }
+  }
+  if (auto ok = check_replicas(cost, plan); !ok) return ok.error();
+
+  std::vector<long long> shares;
+  if (options.max_requests > 0) {
+    shares = partition::share_requests(replicas, options.max_requests);  // as predict_replicated shares a replay
+  } else {
+    for (const auto& r : replicas) shares.push_back(std::max<long long>(r.requests, r.in_flight));
+  }
+  const long long total = std::accumulate(shares.begin(), shares.end(), 0LL);
+
+  std::vector<std::filesystem::path> trace_parts;
+  auto remove_parts = [&trace_parts] {
+    std::error_code ec;
+    for (const auto& t : trace_parts) std::filesystem::remove(t, ec);
+  };
+  std::vector<SimResult> results;
+  long long done = 0;
+  for (size_t r = 0; r < replicas.size(); ++r) {
+    const auto& rep = replicas[r];
+    auto problem = partition::replica_problem(cost, rep.devices, rep.in_flight, shares[r]);
+    partition::Plan one;
+    one.planner = plan.planner;
+    one.objective = plan.objective;
+    one.stages = rep.stages;
+    one.predicted = rep.predicted;
+
+    SimOptions sub = options;
+    sub.faults = false;
+    sub.fault_list.reset();
+    sub.max_requests = 0;  // the replica's problem holds its share
+    sub.isolate = true;    // one SimGrid engine per process: every replica needs its own
+    sub.progress = nullptr;
+    if (options.progress) {
+      sub.progress = [&options, done, total](const SimProgress& p) {
+        options.progress(SimProgress{done + p.completed, total, p.sim_time_s});
+      };
+    }
+    if (!options.trace_path.empty()) {
+      sub.trace_path = options.trace_path.string() + fmt::format(".replica{}", r);
+      // The event budget shared out: the merged trace keeps at most trace_max_events slices.
+      const auto n = static_cast<long long>(replicas.size());
+      sub.trace_max_events = options.trace_max_events / n + (static_cast<long long>(r) < options.trace_max_events % n);
+      trace_parts.push_back(sub.trace_path);
+    }
+    auto result = run_simulation(*problem.cost, one, sub);
+    if (!result) {
+      remove_parts();
+      auto e = result.error();
+      e.message = fmt::format("replica {} ({} stages): {}", r, rep.stages.size(), e.message);
+      return e;
+    }
+    done += shares[r];
+    results.push_back(std::move(*result));
+  }
+  if (!trace_parts.empty()) {
+    auto merged = merge_traces(trace_parts, options.trace_path);
+    remove_parts();
+    if (!merged) return merged.error();
+  }
+
+  SimResult out;
+  auto& report = out.report;
+  report.scenario = sc.name;
+  report.backend = "sim";
+  report.planner = plan.planner;
+  long long in_flight = 0;
+  for (size_t r = 0; r < replicas.size(); ++r) {
+    const auto& res = results[r];
+    in_flight += replicas[r].in_flight;
+    report.requests_completed += res.report.requests_completed;
+    report.requests_lost += res.report.requests_lost;
+    out.latencies_ms.insert(out.latencies_ms.end(), res.latencies_ms.begin(), res.latencies_ms.end());
+    out.completions_s.insert(out.completions_s.end(), res.completions_s.begin(), res.completions_s.end());
+    out.stats.wall_s += res.stats.wall_s;
+    out.stats.sim_time_s = std::max(out.stats.sim_time_s, res.stats.sim_time_s);
+    out.stats.stage_executions += res.stats.stage_executions;
+    out.stats.transfers += res.stats.transfers;
+    out.stats.trace_events += res.stats.trace_events;
+    out.stats.peak_rss_kb = std::max(out.stats.peak_rss_kb, res.stats.peak_rss_kb);
+  }
+  report.throughput_rps = partition::steady_throughput(out.completions_s, in_flight);
+  report.tokens_per_s = report.throughput_rps * cost.shape().output_tokens;
+  report.latency_ms = partition::summarize_latencies(out.latencies_ms);
+
+  // Each device's utilisation comes from the replica that holds it (over that replica's steady window).
+  double stage_sum = 0;
+  size_t stage_devices = 0;
+  for (size_t d = 0; d < sc.devices.size(); ++d) {
+    const auto& name = sc.devices[d].name;
+    double u = 0;
+    bool holds_stage = false;
+    for (size_t r = 0; r < replicas.size(); ++r) {
+      const auto& rep = replicas[r];
+      if (std::find(rep.devices.begin(), rep.devices.end(), static_cast<int>(d)) == rep.devices.end()) continue;
+      for (const auto& [n, value] : results[r].report.device_utilization) {
+        if (n == name) u = value;
+      }
+      for (const auto& st : rep.stages) holds_stage = holds_stage || st.device == static_cast<int>(d);
+    }
+    report.device_utilization.emplace_back(name, u);
+    if (holds_stage) {
+      stage_sum += u;
+      ++stage_devices;
+    }
+  }
+  report.bubble_fraction = stage_devices == 0 ? 0.0 : 1.0 - stage_sum / static_cast<double>(stage_devices);
+  return out;
+}
+
 }  // namespace
 
 std::vector<std::string> network_models() { return {"CM02", "LV08", "SMPI", "IB", "Constant"}; }
@@ -219,6 +447,7 @@ Expected<SimResult> run_simulation(const partition::CostModel& cost, const parti
     return make_error("unknown network model '{}' (expected one of CM02, LV08, SMPI, IB, Constant)",
                       options.network_model);
   }
+  if (!plan.replicas.empty()) return run_replicated(cost, plan, options);
   auto spec = detail::build_pipeline(cost, plan, options.max_requests, options.seed, options.stagger_start);
   if (!spec) return spec.error();
   if (options.faults) {

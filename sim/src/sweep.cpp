@@ -180,6 +180,12 @@ Expected<SweepResult> run_sweep(const partition::CostModel& cost, const partitio
     if (!(r >= 0) || !std::isfinite(r)) return make_error("--dropout-rate: rates must be >= 0 (got {})", r);
   }
   if (options.runs < 1) return make_error("--runs must be at least 1 (got {})", options.runs);
+  if (!plan.replicas.empty()) {
+    // Sweeps draw dropouts, and faults are not simulated on replicated plans (simulator.hpp).
+    return make_error("dropout sweeps need a one-pipeline plan, and this {} plan has {} replicas (plan it with "
+                      "[planner] replicas = false)",
+                      plan.planner, plan.replicas.size());
+  }
   if (!(options.mean_downtime_s > 0) || !std::isfinite(options.mean_downtime_s)) {
     return make_error("--mean-downtime must be positive (got {})", options.mean_downtime_s);
   }

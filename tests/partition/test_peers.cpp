@@ -14,6 +14,7 @@
 #include <set>
 
 #include "adaptlink/partition/planner.hpp"
+#include "adaptlink/partition/replicas.hpp"
 #include "small_llava.hpp"
 #include "adaptlink/partition/problem.hpp"
 
@@ -85,23 +86,60 @@ bool compute_bound(const part::CostModel& cost) {
 }
 
 // Contiguous, covering, one stage per device, every stage within its device's memory.
-void expect_valid_plan(const part::Plan& plan, const part::Problem& p, const std::string& what) {
-  ASSERT_FALSE(plan.stages.empty()) << what;
-  EXPECT_TRUE(plan.predicted.feasible) << what;
-  EXPECT_EQ(plan.stages.front().first_node, 0) << what;
-  EXPECT_EQ(plan.stages.back().last_node, p.graph.head_index()) << what;
+void expect_valid_stages(const std::vector<part::Stage>& stages, const part::CostModel& cost, const std::string& what) {
+  ASSERT_FALSE(stages.empty()) << what;
+  const auto& sc = cost.scenario();
+  EXPECT_EQ(stages.front().first_node, 0) << what;
+  EXPECT_EQ(stages.back().last_node, cost.graph().head_index()) << what;
   std::set<int> devices;
-  for (size_t s = 0; s < plan.stages.size(); ++s) {
-    const auto& st = plan.stages[s];
+  for (size_t s = 0; s < stages.size(); ++s) {
+    const auto& st = stages[s];
     EXPECT_LE(st.first_node, st.last_node) << what;
     if (s > 0) {
-      EXPECT_EQ(st.first_node, plan.stages[s - 1].last_node + 1) << what << " stage " << s;
+      EXPECT_EQ(st.first_node, stages[s - 1].last_node + 1) << what << " stage " << s;
     }
     EXPECT_TRUE(devices.insert(st.device).second) << what << ": device used twice";
-    EXPECT_EQ(p.scenario.devices[st.device].role, part::Role::active) << what;
-    EXPECT_LE(st.memory_bytes, p.scenario.devices[st.device].mem_bytes) << what << " stage " << s;
-    EXPECT_DOUBLE_EQ(st.memory_bytes, p.cost->memory_bytes(st.first_node, st.last_node)) << what;
+    EXPECT_EQ(sc.devices[st.device].role, part::Role::active) << what;
+    EXPECT_LE(st.memory_bytes, sc.devices[st.device].mem_bytes) << what << " stage " << s;
+    EXPECT_DOUBLE_EQ(st.memory_bytes, cost.memory_bytes(st.first_node, st.last_node)) << what;
   }
+}
+
+// A valid one-pipeline plan, or replicas that are each valid on their own problem (the KV cache of their own
+// in_flight), on disjoint active devices, sharing out the whole workload.
+void expect_valid_plan(const part::Plan& plan, const part::Problem& p, const std::string& what) {
+  EXPECT_TRUE(plan.predicted.feasible) << what;
+  if (plan.replicas.empty()) {
+    expect_valid_stages(plan.stages, *p.cost, what);
+    return;
+  }
+  ASSERT_GE(plan.replicas.size(), 2u) << what;
+  EXPECT_EQ(plan.stages, plan.replicas.front().stages) << what;
+  std::set<int> devices;
+  long long in_flight = 0, requests = 0;
+  double sum_rps = 0;
+  for (size_t r = 0; r < plan.replicas.size(); ++r) {
+    const auto& rep = plan.replicas[r];
+    const auto name = what + " replica " + std::to_string(r);
+    for (int d : rep.devices) {
+      EXPECT_TRUE(devices.insert(d).second) << name << ": device in two replicas";
+      EXPECT_EQ(p.scenario.devices[d].role, part::Role::active) << name;
+    }
+    auto own = part::replica_problem(*p.cost, rep.devices, rep.in_flight, rep.requests);
+    expect_valid_stages(rep.stages, *own.cost, name);
+    for (const auto& st : rep.stages) {
+      EXPECT_NE(std::find(rep.devices.begin(), rep.devices.end(), st.device), rep.devices.end()) << name;
+    }
+    EXPECT_GE(rep.in_flight, 1) << name;
+    EXPECT_GE(rep.requests, rep.in_flight) << name;
+    in_flight += rep.in_flight;
+    requests += rep.requests;
+    sum_rps += rep.predicted.throughput_rps;
+  }
+  EXPECT_EQ(in_flight, p.scenario.workload.in_flight) << what;
+  EXPECT_EQ(requests, p.scenario.workload.requests) << what;
+  // Counted over the merged window, the plan's throughput is near the sum of the replicas' own.
+  EXPECT_NEAR(plan.predicted.throughput_rps / sum_rps, 1.0, 0.1) << what;
 }
 
 }  // namespace
@@ -198,11 +236,13 @@ TEST(Suite, AdaptlinkGeometricMeanOverUniformIsAtLeast1p5) {
 }
 
 // The "85 % of the aggregate-compute bound" read as achieved (replayed) throughput at the scenario's
-// in_flight. Decode-first scheduling lifted the lowest ratio from 0.487 (fifo) to 0.609; 85 % is not reached on
-// 7 of the 9 compute-bound scenarios: with in_flight about the number of stages, a token's trip through every
-// stage leaves stages idle however the layers are cut (2 x in_flight reaches it on 7 of 9; see the README).
-// What this test holds: the ratios stay where they are, decode-first never loses to fifo by more than 1 %, and
-// nothing exceeds the bound.
+// in_flight. One pipeline reaches it on 2 of the 9 compute-bound scenarios (lowest 0.609): with in_flight about
+// the number of stages, a token's trip through every stage leaves stages idle however the layers are cut.
+// Replicas (independent pipelines on device groups, replicas.hpp) reach it on 8 of 9. The ninth,
+// generic-mixed-mesh (0.83), has four 4 GB boards that hold the model only as a 4-stage pipeline with 4
+// requests in flight: each request's prefill crosses the stages one at a time while the others decode.
+// What this test holds: every compute-bound scenario at >= 0.8 and all but one at >= 0.85, decode-first never
+// below fifo by more than 1 %, and nothing above the bound.
 TEST(Suite, AdaptlinkThroughputAgainstTheComputeBoundOnComputeBoundScenarios) {
   auto suite = load_suite();
   int n = 0, at_85 = 0;
@@ -220,14 +260,15 @@ TEST(Suite, AdaptlinkThroughputAgainstTheComputeBoundOnComputeBoundScenarios) {
     const double bound = bound_rps(cost);
     const double ratio = adapt->predicted.throughput_rps / bound;
     const double fifo_ratio = fifo->predicted.throughput_rps / bound;
-    std::printf("%-32s adaptlink / bound %.3f (fifo %.3f)\n", c.problem->scenario.name.c_str(), ratio, fifo_ratio);
-    EXPECT_GE(ratio, 0.6) << c.problem->scenario.name;
+    std::printf("%-32s adaptlink / bound %.3f (fifo %.3f), %zu replicas\n", c.problem->scenario.name.c_str(), ratio,
+                fifo_ratio, adapt->replicas.size());
+    EXPECT_GE(ratio, 0.8) << c.problem->scenario.name;
     EXPECT_GE(ratio, 0.99 * fifo_ratio) << c.problem->scenario.name;
     EXPECT_LE(adapt->predicted.bound_rps / bound, 1 + 1e-9) << c.problem->scenario.name << ": above the upper bound?";
     at_85 += ratio >= 0.85 ? 1 : 0;
   }
   EXPECT_GE(n, 5) << "the suite should hold several compute-bound scenarios";
-  EXPECT_GE(at_85, 2);
+  EXPECT_GE(at_85, n - 1);
 }
 
 TEST(Peers, EdgeshardKeepsTheInputOnTheSourceDevice) {

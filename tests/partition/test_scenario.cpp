@@ -114,6 +114,8 @@ void expect_same(const Scenario& a, const Scenario& b) {
   EXPECT_EQ(a.planner.name, b.planner.name);
   EXPECT_EQ(a.planner.objective, b.planner.objective);
   EXPECT_EQ(a.planner.backups, b.planner.backups);
+  EXPECT_EQ(a.planner.schedule, b.planner.schedule);
+  EXPECT_EQ(a.planner.replicas, b.planner.replicas);
   ASSERT_EQ(a.faults.size(), b.faults.size());
   for (size_t i = 0; i < a.faults.size(); ++i) {
     EXPECT_EQ(a.faults[i].at_s, b.faults[i].at_s);
@@ -304,6 +306,7 @@ TEST(ScenarioFile, Defaults) {
   EXPECT_EQ(s.planner.objective, Objective::throughput);
   EXPECT_TRUE(s.planner.backups);
   EXPECT_EQ(s.planner.schedule, Schedule::decode_first);
+  EXPECT_TRUE(s.planner.replicas);
   EXPECT_TRUE(s.faults.empty());
   expect_round_trip(s);
 }
@@ -385,6 +388,7 @@ name = "exhaustive"
 objective = "latency"
 backups = false
 schedule = "fifo"
+replicas = false
 [[faults]]
 at_s = 1
 device = "a"
@@ -423,6 +427,7 @@ bandwidth_mbps = 10
   EXPECT_EQ(s->faults[2].factor, 2.5);
   EXPECT_EQ(s->faults[3].bandwidth_mbps, 10);
   EXPECT_EQ(s->planner.schedule, Schedule::fifo);
+  EXPECT_FALSE(s->planner.replicas);
   EXPECT_EQ(s->faults[0].signal, Fault::Signal::stop);
   for (auto schedule : {Schedule::decode_first, Schedule::fifo}) {
     EXPECT_EQ(parse_schedule(schedule_name(schedule)), schedule);
@@ -543,7 +548,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"slowdown-zero-factor.toml", 13, 10, "faults[0].factor: must be > 0, got 0"},
         BadCase{"unknown-schedule.toml", 10, 12, "planner.schedule: unknown schedule \"lifo\""},
         BadCase{"signal-not-dropout.toml", 14, 10, "faults[0].signal: only for kind = \"dropout\""},
-        BadCase{"unknown-signal.toml", 13, 10, "faults[0].signal: unknown signal \"pause\""}),
+        BadCase{"unknown-signal.toml", 13, 10, "faults[0].signal: unknown signal \"pause\""},
+        BadCase{"replicas-not-bool.toml", 10, 12, "planner.replicas: expected a boolean (true or false), got string \"auto\""}),
     [](const testing::TestParamInfo<BadCase>& info) {
       std::string name = fs::path(info.param.file).stem().string();
       std::replace(name.begin(), name.end(), '-', '_');
@@ -568,7 +574,7 @@ TEST(ScenarioErrors, ExpectLinesMatchAndEveryFileIsCovered) {
     std::string expected = first.substr(prefix.size());
     EXPECT_NE(s.error().message.find(expected), std::string::npos) << s.error().to_string();
   }
-  EXPECT_EQ(files, 37);  // keep in step with the BadScenarioFile list
+  EXPECT_EQ(files, 38);  // keep in step with the BadScenarioFile list
 }
 
 TEST(ScenarioErrors, RandomBinaryGarbage) {

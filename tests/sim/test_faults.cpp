@@ -364,6 +364,7 @@ struct Timed {
 Timed run_quartet(std::vector<part::Fault> faults, long long requests) {
   auto sc = load(source_dir() / "scenarios" / "jetson-quartet.toml");
   sc.planner.backups = false;
+  sc.planner.replicas = false;  // faults are simulated on one pipeline
   auto p = problem(std::move(sc));
   auto pl = plan(*p, "adaptlink");
   SimOptions o;

@@ -2,13 +2,16 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
+#include "adaptlink/partition/replicas.hpp"
 #include "adaptlink/partition/report.hpp"
 #include "adaptlink/sim/simulator.hpp"
+#include "adaptlink/sim/sweep.hpp"
 #include "helpers.hpp"
 
 namespace adaptlink::sim::testing {
@@ -239,6 +242,179 @@ TEST(Simulator, LockstepStartIsAvailable) {
   EXPECT_LE(r->throughput_rps, pl.predicted.bound_rps * 1.005);
   // Requests started together finish together.
   EXPECT_LT(r->latency_ms.p95 - r->latency_ms.p50, 0.05 * r->latency_ms.p50);
+}
+
+// --- replicated plans ----------------------------------------------------------------------------------------
+
+std::filesystem::path suite(const std::string& file) { return source_dir() / "scenarios" / "suite" / file; }
+
+part::Plan replicated_plan(const part::Problem& p) {
+  auto pl = plan(p, "adaptlink");
+  EXPECT_GE(pl.replicas.size(), 2u) << p.scenario.name << ": expected a replicated adaptlink plan";
+  return pl;
+}
+
+// The simulated throughput of a replicated plan is what the planner predicts (partition::predict_replicated),
+// as for one pipeline (the replay and the simulation agree to rounding: ~1e-13 on every suite scenario), and so
+// is the mean latency over every request; every request is served and every stage device works.
+TEST(SimulatorReplicas, ThroughputMatchesThePrediction) {
+  for (const auto* file : {"pi-cluster-nx-gbe.toml", "homogeneous-agx2-mesh.toml"}) {
+    auto p = problem(load(suite(file)));
+    auto pl = replicated_plan(*p);
+    if (pl.replicas.empty()) continue;
+    auto r = run_simulation(*p->cost, pl);
+    ASSERT_TRUE(r) << file << ": " << r.error().to_string();
+    const auto& rep = r->report;
+    EXPECT_EQ(rep.planner, "adaptlink");
+    EXPECT_EQ(rep.scenario, p->scenario.name);
+    EXPECT_EQ(rep.backend, "sim");
+    EXPECT_NEAR(rep.throughput_rps / pl.predicted.throughput_rps, 1.0, 1e-6)
+        << file << ": simulated " << rep.throughput_rps << " rps, predicted " << pl.predicted.throughput_rps;
+    EXPECT_NEAR(rep.tokens_per_s, rep.throughput_rps * p->cost->shape().output_tokens, 1e-9);
+    EXPECT_EQ(rep.requests_completed, p->scenario.workload.requests) << file;
+    EXPECT_EQ(rep.requests_lost, 0) << file;
+    EXPECT_EQ(r->latencies_ms.size(), static_cast<size_t>(rep.requests_completed));
+    EXPECT_EQ(r->completions_s.size(), static_cast<size_t>(rep.requests_completed));
+    double mean_ms = 0;
+    for (double l : r->latencies_ms) mean_ms += l / static_cast<double>(r->latencies_ms.size());
+    EXPECT_NEAR(mean_ms / pl.predicted.latency_ms, 1.0, 1e-6) << file << ": " << mean_ms << " vs " << pl.predicted.latency_ms;
+    EXPECT_NEAR(rep.throughput_rps, part::steady_throughput(r->completions_s, p->scenario.workload.in_flight), 1e-12);
+    ASSERT_EQ(rep.device_utilization.size(), p->scenario.devices.size());
+    for (const auto& replica : pl.replicas) {
+      for (const auto& st : replica.stages) {
+        const auto& [name, u] = rep.device_utilization[static_cast<size_t>(st.device)];
+        EXPECT_EQ(name, p->scenario.devices[static_cast<size_t>(st.device)].name);
+        EXPECT_GT(u, 0.0) << file << ": " << name;
+        EXPECT_LE(u, 1.0) << file << ": " << name;
+      }
+    }
+    EXPECT_GE(rep.bubble_fraction, 0.0);
+    EXPECT_LT(rep.bubble_fraction, 1.0);
+  }
+}
+
+// Two identical devices, each holding the whole model: the plan runs one solo replica per device, and the
+// simulated throughput is the sum of what each device serves alone.
+TEST(SimulatorReplicas, SoloReplicasAddUp) {
+  auto p = problem(load(suite("homogeneous-agx2-mesh.toml")));
+  auto pl = replicated_plan(*p);
+  ASSERT_EQ(pl.replicas.size(), 2u);
+  const int last = p->cost->num_nodes() - 1;
+  double alone_rps = 0;
+  for (const auto& replica : pl.replicas) {
+    ASSERT_EQ(replica.stages.size(), 1u);
+    const int d = replica.stages.front().device;
+    alone_rps += 1e3 / (p->cost->prefill_ms(d, 0, last) + p->cost->decode_total_ms(d, 0, last));
+  }
+  auto r = simulate(*p->cost, pl);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_NEAR(r->throughput_rps / alone_rps, 1.0, 1e-6) << r->throughput_rps << " vs " << alone_rps;
+  EXPECT_LT(r->bubble_fraction, 0.01);
+}
+
+TEST(SimulatorReplicas, MaxRequestsIsSharedOutAndProgressCountsAll) {
+  auto p = problem(load(suite("pi-cluster-nx-gbe.toml")));
+  auto pl = replicated_plan(*p);
+  SimOptions options;
+  options.max_requests = 40;
+  long long last = 0, total = 0;
+  options.progress = [&](const SimProgress& pr) {
+    EXPECT_GE(pr.completed, last);
+    last = pr.completed;
+    total = pr.total;
+  };
+  auto r = run_simulation(*p->cost, pl, options);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->report.requests_completed, 40);
+  EXPECT_EQ(total, 40);
+  EXPECT_EQ(last, 40);
+  // Shared out as the planner shares out its replay of as many requests.
+  auto replicas = pl.replicas;
+  const auto predicted = part::predict_replicated(*p->cost, replicas, 40);
+  EXPECT_NEAR(r->report.throughput_rps / predicted.throughput_rps, 1.0, 1e-6)
+      << r->report.throughput_rps << " vs " << predicted.throughput_rps;
+}
+
+TEST(SimulatorReplicas, FaultsAreRefused) {
+  auto p = problem(load(suite("pi-cluster-nx-gbe.toml")));
+  auto pl = replicated_plan(*p);
+  ASSERT_FALSE(pl.replicas.empty());
+  SimOptions options;
+  options.faults = true;
+  part::Fault dropout;
+  dropout.at_s = 1.0;
+  dropout.device = p->scenario.devices[static_cast<size_t>(pl.replicas[0].stages[0].device)].name;
+  dropout.kind = part::FaultKind::dropout;
+  options.fault_list = std::vector<part::Fault>{dropout};
+  auto r = run_simulation(*p->cost, pl, options);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("faults are not simulated on replicated plans"), std::string::npos)
+      << r.error().message;
+  EXPECT_NE(r.error().message.find("replicas = false"), std::string::npos) << r.error().message;
+  // Faults on but none given: the plan runs.
+  options.fault_list = std::vector<part::Fault>{};
+  options.max_requests = 20;
+  EXPECT_TRUE(run_simulation(*p->cost, pl, options));
+}
+
+TEST(SimulatorReplicas, SweepsRefuseReplicatedPlans) {
+  auto p = problem(load(suite("pi-cluster-nx-gbe.toml")));
+  auto pl = replicated_plan(*p);
+  ASSERT_FALSE(pl.replicas.empty());
+  SweepOptions options;
+  options.dropout_rates_per_hour = {6};
+  options.runs = 1;
+  auto r = run_sweep(*p->cost, pl, options);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("replicas = false"), std::string::npos) << r.error().message;
+}
+
+TEST(SimulatorReplicas, TraceMergesEveryReplica) {
+  auto p = problem(load(suite("pi-cluster-nx-gbe.toml")));
+  auto pl = replicated_plan(*p);
+  ASSERT_FALSE(pl.replicas.empty());
+  const auto dir = temp_dir("trace-replicas");
+  SimOptions options;
+  options.max_requests = 20;
+  options.trace_path = dir / "trace.json";
+  auto result = run_simulation(*p->cost, pl, options);
+  ASSERT_TRUE(result) << result.error().to_string();
+  std::ifstream in(options.trace_path);
+  auto trace = nlohmann::json::parse(in);
+  ASSERT_TRUE(trace["traceEvents"].is_array());
+  std::map<std::pair<int, int>, std::string> names;
+  std::set<std::string> metadata;
+  for (const auto& e : trace["traceEvents"]) {
+    if (e["ph"] != "M") continue;
+    EXPECT_TRUE(metadata.insert(e.dump()).second) << "duplicate metadata " << e.dump();
+    if (e["name"] == "thread_name") {
+      EXPECT_TRUE(names.emplace(std::make_pair(e["pid"].get<int>(), e["tid"].get<int>()), e["args"]["name"]).second)
+          << "two names for one row: " << e.dump();
+    }
+  }
+  std::set<int> device_rows;
+  long long slices = 0, compute = 0;
+  for (const auto& e : trace["traceEvents"]) {
+    if (e["ph"] != "X") continue;
+    ++slices;
+    ASSERT_TRUE(names.count({e["pid"], e["tid"]})) << e.dump();
+    if (e["pid"] == 1) {
+      device_rows.insert(e["tid"].get<int>());
+      ++compute;
+    }
+  }
+  EXPECT_EQ(slices, result->stats.trace_events);
+  EXPECT_EQ(compute, result->stats.stage_executions);
+  EXPECT_EQ(trace["otherData"]["events"].get<long long>(), slices);
+  EXPECT_EQ(trace["otherData"]["replicas"].get<size_t>(), pl.replicas.size());
+  for (const auto& replica : pl.replicas) {
+    for (const auto& st : replica.stages) EXPECT_TRUE(device_rows.count(st.device)) << "device " << st.device;
+  }
+  // The replicas' own traces are gone.
+  size_t files = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir)) ++files;
+  EXPECT_EQ(files, 1u);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

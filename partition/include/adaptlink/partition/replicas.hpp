@@ -36,6 +36,11 @@ ReplicaProblem replica_problem(const CostModel& cost, const std::vector<int>& de
 // aggregate capacity's 1e3 / sum(1e3 / W_r); latency and alone time are throughput-weighted means.
 Prediction combine_predictions(const std::vector<Replica>& replicas);
 
+// `total` requests shared out among the replicas in proportion to their `requests` (largest remainder), each
+// at least its in_flight: how predict_replicated (and the simulator, given fewer requests to run) shares a
+// shorter run.
+std::vector<long long> share_requests(const std::vector<Replica>& replicas, long long total);
+
 // Replays every replica on its own problem (its share of min(workload.requests, max_requests) requests) and
 // fills replicas[r].predicted; the plan's throughput is then counted as one closed loop would count it: over
 // the steady window (report.hpp) of all replicas' completions merged, with the sum of their in_flight, so the

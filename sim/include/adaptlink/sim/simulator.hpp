@@ -19,6 +19,16 @@
 //     over a hop takes exactly latency + bytes / bandwidth, concurrent ones share a link max-min fairly.
 //     Other SimGrid models (LV08, SMPI, IB, Constant) run with SimGrid's defaults for what-if studies.
 //
+// Replicated plans (plan.replicas, see partition/replicas.hpp): every replica is simulated on its own problem
+// (partition::replica_problem: the other groups' devices standby, its share of the requests in flight and of
+// the requests), one after the other, as independent one-pipeline runs (replicas share no device and no link,
+// so running them apart is exact). The report merges them as partition::predict_replicated counts the
+// prediction: throughput over the steady window of all completions merged with the summed in_flight, latency
+// over every request, each device's utilisation from its replica's steady window. Faults are not simulated on
+// replicated plans (an error when options.faults is set and faults are given); their trace is the replicas'
+// traces merged into one file (the event budget is shared out among the replicas), and each replica always
+// runs in a child process.
+//
 // Each simulation runs in a child process (SimGrid allows one engine per process), so simulate() may be
 // called any number of times; the progress callback still runs in the caller's process.
 #pragma once
@@ -91,6 +101,9 @@ struct SimStats {
 struct SimResult {
   partition::RunReport report;
   SimStats stats;
+  // Raw per-request numbers behind the report, in completion order (replicated plans: replica by replica).
+  std::vector<double> latencies_ms;
+  std::vector<double> completions_s;  // simulated completion times
 };
 
 // SimGrid network models accepted by SimOptions::network_model.

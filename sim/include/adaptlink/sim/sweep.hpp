@@ -119,7 +119,8 @@ std::vector<partition::Fault> draw_dropouts(const partition::Scenario& scenario,
                                             double mean_downtime_s, double horizon_s, std::uint64_t seed);
 
 // Runs the sweep on `plan` (its stages; the sweep places backups itself for the "with" side, and clears them for
-// the "without" side). Bad options are an error; a failing simulation is recorded in its run.
+// the "without" side). Bad options are an error, and so is a replicated plan (faults are not simulated on
+// those; adaptlink-sim sweep plans with replicas off); a failing simulation is recorded in its run.
 Expected<SweepResult> run_sweep(const partition::CostModel& cost, const partition::Plan& plan,
                                 const SweepOptions& options);
 

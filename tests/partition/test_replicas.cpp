@@ -1,0 +1,202 @@
+// Replicated plans (partition/replicas.hpp): the replica's own problem, the merged steady window, when adaptlink
+// may and does choose replicas, and closed-form checks of what it predicts for them.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <numeric>
+
+#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/partition/problem.hpp"
+#include "adaptlink/partition/replicas.hpp"
+#include "adaptlink/partition/report.hpp"
+
+namespace part = adaptlink::partition;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::unique_ptr<part::Problem> suite(const std::string& name) {
+  auto p = part::load_problem(fs::path(ADAPTLINK_SOURCE_DIR) / "scenarios" / "suite" / (name + ".toml"));
+  EXPECT_TRUE(p) << p.error().to_string();
+  return std::move(*p);
+}
+
+// Requests per second of `device` running the whole model alone, one request at a time.
+double alone_rps(const part::CostModel& cost, int device) {
+  const int last = cost.num_nodes() - 1;
+  return 1e3 / (cost.prefill_ms(device, 0, last) + cost.decode_total_ms(device, 0, last));
+}
+
+}  // namespace
+
+TEST(Replicas, SteadyThroughputCountsTheWindowOfReportHpp) {
+  // Completions every 2 time units: (N - 2F) / (c_(N-F) - c_F) = 1 / 2 whatever the order they come in.
+  std::vector<double> c;
+  for (int i = 20; i >= 1; --i) c.push_back(2.0 * i);
+  EXPECT_DOUBLE_EQ(part::steady_throughput(c, 3), 0.5);
+  // Two replicas completing alternately every 3 units each, offset by 1: merged 2 per 3 units once steady.
+  std::vector<double> merged;
+  for (int i = 1; i <= 30; ++i) {
+    merged.push_back(3.0 * i);
+    merged.push_back(3.0 * i + 1);
+  }
+  // F = 2: window [c_2, c_58] = [4, 88]: 56 completions in 84 units.
+  EXPECT_DOUBLE_EQ(part::steady_throughput(merged, 2), 56.0 / 84.0);
+  EXPECT_EQ(part::steady_throughput({}, 2), 0.0);
+  // Too few completions for a window: the whole run from time 0.
+  EXPECT_DOUBLE_EQ(part::steady_throughput({1.0, 2.0, 4.0}, 2), 3.0 / 4.0);
+}
+
+TEST(Replicas, ReplicaProblemKeepsProfilesAndSetsTheShare) {
+  auto p = suite("pi-cluster-nx-gbe");
+  auto& cost = *p->cost;
+  cost.set_slowdown(1, 1.7);
+  const int last = cost.num_nodes() - 1;
+  auto r = part::replica_problem(cost, {1, 2}, 3, 17);
+  const auto& sc = *r.scenario;
+  EXPECT_EQ(part::active_devices(sc), (std::vector<int>{1, 2}));
+  EXPECT_EQ(sc.devices.size(), p->scenario.devices.size());
+  EXPECT_EQ(sc.workload.in_flight, 3);
+  EXPECT_EQ(sc.workload.requests, 17);
+  EXPECT_FALSE(sc.planner.backups);
+  EXPECT_FALSE(sc.planner.replicas);
+  EXPECT_DOUBLE_EQ(r.cost->prefill_ms(1, 0, last), cost.prefill_ms(1, 0, last));  // the slowdown came along
+  EXPECT_DOUBLE_EQ(r.cost->decode_total_ms(2, 0, last), cost.decode_total_ms(2, 0, last));
+  // The KV reservation follows the replica's in_flight: 3 of the scenario's 5 requests.
+  EXPECT_NEAR(r.cost->kv_bytes(0, last), cost.kv_bytes(0, last) * 3.0 / 5.0, 1.0);
+  EXPECT_DOUBLE_EQ(r.cost->weight_bytes(0, last), cost.weight_bytes(0, last));
+}
+
+TEST(Replicas, OnlyWhereTheScenarioAllowsThem) {
+  auto p = suite("homogeneous-agx2-mesh");
+  const auto base = p->scenario;
+  EXPECT_TRUE(part::replicas_allowed(base, part::Objective::throughput));
+  EXPECT_FALSE(part::replicas_allowed(base, part::Objective::latency));
+  auto off = [&](auto change) {
+    auto sc = base;
+    change(sc);
+    return !part::replicas_allowed(sc, part::Objective::throughput);
+  };
+  EXPECT_TRUE(off([](part::Scenario& s) { s.planner.replicas = false; }));
+  EXPECT_TRUE(off([](part::Scenario& s) { s.planner.backups = true; }));
+  EXPECT_TRUE(off([](part::Scenario& s) { s.workload.arrival = part::Arrival::poisson; }));
+  EXPECT_TRUE(off([](part::Scenario& s) { s.workload.in_flight = 1; }));
+  EXPECT_TRUE(off([](part::Scenario& s) { s.faults.push_back({10, "agx-a", part::FaultKind::dropout}); }));
+  EXPECT_TRUE(off([](part::Scenario& s) { s.devices[1].role = part::Role::standby; }));
+
+  // Off, adaptlink plans one pipeline over both devices.
+  auto sc = base;
+  sc.planner.replicas = false;
+  auto single = part::make_problem(sc);
+  auto plan = part::make_plan(*single->cost, "adaptlink", part::Objective::throughput);
+  ASSERT_TRUE(plan);
+  EXPECT_TRUE(plan->replicas.empty());
+}
+
+// Two identical devices that each hold the model, two requests in flight: each serves its own request alone,
+// and the pair reaches the aggregate-compute bound exactly (one pipeline over both reached 0.774 of it).
+TEST(Replicas, TwoDevicesThatHoldTheModelServeAloneAtTheBound) {
+  auto p = suite("homogeneous-agx2-mesh");
+  const auto& cost = *p->cost;
+  auto plan = part::make_plan(cost, "adaptlink", part::Objective::throughput);
+  ASSERT_TRUE(plan);
+  ASSERT_EQ(plan->replicas.size(), 2u);
+  double bound = 0;
+  for (int d = 0; d < 2; ++d) bound += alone_rps(cost, d);
+  for (const auto& r : plan->replicas) {
+    EXPECT_EQ(r.in_flight, 1);
+    EXPECT_EQ(r.requests, 50);
+    ASSERT_EQ(r.stages.size(), 1u);
+    EXPECT_NEAR(r.predicted.throughput_rps, alone_rps(cost, r.stages[0].device), 1e-9);
+  }
+  EXPECT_NEAR(plan->predicted.throughput_rps / bound, 1.0, 1e-9);
+  EXPECT_EQ(plan->stages, plan->replicas.front().stages);
+}
+
+// Four identical boards that cannot hold the model alone: two pairs, two requests each (by symmetry), and
+// together more than one pipeline over the four.
+TEST(Replicas, IdenticalBoardsSplitEvenly) {
+  auto p = suite("homogeneous-nx4-gbe");
+  const auto& cost = *p->cost;
+  auto plan = part::make_plan(cost, "adaptlink", part::Objective::throughput);
+  ASSERT_TRUE(plan);
+  ASSERT_EQ(plan->replicas.size(), 2u);
+  for (const auto& r : plan->replicas) {
+    EXPECT_EQ(r.devices.size(), 2u);
+    EXPECT_EQ(r.in_flight, 2);
+    EXPECT_EQ(r.requests, 50);
+  }
+  EXPECT_NEAR(plan->replicas[0].predicted.throughput_rps, plan->replicas[1].predicted.throughput_rps, 1e-9);
+  auto sc = p->scenario;
+  sc.planner.replicas = false;
+  auto one = part::make_problem(sc);
+  auto single = part::make_plan(*one->cost, "adaptlink", part::Objective::throughput);
+  ASSERT_TRUE(single);
+  EXPECT_GT(plan->predicted.throughput_rps, 1.01 * single->predicted.throughput_rps);
+}
+
+// The plan's prediction is the merged closed loop of its replicas replayed one by one: recompute it from the
+// replays and compare; the summary fields follow combine_predictions.
+TEST(Replicas, PredictionIsTheMergedReplayOfTheReplicas) {
+  auto p = suite("pi-cluster-nx-gbe");
+  const auto& cost = *p->cost;
+  auto plan = part::make_plan(cost, "adaptlink", part::Objective::throughput);
+  ASSERT_TRUE(plan);
+  ASSERT_GE(plan->replicas.size(), 2u);
+  std::vector<double> completions;
+  long long in_flight = 0;
+  double bound = 0, capacity = 0;
+  for (const auto& r : plan->replicas) {
+    auto own = part::replica_problem(cost, r.devices, r.in_flight, r.requests);
+    auto stages = r.stages;
+    const auto e = part::evaluate(*own.cost, stages);
+    const auto run = part::replay(*own.cost, stages, r.requests, e.bottleneck_ms);
+    EXPECT_EQ(static_cast<long long>(run.completions_ms.size()), r.requests);
+    EXPECT_NEAR(r.predicted.throughput_rps, std::min(run.throughput_rps, e.throughput_rps), 1e-12);
+    completions.insert(completions.end(), run.completions_ms.begin(), run.completions_ms.end());
+    in_flight += r.in_flight;
+    bound += e.throughput_rps;
+    capacity += 1e3 / e.bottleneck_ms;
+  }
+  EXPECT_NEAR(plan->predicted.throughput_rps, part::steady_throughput(completions, in_flight) * 1e3, 1e-12);
+  EXPECT_NEAR(plan->predicted.bound_rps, bound, 1e-12);
+  EXPECT_NEAR(plan->predicted.bottleneck_ms, 1e3 / capacity, 1e-9);
+  EXPECT_LE(plan->predicted.throughput_rps, bound);
+  EXPECT_NEAR(plan->predicted.tokens_per_s, plan->predicted.throughput_rps * cost.shape().output_tokens, 1e-9);
+}
+
+// Replicas are chosen only when they beat one pipeline by more than 1 %; the plan JSON lists them.
+TEST(Replicas, ChosenOnlyWhenTheyBeatOnePipelineAndListedInThePlanJson) {
+  for (const char* name : {"pi-cluster-nx-gbe", "small-boards-tight-gbe", "eight-mesh-gbe"}) {
+    auto p = suite(name);
+    auto plan = part::make_plan(*p->cost, "adaptlink", part::Objective::throughput);
+    ASSERT_TRUE(plan) << name;
+    auto sc = p->scenario;
+    sc.planner.replicas = false;
+    auto one = part::make_problem(sc);
+    auto single = part::make_plan(*one->cost, "adaptlink", part::Objective::throughput);
+    ASSERT_TRUE(single) << name;
+    if (plan->replicas.empty()) {
+      EXPECT_EQ(plan->stages, single->stages) << name;
+      continue;
+    }
+    EXPECT_GT(plan->predicted.throughput_rps, 1.01 * single->predicted.throughput_rps) << name;
+    const auto j = part::to_json(*plan, *p->cost);
+    ASSERT_TRUE(j.contains("replicas")) << name;
+    ASSERT_EQ(j["replicas"].size(), plan->replicas.size());
+    int in_flight = 0;
+    for (const auto& r : j["replicas"]) {
+      in_flight += r["in_flight"].get<int>();
+      EXPECT_FALSE(r["devices"].empty());
+      EXPECT_FALSE(r["stages"].empty());
+      EXPECT_GT(r["predicted"]["throughput_rps"].get<double>(), 0);
+    }
+    EXPECT_EQ(in_flight, p->scenario.workload.in_flight);
+    EXPECT_EQ(j["stages"], j["replicas"][0]["stages"]);
+  }
+  // The 4 GB boards of small-boards-tight-gbe cannot form a group of their own: one pipeline.
+  auto p = suite("small-boards-tight-gbe");
+  auto plan = part::make_plan(*p->cost, "adaptlink", part::Objective::throughput);
+  ASSERT_TRUE(plan);
+  EXPECT_TRUE(plan->replicas.empty());
+}
