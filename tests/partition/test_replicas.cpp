@@ -27,6 +27,19 @@ double alone_rps(const part::CostModel& cost, int device) {
   return 1e3 / (cost.prefill_ms(device, 0, last) + cost.decode_total_ms(device, 0, last));
 }
 
+// adaptlink's plan of the scenario, and its plan with replicas off (one pipeline).
+std::pair<part::Plan, part::Plan> adaptlink_and_one_pipeline(const part::Problem& p) {
+  auto plan = part::make_plan(*p.cost, "adaptlink", part::Objective::throughput);
+  EXPECT_TRUE(plan) << p.scenario.name;
+  auto sc = p.scenario;
+  sc.planner.replicas = false;
+  auto one = part::make_problem(sc);
+  auto single = part::make_plan(*one->cost, "adaptlink", part::Objective::throughput);
+  EXPECT_TRUE(single) << p.scenario.name;
+  if (!plan || !single) return {};
+  return {std::move(*plan), std::move(*single)};
+}
+
 }  // namespace
 
 TEST(Replicas, SteadyThroughputCountsTheWindowOfReportHpp) {
@@ -117,22 +130,15 @@ TEST(Replicas, TwoDevicesThatHoldTheModelServeAloneAtTheBound) {
 // together more than one pipeline over the four.
 TEST(Replicas, IdenticalBoardsSplitEvenly) {
   auto p = suite("homogeneous-nx4-gbe");
-  const auto& cost = *p->cost;
-  auto plan = part::make_plan(cost, "adaptlink", part::Objective::throughput);
-  ASSERT_TRUE(plan);
-  ASSERT_EQ(plan->replicas.size(), 2u);
-  for (const auto& r : plan->replicas) {
+  const auto [plan, single] = adaptlink_and_one_pipeline(*p);
+  ASSERT_EQ(plan.replicas.size(), 2u);
+  for (const auto& r : plan.replicas) {
     EXPECT_EQ(r.devices.size(), 2u);
     EXPECT_EQ(r.in_flight, 2);
     EXPECT_EQ(r.requests, 50);
   }
-  EXPECT_NEAR(plan->replicas[0].predicted.throughput_rps, plan->replicas[1].predicted.throughput_rps, 1e-9);
-  auto sc = p->scenario;
-  sc.planner.replicas = false;
-  auto one = part::make_problem(sc);
-  auto single = part::make_plan(*one->cost, "adaptlink", part::Objective::throughput);
-  ASSERT_TRUE(single);
-  EXPECT_GT(plan->predicted.throughput_rps, 1.01 * single->predicted.throughput_rps);
+  EXPECT_NEAR(plan.replicas[0].predicted.throughput_rps, plan.replicas[1].predicted.throughput_rps, 1e-9);
+  EXPECT_GT(plan.predicted.throughput_rps, 1.01 * single.predicted.throughput_rps);
 }
 
 // The plan's prediction is the merged closed loop of its replicas replayed one by one: recompute it from the
@@ -169,18 +175,13 @@ TEST(Replicas, PredictionIsTheMergedReplayOfTheReplicas) {
 TEST(Replicas, ChosenOnlyWhenTheyBeatOnePipelineAndListedInThePlanJson) {
   for (const char* name : {"pi-cluster-nx-gbe", "small-boards-tight-gbe", "eight-mesh-gbe"}) {
     auto p = suite(name);
-    auto plan = part::make_plan(*p->cost, "adaptlink", part::Objective::throughput);
-    ASSERT_TRUE(plan) << name;
-    auto sc = p->scenario;
-    sc.planner.replicas = false;
-    auto one = part::make_problem(sc);
-    auto single = part::make_plan(*one->cost, "adaptlink", part::Objective::throughput);
-    ASSERT_TRUE(single) << name;
+    const auto [replicated, single] = adaptlink_and_one_pipeline(*p);
+    const auto* plan = &replicated;
     if (plan->replicas.empty()) {
-      EXPECT_EQ(plan->stages, single->stages) << name;
+      EXPECT_EQ(plan->stages, single.stages) << name;
       continue;
     }
-    EXPECT_GT(plan->predicted.throughput_rps, 1.01 * single->predicted.throughput_rps) << name;
+    EXPECT_GT(plan->predicted.throughput_rps, 1.01 * single.predicted.throughput_rps) << name;
     const auto j = part::to_json(*plan, *p->cost);
     ASSERT_TRUE(j.contains("replicas")) << name;
     ASSERT_EQ(j["replicas"].size(), plan->replicas.size());

@@ -105,17 +105,30 @@ TEST(Simulator, ProgressIsReportedInTheCallersProcess) {
   EXPECT_EQ(last, p->scenario.workload.requests);
 }
 
+// Simulates `requests` requests of the plan with a trace: the result and the trace (null when the run failed).
+struct Traced {
+  SimResult result;
+  nlohmann::json trace;
+};
+Traced traced_run(const part::Problem& p, const part::Plan& pl, long long requests, const std::filesystem::path& dir) {
+  SimOptions options;
+  options.max_requests = requests;
+  options.trace_path = dir / "trace.json";
+  auto result = run_simulation(*p.cost, pl, options);
+  if (!result) {
+    ADD_FAILURE() << result.error().to_string();
+    return {};
+  }
+  std::ifstream in(options.trace_path);
+  return {std::move(*result), nlohmann::json::parse(in)};
+}
+
 TEST(Simulator, TraceHasOneRowPerDeviceAndLinkAndOpensAsJson) {
   auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
-  auto pl = plan(*p, "adaptlink");
+  const auto pl = plan(*p, "adaptlink");
   const auto dir = temp_dir("trace");
-  SimOptions options;
-  options.max_requests = 6;
-  options.trace_path = dir / "trace.json";
-  auto result = run_simulation(*p->cost, pl, options);
-  ASSERT_TRUE(result) << result.error().to_string();
-  std::ifstream in(options.trace_path);
-  auto trace = nlohmann::json::parse(in);
+  auto [run, trace] = traced_run(*p, pl, 6, dir);
+  const auto* result = &run;
   ASSERT_TRUE(trace["traceEvents"].is_array());
   std::set<std::string> device_rows, link_rows;
   long long slices = 0, compute = 0;
@@ -374,13 +387,8 @@ TEST(SimulatorReplicas, TraceMergesEveryReplica) {
   auto pl = replicated_plan(*p);
   ASSERT_FALSE(pl.replicas.empty());
   const auto dir = temp_dir("trace-replicas");
-  SimOptions options;
-  options.max_requests = 20;
-  options.trace_path = dir / "trace.json";
-  auto result = run_simulation(*p->cost, pl, options);
-  ASSERT_TRUE(result) << result.error().to_string();
-  std::ifstream in(options.trace_path);
-  auto trace = nlohmann::json::parse(in);
+  auto [run, trace] = traced_run(*p, pl, 20, dir);
+  const auto* result = &run;
   ASSERT_TRUE(trace["traceEvents"].is_array());
   std::map<std::pair<int, int>, std::string> names;
   std::set<std::string> metadata;
