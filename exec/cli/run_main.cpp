@@ -259,7 +259,8 @@ void add_serve_options(CLI::App* cmd, ServeArgs& a, bool testbed) {
   cmd->add_option("--dtype", a.options.dtype, "fp32 | bf16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   cmd->add_option("--device", a.options.device, "cpu | cuda[:N] (where workers run their stages)");
   cmd->add_option("--in-flight", a.options.in_flight, "requests in the pipeline at once (default: the scenario's)");
-  cmd->add_option("--listen", a.options.listen, "where the coordinator receives tokens (reachable by the workers)");
+  cmd->add_option("--listen", a.options.listen, "where the coordinator receives tokens (reachable by the workers; a replicated plan's replica r "
+                  "listens on the port + r, or on another free port with port *)");
   cmd->add_option("--heartbeat-interval-s", a.options.heartbeat_interval_s, "ping every worker this often (0.25)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--heartbeat-timeout-s", a.options.heartbeat_timeout_s, "a worker silent this long is lost (5)")
@@ -298,8 +299,14 @@ int run_serve_command(ServeArgs& a, bool testbed) {
     std::cout << j.dump() << "\n";
     return 0;
   }
-  std::printf("%s on %s (%s, %s plan, %zu stages)\n", testbed ? "testbed" : "serve", r.scenario.c_str(),
-              a.model.c_str(), r.planner.c_str(), outcome->plan.stages.size());
+  std::string shape = fmt::format("{} stages", outcome->plan.stages.size());
+  if (!outcome->plan.replicas.empty()) {  // a replicated plan: its pipelines' stage counts, e.g. "2 replicas: 1+2 stages"
+    std::vector<std::string> counts;
+    for (const auto& rep : outcome->plan.replicas) counts.push_back(std::to_string(rep.stages.size()));
+    shape = fmt::format("{} replicas: {} stages", outcome->plan.replicas.size(), fmt::join(counts, "+"));
+  }
+  std::printf("%s on %s (%s, %s plan, %s)\n", testbed ? "testbed" : "serve", r.scenario.c_str(), a.model.c_str(),
+              r.planner.c_str(), shape.c_str());
   std::printf("  requests      %lld completed, %lld lost\n", r.requests_completed, r.requests_lost);
   std::printf("  throughput    %.4f req/s measured, %.4f predicted (%.1f tokens/s)\n", r.throughput_rps,
               outcome->predicted_rps, r.tokens_per_s);

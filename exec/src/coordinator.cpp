@@ -50,9 +50,14 @@ class Coordinator {
     if (!st) return st.error();
     st = handshake();
     if (!st) return st.error();
+    if (options_.ready) {
+      st = options_.ready();
+      if (!st) return st.error();
+    }
     st = serve();
     if (!st) return st.error();
     run_.wall_s = seconds(Clock::now());
+    run_.start_wall_us = start_wall_us_;
     return std::move(run_);
   }
 
@@ -368,9 +373,11 @@ class Coordinator {
     start_ = Clock::now();
     start_wall_us_ = detail::wall_us();
     last_progress_ = Clock::now();
+    for (auto& w : workers_) w.last_pong = last_progress_;  // `ready` may have waited (other replicas loading)
     auto last_ping = Clock::now() - std::chrono::hours(1);
     const auto interval = std::chrono::duration<double>(options_.heartbeat_interval_s);
     while (done_ < requests_.size()) {
+      if (options_.cancelled && options_.cancelled()) return make_error("cancelled");
       admit();
       const auto now = Clock::now();
       if (options_.tick) options_.tick(seconds(now));
@@ -867,6 +874,41 @@ partition::RunReport make_exec_report(const ExecRun& run, const std::string& sce
   r.bubble_fraction = holders > 0 ? 1.0 - used / holders : 0.0;
   r.faults = run.faults;
   return r;
+}
+
+ExecRun merge_exec_runs(const std::vector<ExecRun>& runs, const std::vector<std::vector<size_t>>& indices,
+                        size_t requests) {
+  ExecRun out;
+  out.results.resize(requests);
+  if (runs.empty()) return out;
+  int64_t start = runs.front().start_wall_us;
+  for (const auto& run : runs) start = std::min(start, run.start_wall_us);
+  out.start_wall_us = start;
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const auto& run = runs[r];
+    const double offset = static_cast<double>(run.start_wall_us - start) / 1e6;
+    for (size_t i = 0; i < run.results.size() && i < indices[r].size(); ++i) {
+      auto& res = out.results[indices[r][i]];
+      res = run.results[i];
+      res.admitted_s += offset;
+      res.done_s += offset;
+    }
+    for (auto e : run.events) {
+      e.start_s += offset;
+      e.end_s += offset;
+      out.events.push_back(std::move(e));
+    }
+    for (auto f : run.faults) {
+      f.at_s += offset;
+      if (f.detected_s) *f.detected_s += offset;
+      if (f.recovered_s) *f.recovered_s += offset;
+      out.faults.push_back(std::move(f));
+    }
+    out.wall_s = std::max(out.wall_s, offset + run.wall_s);
+  }
+  std::stable_sort(out.events.begin(), out.events.end(), [](const auto& a, const auto& b) { return a.start_s < b.start_s; });
+  std::stable_sort(out.faults.begin(), out.faults.end(), [](const auto& a, const auto& b) { return a.at_s < b.at_s; });
+  return out;
 }
 
 nlohmann::json make_exec_trace(const ExecRun& run, const std::vector<std::string>& device_names) {

@@ -4,11 +4,18 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <map>
+#include <mutex>
+#include <numeric>
 #include <random>
+#include <regex>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "adaptlink/exec/checkpoint.hpp"
@@ -19,6 +26,7 @@
 #include "adaptlink/partition/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 #include "adaptlink/partition/profile.hpp"
+#include "adaptlink/partition/replicas.hpp"
 #include "adaptlink/partition/testbed.hpp"
 #include "runtime.hpp"
 
@@ -121,16 +129,17 @@ partition::FaultRecord applied_fault(double at_s, const std::string& device, con
   return rec;
 }
 
-// A plan's stages and backups in worker indices (worker_of: scenario device -> worker, -1 for none).
-Placement placement_of(const partition::Plan& plan, const std::vector<int>& worker_of, size_t workers) {
+// Stages and their backups in worker indices (worker_of: scenario device -> worker, -1 for none).
+Placement placement_of(const std::vector<partition::Stage>& stages, const std::vector<partition::Backup>& backups,
+                       const std::vector<int>& worker_of, size_t workers) {
   Placement placement;
   placement.backups.resize(workers);
-  for (const auto& stage : plan.stages) {
+  for (const auto& stage : stages) {
     placement.stages.push_back({stage.first_node, stage.last_node, worker_of[static_cast<size_t>(stage.device)]});
   }
-  for (const auto& b : plan.backups) {
+  for (const auto& b : backups) {
     for (int s : b.covers) {
-      const auto& covered = plan.stages[static_cast<size_t>(s)];
+      const auto& covered = stages[static_cast<size_t>(s)];
       placement.backups[static_cast<size_t>(worker_of[static_cast<size_t>(b.device)])].emplace_back(
           covered.first_node, covered.last_node);
     }
@@ -138,6 +147,261 @@ Placement placement_of(const partition::Plan& plan, const std::vector<int>& work
   return placement;
 }
 
+// A plan's stages and backups in worker indices (worker_of: scenario device -> worker, -1 for none).
+Placement placement_of(const partition::Plan& plan, const std::vector<int>& worker_of, size_t workers) {
+  return placement_of(plan.stages, plan.backups, worker_of, workers);
+}
+
+// Replicated plans: request i of `n` goes to the replica whose share is least served so far ((given + 1/2) / share,
+// the lowest index on a tie), so every replica gets exactly its share and the shares interleave in request order.
+// The shares are partition::share_requests's (each at least its in_flight), trimmed to `n` (the largest, later
+// replicas first) when the replicas' in_flight add up to more requests than there are.
+std::vector<std::vector<size_t>> deal_requests(const std::vector<partition::Replica>& replicas, size_t n) {
+  auto shares = partition::share_requests(replicas, static_cast<long long>(n));
+  long long total = std::accumulate(shares.begin(), shares.end(), 0LL);
+  while (total > static_cast<long long>(n)) {
+    --*std::max_element(shares.rbegin(), shares.rend());  // the last of the largest: earlier replicas keep theirs
+    --total;
+  }
+  std::vector<std::vector<size_t>> out(replicas.size());
+  for (size_t i = 0; i < n; ++i) {
+    size_t best = replicas.size();
+    for (size_t r = 0; r < replicas.size(); ++r) {
+      const auto given = static_cast<long long>(out[r].size());
+      if (given >= shares[r]) continue;
+      // (2 given_r + 1) / share_r < (2 given_b + 1) / share_b, in integers.
+      if (best == replicas.size() ||
+          (2 * given + 1) * shares[best] < (2 * static_cast<long long>(out[best].size()) + 1) * shares[r]) {
+        best = r;
+      }
+    }
+    out[best].push_back(i);
+  }
+  return out;
+}
+
+// Where replica r's coordinator listens: `listen` itself for replica 0 or a wildcard port (tcp://HOST:*), the port
+// plus r for a numbered one, else `listen` with "-r" appended (an ipc:// path).
+std::string replica_listen(const std::string& listen, size_t r) {
+  if (r == 0 || listen.ends_with(":*")) return listen;
+  static const std::regex numbered("^(.*):([0-9]+)$");
+  std::smatch m;
+  if (std::regex_match(listen, m, numbered)) return fmt::format("{}:{}", m[1].str(), std::stoi(m[2].str()) + static_cast<int>(r));
+  return fmt::format("{}-{}", listen, r);
+}
+
+// DIR/{outputs.jsonl, report.json, trace.json, plan.json}.
+Status write_outputs(const ServeOptions& options, const std::vector<ExecResult>& results,
+                     const partition::RunReport& report, double predicted_rps, const nlohmann::json& trace,
+                     const nlohmann::json& plan) {
+  std::error_code ec;
+  std::filesystem::create_directories(options.out, ec);
+  if (ec) return make_error("cannot create {}: {}", options.out.string(), ec.message());
+  auto tokenizer = load_tokenizer(options.model);
+  std::string lines;
+  for (const auto& r : results) {
+    nlohmann::json j = {{"id", r.id}, {"generated", r.generated}, {"latency_ms", r.latency_ms}};
+    if (tokenizer) j["text"] = tokenizer->decode(r.generated);
+    lines += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  }
+  auto report_json = partition::to_json(report);
+  report_json["predicted_throughput_rps"] = predicted_rps;
+  for (const auto& [file, text] :
+       std::vector<std::pair<std::string, std::string>>{{"outputs.jsonl", lines},
+                                                        {"report.json", report_json.dump(2) + "\n"},
+                                                        {"trace.json", trace.dump() + "\n"},
+                                                        {"plan.json", plan.dump(2) + "\n"}}) {
+    auto st = write_text(options.out / file, text);
+    if (!st) return st.error();
+  }
+  return Ok{};
+}
+
+
+// A replicated plan (partition/replicas.hpp), served as the simulator runs it (sim/simulator.hpp): every replica
+// its own pipeline on its own workers (those of its stages' devices) with its in_flight, serving its share of the
+// requests (deal_requests), all replicas at once on their own threads and starting together; the report merges
+// them as the simulator does (throughput over the steady window of every completion with the summed in_flight,
+// latency over every request, each device's utilisation from its replica's run).
+Expected<ServeOutcome> serve_replicated(const ServeOptions& options, const partition::CostModel& cost,
+                                        partition::Plan plan, const std::vector<ExecRequest>& requests,
+                                        const PipelineSpec& all, const std::vector<int>& worker_of,
+                                        const CoordinatorOptions& base,
+                                        LocalWorkers* local, const std::vector<std::string>& names) {
+  const auto& sc = cost.scenario();
+  const auto& replicas = plan.replicas;
+  const auto dealt = deal_requests(replicas, requests.size());
+
+  struct Part {
+    size_t replica = 0;
+    PipelineSpec spec;
+    CoordinatorOptions co;
+    std::vector<ExecRequest> requests;
+    std::vector<size_t> global;  // its workers' indices in `all`
+    std::optional<Expected<ExecRun>> run;
+  };
+  std::vector<Part> parts;
+  parts.reserve(replicas.size());
+  // Start gate (every replica handshaken) and cancellation (a replica failed).
+  std::mutex mutex;
+  std::condition_variable cv;
+  size_t arrived = 0;
+  std::atomic<bool> failed{false};
+  std::optional<size_t> first_failure;
+  std::vector<size_t> done(replicas.size(), 0);
+  std::mutex local_mutex;  // LocalWorkers is not thread-safe (exited() reaps)
+
+  for (size_t r = 0; r < replicas.size(); ++r) {
+    if (dealt[r].empty()) continue;  // fewer requests than replicas
+    const auto& rep = replicas[r];
+    Part part;
+    part.replica = r;
+    std::vector<int> rworker_of(worker_of.size(), -1);
+    std::vector<int> rdevice_of;
+    for (const auto& st : rep.stages) {
+      const auto d = static_cast<size_t>(st.device);
+      if (rworker_of[d] >= 0) continue;
+      rworker_of[d] = static_cast<int>(part.spec.workers.size());
+      rdevice_of.push_back(st.device);
+      part.global.push_back(static_cast<size_t>(worker_of[d]));
+      WorkerSpec w = all.workers[static_cast<size_t>(worker_of[d])];
+      w.backups.clear();
+      part.spec.workers.push_back(std::move(w));
+    }
+    part.spec.stages = placement_of(rep.stages, {}, rworker_of, part.spec.workers.size()).stages;
+    if (options.testbed) {
+      part.spec.link = [&cost, rdevice_of](int from, int to) {
+        LinkShape l;
+        for (const auto& hop : cost.route(rdevice_of[static_cast<size_t>(from)], rdevice_of[static_cast<size_t>(to)])) {
+          l.latency_ms += hop.spec.latency_ms;
+          l.ms_per_byte += partition::hop_busy_ms(hop.spec, 1.0);
+        }
+        return l;
+      };
+      part.spec.redeploy_ms = [&cost, rdevice_of](int to, int first, int last) {
+        partition::Stage st;
+        st.first_node = first;
+        st.last_node = last;
+        return partition::redeploy_ms(cost, st, rdevice_of[static_cast<size_t>(to)]);
+      };
+    }
+    for (size_t i : dealt[r]) part.requests.push_back(requests[i]);
+
+    auto& co = part.co;
+    co = base;
+    co.in_flight = rep.in_flight;
+    co.listen = replica_listen(base.listen, r);
+    co.tick = nullptr;  // no faults on replicated plans
+    co.fault_time = nullptr;
+    co.poll_rejoined = nullptr;
+    co.poll_relinked = nullptr;
+    co.poll_lost = nullptr;
+    if (local != nullptr) {
+      co.poll_lost = [local, &local_mutex, global = part.global, ws = part.spec.workers](double) {
+        std::lock_guard lock(local_mutex);
+        std::vector<std::string> gone;
+        for (size_t w = 0; w < global.size(); ++w) {
+          if (local->exited(static_cast<int>(global[w]))) gone.push_back(ws[w].name);
+        }
+        return gone;
+      };
+    }
+    co.progress = nullptr;
+    if (options.progress) {
+      co.progress = [&mutex, &done, r, total = requests.size()](size_t d, size_t) {
+        std::lock_guard lock(mutex);
+        done[r] = d;
+        const size_t sum = std::accumulate(done.begin(), done.end(), size_t{0});
+        std::fprintf(stderr, "\r%zu/%zu requests", sum, total);
+        if (sum == total) std::fprintf(stderr, "\n");
+        std::fflush(stderr);
+      };
+    }
+    parts.push_back(std::move(part));
+  }
+  const size_t running = parts.size();
+  for (auto& part : parts) {
+    part.co.ready = [&]() -> Status {
+      std::unique_lock lock(mutex);
+      ++arrived;
+      cv.notify_all();
+      cv.wait(lock, [&] { return arrived == running || failed.load(); });
+      if (failed) return make_error("cancelled");
+      return Ok{};
+    };
+    part.co.cancelled = [&failed] { return failed.load(); };
+  }
+
+  std::vector<std::thread> threads;
+  for (auto& part : parts) {
+    threads.emplace_back([&part, &mutex, &cv, &failed, &first_failure] {
+      Expected<ExecRun> run = make_error("no run");
+      try {
+        run = run_pipeline(part.spec, part.requests, part.co);
+      } catch (const std::exception& e) {
+        run = make_error("{}", e.what());
+      }
+      if (!run) {
+        std::lock_guard lock(mutex);
+        if (!failed) first_failure = part.replica;
+        failed = true;
+        cv.notify_all();
+      }
+      part.run = std::move(run);
+    });
+  }
+  for (auto& t : threads) t.join();
+  if (first_failure) {
+    for (const auto& part : parts) {
+      if (part.replica != *first_failure) continue;
+      auto e = part.run->error();
+      e.message = fmt::format("replica {} ({} stages): {}", part.replica, replicas[part.replica].stages.size(), e.message);
+      return e;
+    }
+  }
+
+  // One run from the replicas', times from the earliest start; the report as the simulator merges it.
+  std::vector<ExecRun> runs;
+  std::vector<std::vector<size_t>> indices;
+  int in_flight = 0;
+  for (auto& part : parts) {
+    runs.push_back(std::move(**part.run));
+    indices.push_back(dealt[part.replica]);
+    in_flight += replicas[part.replica].in_flight;
+  }
+  const ExecRun merged = merge_exec_runs(runs, indices, requests.size());
+  ServeOutcome outcome;
+  outcome.report = make_exec_report(merged, sc.name, plan.planner, names, in_flight);
+  auto& util = outcome.report.device_utilization;
+  for (auto& [name, u] : util) u = 0;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    const auto& rep = replicas[parts[p].replica];
+    const auto own = make_exec_report(runs[p], sc.name, plan.planner, names, rep.in_flight).device_utilization;
+    for (int d : rep.devices) util[static_cast<size_t>(d)].second = own[static_cast<size_t>(d)].second;
+  }
+  double stage_sum = 0;
+  size_t stage_devices = 0;
+  for (size_t d = 0; d < util.size(); ++d) {
+    bool holds_stage = false;
+    for (const auto& rep : replicas) {
+      for (const auto& st : rep.stages) holds_stage = holds_stage || st.device == static_cast<int>(d);
+    }
+    if (!holds_stage) continue;
+    stage_sum += util[d].second;
+    ++stage_devices;
+  }
+  outcome.report.bubble_fraction = stage_devices == 0 ? 0.0 : 1.0 - stage_sum / static_cast<double>(stage_devices);
+  outcome.predicted_rps = plan.predicted.throughput_rps;
+  outcome.results = merged.results;
+  for (const auto& r : requests) outcome.request_ids.push_back(r.id);
+  if (!options.out.empty()) {
+    auto st = write_outputs(options, merged.results, outcome.report, outcome.predicted_rps,
+                            make_exec_trace(merged, names), partition::to_json(plan, cost));
+    if (!st) return st.error();
+  }
+  outcome.plan = std::move(plan);
+  return outcome;
+}
 }  // namespace
 
 Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& file, const std::filesystem::path& model,
@@ -247,8 +511,8 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   if (options.in_flight) scenario->workload.in_flight = *options.in_flight;
   if (options.backups) scenario->planner.backups = *options.backups;
   if (options.planner) scenario->planner.name = *options.planner;
-  // The workers serve one pipeline: replicated plans (partition/replicas.hpp) are simulated only so far.
-  scenario->planner.replicas = false;
+  // Replicated plans (partition/replicas.hpp) are served as the simulator runs them: every replica its own
+  // pipeline, all at once. The planner replicates only without backups and without [[faults]].
   auto problem = partition::make_problem(std::move(scenario).value());
   auto applied = partition::apply_profiles(options.profiles, *problem->cost);
   if (!applied) return applied.error();
@@ -256,6 +520,12 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   const auto& cost = *problem->cost;
   auto plan = partition::make_plan(cost, sc.planner.name, sc.planner.objective);
   if (!plan) return plan.error();
+  if (!plan->replicas.empty() && options.testbed && options.inject_faults && !sc.faults.empty()) {
+    return make_error(
+        "faults are not injected on replicated plans ({} replicas): plan one pipeline to inject them (set [planner] "
+        "replicas = false in the scenario), or run without faults (--no-faults)",
+        plan->replicas.size());
+  }
 
   // Requests.
   std::vector<ExecRequest> requests;
@@ -275,6 +545,9 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   std::vector<bool> used(static_cast<size_t>(n), options.testbed);
   for (const auto& st : plan->stages) used[static_cast<size_t>(st.device)] = true;
   for (const auto& b : plan->backups) used[static_cast<size_t>(b.device)] = true;
+  for (const auto& rep : plan->replicas) {
+    for (const auto& st : rep.stages) used[static_cast<size_t>(st.device)] = true;
+  }
   PipelineSpec spec;
   std::vector<int> worker_of(static_cast<size_t>(n), -1);
   std::vector<int> device_of;
@@ -302,6 +575,7 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   spec.replan = [&](const std::vector<bool>& up) -> Expected<Placement> {
     partition::Scenario copy = sc;
     copy.faults.clear();
+    copy.planner.replicas = false;  // the workers that are up serve one pipeline
     for (size_t d = 0; d < copy.devices.size(); ++d) {
       const int w = worker_of[d];
       if (w >= 0 && up[static_cast<size_t>(w)]) continue;
@@ -359,6 +633,16 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
     auto st = local.start(options.worker_binary, static_cast<int>(spec.workers.size()), args);
     if (!st) return st.error();
     for (size_t w = 0; w < spec.workers.size(); ++w) spec.workers[w].endpoint = local.endpoints()[w];
+  }
+  std::vector<std::string> names;
+  for (const auto& d : sc.devices) names.push_back(d.name);
+  if (!plan->replicas.empty()) {
+    auto outcome = serve_replicated(options, cost, std::move(plan).value(), requests, spec, worker_of, co,
+                                    options.testbed ? &local : nullptr, names);
+    local.stop_all();
+    return outcome;
+  }
+  if (options.testbed) {
     co.poll_lost = [&local, &spec](double) {
       std::vector<std::string> gone;
       for (int w = 0; w < local.size(); ++w) {
@@ -431,8 +715,6 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   if (!run) return run.error();
 
   ServeOutcome outcome;
-  std::vector<std::string> names;
-  for (const auto& d : sc.devices) names.push_back(d.name);
   outcome.report = make_exec_report(*run, sc.name, plan->planner, names, sc.workload.in_flight);
   auto& faults = outcome.report.faults;
   faults.insert(faults.end(), at_once.begin(), at_once.end());
@@ -442,26 +724,9 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   for (const auto& r : requests) outcome.request_ids.push_back(r.id);
 
   if (!options.out.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(options.out, ec);
-    if (ec) return make_error("cannot create {}: {}", options.out.string(), ec.message());
-    auto tokenizer = load_tokenizer(options.model);
-    std::string lines;
-    for (const auto& r : run->results) {
-      nlohmann::json j = {{"id", r.id}, {"generated", r.generated}, {"latency_ms", r.latency_ms}};
-      if (tokenizer) j["text"] = tokenizer->decode(r.generated);
-      lines += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    }
-    auto report_json = partition::to_json(outcome.report);
-    report_json["predicted_throughput_rps"] = outcome.predicted_rps;
-    for (const auto& [file, text] :
-         std::vector<std::pair<std::string, std::string>>{{"outputs.jsonl", lines},
-                                                          {"report.json", report_json.dump(2) + "\n"},
-                                                          {"trace.json", make_exec_trace(*run, names).dump() + "\n"},
-                                                          {"plan.json", partition::to_json(*plan, cost).dump(2) + "\n"}}) {
-      auto st = write_text(options.out / file, text);
-      if (!st) return st.error();
-    }
+    auto st = write_outputs(options, run->results, outcome.report, outcome.predicted_rps, make_exec_trace(*run, names),
+                            partition::to_json(*plan, cost));
+    if (!st) return st.error();
   }
   outcome.plan = std::move(plan).value();
   return outcome;

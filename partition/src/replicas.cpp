@@ -13,9 +13,9 @@
 // handed out one at a time (every group gets one, each further slot to the group whose replayed throughput
 // gains the most from it, lazily: a gain is bounded by the closed-form bound first).
 // Finish: the kFinished best screened groupings are planned in full (adaptlink itself on each group's problem,
-// replica_problem at its own k), the requests shared out in proportion to the replicas' throughput (largest
-// remainder; then once more in proportion to each replica's pace over its whole run, kept when better) and
-// replayed (predict_replicated). The best wins when it beats one pipeline by more than 1 %.
+// replica_problem at its own k; groups of more than kMaxFullyPlanned devices keep the screened plan), the
+// requests shared out in proportion to the replicas' throughput (largest remainder; then once more in
+// proportion to each replica's pace over its whole run, kept when better) and replayed (predict_replicated). The best wins when it beats one pipeline by more than 1 %.
 #include "adaptlink/partition/replicas.hpp"
 
 #include <algorithm>
@@ -146,6 +146,9 @@ constexpr double kMemorySlack = 1.05;
 constexpr double kMinGain = 1.01;
 // Groupings finished (planned in full and replayed) after the screen.
 constexpr size_t kFinished = 2;
+// Groups of more devices keep their screened plan when finished: adaptlink in full on a group of 12 devices
+// costs seconds (sixteen-mixed-gbe: 1.4 s) and did not change the suite's plans.
+constexpr size_t kMaxFullyPlanned = 8;
 // Screening replays (a group at k requests in flight) replay this many requests, at least 12 k: a shorter
 // steady window than the reported prediction's, good enough to hand out slots and compare groupings.
 constexpr long long kScreenRequests = 80;
@@ -375,7 +378,8 @@ Plan finish(const CostModel& cost, Objective objective, ReplicaSearch& search, c
     r.in_flight = k[g];
     r.stages = search.base_stages(groups[g]);
     rps.push_back(search.group_rps(groups[g], k[g]));
-    if (const Plan* own = search.full_plan(groups[g], k[g]); own && own->predicted.throughput_rps > rps.back()) {
+    const Plan* own = groups[g].size() <= kMaxFullyPlanned ? search.full_plan(groups[g], k[g]) : nullptr;
+    if (own != nullptr && own->predicted.throughput_rps > rps.back()) {
       rps.back() = own->predicted.throughput_rps;
       r.stages = own->stages;
     }

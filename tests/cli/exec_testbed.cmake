@@ -228,6 +228,103 @@ if(last_ms LESS bound_ms)
   message(FATAL_ERROR "link: the run ended at ${last_ms} ms, the slow link needs at least ${bound_ms} ms")
 endif()
 
+# 2g. A replicated plan: two equal devices that each hold the model, in_flight 2, no backups, no faults: adaptlink
+# plans two solo replicas (in_flight 1 each). Both are served at once; every request completes with the tokens of
+# the same requests served by one pipeline ([planner] replicas = false), plan.json lists the replicas, the trace
+# holds both devices' stage events. (No timing is asserted: on a 2-core machine the workers share the cores.)
+set(replicated_toml [=[
+name = "testbed-replicas"
+
+[model]
+preset = "llava-1.5-7b"
+dtype = "fp32"
+
+[[devices]]
+name = "a"
+kind = "jetson-orin-nx-16gb"
+
+[[devices]]
+name = "b"
+kind = "jetson-orin-nx-16gb"
+
+[network]
+topology = "star"
+bandwidth_mbps = 400
+latency_ms = 3.0
+
+[workload]
+requests = 12
+arrival = "closed"
+in_flight = 2
+images_per_request = 1
+prompt_tokens = 16
+output_tokens = 24
+
+[planner]
+name = "adaptlink"
+objective = "throughput"
+backups = false
+]=])
+file(WRITE ${work}/replicas.toml "${replicated_toml}")
+string(REPLACE "backups = false" "backups = false\nreplicas = false" one_pipeline_toml "${replicated_toml}")
+file(WRITE ${work}/one-pipeline.toml "${one_pipeline_toml}")
+function(testbed_at toml out)
+  execute_process(COMMAND ${CMAKE_COMMAND} -E env ${mark} ${run} testbed --scenario ${toml} --model ${fx} --quiet
+                          --threads 1 --out ${work}/${out} ${ARGN}
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 120)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "testbed ${toml} ${ARGN}: exit ${rc}\n${stdout}\n${stderr}")
+  endif()
+  message(STATUS "testbed ${toml} ${ARGN}:\n${stdout}")
+  set(stdout "${stdout}" PARENT_SCOPE)
+endfunction()
+testbed_at(${work}/one-pipeline.toml one-pipeline)
+file(READ ${work}/one-pipeline/plan.json plan)
+string(JSON n ERROR_VARIABLE none LENGTH "${plan}" replicas)
+if(NOT none AND n GREATER 0)
+  message(FATAL_ERROR "one-pipeline: replicas = false, yet plan.json lists ${n} replicas\n${plan}")
+endif()
+testbed_at(${work}/replicas.toml replicated)
+if(NOT stdout MATCHES "2 replicas: 1\\+1 stages")
+  message(FATAL_ERROR "replicated: the summary does not name 2 solo replicas\n${stdout}")
+endif()
+file(READ ${work}/replicated/plan.json plan)
+string(JSON n LENGTH "${plan}" replicas)
+if(NOT n EQUAL 2)
+  message(FATAL_ERROR "replicated: plan.json lists ${n} replicas, want 2\n${plan}")
+endif()
+foreach(r 0 1)
+  string(JSON k GET "${plan}" replicas ${r} in_flight)
+  if(NOT k EQUAL 1)
+    message(FATAL_ERROR "replicated: replica ${r} has in_flight ${k}, want 1\n${plan}")
+  endif()
+endforeach()
+expect_same_outputs(one-pipeline replicated)
+file(READ ${work}/replicated/report.json report)
+string(JSON done GET "${report}" requests_completed)
+string(JSON lost GET "${report}" requests_lost)
+string(JSON rps GET "${report}" throughput_rps)
+string(JSON n LENGTH "${report}" faults)
+if(NOT done EQUAL 12 OR NOT lost EQUAL 0 OR NOT n EQUAL 0 OR NOT rps GREATER 0)
+  message(FATAL_ERROR "replicated: ${done} completed, ${lost} lost, ${n} faults, ${rps} req/s\n${report}")
+endif()
+foreach(device a b)
+  string(JSON u GET "${report}" device_utilization ${device})
+  if(NOT u GREATER 0)
+    message(FATAL_ERROR "replicated: device ${device} utilisation ${u}, both replicas should have run\n${report}")
+  endif()
+endforeach()
+file(READ ${work}/replicated/trace.json trace)
+foreach(tid 1 2)  # devices a and b; keys are sorted, so "tid" comes just before "ts"
+  if(NOT trace MATCHES "\"tid\":${tid},\"ts\"")
+    message(FATAL_ERROR "replicated: no stage event of device ${tid} in trace.json")
+  endif()
+endforeach()
+file(READ ${work}/one-pipeline/report.json one_report)
+string(JSON one_rps GET "${one_report}" throughput_rps)
+message(STATUS "replicated ${rps} req/s, one pipeline ${one_rps} req/s")
+expect_no_workers_left(replicas)
+
 # adaptlink-run ARGN must exit 2 with stderr matching `pattern`.
 function(expect_exit2 what pattern)
   execute_process(COMMAND ${run} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 60)

@@ -366,6 +366,40 @@ TEST_F(Distributed, WorkerAnswersBadMessagesWithErrorsAndKeepsServing) {
   EXPECT_EQ(run->results.size(), 3U);
 }
 
+// Replicated serving: the replicas' runs as one, every time from the earliest replica's start, results back in
+// request order.
+TEST(MergeExecRuns, ShiftsTimesToTheEarliestStartAndRestoresRequestOrder) {
+  ExecRun first;
+  first.start_wall_us = 2'000'000;
+  first.results = {{"r0", {5}, 0.0, 1.0, 1000.0, {}}, {"r2", {6}, 1.0, 2.0, 1000.0, {}}};
+  first.events = {{"a", "stage", 1, 0.5, 0.75}};
+  first.wall_s = 2.0;
+  ExecRun second;
+  second.start_wall_us = 1'500'000;  // started half a second earlier
+  second.results = {{"r1", {7}, 0.0, 3.0, 3000.0, {}}};
+  second.events = {{"b", "stage", 1, 0.25, 0.5}};
+  second.wall_s = 3.0;
+  const auto merged = merge_exec_runs({first, second}, {{0, 2}, {1}}, 3);
+  EXPECT_EQ(merged.start_wall_us, 1'500'000);
+  ASSERT_EQ(merged.results.size(), 3U);
+  EXPECT_EQ(merged.results[0].id, "r0");
+  EXPECT_EQ(merged.results[1].id, "r1");
+  EXPECT_EQ(merged.results[2].id, "r2");
+  EXPECT_DOUBLE_EQ(merged.results[0].admitted_s, 0.5);
+  EXPECT_DOUBLE_EQ(merged.results[2].done_s, 2.5);
+  EXPECT_DOUBLE_EQ(merged.results[1].done_s, 3.0);
+  EXPECT_DOUBLE_EQ(merged.results[2].latency_ms, 1000.0);
+  EXPECT_EQ(merged.results[1].generated, std::vector<int64_t>{7});
+  ASSERT_EQ(merged.events.size(), 2U);
+  EXPECT_EQ(merged.events[0].device, "b");  // in start order
+  EXPECT_DOUBLE_EQ(merged.events[1].start_s, 1.0);
+  EXPECT_DOUBLE_EQ(merged.wall_s, 3.0);
+  // The report over the merged run counts the summed in_flight's steady window, as the simulator merges replicas.
+  const auto report = make_exec_report(merged, "s", "adaptlink", {"a", "b"}, 2);
+  EXPECT_EQ(report.requests_completed, 3);
+  EXPECT_GT(report.throughput_rps, 0.0);
+}
+
 TEST(Wire, EncodeDecodeRoundTripAndLimits) {
   wire::Message m;
   m.type = wire::MsgType::step;

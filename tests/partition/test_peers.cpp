@@ -236,13 +236,13 @@ TEST(Suite, AdaptlinkGeometricMeanOverUniformIsAtLeast1p5) {
 }
 
 // The "85 % of the aggregate-compute bound" read as achieved (replayed) throughput at the scenario's
-// in_flight. One pipeline reaches it on 2 of the 9 compute-bound scenarios (lowest 0.609): with in_flight about
-// the number of stages, a token's trip through every stage leaves stages idle however the layers are cut.
-// Replicas (independent pipelines on device groups, replicas.hpp) reach it on 8 of 9. The ninth,
-// generic-mixed-mesh (0.83), has four 4 GB boards that hold the model only as a 4-stage pipeline with 4
-// requests in flight: each request's prefill crosses the stages one at a time while the others decode.
-// What this test holds: every compute-bound scenario at >= 0.8 and all but one at >= 0.85, decode-first never
-// below fifo by more than 1 %, and nothing above the bound.
+// in_flight, over the suite's 200 requests. One pipeline reaches it on 2 of the 9 compute-bound scenarios
+// (lowest 0.609): with in_flight about the number of stages, a token's trip through every stage leaves stages
+// idle however the layers are cut. Replicas (independent pipelines on device groups, replicas.hpp) reach it on
+// all 9 (lowest 0.865, generic-mixed-mesh, whose four 4 GB boards hold the model only as a 4-stage pipeline;
+// over 100 requests that replica's warm-up weighs more and it reads 0.829).
+// What this test holds: every compute-bound scenario at >= 0.85, decode-first never below fifo by more than 1 %,
+// and nothing above the bound.
 TEST(Suite, AdaptlinkThroughputAgainstTheComputeBoundOnComputeBoundScenarios) {
   auto suite = load_suite();
   int n = 0, at_85 = 0;
@@ -262,13 +262,13 @@ TEST(Suite, AdaptlinkThroughputAgainstTheComputeBoundOnComputeBoundScenarios) {
     const double fifo_ratio = fifo->predicted.throughput_rps / bound;
     std::printf("%-32s adaptlink / bound %.3f (fifo %.3f), %zu replicas\n", c.problem->scenario.name.c_str(), ratio,
                 fifo_ratio, adapt->replicas.size());
-    EXPECT_GE(ratio, 0.8) << c.problem->scenario.name;
+    EXPECT_GE(ratio, 0.85) << c.problem->scenario.name;
     EXPECT_GE(ratio, 0.99 * fifo_ratio) << c.problem->scenario.name;
     EXPECT_LE(adapt->predicted.bound_rps / bound, 1 + 1e-9) << c.problem->scenario.name << ": above the upper bound?";
     at_85 += ratio >= 0.85 ? 1 : 0;
   }
   EXPECT_GE(n, 5) << "the suite should hold several compute-bound scenarios";
-  EXPECT_GE(at_85, n - 1);
+  EXPECT_EQ(at_85, n);
 }
 
 TEST(Peers, EdgeshardKeepsTheInputOnTheSourceDevice) {

@@ -34,10 +34,12 @@ TEST(Replay, StoppingAtTheWindowsEndGivesTheSameThroughput) {
       ASSERT_TRUE(plan) << name << " " << planner;
       auto stages = plan->stages;
       const auto bound = part::evaluate(cost, stages);
-      const auto whole = part::replay(cost, stages, 100, bound.bottleneck_ms);
+      // As many requests as predict() replays: the scenario's, at most kReplayRequests.
+      const long long requests = std::min<long long>(problem->scenario.workload.requests, part::kReplayRequests);
+      const auto whole = part::replay(cost, stages, requests, bound.bottleneck_ms);
       part::ReplayOptions opt;
       opt.stop_at_window_end = true;
-      const auto stopped = part::replay(cost, stages, 100, bound.bottleneck_ms, opt);
+      const auto stopped = part::replay(cost, stages, requests, bound.bottleneck_ms, opt);
       ASSERT_GT(whole.throughput_rps, 0) << name << " " << planner;
       EXPECT_EQ(stopped.throughput_rps, whole.throughput_rps) << name << " " << planner;
       EXPECT_FALSE(stopped.cut);

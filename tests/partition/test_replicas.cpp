@@ -118,7 +118,7 @@ TEST(Replicas, TwoDevicesThatHoldTheModelServeAloneAtTheBound) {
   for (int d = 0; d < 2; ++d) bound += alone_rps(cost, d);
   for (const auto& r : plan->replicas) {
     EXPECT_EQ(r.in_flight, 1);
-    EXPECT_EQ(r.requests, 50);
+    EXPECT_EQ(r.requests, p->scenario.workload.requests / 2);
     ASSERT_EQ(r.stages.size(), 1u);
     EXPECT_NEAR(r.predicted.throughput_rps, alone_rps(cost, r.stages[0].device), 1e-9);
   }
@@ -135,7 +135,7 @@ TEST(Replicas, IdenticalBoardsSplitEvenly) {
   for (const auto& r : plan.replicas) {
     EXPECT_EQ(r.devices.size(), 2u);
     EXPECT_EQ(r.in_flight, 2);
-    EXPECT_EQ(r.requests, 50);
+    EXPECT_EQ(r.requests, p->scenario.workload.requests / 2);
   }
   EXPECT_NEAR(plan.replicas[0].predicted.throughput_rps, plan.replicas[1].predicted.throughput_rps, 1e-9);
   EXPECT_GT(plan.predicted.throughput_rps, 1.01 * single.predicted.throughput_rps);

@@ -10,7 +10,9 @@
 #   adaptlink-sim run bench/testbed/jetson-quartet-testbed.toml --profile $OUT/profile.json --planner P
 #   PHASE=prep (build, tests, hop benchmark, checkpoint, profile) | testbed (the runs) | all (default)
 #   SCHEDULES="decode-first fifo" (default decode-first): [planner] schedule of each run, PLANNERS (default
-#   "adaptlink uniform"); the runs go to $OUT/<schedule>-<planner>.
+#   "adaptlink uniform"); REPLICAS="true false" (default true): [planner] replicas of each adaptlink run (the other
+#   planners never replicate and run once); the runs go to $OUT/<schedule>-<planner>, "-one" appended for replicas =
+#   false.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
@@ -18,6 +20,7 @@ THREADS=${THREADS:-3}
 PHASE=${PHASE:-all}
 SCHEDULES=${SCHEDULES:-decode-first}
 PLANNERS=${PLANNERS:-adaptlink uniform}
+REPLICAS=${REPLICAS:-true}
 mkdir -p "$OUT" .devdeps/root
 for deb in .devdeps/debs/*.deb; do dpkg -x "$deb" .devdeps/root; done
 export LD_LIBRARY_PATH=$PWD/.devdeps/root/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
@@ -50,11 +53,17 @@ runs=()
 for schedule in $SCHEDULES; do
   sed "s/^\[planner\]/[planner]\nschedule = \"$schedule\"/" "$scenario" > "${scenario%.toml}-$schedule.tmp.toml"
   for planner in $PLANNERS; do
-    run=$schedule-$planner
-    runs+=("$run")
-    /usr/bin/time -v "$bin/exec/adaptlink-run" testbed --scenario "${scenario%.toml}-$schedule.tmp.toml" --model "$model" \
-      --threads "$THREADS" --profile "$profile" --planner "$planner" --quiet --out "$OUT/$run" 2> "$OUT/$run.time" |
-      tee "$OUT/$run.txt"
+    for replicas in $REPLICAS; do
+      [[ $planner != adaptlink && $replicas != "${REPLICAS%% *}" ]] && continue
+      run=$schedule-$planner
+      [[ $replicas == false ]] && run=$run-one
+      runs+=("$run")
+      # Next to the original: its [model] config path stays valid.
+      sed "s/^\[planner\]/[planner]\nreplicas = $replicas/" "${scenario%.toml}-$schedule.tmp.toml" > "${scenario%.toml}-$run.tmp.toml"
+      /usr/bin/time -v "$bin/exec/adaptlink-run" testbed --scenario "${scenario%.toml}-$run.tmp.toml" --model "$model" \
+        --threads "$THREADS" --profile "$profile" --planner "$planner" --quiet --out "$OUT/$run" 2> "$OUT/$run.time" |
+        tee "$OUT/$run.txt"
+    done
   done
 done
 "$bin/exec/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" \

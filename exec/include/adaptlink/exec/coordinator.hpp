@@ -109,6 +109,11 @@ struct CoordinatorOptions {
   // shapes): the workers that send over those links are told their new shapes.
   std::function<std::vector<std::string>(double now_s)> poll_relinked;
   std::function<void(size_t done, size_t total)> progress;
+  // Called once every worker answered the hello, before the first admission (replicated serving: waits until
+  // every replica's workers are ready, so that all replicas start together); an error ends the run.
+  std::function<Status()> ready;
+  // Checked every loop turn: true ends the run with an error (replicated serving: another replica failed).
+  std::function<bool()> cancelled;
 };
 
 struct StageTiming {
@@ -124,6 +129,7 @@ struct ExecRun {
   std::vector<StageTiming> events;  // stage executions, relative to the start
   std::vector<partition::FaultRecord> faults;
   double wall_s = 0;
+  int64_t start_wall_us = 0;  // time 0 (the first admission), microseconds since the Unix epoch
 };
 
 // Connects to the workers, sends them their stages, runs the requests. Errors name the worker (unreachable,
@@ -135,6 +141,11 @@ Expected<ExecRun> run_pipeline(const PipelineSpec& spec, const std::vector<ExecR
 // latency percentiles, utilisation from the stage events.
 partition::RunReport make_exec_report(const ExecRun& run, const std::string& scenario, const std::string& planner,
                                       const std::vector<std::string>& device_names, int in_flight);
+// Independent runs that served at once (the replicas of a replicated plan) as one run: times from the earliest
+// run's start (start_wall_us), results[indices[r][i]] = runs[r].results[i] (`requests` results in all), every
+// run's events and faults; wall_s until the last run ended.
+ExecRun merge_exec_runs(const std::vector<ExecRun>& runs, const std::vector<std::vector<size_t>>& indices,
+                        size_t requests);
 // Chrome trace of the stage executions, one row per device.
 nlohmann::json make_exec_trace(const ExecRun& run, const std::vector<std::string>& device_names);
 

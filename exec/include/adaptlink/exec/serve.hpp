@@ -1,6 +1,8 @@
 // `adaptlink-run serve` and `adaptlink-run testbed`: plan a scenario with the core for the checkpoint's model,
 // hand the stages to workers (the scenario's endpoints, or local emulating workers), run the requests, write
-// DIR/{plan.json, outputs.jsonl, report.json, trace.json}.
+// DIR/{plan.json, outputs.jsonl, report.json, trace.json}. A replicated plan (plan.replicas) is served as the
+// simulator runs it: one pipeline per replica on its own devices' workers, with its in_flight and its share of the
+// requests (dealt out in request order), all at once; the report merges them as the simulator's does.
 //
 // Testbed emulation (one machine standing in for the scenario's devices):
 //   compute  every stage execution on device d takes its measured time x testbed_slowdown(scenario, d)
