@@ -152,6 +152,31 @@ Placement placement_of(const partition::Plan& plan, const std::vector<int>& work
   return placement_of(plan.stages, plan.backups, worker_of, workers);
 }
 
+// The testbed's emulation of the scenario's network for a pipeline whose worker w runs scenario device
+// device_of[w]: each link's shape from the cost model's route (a bandwidth in `link_mbps`, the testbed's link faults
+// so far, replaces its hop's; read at every call), and a redeploy's emulated weight transfer.
+void emulate_network(PipelineSpec& spec, const partition::CostModel& cost, std::vector<int> device_of,
+                     const std::map<int, double>* link_mbps) {
+  spec.link = [&cost, link_mbps, device_of](int from, int to) {
+    LinkShape l;
+    for (const auto& hop : cost.route(device_of[static_cast<size_t>(from)], device_of[static_cast<size_t>(to)])) {
+      auto shape = hop.spec;
+      if (link_mbps != nullptr) {
+        if (auto it = link_mbps->find(hop.link); it != link_mbps->end()) shape.bandwidth_mbps = it->second;
+      }
+      l.latency_ms += shape.latency_ms;
+      l.ms_per_byte += partition::hop_busy_ms(shape, 1.0);
+    }
+    return l;
+  };
+  spec.redeploy_ms = [&cost, device_of = std::move(device_of)](int to, int first, int last) {
+    partition::Stage st;
+    st.first_node = first;
+    st.last_node = last;
+    return partition::redeploy_ms(cost, st, device_of[static_cast<size_t>(to)]);
+  };
+}
+
 // Replicated plans: request i of `n` goes to the replica whose share is least served so far ((given + 1/2) / share,
 // the lowest index on a tie), so every replica gets exactly its share and the shares interleave in request order.
 // The shares are partition::share_requests's (each at least its in_flight), trimmed to `n` (the largest, later
@@ -269,22 +294,7 @@ Expected<ServeOutcome> serve_replicated(const ServeOptions& options, const parti
       part.spec.workers.push_back(std::move(w));
     }
     part.spec.stages = placement_of(rep.stages, {}, rworker_of, part.spec.workers.size()).stages;
-    if (options.testbed) {
-      part.spec.link = [&cost, rdevice_of](int from, int to) {
-        LinkShape l;
-        for (const auto& hop : cost.route(rdevice_of[static_cast<size_t>(from)], rdevice_of[static_cast<size_t>(to)])) {
-          l.latency_ms += hop.spec.latency_ms;
-          l.ms_per_byte += partition::hop_busy_ms(hop.spec, 1.0);
-        }
-        return l;
-      };
-      part.spec.redeploy_ms = [&cost, rdevice_of](int to, int first, int last) {
-        partition::Stage st;
-        st.first_node = first;
-        st.last_node = last;
-        return partition::redeploy_ms(cost, st, rdevice_of[static_cast<size_t>(to)]);
-      };
-    }
+    if (options.testbed) emulate_network(part.spec, cost, rdevice_of, nullptr);  // no link faults on replicas
     for (size_t i : dealt[r]) part.requests.push_back(requests[i]);
 
     auto& co = part.co;
@@ -372,25 +382,15 @@ Expected<ServeOutcome> serve_replicated(const ServeOptions& options, const parti
   const ExecRun merged = merge_exec_runs(runs, indices, requests.size());
   ServeOutcome outcome;
   outcome.report = make_exec_report(merged, sc.name, plan.planner, names, in_flight);
-  auto& util = outcome.report.device_utilization;
-  for (auto& [name, u] : util) u = 0;
+  // Each device's utilisation from its own replica's run, as the simulator merges them.
+  std::vector<partition::RunReport> own(replicas.size());
+  std::vector<const partition::RunReport*> own_of(replicas.size(), nullptr);
   for (size_t p = 0; p < parts.size(); ++p) {
-    const auto& rep = replicas[parts[p].replica];
-    const auto own = make_exec_report(runs[p], sc.name, plan.planner, names, rep.in_flight).device_utilization;
-    for (int d : rep.devices) util[static_cast<size_t>(d)].second = own[static_cast<size_t>(d)].second;
+    const size_t r = parts[p].replica;
+    own[r] = make_exec_report(runs[p], sc.name, plan.planner, names, replicas[r].in_flight);
+    own_of[r] = &own[r];
   }
-  double stage_sum = 0;
-  size_t stage_devices = 0;
-  for (size_t d = 0; d < util.size(); ++d) {
-    bool holds_stage = false;
-    for (const auto& rep : replicas) {
-      for (const auto& st : rep.stages) holds_stage = holds_stage || st.device == static_cast<int>(d);
-    }
-    if (!holds_stage) continue;
-    stage_sum += util[d].second;
-    ++stage_devices;
-  }
-  outcome.report.bubble_fraction = stage_devices == 0 ? 0.0 : 1.0 - stage_sum / static_cast<double>(stage_devices);
+  partition::merge_replica_utilization(sc, replicas, own_of, outcome.report);
   outcome.predicted_rps = plan.predicted.throughput_rps;
   outcome.results = merged.results;
   for (const auto& r : requests) outcome.request_ids.push_back(r.id);
@@ -591,22 +591,7 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   };
   std::map<int, double> link_mbps;  // testbed link faults: the bandwidth of each degraded link, from then on
   if (options.testbed) {
-    spec.link = [&cost, &link_mbps, device_of](int from, int to) {
-      LinkShape l;
-      for (const auto& hop : cost.route(device_of[static_cast<size_t>(from)], device_of[static_cast<size_t>(to)])) {
-        auto shape = hop.spec;
-        if (auto it = link_mbps.find(hop.link); it != link_mbps.end()) shape.bandwidth_mbps = it->second;
-        l.latency_ms += shape.latency_ms;
-        l.ms_per_byte += partition::hop_busy_ms(shape, 1.0);
-      }
-      return l;
-    };
-    spec.redeploy_ms = [&cost, device_of](int to, int first, int last) {
-      partition::Stage st;
-      st.first_node = first;
-      st.last_node = last;
-      return partition::redeploy_ms(cost, st, device_of[static_cast<size_t>(to)]);
-    };
+    emulate_network(spec, cost, device_of, &link_mbps);
   }
 
   // Testbed: start the emulating workers and schedule the faults.

@@ -378,18 +378,23 @@ long long ranking_requests(const Workload& workload) {
 }
 
 Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long max_requests) {
+  return predict(cost, stages, max_requests, nullptr);
+}
+
+Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long max_requests, ReplayResult* replayed) {
   Prediction p = evaluate(cost, stages);
   p.bound_rps = p.throughput_rps;
   const auto& workload = cost.scenario().workload;
   if (workload.arrival != Arrival::closed || !p.feasible) return p;
   // Enough requests for a steady window well past the warm-up, few enough to stay cheap.
   const long long requests = std::min<long long>(workload.requests, max_requests);
-  const auto r = replay(cost, stages, requests, p.bottleneck_ms);
+  auto r = replay(cost, stages, requests, p.bottleneck_ms);
   if (r.throughput_rps > 0) {
     p.throughput_rps = std::min(r.throughput_rps, p.bound_rps);
     p.tokens_per_s = p.throughput_rps * cost.shape().output_tokens;
     p.latency_ms = r.mean_latency_ms;
   }
+  if (replayed != nullptr) *replayed = std::move(r);
   return p;
 }
 

@@ -15,7 +15,8 @@
 // Finish: the kFinished best screened groupings are planned in full (adaptlink itself on each group's problem,
 // replica_problem at its own k; groups of more than kMaxFullyPlanned devices keep the screened plan), the
 // requests shared out in proportion to the replicas' throughput (largest remainder; then once more in
-// proportion to each replica's pace over its whole run, kept when better) and replayed (predict_replicated). The best wins when it beats one pipeline by more than 1 %.
+// proportion to each replica's pace over its whole run, kept when better) and replayed (predict_replicated).
+// The best wins when it beats one pipeline by more than 1 %.
 #include "adaptlink/partition/replicas.hpp"
 
 #include <algorithm>
@@ -71,10 +72,34 @@ Prediction combine_predictions(const std::vector<Replica>& replicas) {
 }
 
 namespace {
-std::vector<long long> apportion(long long total, const std::vector<double>& weights, const std::vector<int>& floor_of);
-}  // namespace
 
-namespace {
+// Largest-remainder shares of `total` in proportion to `weights`; a share below its floor is raised to it at the
+// expense of the largest shares (the sum stays `total` when it covers the floors).
+std::vector<long long> apportion(long long total, const std::vector<double>& weights, const std::vector<int>& floor_of) {
+  const double sum = std::accumulate(weights.begin(), weights.end(), 0.0);
+  std::vector<long long> out(weights.size());
+  std::vector<std::pair<double, size_t>> rem;
+  long long given = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const double exact = sum > 0 ? static_cast<double>(total) * weights[i] / sum : 0.0;
+    out[i] = static_cast<long long>(std::floor(exact));
+    given += out[i];
+    rem.emplace_back(exact - static_cast<double>(out[i]), i);
+  }
+  std::stable_sort(rem.begin(), rem.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (size_t r = 0; given < total && !rem.empty(); ++r, ++given) ++out[rem[r % rem.size()].second];
+  for (size_t i = 0; i < out.size(); ++i) {
+    while (out[i] < floor_of[i]) {
+      ++out[i];
+      auto largest = std::max_element(out.begin(), out.end());
+      if (largest != out.begin() + static_cast<std::ptrdiff_t>(i) &&
+          *largest - 1 >= floor_of[static_cast<size_t>(largest - out.begin())]) {
+        --*largest;
+      }
+    }
+  }
+  return out;
+}
 
 // predict_replicated, also giving each replica's makespan (its last completion) in ms.
 Prediction replay_replicas(const CostModel& cost, std::vector<Replica>& replicas, long long max_requests,
@@ -91,16 +116,8 @@ Prediction replay_replicas(const CostModel& cost, std::vector<Replica>& replicas
   for (size_t i = 0; i < replicas.size(); ++i) {
     auto& r = replicas[i];
     auto problem = replica_problem(cost, r.devices, r.in_flight, requests[i]);
-    auto& p = r.predicted;
-    p = evaluate(*problem.cost, r.stages);
-    p.bound_rps = p.throughput_rps;
-    if (!p.feasible) continue;
-    const auto run = replay(*problem.cost, r.stages, requests[i], p.bottleneck_ms);
-    if (run.throughput_rps > 0) {
-      p.throughput_rps = std::min(run.throughput_rps, p.bound_rps);
-      p.tokens_per_s = p.throughput_rps * problem.cost->shape().output_tokens;
-      p.latency_ms = run.mean_latency_ms;
-    }
+    ReplayResult run;
+    r.predicted = predict(*problem.cost, r.stages, requests[i], &run);
     completions.insert(completions.end(), run.completions_ms.begin(), run.completions_ms.end());
     latency_sum += run.mean_latency_ms * static_cast<double>(run.completions_ms.size());
     if (makespans_ms != nullptr) {
@@ -132,6 +149,34 @@ std::vector<long long> share_requests(const std::vector<Replica>& replicas, long
 
 Prediction predict_replicated(const CostModel& cost, std::vector<Replica>& replicas, long long max_requests) {
   return replay_replicas(cost, replicas, max_requests, nullptr);
+}
+
+void merge_replica_utilization(const Scenario& scenario, const std::vector<Replica>& replicas,
+                               const std::vector<const RunReport*>& reports, RunReport& merged) {
+  merged.device_utilization.clear();
+  double stage_sum = 0;
+  size_t stage_devices = 0;
+  for (size_t d = 0; d < scenario.devices.size(); ++d) {
+    const auto& name = scenario.devices[d].name;
+    double u = 0;
+    bool holds_stage = false;
+    for (size_t r = 0; r < replicas.size(); ++r) {
+      const auto& rep = replicas[r];
+      if (std::find(rep.devices.begin(), rep.devices.end(), static_cast<int>(d)) == rep.devices.end()) continue;
+      if (reports[r] != nullptr) {
+        for (const auto& [n, value] : reports[r]->device_utilization) {
+          if (n == name) u = value;
+        }
+      }
+      for (const auto& st : rep.stages) holds_stage = holds_stage || st.device == static_cast<int>(d);
+    }
+    merged.device_utilization.emplace_back(name, u);
+    if (holds_stage) {
+      stage_sum += u;
+      ++stage_devices;
+    }
+  }
+  merged.bubble_fraction = stage_devices == 0 ? 0.0 : 1.0 - stage_sum / static_cast<double>(stage_devices);
 }
 
 bool replicas_allowed(const Scenario& scenario, Objective objective) {
@@ -326,43 +371,11 @@ class ReplicaSearch {
   double weights_ = 0, kv_per_request_ = 0, buffer_ = 0;
   std::map<int, double> alone_rps_;  // active devices
   std::map<Group, std::optional<std::vector<Stage>>> base_plans_;
-  std::map<int, ReplicaProblem> problems_;
-  std::map<std::pair<Group, int>, std::optional<Plan>> full_plans_;  // by k: replays read only the workload, not the device roles
+  std::map<int, ReplicaProblem> problems_;  // by k: replays read only the workload, not the device roles
+  std::map<std::pair<Group, int>, std::optional<Plan>> full_plans_;
   std::map<std::pair<Group, int>, double> rps_;
   double rps_of_ = 0;
 };
-
-// Largest-remainder shares of `total` in proportion to `weights`; a share below its floor is raised to it at the
-// expense of the largest shares (the sum stays `total` when it covers the floors).
-std::vector<long long> apportion(long long total, const std::vector<double>& weights, const std::vector<int>& floor_of) {
-  const double sum = std::accumulate(weights.begin(), weights.end(), 0.0);
-  std::vector<long long> out(weights.size());
-  std::vector<std::pair<double, size_t>> rem;
-  long long given = 0;
-  for (size_t i = 0; i < weights.size(); ++i) {
-    const double exact = sum > 0 ? static_cast<double>(total) * weights[i] / sum : 0.0;
-    out[i] = static_cast<long long>(std::floor(exact));
-    given += out[i];
-    rem.emplace_back(exact - static_cast<double>(out[i]), i);
-  }
-  std::stable_sort(rem.begin(), rem.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (size_t r = 0; given < total && !rem.empty(); ++r, ++given) ++out[rem[r % rem.size()].second];
-  for (size_t i = 0; i < out.size(); ++i) {
-    while (out[i] < floor_of[i]) {
-      ++out[i];
-      auto largest = std::max_element(out.begin(), out.end());
-      if (largest != out.begin() + static_cast<std::ptrdiff_t>(i) &&
-          *largest - 1 >= floor_of[static_cast<size_t>(largest - out.begin())]) {
-        --*largest;
-      }
-    }
-  }
-  return out;
-}
-
-}  // namespace
-
-namespace {
 
 // The replicated plan of a grouping with its slots: each group planned in full by adaptlink at its own share of
 // the requests in flight (kept only where it beats the screened plan), requests shared out, replayed.

@@ -412,27 +412,9 @@ Expected<SimResult> run_replicated(const partition::CostModel& cost, const parti
   report.latency_ms = partition::summarize_latencies(out.latencies_ms);
 
   // Each device's utilisation comes from the replica that holds it (over that replica's steady window).
-  double stage_sum = 0;
-  size_t stage_devices = 0;
-  for (size_t d = 0; d < sc.devices.size(); ++d) {
-    const auto& name = sc.devices[d].name;
-    double u = 0;
-    bool holds_stage = false;
-    for (size_t r = 0; r < replicas.size(); ++r) {
-      const auto& rep = replicas[r];
-      if (std::find(rep.devices.begin(), rep.devices.end(), static_cast<int>(d)) == rep.devices.end()) continue;
-      for (const auto& [n, value] : results[r].report.device_utilization) {
-        if (n == name) u = value;
-      }
-      for (const auto& st : rep.stages) holds_stage = holds_stage || st.device == static_cast<int>(d);
-    }
-    report.device_utilization.emplace_back(name, u);
-    if (holds_stage) {
-      stage_sum += u;
-      ++stage_devices;
-    }
-  }
-  report.bubble_fraction = stage_devices == 0 ? 0.0 : 1.0 - stage_sum / static_cast<double>(stage_devices);
+  std::vector<const partition::RunReport*> own;
+  for (const auto& res : results) own.push_back(&res.report);
+  partition::merge_replica_utilization(sc, replicas, own, report);
   return out;
 }
 

@@ -110,6 +110,9 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
 inline constexpr long long kReplayRequests = 200;
 long long ranking_requests(const Workload& workload);
 Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long max_requests = kReplayRequests);
+// The same, handing the replay itself (its completion times) to `replayed` when it ran (a replicated plan's
+// prediction merges its replicas' completions, replicas.cpp).
+Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long max_requests, ReplayResult* replayed);
 // Scalar to maximise for an objective: throughput (rps), or -latency for the latency objective.
 double score(const Prediction& prediction, Objective objective);
 
