@@ -5,7 +5,7 @@
 
 #include <chrono>
 
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 
 namespace part = adaptlink::partition;

@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 #include "adaptlink/sim/simulator.hpp"
 

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 #include "adaptlink/partition/profile.hpp"
 #include "common.hpp"

@@ -16,10 +16,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 #include "adaptlink/partition/profile.hpp"
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/runtime/report.hpp"
 #include "adaptlink/sim/simulator.hpp"
 #include "common.hpp"
 #include "sim_commands.hpp"
@@ -243,11 +243,11 @@ int cmd_run(const RunOptions& o) {
     al::cli::report(result.error());
     return al::cli::kExitFailure;
   }
-  if (auto st = write_file(*dir / "report.json", part::to_json(result->report).dump(2) + "\n"); !st) {
+  if (auto st = write_file(*dir / "report.json", al::runtime::to_json(result->report).dump(2) + "\n"); !st) {
     return al::cli::report(st.error());
   }
   if (o.format == "json") {
-    std::cout << part::to_json(result->report).dump(2) << "\n";
+    std::cout << al::runtime::to_json(result->report).dump(2) << "\n";
   } else {
     std::cout << summary_table(*plan, cost, *result, o.network_model, o.requests);
     std::cout << fmt::format("wrote {}/{{scenario.toml, plan.json, report.json{}}}\n", dir->string(),
@@ -273,7 +273,7 @@ int cmd_compare(const CompareOptions& o) {
   struct Row {
     std::string planner;
     std::optional<part::Plan> plan;
-    std::optional<part::RunReport> report;
+    std::optional<al::runtime::RunReport> report;
     std::string error;
   };
   std::vector<Row> rows;
@@ -335,7 +335,7 @@ int cmd_compare(const CompareOptions& o) {
                           {"latency_ms", r.plan->predicted.latency_ms}};
       }
       if (r.report) {
-        j["report"] = part::to_json(*r.report);
+        j["report"] = al::runtime::to_json(*r.report);
         j["mean_utilization"] = 1.0 - r.report->bubble_fraction;
         auto ratio = ratio_of(r);
         j["ratio_to_uniform"] = ratio ? nlohmann::json(*ratio) : nlohmann::json(nullptr);

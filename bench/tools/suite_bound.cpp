@@ -27,7 +27,7 @@
 #include <string>
 #include <vector>
 
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 
 namespace part = adaptlink::partition;

@@ -293,7 +293,7 @@ int run_serve_command(ServeArgs& a, bool testbed) {
   if (!outcome) return fail(outcome.error().to_string());
   const auto& r = outcome->report;
   if (a.format == "json") {
-    auto j = partition::to_json(r);
+    auto j = runtime::to_json(r);
     j["predicted_throughput_rps"] = outcome->predicted_rps;
     if (!a.out.empty()) j["out"] = a.out;
     std::cout << j.dump() << "\n";
@@ -314,11 +314,11 @@ int run_serve_command(ServeArgs& a, bool testbed) {
               r.latency_ms.p99);
   for (const auto& f : r.faults) {
     if (!f.detected_s || !f.recovery_ms) {
-      std::printf("  fault         %s %s at %.2f s\n", f.kind.c_str(), f.device.c_str(), f.at_s);
+      std::printf("  fault         %s %s at %.2f s\n", std::string(partition::fault_kind_name(f.kind)).c_str(), f.device.c_str(), f.at_s);
       continue;
     }
     std::printf("  fault         %s %s at %.2f s: detected %.2f s, recovered in %.0f ms, %lld positions recomputed\n",
-                f.kind.c_str(), f.device.c_str(), f.at_s, *f.detected_s, *f.recovery_ms, f.recomputed_tokens);
+                std::string(partition::fault_kind_name(f.kind)).c_str(), f.device.c_str(), f.at_s, *f.detected_s, *f.recovery_ms, f.recomputed_tokens);
   }
   if (!a.out.empty()) std::printf("  wrote         %s/{plan.json, outputs.jsonl, report.json, trace.json}\n", a.out.c_str());
   return 0;

@@ -579,9 +579,9 @@ class Coordinator {
     // there from now on (a pong means the worker is back).
     connect(ws, ws.endpoint);
     const double detected = seconds(Clock::now());
-    partition::FaultRecord rec;
+    runtime::FaultRecord rec;
     rec.device = spec_.workers[static_cast<size_t>(w)].name;
-    rec.kind = "dropout";
+    rec.kind = partition::FaultKind::dropout;
     rec.at_s = detected;
     if (options_.fault_time) {
       if (auto t = options_.fault_time(rec.device)) rec.at_s = *t;
@@ -668,7 +668,7 @@ class Coordinator {
 
   // Requests in flight: rebuild the replacements' state from the upstream logs (`full`: through every stage
   // that has none), then re-issue their pending step. The fault is recovered when the last rebuild is done.
-  void rebuild_in_flight(partition::FaultRecord rec, bool full) {
+  void rebuild_in_flight(runtime::FaultRecord rec, bool full) {
     pending_rebuilds_ = 0;
     for (size_t i = 0; i < requests_.size(); ++i) {
       const auto& state = states_[i];
@@ -693,9 +693,9 @@ class Coordinator {
     auto& ws = workers_[static_cast<size_t>(w)];
     connect(ws, endpoint);
     ws.holds.clear();
-    partition::FaultRecord rec;
+    runtime::FaultRecord rec;
     rec.device = spec_.workers[static_cast<size_t>(w)].name;
-    rec.kind = "rejoin";
+    rec.kind = partition::FaultKind::rejoin;
     rec.at_s = seconds(Clock::now());
     if (options_.fault_time) {
       if (auto t = options_.fault_time(rec.device)) rec.at_s = *t;
@@ -833,9 +833,9 @@ Expected<ExecRun> run_pipeline(const PipelineSpec& spec, const std::vector<ExecR
   return c.run();
 }
 
-partition::RunReport make_exec_report(const ExecRun& run, const std::string& scenario, const std::string& planner,
+runtime::RunReport make_exec_report(const ExecRun& run, const std::string& scenario, const std::string& planner,
                                       const std::vector<std::string>& device_names, int in_flight) {
-  partition::RunReport r;
+  runtime::RunReport r;
   r.scenario = scenario;
   r.backend = "exec";
   r.planner = planner;
@@ -850,12 +850,12 @@ partition::RunReport make_exec_report(const ExecRun& run, const std::string& sce
   r.requests_completed = static_cast<long long>(run.results.size());
   std::sort(done.begin(), done.end());
   const auto n = static_cast<long long>(done.size());
-  const auto w = partition::steady_window(n, in_flight, true);
+  const auto w = runtime::steady_window(n, in_flight, true);
   const double from_s = w.first == 0 ? 0.0 : done[static_cast<size_t>(w.first - 1)];
   const double to_s = w.last == 0 ? 0.0 : done[static_cast<size_t>(w.last - 1)];
   if (to_s > from_s) r.throughput_rps = static_cast<double>(w.last - w.first) / (to_s - from_s);
   if (n > 0) r.tokens_per_s = r.throughput_rps * static_cast<double>(tokens) / static_cast<double>(n);
-  r.latency_ms = partition::summarize_latencies(latencies);
+  r.latency_ms = runtime::summarize_latencies(latencies);
   double used = 0;
   int holders = 0;
   for (const auto& name : device_names) {
@@ -926,7 +926,7 @@ nlohmann::json make_exec_trace(const ExecRun& run, const std::vector<std::string
                       {"args", {{"request", e.request}}}});
   }
   for (const auto& f : run.faults) {
-    events.push_back({{"ph", "i"}, {"pid", 1}, {"tid", 0}, {"s", "g"}, {"name", f.kind + " " + f.device},
+    events.push_back({{"ph", "i"}, {"pid", 1}, {"tid", 0}, {"s", "g"}, {"name", std::string(partition::fault_kind_name(f.kind)) + " " + f.device},
                       {"ts", f.at_s * 1e6}});
   }
   return {{"traceEvents", events}, {"displayTimeUnit", "ms"}};

@@ -22,11 +22,12 @@
 #include "adaptlink/exec/local_workers.hpp"
 #include "adaptlink/exec/tensor_io.hpp"
 #include "adaptlink/exec/tokenizer.hpp"
-#include "adaptlink/partition/backup.hpp"
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/backup.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 #include "adaptlink/partition/profile.hpp"
-#include "adaptlink/partition/replicas.hpp"
+#include "adaptlink/planner/replicas.hpp"
+#include "adaptlink/runtime/run_recorder.hpp"
 #include "adaptlink/partition/testbed.hpp"
 #include "runtime.hpp"
 
@@ -121,8 +122,8 @@ std::set<int> links_of(const partition::CostModel& cost, int device) {
 }
 
 // A fault applied at once (slowdown, link): its report entry has no detection or recovery.
-partition::FaultRecord applied_fault(double at_s, const std::string& device, const std::string& kind) {
-  partition::FaultRecord rec;
+runtime::FaultRecord applied_fault(double at_s, const std::string& device, partition::FaultKind kind) {
+  runtime::FaultRecord rec;
   rec.at_s = at_s;
   rec.device = device;
   rec.kind = kind;
@@ -217,7 +218,7 @@ std::string replica_listen(const std::string& listen, size_t r) {
 
 // DIR/{outputs.jsonl, report.json, trace.json, plan.json}.
 Status write_outputs(const ServeOptions& options, const std::vector<ExecResult>& results,
-                     const partition::RunReport& report, double predicted_rps, const nlohmann::json& trace,
+                     const runtime::RunReport& report, double predicted_rps, const nlohmann::json& trace,
                      const nlohmann::json& plan) {
   std::error_code ec;
   std::filesystem::create_directories(options.out, ec);
@@ -229,7 +230,7 @@ Status write_outputs(const ServeOptions& options, const std::vector<ExecResult>&
     if (tokenizer) j["text"] = tokenizer->decode(r.generated);
     lines += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   }
-  auto report_json = partition::to_json(report);
+  auto report_json = runtime::to_json(report);
   report_json["predicted_throughput_rps"] = predicted_rps;
   for (const auto& [file, text] :
        std::vector<std::pair<std::string, std::string>>{{"outputs.jsonl", lines},
@@ -383,14 +384,14 @@ Expected<ServeOutcome> serve_replicated(const ServeOptions& options, const parti
   ServeOutcome outcome;
   outcome.report = make_exec_report(merged, sc.name, plan.planner, names, in_flight);
   // Each device's utilisation from its own replica's run, as the simulator merges them.
-  std::vector<partition::RunReport> own(replicas.size());
-  std::vector<const partition::RunReport*> own_of(replicas.size(), nullptr);
+  std::vector<runtime::RunReport> own(replicas.size());
+  std::vector<const runtime::RunReport*> own_of(replicas.size(), nullptr);
   for (size_t p = 0; p < parts.size(); ++p) {
     const size_t r = parts[p].replica;
     own[r] = make_exec_report(runs[p], sc.name, plan.planner, names, replicas[r].in_flight);
     own_of[r] = &own[r];
   }
-  partition::merge_replica_utilization(sc, replicas, own_of, outcome.report);
+  runtime::merge_replica_utilization(sc, replicas, own_of, outcome.report);
   outcome.predicted_rps = plan.predicted.throughput_rps;
   outcome.results = merged.results;
   for (const auto& r : requests) outcome.request_ids.push_back(r.id);
@@ -599,7 +600,7 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   std::map<std::string, double> fired;  // device -> time its latest fault was injected
   std::vector<std::pair<std::string, std::string>> rejoined;  // restarted or continued workers not yet taken back
   std::vector<std::string> relinked;                          // devices whose links changed, not yet re-sent
-  std::vector<partition::FaultRecord> at_once;  // slowdown and link faults: applied at once (no detection, recovery)
+  std::vector<runtime::FaultRecord> at_once;  // slowdown and link faults: applied at once (no detection, recovery)
   std::vector<bool> done_fault(sc.faults.size(), false);
   CoordinatorOptions co;
   co.model = options.model;
@@ -665,12 +666,12 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
                      !local.stopped(w)) {
             const double factor = spec.workers[static_cast<size_t>(w)].slowdown * fault.factor;
             auto st = set_worker_slowdown(local.endpoints()[static_cast<size_t>(w)], factor);
-            at_once.push_back(applied_fault(now_s, fault.device, "slowdown"));
+            at_once.push_back(applied_fault(now_s, fault.device, partition::FaultKind::slowdown));
             done = fmt::format("slowed by {:g}x{}", fault.factor, st ? "" : " (failed: " + st.error().message + ")");
           } else if (fault.kind == partition::FaultKind::link) {
             for (int link : links_of(cost, device)) link_mbps[link] = fault.bandwidth_mbps;
             relinked.push_back(fault.device);
-            at_once.push_back(applied_fault(now_s, fault.device, "link"));
+            at_once.push_back(applied_fault(now_s, fault.device, partition::FaultKind::link));
             done = fmt::format("links at {:g} Mbit/s", fault.bandwidth_mbps);
           }
           if (options.progress) {

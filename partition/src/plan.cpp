@@ -15,6 +15,24 @@ int text_entry_stage(const CostModel& cost, const std::vector<Stage>& stages) {
 
 namespace {
 
+// The link a device loads weights over: its access link in a star, the default link in a mesh.
+Link load_link(const CostModel& cost, int device) {
+  const auto& net = cost.scenario().network;
+  return net.topology == Topology::star ? net.access_link(device) : net.default_link;
+}
+
+}  // namespace
+
+double redeploy_ms(const CostModel& cost, const Stage& stage, int device) {
+  return load_ms(cost, device, stage.first_node, stage.last_node);
+}
+
+double load_ms(const CostModel& cost, int device, int first, int last) {
+  return hop_ms(load_link(cost, device), cost.weight_bytes(first, last));
+}
+
+namespace {
+
 // Adds `count` transfers of `bytes` from device a to b: latency to R0, serialisation to link busy.
 void add_transfers(const CostModel& cost, int from, int to, double bytes, double count, double& alone_ms,
                    std::vector<double>& link_busy_ms) {

@@ -38,6 +38,14 @@ std::optional<Link> Network::direct_link(int i, int j) const {
   return std::nullopt;
 }
 
+std::vector<int> active_devices(const Scenario& scenario) {
+  std::vector<int> out;
+  for (size_t i = 0; i < scenario.devices.size(); ++i) {
+    if (scenario.devices[i].role == Role::active) out.push_back(static_cast<int>(i));
+  }
+  return out;
+}
+
 int Scenario::device_index(std::string_view device_name) const {
   for (size_t i = 0; i < devices.size(); ++i) {
     if (devices[i].name == device_name) return static_cast<int>(i);
@@ -52,8 +60,8 @@ namespace {
 
 constexpr std::string_view kPlannerNames[] = {"uniform",    "proportional", "memory",  "adaptlink",
                                               "exhaustive", "edgeshard",    "pipeedge"};
-constexpr std::string_view kTopLevelKeys[] = {"name",  "model",    "devices", "network",
-                                              "links", "workload", "planner", "faults"};
+constexpr std::string_view kTopLevelKeys[] = {"name",     "model",   "devices", "network", "links",
+                                              "workload", "planner", "faults",  "recovery"};
 constexpr std::string_view kModelKeys[] = {"preset", "config", "dtype"};
 constexpr std::string_view kDeviceKeys[] = {"name",       "kind", "tflops",   "mem_gb",
                                             "mem_bw_gbs", "role", "endpoint", "dropout_rate"};
@@ -63,6 +71,7 @@ constexpr std::string_view kWorkloadKeys[] = {"requests",           "arrival",  
                                               "images_per_request", "prompt_tokens", "output_tokens"};
 constexpr std::string_view kPlannerKeys[] = {"name", "objective", "backups", "schedule", "replicas"};
 constexpr std::string_view kFaultKeys[] = {"at_s", "device", "kind", "factor", "bandwidth_mbps", "signal"};
+constexpr std::string_view kRecoveryKeys[] = {"heartbeat_interval_s", "heartbeat_timeout_s"};
 constexpr std::string_view kCatalogueTopKeys[] = {"device"};
 constexpr std::string_view kCatalogueKeys[] = {"kind", "tflops", "mem_gb", "mem_bw_gbs", "description"};
 constexpr std::string_view kDtypeNames[] = {"fp32", "bf16", "fp16", "int8", "int4"};
@@ -529,6 +538,7 @@ class ScenarioParser {
     parse_workload(root, s);
     parse_planner(root, s);
     parse_faults(root, s);
+    parse_recovery(root, s);
     return s;
   }
 
@@ -765,6 +775,23 @@ class ScenarioParser {
     if (auto v = r_.opt_bool(t, "replicas", "planner")) s.planner.replicas = *v;
   }
 
+  void parse_recovery(const toml::table& root, Scenario& s) {
+    const toml::node* node = root.get("recovery");
+    if (node == nullptr) return;
+    const toml::table& t = r_.table(*node, "recovery");
+    r_.check_keys(t, "recovery", kRecoveryKeys);
+    r_.require_positive(t, "heartbeat_interval_s", "recovery");
+    r_.require_positive(t, "heartbeat_timeout_s", "recovery");
+    auto& h = s.recovery;
+    if (auto v = r_.opt_number(t, "heartbeat_interval_s", "recovery")) h.heartbeat_interval_s = *v;
+    if (auto v = r_.opt_number(t, "heartbeat_timeout_s", "recovery")) h.heartbeat_timeout_s = *v;
+    if (h.heartbeat_timeout_s < h.heartbeat_interval_s) {
+      const toml::node* at = t.contains("heartbeat_timeout_s") ? t.get("heartbeat_timeout_s") : t.get("heartbeat_interval_s");
+      r_.fail(*at, fmt::format("recovery.heartbeat_timeout_s: {} s is shorter than the heartbeat interval ({} s)",
+                               h.heartbeat_timeout_s, h.heartbeat_interval_s));
+    }
+  }
+
   void parse_faults(const toml::table& root, Scenario& s) {
     const toml::node* node = root.get("faults");
     if (node == nullptr) return;
@@ -848,6 +875,15 @@ std::string_view schedule_name(Schedule schedule) {
     if (value == schedule) return name;
   }
   return "?";
+}
+
+std::string_view fault_kind_name(FaultKind kind) { return to_string(kind); }
+
+std::optional<FaultKind> parse_fault_kind(std::string_view name) {
+  for (const auto& [known, value] : kFaultKinds) {
+    if (known == name) return value;
+  }
+  return std::nullopt;
 }
 
 std::optional<Schedule> parse_schedule(std::string_view name) {
@@ -960,6 +996,10 @@ std::string to_toml(const Scenario& s) {
   line("backups", s.planner.backups ? "true" : "false");
   line("schedule", quote(schedule_name(s.planner.schedule)));
   line("replicas", s.planner.replicas ? "true" : "false");
+
+  out += "\n[recovery]\n";
+  line("heartbeat_interval_s", number(s.recovery.heartbeat_interval_s));
+  line("heartbeat_timeout_s", number(s.recovery.heartbeat_timeout_s));
 
   for (const Fault& f : s.faults) {
     out += "\n[[faults]]\n";

@@ -24,7 +24,7 @@
 #include <exception>
 #include <random>
 
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/runtime/report.hpp"
 #include "pipeline.hpp"
 #include "trace.hpp"
 
@@ -89,7 +89,7 @@ class Simulation {
  public:
   Simulation(const PipelineSpec& spec, const EngineOptions& options)
       : spec_(spec), options_(options), stages_(spec.stages), back_edge_(spec.back_edge), text_stage_(spec.text_stage) {
-    window_ = partition::steady_window(spec.requests, spec.in_flight, spec.arrival == ArrivalKind::closed);
+    window_ = runtime::steady_window(spec.requests, spec.in_flight, spec.arrival == ArrivalKind::closed);
     progress_step_ = std::max<long long>(1, spec.requests / 100);
     out_.latencies_ms.reserve(static_cast<size_t>(spec.requests));
     out_.completions_s.reserve(static_cast<size_t>(spec.requests));
@@ -144,10 +144,10 @@ class Simulation {
     sg4::Actor::create("driver", devices_[static_cast<size_t>(spec_.stages.front().device)].host,
                        [this] { driver(); });
     for (const auto& f : spec_.faults) {
-      partition::FaultRecord rec;
+      runtime::FaultRecord rec;
       rec.at_s = f.at_s;
       rec.device = spec_.device_names[static_cast<size_t>(f.device)];
-      rec.kind = f.kind_name;
+      rec.kind = *partition::parse_fault_kind(f.kind_name);
       out_.faults.push_back(rec);
     }
     if (!spec_.faults.empty()) {
@@ -685,7 +685,7 @@ class Simulation {
   std::vector<int> pending_replays_;  // per fault: replays not yet done
   std::vector<sg4::Link*> links_;
   std::map<int, std::vector<int>> link_devices_;  // link -> devices at its ends
-  partition::SteadyWindow window_;
+  runtime::SteadyWindow window_;
   long long progress_step_ = 1;
   std::vector<DeviceState> devices_;
   std::vector<sg4::Host*> hosts_;  // devices, then the access point

@@ -3,8 +3,8 @@
 #include <optional>
 #include <utility>
 
-#include "adaptlink/partition/backup.hpp"
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/backup.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 #include "pipeline.hpp"
 

@@ -13,7 +13,7 @@
 #include "adaptlink/error.hpp"
 #include "adaptlink/partition/cost_model.hpp"
 #include "adaptlink/partition/plan.hpp"
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/runtime/report.hpp"
 #include "adaptlink/sim/simulator.hpp"
 
 namespace adaptlink::sim::detail {
@@ -151,7 +151,7 @@ struct EngineOutcome {
   double makespan_s = 0;
   std::vector<double> latencies_ms;         // per completed request
   std::vector<double> completions_s;        // per completed request, its completion time (same order)
-  double window_start_s = 0;                // steady-state window (see partition::steady_window)
+  double window_start_s = 0;                // steady-state window (see runtime::steady_window)
   double window_end_s = 0;
   long long window_completions = 0;         // completions inside the window
   double first_arrival_s = 0;               // admission of the first and of the last request
@@ -160,7 +160,7 @@ struct EngineOutcome {
   long long stage_executions = 0;
   long long transfers = 0;
   long long trace_events = 0;
-  std::vector<partition::FaultRecord> faults;
+  std::vector<runtime::FaultRecord> faults;
 };
 
 // Runs SimGrid. Creates an engine: call at most once per process.

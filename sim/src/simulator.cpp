@@ -19,7 +19,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "adaptlink/partition/replicas.hpp"
+#include "adaptlink/planner/replicas.hpp"
+#include "adaptlink/runtime/run_recorder.hpp"
 #include "pipeline.hpp"
 #include "trace.hpp"
 
@@ -31,8 +32,8 @@ using detail::EngineOptions;
 using detail::EngineOutcome;
 using detail::PipelineSpec;
 
-partition::RunReport make_report(const PipelineSpec& spec, const EngineOutcome& out) {
-  partition::RunReport r;
+runtime::RunReport make_report(const PipelineSpec& spec, const EngineOutcome& out) {
+  runtime::RunReport r;
   r.scenario = spec.scenario;
   r.backend = "sim";
   r.planner = spec.planner;
@@ -46,7 +47,7 @@ partition::RunReport make_report(const PipelineSpec& spec, const EngineOutcome& 
     r.throughput_rps = static_cast<double>(out.completed) / out.makespan_s;
   }
   r.tokens_per_s = r.throughput_rps * spec.output_tokens;
-  r.latency_ms = partition::summarize_latencies(out.latencies_ms);
+  r.latency_ms = runtime::summarize_latencies(out.latencies_ms);
 
   std::set<int> stage_devices;
   for (const auto& st : spec.stages) stage_devices.insert(st.device);
@@ -166,7 +167,7 @@ Expected<SimResult> run_isolated(const PipelineSpec& spec, EngineOptions engine_
       nlohmann::json order = nlohmann::json::array();
       for (const auto& [name, u] : result->report.device_utilization) order.push_back(name);
       write_frame(fd, 'R',
-                  nlohmann::json{{"report", partition::to_json(result->report)},
+                  nlohmann::json{{"report", runtime::to_json(result->report)},
                                  {"device_order", order},
                                  {"stats", stats_to_json(result->stats)},
                                  {"latencies_ms", result->latencies_ms},
@@ -191,7 +192,7 @@ Expected<SimResult> run_isolated(const PipelineSpec& spec, EngineOptions engine_
       if (options.progress) options.progress(SimProgress{j[0].get<long long>(), j[1].get<long long>(), j[2].get<double>()});
     } else if (type == 'R') {
       auto j = nlohmann::json::parse(payload);
-      auto report = partition::report_from_json(j.at("report"), "simulator");
+      auto report = runtime::report_from_json(j.at("report"), "simulator");
       if (!report) {
         answer = report.error();
       } else {
@@ -407,14 +408,14 @@ Expected<SimResult> run_replicated(const partition::CostModel& cost, const parti
     out.stats.trace_events += res.stats.trace_events;
     out.stats.peak_rss_kb = std::max(out.stats.peak_rss_kb, res.stats.peak_rss_kb);
   }
-  report.throughput_rps = partition::steady_throughput(out.completions_s, in_flight);
+  report.throughput_rps = runtime::steady_throughput(out.completions_s, in_flight);
   report.tokens_per_s = report.throughput_rps * cost.shape().output_tokens;
-  report.latency_ms = partition::summarize_latencies(out.latencies_ms);
+  report.latency_ms = runtime::summarize_latencies(out.latencies_ms);
 
   // Each device's utilisation comes from the replica that holds it (over that replica's steady window).
-  std::vector<const partition::RunReport*> own;
+  std::vector<const runtime::RunReport*> own;
   for (const auto& res : results) own.push_back(&res.report);
-  partition::merge_replica_utilization(sc, replicas, own, report);
+  runtime::merge_replica_utilization(sc, replicas, own, report);
   return out;
 }
 
@@ -465,7 +466,7 @@ Expected<SimResult> detail::run_spec(const PipelineSpec& spec, const SimOptions&
   return run_isolated(spec, std::move(engine_options), options);
 }
 
-Expected<partition::RunReport> simulate(const partition::CostModel& cost, const partition::Plan& plan,
+Expected<runtime::RunReport> simulate(const partition::CostModel& cost, const partition::Plan& plan,
                                         const SimOptions& options) {
   auto result = run_simulation(cost, plan, options);
   if (!result) return result.error();

@@ -7,8 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "adaptlink/partition/backup.hpp"
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/backup.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "pipeline.hpp"
 
 namespace adaptlink::sim {
@@ -126,7 +126,7 @@ nlohmann::json side_json(const SweepSide& side) {
   j["stage_dropouts"] = side.stage_dropouts;
   j["recovered"] = side.recovered;
   j["mean_recovery_ms"] = optional_json(side.mean_recovery_ms);
-  if (side.report) j["faults"] = partition::to_json(*side.report).at("faults");
+  if (side.report) j["faults"] = runtime::to_json(*side.report).at("faults");
   return j;
 }
 

@@ -9,12 +9,13 @@
 #include <string>
 #include <vector>
 
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 
 namespace adaptlink::sim::testing {
 
 namespace part = adaptlink::partition;
+namespace runtime = adaptlink::runtime;
 
 inline std::filesystem::path source_dir() { return ADAPTLINK_SOURCE_DIR; }
 

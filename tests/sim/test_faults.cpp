@@ -7,7 +7,7 @@
 #include <cmath>
 #include <limits>
 
-#include "adaptlink/partition/backup.hpp"
+#include "adaptlink/planner/backup.hpp"
 #include "adaptlink/sim/simulator.hpp"
 #include "helpers.hpp"
 
@@ -46,7 +46,7 @@ double replay_ms_per_token(const part::CostModel& cost, const part::Stage& st, i
 }
 
 struct Run {
-  part::RunReport report;
+  runtime::RunReport report;
   part::Plan plan;
 };
 
@@ -78,7 +78,7 @@ TEST(Faults, DropoutWithBackupRecoversBySwitchOverAndReplay) {
   EXPECT_EQ(report->requests_lost, 0);
   ASSERT_EQ(report->faults.size(), 2u);  // the dropout, and the rejoin
   const auto& f = report->faults[0];
-  EXPECT_EQ(f.kind, "dropout");
+  EXPECT_EQ(f.kind, part::FaultKind::dropout);
   EXPECT_EQ(f.device, "nx");
   EXPECT_DOUBLE_EQ(f.at_s, 20.0);
   ASSERT_TRUE(f.detected_s && f.recovered_s && f.recovery_ms);
@@ -260,7 +260,7 @@ namespace {
 
 using namespace testing;
 
-part::RunReport run_with_faults(std::vector<part::Fault> faults) {
+runtime::RunReport run_with_faults(std::vector<part::Fault> faults) {
   auto sc = load(source_dir() / "scenarios" / "jetson-quartet-dropout.toml");
   sc.faults = std::move(faults);
   auto p = problem(std::move(sc));
@@ -333,7 +333,7 @@ TEST(Faults, RejoinedDeviceTakesAStageInALaterDropout) {
   EXPECT_EQ(r->requests_completed, 40);
   EXPECT_EQ(r->requests_lost, 0);
   ASSERT_EQ(r->faults.size(), 3u);
-  EXPECT_EQ(r->faults[1].kind, "rejoin");
+  EXPECT_EQ(r->faults[1].kind, part::FaultKind::rejoin);
   ASSERT_TRUE(r->faults[1].detected_s.has_value());
   EXPECT_NEAR(*r->faults[1].detected_s, 60.5, 1e-9);
   ASSERT_TRUE(r->faults[2].recovery_ms.has_value());
@@ -357,7 +357,7 @@ namespace {
 using namespace testing;
 
 struct Timed {
-  part::RunReport report;
+  runtime::RunReport report;
   double makespan_s = 0;
 };
 

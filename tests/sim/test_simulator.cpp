@@ -8,8 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "adaptlink/partition/replicas.hpp"
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/planner/replicas.hpp"
+#include "adaptlink/runtime/report.hpp"
 #include "adaptlink/sim/simulator.hpp"
 #include "adaptlink/sim/sweep.hpp"
 #include "helpers.hpp"
@@ -32,7 +32,7 @@ TEST(Simulator, SameSeedGivesByteIdenticalReports) {
     auto a = simulate(*p->cost, pl, options);
     auto b = simulate(*p->cost, pl, options);
     ASSERT_TRUE(a && b);
-    EXPECT_EQ(part::to_json(*a).dump(2), part::to_json(*b).dump(2)) << file;
+    EXPECT_EQ(runtime::to_json(*a).dump(2), runtime::to_json(*b).dump(2)) << file;
   }
 }
 
@@ -67,14 +67,14 @@ TEST(Simulator, ReportHasEveryDeviceAndSaneNumbers) {
   EXPECT_LT(r->bubble_fraction, 1.0);
   EXPECT_LE(r->latency_ms.p50, r->latency_ms.p95);
   EXPECT_LE(r->latency_ms.p95, r->latency_ms.p99);
-  auto j = part::to_json(*r);
+  auto j = runtime::to_json(*r);
   for (const auto* key : {"scenario", "backend", "planner", "requests_completed", "requests_lost", "throughput_rps",
                           "tokens_per_s", "latency_ms", "device_utilization", "bubble_fraction", "faults"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
-  auto back = part::report_from_json(j);
+  auto back = runtime::report_from_json(j);
   ASSERT_TRUE(back) << back.error().to_string();
-  EXPECT_EQ(part::to_json(*back).dump(), j.dump());
+  EXPECT_EQ(runtime::to_json(*back).dump(), j.dump());
 }
 
 TEST(Simulator, MaxRequestsOverridesTheWorkload) {
@@ -230,7 +230,7 @@ TEST(Simulator, RunsInProcessOnceWhenNotIsolated) {
       {
         options.isolate = false;
         auto here = simulate(*p->cost, pl, options);
-        std::_Exit(here && part::to_json(*here).dump() == part::to_json(*isolated).dump() ? 0 : 1);
+        std::_Exit(here && runtime::to_json(*here).dump() == runtime::to_json(*isolated).dump() ? 0 : 1);
       },
       ::testing::ExitedWithCode(0), "");
 }
@@ -291,7 +291,7 @@ TEST(SimulatorReplicas, ThroughputMatchesThePrediction) {
     double mean_ms = 0;
     for (double l : r->latencies_ms) mean_ms += l / static_cast<double>(r->latencies_ms.size());
     EXPECT_NEAR(mean_ms / pl.predicted.latency_ms, 1.0, 1e-6) << file << ": " << mean_ms << " vs " << pl.predicted.latency_ms;
-    EXPECT_NEAR(rep.throughput_rps, part::steady_throughput(r->completions_s, p->scenario.workload.in_flight), 1e-12);
+    EXPECT_NEAR(rep.throughput_rps, runtime::steady_throughput(r->completions_s, p->scenario.workload.in_flight), 1e-12);
     ASSERT_EQ(rep.device_utilization.size(), p->scenario.devices.size());
     for (const auto& replica : pl.replicas) {
       for (const auto& st : replica.stages) {

@@ -114,7 +114,7 @@ TEST(Sweep, RateZeroIsTheFaultFreeRun) {
     EXPECT_TRUE(run.faults.empty());
     for (const auto* side : {&run.with_backups, &run.without_backups}) {
       ASSERT_TRUE(side->report.has_value());
-      EXPECT_EQ(part::to_json(*side->report).dump(), part::to_json(*fault_free).dump());
+      EXPECT_EQ(runtime::to_json(*side->report).dump(), runtime::to_json(*fault_free).dump());
     }
   }
   const auto& rate = r->rates.at(0);

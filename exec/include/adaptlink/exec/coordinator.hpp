@@ -23,7 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adaptlink/error.hpp"
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/runtime/report.hpp"
 #include "adaptlink/partition/scenario.hpp"
 
 namespace adaptlink::exec {
@@ -127,7 +127,7 @@ struct StageTiming {
 struct ExecRun {
   std::vector<ExecResult> results;  // in request order
   std::vector<StageTiming> events;  // stage executions, relative to the start
-  std::vector<partition::FaultRecord> faults;
+  std::vector<runtime::FaultRecord> faults;
   double wall_s = 0;
   int64_t start_wall_us = 0;  // time 0 (the first admission), microseconds since the Unix epoch
 };
@@ -139,7 +139,7 @@ Expected<ExecRun> run_pipeline(const PipelineSpec& spec, const std::vector<ExecR
 
 // report.json for an exec run (the RunReport schema of DESIGN.md): throughput over the steady window,
 // latency percentiles, utilisation from the stage events.
-partition::RunReport make_exec_report(const ExecRun& run, const std::string& scenario, const std::string& planner,
+runtime::RunReport make_exec_report(const ExecRun& run, const std::string& scenario, const std::string& planner,
                                       const std::vector<std::string>& device_names, int in_flight);
 // Independent runs that served at once (the replicas of a replicated plan) as one run: times from the earliest
 // run's start (start_wall_us), results[indices[r][i]] = runs[r].results[i] (`requests` results in all), every

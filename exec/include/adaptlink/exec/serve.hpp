@@ -29,7 +29,7 @@
 #include "adaptlink/exec/coordinator.hpp"
 #include "adaptlink/exec/generate.hpp"
 #include "adaptlink/partition/plan.hpp"
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/runtime/report.hpp"
 
 namespace adaptlink::exec {
 
@@ -60,7 +60,7 @@ struct ServeOptions {
 
 struct ServeOutcome {
   partition::Plan plan;
-  partition::RunReport report;
+  runtime::RunReport report;
   std::vector<ExecResult> results;
   std::vector<std::string> request_ids;
   double predicted_rps = 0;  // the core's replayed prediction for this plan (profiles applied)

@@ -87,32 +87,12 @@ int text_entry_stage(const CostModel& cost, const std::vector<Stage>& stages);
 // (what the planners' searches optimise: O(stages)).
 Prediction evaluate(const CostModel& cost, std::vector<Stage>& stages);
 
-struct ReplayResult {
-  double throughput_rps = 0;  // over the steady window
-  double mean_latency_ms = 0;
-  bool cut = false;  // ReplayOptions::beat_rps: stopped early, the plan cannot beat it (throughput_rps = 0)
-  std::vector<double> completions_ms;  // every request's completion time, in completion order
-};
-// For ranking plans: what a replay may skip without changing its throughput.
-struct ReplayOptions {
-  bool stop_at_window_end = false;  // stop at the window's last completion (mean latency then covers fewer)
-  double beat_rps = 0;              // > 0: stop as soon as the steady window cannot end above this throughput
-};
-// Deterministic event-driven replay of `requests` closed-loop requests through the stages
-// (see replay.cpp): what the bound leaves out when prefills and decode steps share stages.
-ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests,
-                    double stagger_ms);
-ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests,
-                    double stagger_ms, const ReplayOptions& options);
-// evaluate(), then for closed loops the replayed throughput and latency of the scenario's requests
-// (at most max_requests of them); bound_rps keeps the bound. Planners report predict(cost, stages);
-// adaptlink ranks its candidates with the shorter ranking_requests() replay.
-inline constexpr long long kReplayRequests = 200;
-long long ranking_requests(const Workload& workload);
-Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long max_requests = kReplayRequests);
-// The same, handing the replay itself (its completion times) to `replayed` when it ran (a replicated plan's
-// prediction merges its replicas' completions, replicas.cpp).
-Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long max_requests, ReplayResult* replayed);
+// Time (ms) to load a stage's weights onto `device` over the link it loads over: its access link in a star, the
+// default link in a mesh (a redeployment, or a re-placement's weights moving).
+double redeploy_ms(const CostModel& cost, const Stage& stage, int device);
+// The same for nodes [first, last] only.
+double load_ms(const CostModel& cost, int device, int first, int last);
+
 // Scalar to maximise for an objective: throughput (rps), or -latency for the latency objective.
 double score(const Prediction& prediction, Objective objective);
 

@@ -87,6 +87,9 @@ struct PlannerSettings {
 };
 
 enum class FaultKind { dropout, rejoin, slowdown, link };
+// The names of the scenario's `kind` key and of report.json's faults[].kind: "dropout" | "rejoin" | ...
+std::string_view fault_kind_name(FaultKind kind);
+std::optional<FaultKind> parse_fault_kind(std::string_view name);
 
 struct Fault {
   double at_s = 0;
@@ -98,6 +101,15 @@ struct Fault {
   // found by the heartbeat timeout; a later rejoin sends SIGCONT). The simulator treats both as a dropout
   // detected by the heartbeat timeout.
   enum class Signal { kill, stop } signal = Signal::kill;
+};
+
+// How devices are watched (both back-ends: the simulator's detection delays, the coordinator's heartbeats): every
+// device answers a heartbeat each heartbeat_interval_s; one silent for heartbeat_timeout_s is lost (a dropout is
+// detected that long after it happens, unless its process exit or a failed send shows it first); a device that
+// comes back is seen at its first heartbeat. The scenario's [recovery] table; flags override it.
+struct RecoverySettings {
+  double heartbeat_interval_s = 0.5;
+  double heartbeat_timeout_s = 1.5;
 };
 
 struct ModelSpec {
@@ -116,9 +128,13 @@ struct Scenario {
   Workload workload;
   PlannerSettings planner;
   std::vector<Fault> faults;
+  RecoverySettings recovery;
 
   [[nodiscard]] int device_index(std::string_view name) const;  // -1 when absent
 };
+
+// Devices that take part in planning (role == active), in scenario order.
+std::vector<int> active_devices(const Scenario& scenario);
 
 // A device catalogue entry (scenarios/devices.toml): defaults for `kind = "..."`.
 struct CatalogueEntry {

@@ -44,7 +44,7 @@
 #include "adaptlink/error.hpp"
 #include "adaptlink/partition/cost_model.hpp"
 #include "adaptlink/partition/plan.hpp"
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/runtime/report.hpp"
 
 namespace adaptlink::sim {
 
@@ -99,7 +99,7 @@ struct SimStats {
 };
 
 struct SimResult {
-  partition::RunReport report;
+  runtime::RunReport report;
   SimStats stats;
   // Raw per-request numbers behind the report, in completion order (replicated plans: replica by replica).
   std::vector<double> latencies_ms;
@@ -111,7 +111,7 @@ std::vector<std::string> network_models();
 
 Expected<SimResult> run_simulation(const partition::CostModel& cost, const partition::Plan& plan,
                                    const SimOptions& options = {});
-Expected<partition::RunReport> simulate(const partition::CostModel& cost, const partition::Plan& plan,
+Expected<runtime::RunReport> simulate(const partition::CostModel& cost, const partition::Plan& plan,
                                         const SimOptions& options = {});
 
 }  // namespace adaptlink::sim

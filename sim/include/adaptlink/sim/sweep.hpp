@@ -28,7 +28,7 @@
 #include "adaptlink/error.hpp"
 #include "adaptlink/partition/cost_model.hpp"
 #include "adaptlink/partition/plan.hpp"
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/runtime/report.hpp"
 #include "adaptlink/sim/simulator.hpp"
 
 namespace adaptlink::sim {
@@ -53,7 +53,7 @@ struct SweepOptions {
 
 // One simulation of one run: with backups (switch-over) or without (redeploy).
 struct SweepSide {
-  std::optional<partition::RunReport> report;  // absent when the simulation failed
+  std::optional<runtime::RunReport> report;  // absent when the simulation failed
   std::string error;
   double makespan_s = 0;    // simulated time to the last completion
   double goodput_rps = 0;   // requests_completed / makespan_s: the whole run, recovery stalls included (the

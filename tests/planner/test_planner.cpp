@@ -4,7 +4,7 @@
 
 #include <random>
 
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 #include "small_llava.hpp"
 
@@ -112,7 +112,7 @@ TEST(Planner, AdaptlinkMatchesExhaustiveOnRandomInstances) {
                               ? ours->search_bound_rps
                               : bound_of(*ours);
     // adaptlink ranks with the ranking-length replay: under it, its choice beats the bound-best plan.
-    const long long rank = part::ranking_requests(inst.problem->scenario.workload);
+    const long long rank = part::replay_requests(inst.problem->scenario.workload);
     auto ours_st = ours->stages, truth_st = truth->stages;
     const double ranked_ours = part::score(part::predict(cost, ours_st, rank), objective);
     const double ranked_truth = part::score(part::predict(cost, truth_st, rank), objective);

@@ -22,8 +22,8 @@
 #include <queue>
 #include <tuple>
 
-#include "adaptlink/partition/plan.hpp"
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/planner/replay.hpp"
+#include "adaptlink/runtime/report.hpp"
 
 namespace adaptlink::partition {
 
@@ -101,10 +101,6 @@ struct SharedLink {
 
 }  // namespace
 
-ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests, double stagger_ms) {
-  return replay(cost, stages, requests, stagger_ms, ReplayOptions{});
-}
-
 ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests, double stagger_ms,
                     const ReplayOptions& options) {
   ReplayResult result;
@@ -152,7 +148,7 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
   std::vector<double> stage_free(static_cast<size_t>(k), 0.0);
   std::vector<double> admitted;
   long long admitted_count = 0, done = 0;
-  const auto window = steady_window(requests, in_flight, true);
+  const auto window = runtime::steady_window(requests, in_flight, true);
   double window_start = 0, window_end = 0, latency_sum = 0;
 
   auto admit = [&](double t) {
@@ -371,9 +367,9 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
   return result;
 }
 
-long long ranking_requests(const Workload& workload) {
-  // The same replay as the reported prediction: a shorter one's steady window is noisy enough
-  // (several percent with few requests in flight) to rank plans wrongly.
+long long replay_requests(const Workload& workload) {
+  // Ranking uses the reported prediction's replay: a shorter one's steady window is noisy enough (several
+  // percent with few requests in flight) to rank plans wrongly.
   return std::min<long long>(kReplayRequests, workload.requests);
 }
 

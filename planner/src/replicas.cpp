@@ -17,7 +17,7 @@
 // requests shared out in proportion to the replicas' throughput (largest remainder; then once more in
 // proportion to each replica's pace over its whole run, kept when better) and replayed (predict_replicated).
 // The best wins when it beats one pipeline by more than 1 %.
-#include "adaptlink/partition/replicas.hpp"
+#include "adaptlink/planner/replicas.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -25,8 +25,8 @@
 #include <numeric>
 #include <tuple>
 
-#include "adaptlink/partition/planner.hpp"
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/planner/planner.hpp"
+#include "adaptlink/runtime/report.hpp"
 #include "planners_internal.hpp"
 
 namespace adaptlink::partition {
@@ -126,7 +126,7 @@ Prediction replay_replicas(const CostModel& cost, std::vector<Replica>& replicas
     }
   }
   auto plan = combine_predictions(replicas);
-  const double merged = steady_throughput(completions, in_flight) * 1e3;
+  const double merged = runtime::steady_throughput(completions, in_flight) * 1e3;
   if (plan.feasible && merged > 0) {
     plan.throughput_rps = std::min(merged, plan.bound_rps);
     plan.tokens_per_s = plan.throughput_rps * cost.shape().output_tokens;
@@ -149,34 +149,6 @@ std::vector<long long> share_requests(const std::vector<Replica>& replicas, long
 
 Prediction predict_replicated(const CostModel& cost, std::vector<Replica>& replicas, long long max_requests) {
   return replay_replicas(cost, replicas, max_requests, nullptr);
-}
-
-void merge_replica_utilization(const Scenario& scenario, const std::vector<Replica>& replicas,
-                               const std::vector<const RunReport*>& reports, RunReport& merged) {
-  merged.device_utilization.clear();
-  double stage_sum = 0;
-  size_t stage_devices = 0;
-  for (size_t d = 0; d < scenario.devices.size(); ++d) {
-    const auto& name = scenario.devices[d].name;
-    double u = 0;
-    bool holds_stage = false;
-    for (size_t r = 0; r < replicas.size(); ++r) {
-      const auto& rep = replicas[r];
-      if (std::find(rep.devices.begin(), rep.devices.end(), static_cast<int>(d)) == rep.devices.end()) continue;
-      if (reports[r] != nullptr) {
-        for (const auto& [n, value] : reports[r]->device_utilization) {
-          if (n == name) u = value;
-        }
-      }
-      for (const auto& st : rep.stages) holds_stage = holds_stage || st.device == static_cast<int>(d);
-    }
-    merged.device_utilization.emplace_back(name, u);
-    if (holds_stage) {
-      stage_sum += u;
-      ++stage_devices;
-    }
-  }
-  merged.bubble_fraction = stage_devices == 0 ? 0.0 : 1.0 - stage_sum / static_cast<double>(stage_devices);
 }
 
 bool replicas_allowed(const Scenario& scenario, Objective objective) {

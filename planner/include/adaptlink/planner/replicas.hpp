@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "adaptlink/partition/plan.hpp"
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/planner/replay.hpp"
 
 namespace adaptlink::partition {
 
@@ -48,13 +48,6 @@ std::vector<long long> share_requests(const std::vector<Replica>& replicas, long
 // replicas' warm-up and drain weigh as a single pipeline's do. Other fields as combine_predictions.
 Prediction predict_replicated(const CostModel& cost, std::vector<Replica>& replicas,
                               long long max_requests = kReplayRequests);
-
-// A replicated run's device utilisation, set in `merged` (scenario order): each device's from the report of the
-// replica whose group holds it (reports[r]: replica r's own report, nullptr when it did not run), 0 for the other
-// devices; and the bubble fraction, 1 - the mean utilisation of the devices that hold a stage. The simulator and
-// the workers merge their replicas' reports with it.
-void merge_replica_utilization(const Scenario& scenario, const std::vector<Replica>& replicas,
-                               const std::vector<const RunReport*>& reports, RunReport& merged);
 
 // Whether the scenario lets adaptlink consider replicas (see PlannerSettings::replicas).
 bool replicas_allowed(const Scenario& scenario, Objective objective);

@@ -1,23 +1,9 @@
-#include "adaptlink/partition/backup.hpp"
+#include "adaptlink/planner/backup.hpp"
 
 #include <algorithm>
 #include <numeric>
 
 namespace adaptlink::partition {
-
-namespace {
-
-// The link a device loads weights over: its access link in a star, the default link in a mesh.
-Link load_link(const CostModel& cost, int device) {
-  const auto& net = cost.scenario().network;
-  return net.topology == Topology::star ? net.access_link(device) : net.default_link;
-}
-
-}  // namespace
-
-double redeploy_ms(const CostModel& cost, const Stage& stage, int device) {
-  return hop_ms(load_link(cost, device), cost.weight_bytes(stage.first_node, stage.last_node));
-}
 
 void place_backups(const CostModel& cost, Plan& plan) {
   plan.backups.clear();

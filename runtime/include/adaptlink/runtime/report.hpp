@@ -6,13 +6,19 @@
 //    "device_utilization": {name: 0..1}, "bubble_fraction",
 //    "faults": [{"at_s","device","kind","detected_s","recovered_s","recovery_ms","recomputed_tokens"}]}
 //
+// Each faults[] entry of a dropout or a rejoin also says what the recovery policy decided (runtime/recovery.hpp;
+// the same decisions in every back-end): "cause" (dropout: process-exit | heartbeat-timeout | send-failure),
+// "action" (none | switch-over | redeploy | re-plan | rebalance), "moves" ([{"stage", "from", "to", "backup"}]:
+// the stages that changed device, switch-over and redeploy) and "placement" ([{"device", "first_layer",
+// "last_layer"}]: the stages after a re-plan or a rebalance that moved them).
+//
 // Definitions (both back-ends use them):
 //   throughput_rps      completed requests per second in steady state (see steady_window())
 //   tokens_per_s        throughput_rps * output_tokens per request
 //   latency_ms          percentiles (linear interpolation between closest ranks) over every completed request,
 //                       admission to last token
 //   device_utilization  busy time / length of the steady-state window, per scenario device (0 when idle)
-//   bubble_fraction     1 - mean utilisation over the devices that hold a stage
+//   bubble_fraction     1 - mean utilisation over the devices that held a stage at some time during the run
 #pragma once
 
 #include <optional>
@@ -23,17 +29,41 @@
 #include <nlohmann/json.hpp>
 
 #include "adaptlink/error.hpp"
+#include "adaptlink/partition/scenario.hpp"
+#include "adaptlink/runtime/faults.hpp"
 
-namespace adaptlink::partition {
+namespace adaptlink::runtime {
+
+// A stage that changed device in a recovery.
+struct FaultMove {
+  int stage = 0;
+  std::string from;  // device names
+  std::string to;
+  bool backup = false;  // `to` had preloaded it
+  bool operator==(const FaultMove&) const = default;
+};
+// A stage of a placement, by device name and DAG node range.
+struct PlacedStage {
+  std::string device;
+  int first_layer = 0;
+  int last_layer = 0;
+  bool operator==(const PlacedStage&) const = default;
+};
 
 struct FaultRecord {
   double at_s = 0;
   std::string device;
-  std::string kind;                    // dropout | rejoin | slowdown | link
+  partition::FaultKind kind = partition::FaultKind::dropout;
   std::optional<double> detected_s;    // unset (null) when not detected / not applicable
   std::optional<double> recovered_s;
   std::optional<double> recovery_ms;
   long long recomputed_tokens = 0;
+  // Dropouts and rejoins: the recovery policy's decision (unset for slowdown and link faults, and for a fault
+  // that never took effect).
+  std::optional<LossCause> cause;       // dropout
+  std::optional<RecoveryAction> action;
+  std::vector<FaultMove> moves;          // switch_over, redeploy
+  std::vector<PlacedStage> placement;    // replan, rebalance that moved stages
 };
 
 struct LatencySummary {
@@ -86,4 +116,4 @@ SteadyWindow steady_window(long long requests, long long in_flight, bool closed_
 // count it. Replicated plans: every replica's completions merged, in_flight the sum of theirs.
 double steady_throughput(std::vector<double> completion_times, long long in_flight);
 
-}  // namespace adaptlink::partition
+}  // namespace adaptlink::runtime

@@ -7,7 +7,7 @@
 // ring-memory-weighted partitioning gives each device a share of the layers proportional to its
 // memory) and of llama.cpp's RPC back-end (`--tensor-split` defaults to each device's free memory).
 // Both keep the devices in the given order and ignore compute speed and links; so does this planner.
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/planner.hpp"
 
 #include <fmt/format.h>
 
@@ -16,18 +16,10 @@
 #include <cmath>
 #include <numeric>
 
-#include "adaptlink/partition/backup.hpp"
+#include "adaptlink/planner/backup.hpp"
 #include "planners_internal.hpp"
 
 namespace adaptlink::partition {
-
-std::vector<int> active_devices(const Scenario& scenario) {
-  std::vector<int> out;
-  for (size_t i = 0; i < scenario.devices.size(); ++i) {
-    if (scenario.devices[i].role == Role::active) out.push_back(static_cast<int>(i));
-  }
-  return out;
-}
 
 Error memory_shortfall(const CostModel& cost, const std::vector<int>& devices) {
   const int last = cost.num_nodes() - 1;

@@ -1,9 +1,9 @@
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/runtime/report.hpp"
 
 #include <algorithm>
 #include <cmath>
 
-namespace adaptlink::partition {
+namespace adaptlink::runtime {
 
 namespace {
 
@@ -39,6 +39,49 @@ std::optional<double> optional_at(const nlohmann::json& obj, const char* key) {
 
 }  // namespace
 
+std::string_view to_string(LossCause cause) {
+  switch (cause) {
+    case LossCause::process_exit:
+      return "process-exit";
+    case LossCause::heartbeat_timeout:
+      return "heartbeat-timeout";
+    case LossCause::send_failure:
+      return "send-failure";
+  }
+  return "?";
+}
+
+std::optional<LossCause> parse_loss_cause(std::string_view name) {
+  for (auto c : {LossCause::process_exit, LossCause::heartbeat_timeout, LossCause::send_failure}) {
+    if (to_string(c) == name) return c;
+  }
+  return std::nullopt;
+}
+
+std::string_view to_string(RecoveryAction action) {
+  switch (action) {
+    case RecoveryAction::none:
+      return "none";
+    case RecoveryAction::switch_over:
+      return "switch-over";
+    case RecoveryAction::redeploy:
+      return "redeploy";
+    case RecoveryAction::replan:
+      return "re-plan";
+    case RecoveryAction::rebalance:
+      return "rebalance";
+  }
+  return "?";
+}
+
+std::optional<RecoveryAction> parse_recovery_action(std::string_view name) {
+  for (auto a : {RecoveryAction::none, RecoveryAction::switch_over, RecoveryAction::redeploy, RecoveryAction::replan,
+                 RecoveryAction::rebalance}) {
+    if (to_string(a) == name) return a;
+  }
+  return std::nullopt;
+}
+
 double RunReport::mean_utilization() const {
   double sum = 0;
   int count = 0;
@@ -59,11 +102,26 @@ nlohmann::json to_json(const RunReport& report) {
   for (const auto& f : report.faults) {
     faults.push_back({{"at_s", f.at_s},
                       {"device", f.device},
-                      {"kind", f.kind},
+                      {"kind", partition::fault_kind_name(f.kind)},
                       {"detected_s", optional_number(f.detected_s)},
                       {"recovered_s", optional_number(f.recovered_s)},
                       {"recovery_ms", optional_number(f.recovery_ms)},
                       {"recomputed_tokens", f.recomputed_tokens}});
+    auto& entry = faults.back();
+    if (f.cause) entry["cause"] = to_string(*f.cause);
+    if (f.action) entry["action"] = to_string(*f.action);
+    if (!f.moves.empty()) {
+      entry["moves"] = json::array();
+      for (const auto& m : f.moves) {
+        entry["moves"].push_back({{"stage", m.stage}, {"from", m.from}, {"to", m.to}, {"backup", m.backup}});
+      }
+    }
+    if (!f.placement.empty()) {
+      entry["placement"] = json::array();
+      for (const auto& p : f.placement) {
+        entry["placement"].push_back({{"device", p.device}, {"first_layer", p.first_layer}, {"last_layer", p.last_layer}});
+      }
+    }
   }
   return json{{"scenario", report.scenario},
               {"backend", report.backend},
@@ -129,7 +187,43 @@ Expected<RunReport> report_from_json(const nlohmann::json& json, std::string_vie
     rec.device = *dev;
     auto kind = string_at(f, "kind", source);
     if (!kind) return kind.error();
-    rec.kind = *kind;
+    auto parsed = partition::parse_fault_kind(*kind);
+    if (!parsed) return missing(source, "faults[].kind", fmt::format("unknown fault kind '{}'", *kind));
+    rec.kind = *parsed;
+    if (f.contains("cause")) {
+      auto cause = f["cause"].is_string() ? parse_loss_cause(f["cause"].get<std::string>()) : std::nullopt;
+      if (!cause) return missing(source, "faults[].cause", "expected process-exit, heartbeat-timeout or send-failure");
+      rec.cause = *cause;
+    }
+    if (f.contains("action")) {
+      auto action = f["action"].is_string() ? parse_recovery_action(f["action"].get<std::string>()) : std::nullopt;
+      if (!action) return missing(source, "faults[].action", "expected none, switch-over, redeploy, re-plan or rebalance");
+      rec.action = *action;
+    }
+    if (f.contains("moves")) {
+      if (!f["moves"].is_array()) return missing(source, "faults[].moves", "expected an array");
+      for (const auto& m : f["moves"]) {
+        if (!m.is_object() || !m.value("stage", nlohmann::json()).is_number_integer() ||
+            !m.value("from", nlohmann::json()).is_string() || !m.value("to", nlohmann::json()).is_string() ||
+            !m.value("backup", nlohmann::json()).is_boolean()) {
+          return missing(source, "faults[].moves[]", "expected {\"stage\", \"from\", \"to\", \"backup\"}");
+        }
+        rec.moves.push_back({m["stage"].get<int>(), m["from"].get<std::string>(), m["to"].get<std::string>(),
+                             m["backup"].get<bool>()});
+      }
+    }
+    if (f.contains("placement")) {
+      if (!f["placement"].is_array()) return missing(source, "faults[].placement", "expected an array");
+      for (const auto& p : f["placement"]) {
+        if (!p.is_object() || !p.value("device", nlohmann::json()).is_string() ||
+            !p.value("first_layer", nlohmann::json()).is_number_integer() ||
+            !p.value("last_layer", nlohmann::json()).is_number_integer()) {
+          return missing(source, "faults[].placement[]", "expected {\"device\", \"first_layer\", \"last_layer\"}");
+        }
+        rec.placement.push_back(
+            {p["device"].get<std::string>(), p["first_layer"].get<int>(), p["last_layer"].get<int>()});
+      }
+    }
     rec.detected_s = optional_at(f, "detected_s");
     rec.recovered_s = optional_at(f, "recovered_s");
     rec.recovery_ms = optional_at(f, "recovery_ms");
@@ -178,4 +272,4 @@ double steady_throughput(std::vector<double> completion_times, long long in_flig
   return span > 0 ? static_cast<double>(w.last - w.first) / span : 0.0;
 }
 
-}  // namespace adaptlink::partition
+}  // namespace adaptlink::runtime

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/planner.hpp"
 
 namespace adaptlink::partition::detail {
 

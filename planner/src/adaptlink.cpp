@@ -25,7 +25,7 @@
 #include <map>
 #include <tuple>
 
-#include "adaptlink/partition/replicas.hpp"
+#include "adaptlink/planner/replicas.hpp"
 #include "planners_internal.hpp"
 
 namespace adaptlink::partition::detail {
@@ -660,7 +660,7 @@ class AdaptlinkPlanner final : public Planner {
     const auto& workload = cost.scenario().workload;
     if (objective != Objective::throughput || workload.arrival != Arrival::closed) return plan;
 
-    ReplayRanker ranker(cost, ranking_requests(workload));
+    ReplayRanker ranker(cost, replay_requests(workload));
     // 1. Rank: the full replay, best bound first (see above).
     std::vector<std::pair<double, std::vector<Stage>>> pool = search.candidates();
     pool.emplace_back(plan.predicted.throughput_rps, plan.stages);
@@ -757,7 +757,7 @@ std::vector<Stage> adaptlink_screened(const CostModel& cost, Objective objective
     pool.emplace_back(evaluate(cost, st).throughput_rps, seed);
   }
   std::stable_sort(pool.begin(), pool.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  ReplayRanker ranker(cost, ranking_requests(workload));
+  ReplayRanker ranker(cost, replay_requests(workload));
   std::vector<Stage> chosen = search.best();
   double best = ranker.screen(chosen, 0.0);
   for (const auto& [bound, stages] : pool) {

@@ -2,8 +2,8 @@
 // first, the highest dropout rate is served first, and stages without room are listed.
 #include <gtest/gtest.h>
 
-#include "adaptlink/partition/backup.hpp"
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/backup.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 
 namespace part = adaptlink::partition;

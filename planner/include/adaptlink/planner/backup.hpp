@@ -13,10 +13,7 @@
 
 namespace adaptlink::partition {
 
-// Fills plan.backups and plan.unbacked_stages.
+// Fills plan.backups and plan.unbacked_stages. (redeploy_ms, the time a backup saves, is in plan.hpp.)
 void place_backups(const CostModel& cost, Plan& plan);
-
-// Time (ms) to load a stage's weights onto `device` over its link (redeployment without a backup).
-double redeploy_ms(const CostModel& cost, const Stage& stage, int device);
 
 }  // namespace adaptlink::partition

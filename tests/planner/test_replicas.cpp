@@ -5,12 +5,13 @@
 #include <filesystem>
 #include <numeric>
 
-#include "adaptlink/partition/planner.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
-#include "adaptlink/partition/replicas.hpp"
-#include "adaptlink/partition/report.hpp"
+#include "adaptlink/planner/replicas.hpp"
+#include "adaptlink/runtime/report.hpp"
 
 namespace part = adaptlink::partition;
+namespace runtime = adaptlink::runtime;
 namespace fs = std::filesystem;
 
 namespace {
@@ -46,7 +47,7 @@ TEST(Replicas, SteadyThroughputCountsTheWindowOfReportHpp) {
   // Completions every 2 time units: (N - 2F) / (c_(N-F) - c_F) = 1 / 2 whatever the order they come in.
   std::vector<double> c;
   for (int i = 20; i >= 1; --i) c.push_back(2.0 * i);
-  EXPECT_DOUBLE_EQ(part::steady_throughput(c, 3), 0.5);
+  EXPECT_DOUBLE_EQ(runtime::steady_throughput(c, 3), 0.5);
   // Two replicas completing alternately every 3 units each, offset by 1: merged 2 per 3 units once steady.
   std::vector<double> merged;
   for (int i = 1; i <= 30; ++i) {
@@ -54,10 +55,10 @@ TEST(Replicas, SteadyThroughputCountsTheWindowOfReportHpp) {
     merged.push_back(3.0 * i + 1);
   }
   // F = 2: window [c_2, c_58] = [4, 88]: 56 completions in 84 units.
-  EXPECT_DOUBLE_EQ(part::steady_throughput(merged, 2), 56.0 / 84.0);
-  EXPECT_EQ(part::steady_throughput({}, 2), 0.0);
+  EXPECT_DOUBLE_EQ(runtime::steady_throughput(merged, 2), 56.0 / 84.0);
+  EXPECT_EQ(runtime::steady_throughput({}, 2), 0.0);
   // Too few completions for a window: the whole run from time 0.
-  EXPECT_DOUBLE_EQ(part::steady_throughput({1.0, 2.0, 4.0}, 2), 3.0 / 4.0);
+  EXPECT_DOUBLE_EQ(runtime::steady_throughput({1.0, 2.0, 4.0}, 2), 3.0 / 4.0);
 }
 
 TEST(Replicas, ReplicaProblemKeepsProfilesAndSetsTheShare) {
@@ -164,7 +165,7 @@ TEST(Replicas, PredictionIsTheMergedReplayOfTheReplicas) {
     bound += e.throughput_rps;
     capacity += 1e3 / e.bottleneck_ms;
   }
-  EXPECT_NEAR(plan->predicted.throughput_rps, part::steady_throughput(completions, in_flight) * 1e3, 1e-12);
+  EXPECT_NEAR(plan->predicted.throughput_rps, runtime::steady_throughput(completions, in_flight) * 1e3, 1e-12);
   EXPECT_NEAR(plan->predicted.bound_rps, bound, 1e-12);
   EXPECT_NEAR(plan->predicted.bottleneck_ms, 1e3 / capacity, 1e-9);
   EXPECT_LE(plan->predicted.throughput_rps, bound);

@@ -13,8 +13,8 @@
 #include <random>
 #include <set>
 
-#include "adaptlink/partition/planner.hpp"
-#include "adaptlink/partition/replicas.hpp"
+#include "adaptlink/planner/planner.hpp"
+#include "adaptlink/planner/replicas.hpp"
 #include "small_llava.hpp"
 #include "adaptlink/partition/problem.hpp"
 

@@ -5,6 +5,8 @@
 //                 vision tower + projector + text_embed on the first, head on the last
 //   proportional  decoder layers proportional to compute (tflops)
 //   memory        decoder layers proportional to memory (exo, llama.cpp RPC)
+//   edgeshard     EdgeShard's DP (Zhang et al. 2024) over device types and cuts (see edgeshard.cpp)
+//   pipeedge      PipeEdge's DP (Hu et al. 2022) over device subsets, orders and cuts (see pipeedge.cpp)
 //   adaptlink     DP over the ordered DAG choosing devices, order and cuts (see adaptlink.cpp)
 //   exhaustive    enumerates device subsets, orders and cuts (ground truth; small cases only)
 #pragma once
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "adaptlink/partition/plan.hpp"
+#include "adaptlink/planner/replay.hpp"
 
 namespace adaptlink::partition {
 
@@ -26,14 +29,12 @@ class Planner {
   [[nodiscard]] virtual Expected<Plan> plan(const CostModel& cost, Objective objective) const = 0;
 };
 
+// The registry's names, in the order above (help texts and error messages list them from here).
 std::vector<std::string> planner_names();
 Expected<std::unique_ptr<Planner>> make_planner(std::string_view name);
 
 // Convenience: make_planner(name) -> plan -> timing (solve_ms) -> backups when the scenario asks.
 Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Objective objective);
-
-// Devices that take part in planning (role == active), in scenario order.
-std::vector<int> active_devices(const Scenario& scenario);
 
 // Error naming the memory shortfall of a whole model on the given devices.
 Error memory_shortfall(const CostModel& cost, const std::vector<int>& devices);

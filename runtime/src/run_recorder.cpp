@@ -1,0 +1,161 @@
+#include "adaptlink/runtime/run_recorder.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace adaptlink::runtime {
+
+RunRecorder::RunRecorder(std::vector<std::string> device_names, long long requests, long long in_flight,
+                         bool closed_loop)
+    : names_(std::move(device_names)),
+      requests_(requests),
+      in_flight_(in_flight),
+      closed_loop_(closed_loop),
+      busy_(names_.size()),
+      holders_(names_.size(), false) {}
+
+void RunRecorder::admit(double t_s) {
+  if (first_admission_s_ < 0 || t_s < first_admission_s_) first_admission_s_ = t_s;
+}
+
+void RunRecorder::complete(double admitted_s, double done_s, long long tokens) {
+  done_s_.push_back(done_s);
+  latencies_ms_.push_back((done_s - admitted_s) * 1e3);
+  tokens_ += tokens;
+}
+
+void RunRecorder::busy(int device, double start_s, double end_s) {
+  if (device < 0 || static_cast<size_t>(device) >= busy_.size() || !(end_s > start_s)) return;
+  auto& list = busy_[static_cast<size_t>(device)];
+  if (!list.empty() && list.back().second == start_s) {
+    list.back().second = end_s;  // back to back: one interval
+  } else {
+    list.emplace_back(start_s, end_s);
+  }
+}
+
+void RunRecorder::holds_stage(int device) {
+  if (device >= 0 && static_cast<size_t>(device) < holders_.size()) holders_[static_cast<size_t>(device)] = true;
+}
+
+void RunRecorder::fault(FaultRecord record) { faults_.push_back(std::move(record)); }
+
+RunRecorder::Window RunRecorder::window() const {
+  Window w;
+  auto done = done_s_;
+  std::sort(done.begin(), done.end());
+  const auto n = static_cast<long long>(done.size());
+  const double start = first_admission_s_ < 0 ? 0.0 : first_admission_s_;
+  const auto steady = steady_window(requests_, in_flight_, closed_loop_);
+  if (n >= steady.last && steady.last > steady.first) {
+    w.first_s = steady.first == 0 ? (closed_loop_ ? 0.0 : start) : done[static_cast<size_t>(steady.first - 1)];
+    w.last_s = done[static_cast<size_t>(steady.last - 1)];
+    w.completions = steady.last - steady.first;
+    w.steady = w.last_s > w.first_s;
+  }
+  if (!w.steady && n > 0) {  // the whole run
+    w.first_s = closed_loop_ ? 0.0 : start;
+    w.last_s = done.back();
+    w.completions = n;
+  }
+  return w;
+}
+
+double RunRecorder::busy_in(int device, double from_s, double to_s) const {
+  double sum = 0;
+  for (const auto& [s, e] : busy_[static_cast<size_t>(device)]) sum += std::max(0.0, std::min(e, to_s) - std::max(s, from_s));
+  return sum;
+}
+
+RunReport RunRecorder::report(std::string scenario, std::string backend, std::string planner) const {
+  RunReport r;
+  r.scenario = std::move(scenario);
+  r.backend = std::move(backend);
+  r.planner = std::move(planner);
+  r.requests_completed = completed();
+  r.requests_lost = std::max<long long>(0, requests_ - r.requests_completed);
+  const auto w = window();
+  const double span = w.last_s - w.first_s;
+  if (span > 0) r.throughput_rps = static_cast<double>(w.completions) / span;
+  if (r.requests_completed > 0) {
+    r.tokens_per_s = r.throughput_rps * static_cast<double>(tokens_) / static_cast<double>(r.requests_completed);
+  }
+  r.latency_ms = summarize_latencies(latencies_ms_);
+  double sum = 0;
+  int holders = 0;
+  for (size_t d = 0; d < names_.size(); ++d) {
+    const double u = w.steady ? std::clamp(busy_in(static_cast<int>(d), w.first_s, w.last_s) / span, 0.0, 1.0) : 0.0;
+    r.device_utilization.emplace_back(names_[d], u);
+    if (holders_[d]) {
+      sum += u;
+      ++holders;
+    }
+  }
+  r.bubble_fraction = holders == 0 ? 0.0 : 1.0 - sum / holders;
+  r.faults = faults_;
+  std::stable_sort(r.faults.begin(), r.faults.end(), [](const auto& a, const auto& b) { return a.at_s < b.at_s; });
+  return r;
+}
+
+void merge_replica_utilization(const partition::Scenario& scenario, const std::vector<partition::Replica>& replicas,
+                               const std::vector<const RunReport*>& reports, RunReport& merged) {
+  merged.device_utilization.clear();
+  double stage_sum = 0;
+  int stage_devices = 0;
+  for (size_t d = 0; d < scenario.devices.size(); ++d) {
+    const auto& name = scenario.devices[d].name;
+    double u = 0;
+    bool holds_stage = false;
+    for (size_t r = 0; r < replicas.size(); ++r) {
+      const auto& rep = replicas[r];
+      if (std::find(rep.devices.begin(), rep.devices.end(), static_cast<int>(d)) == rep.devices.end()) continue;
+      if (r < reports.size() && reports[r] != nullptr) {
+        for (const auto& [n, value] : reports[r]->device_utilization) {
+          if (n == name) u = value;
+        }
+      }
+      for (const auto& st : rep.stages) holds_stage = holds_stage || st.device == static_cast<int>(d);
+    }
+    merged.device_utilization.emplace_back(name, u);
+    if (holds_stage) {
+      stage_sum += u;
+      ++stage_devices;
+    }
+  }
+  merged.bubble_fraction = stage_devices == 0 ? 0.0 : 1.0 - stage_sum / stage_devices;
+}
+
+RunReport merge_replicas(const partition::Scenario& scenario, const std::vector<partition::Replica>& replicas,
+                         const std::vector<const RunRecorder*>& parts, std::string backend, std::string planner) {
+  RunReport merged;
+  merged.scenario = scenario.name;
+  merged.backend = std::move(backend);
+  merged.planner = std::move(planner);
+  std::vector<double> done, latencies;
+  long long in_flight = 0, tokens_sum = 0;
+  std::vector<RunReport> own(parts.size());
+  for (size_t r = 0; r < parts.size(); ++r) {
+    in_flight += replicas[r].in_flight;
+    if (parts[r] == nullptr) continue;
+    own[r] = parts[r]->report(scenario.name, merged.backend, merged.planner);
+    merged.requests_completed += own[r].requests_completed;
+    merged.requests_lost += own[r].requests_lost;
+    done.insert(done.end(), parts[r]->completions_s().begin(), parts[r]->completions_s().end());
+    latencies.insert(latencies.end(), parts[r]->latencies_ms().begin(), parts[r]->latencies_ms().end());
+    tokens_sum += parts[r]->tokens();
+    merged.faults.insert(merged.faults.end(), own[r].faults.begin(), own[r].faults.end());
+  }
+  merged.throughput_rps = steady_throughput(done, in_flight);
+  if (merged.requests_completed > 0) {
+    merged.tokens_per_s =
+        merged.throughput_rps * static_cast<double>(tokens_sum) / static_cast<double>(merged.requests_completed);
+  }
+  merged.latency_ms = summarize_latencies(std::move(latencies));
+  std::vector<const RunReport*> own_of;
+  for (size_t r = 0; r < own.size(); ++r) own_of.push_back(parts[r] == nullptr ? nullptr : &own[r]);
+  merge_replica_utilization(scenario, replicas, own_of, merged);
+  std::stable_sort(merged.faults.begin(), merged.faults.end(), [](const auto& a, const auto& b) { return a.at_s < b.at_s; });
+  return merged;
+}
+
+}  // namespace adaptlink::runtime
