@@ -13,6 +13,7 @@
 #include "adaptlink/exec/checkpoint.hpp"
 #include "adaptlink/exec/worker.hpp"
 #include "adaptlink/models/graph.hpp"
+#include "adaptlink/runtime/run_recorder.hpp"
 #include "runtime.hpp"
 
 namespace adaptlink::exec {
@@ -833,47 +834,26 @@ Expected<ExecRun> run_pipeline(const PipelineSpec& spec, const std::vector<ExecR
   return c.run();
 }
 
-runtime::RunReport make_exec_report(const ExecRun& run, const std::string& scenario, const std::string& planner,
-                                      const std::vector<std::string>& device_names, int in_flight) {
-  runtime::RunReport r;
-  r.scenario = scenario;
-  r.backend = "exec";
-  r.planner = planner;
-  std::vector<double> done;
-  std::vector<double> latencies;
-  long long tokens = 0;
+runtime::RunRecorder record_exec_run(const ExecRun& run, const std::vector<std::string>& device_names, int in_flight) {
+  runtime::RunRecorder rec(device_names, static_cast<long long>(run.results.size()), in_flight, true);
   for (const auto& res : run.results) {
-    done.push_back(res.done_s);
-    latencies.push_back(res.latency_ms);
-    tokens += static_cast<long long>(res.generated.size());
+    rec.admit(res.admitted_s);
+    rec.complete(res.admitted_s, res.done_s, static_cast<long long>(res.generated.size()));
   }
-  r.requests_completed = static_cast<long long>(run.results.size());
-  std::sort(done.begin(), done.end());
-  const auto n = static_cast<long long>(done.size());
-  const auto w = runtime::steady_window(n, in_flight, true);
-  const double from_s = w.first == 0 ? 0.0 : done[static_cast<size_t>(w.first - 1)];
-  const double to_s = w.last == 0 ? 0.0 : done[static_cast<size_t>(w.last - 1)];
-  if (to_s > from_s) r.throughput_rps = static_cast<double>(w.last - w.first) / (to_s - from_s);
-  if (n > 0) r.tokens_per_s = r.throughput_rps * static_cast<double>(tokens) / static_cast<double>(n);
-  r.latency_ms = runtime::summarize_latencies(latencies);
-  double used = 0;
-  int holders = 0;
-  for (const auto& name : device_names) {
-    double busy = 0;
-    for (const auto& e : run.events) {
-      if (e.device != name) continue;
-      busy += std::max(0.0, std::min(e.end_s, to_s) - std::max(e.start_s, from_s));
-    }
-    const double u = to_s > from_s ? std::min(1.0, busy / (to_s - from_s)) : 0.0;
-    r.device_utilization.emplace_back(name, u);
-    if (u > 0) {
-      used += u;
-      ++holders;
-    }
+  for (const auto& e : run.events) {
+    const auto it = std::find(device_names.begin(), device_names.end(), e.device);
+    if (it == device_names.end()) continue;
+    const int d = static_cast<int>(it - device_names.begin());
+    rec.busy(d, e.start_s, e.end_s);
+    rec.holds_stage(d);
   }
-  r.bubble_fraction = holders > 0 ? 1.0 - used / holders : 0.0;
-  r.faults = run.faults;
-  return r;
+  for (const auto& f : run.faults) rec.fault(f);
+  return rec;
+}
+
+runtime::RunReport make_exec_report(const ExecRun& run, const std::string& scenario, const std::string& planner,
+                                    const std::vector<std::string>& device_names, int in_flight) {
+  return record_exec_run(run, device_names, in_flight).report(scenario, "exec", planner);
 }
 
 ExecRun merge_exec_runs(const std::vector<ExecRun>& runs, const std::vector<std::vector<size_t>>& indices,

@@ -382,16 +382,19 @@ Expected<ServeOutcome> serve_replicated(const ServeOptions& options, const parti
   }
   const ExecRun merged = merge_exec_runs(runs, indices, requests.size());
   ServeOutcome outcome;
-  outcome.report = make_exec_report(merged, sc.name, plan.planner, names, in_flight);
-  // Each device's utilisation from its own replica's run, as the simulator merges them.
-  std::vector<runtime::RunReport> own(replicas.size());
-  std::vector<const runtime::RunReport*> own_of(replicas.size(), nullptr);
+  // Each replica accounted on its own (times on the merged clock), then merged as the simulator merges them.
+  std::vector<runtime::ReplicaRun> own(replicas.size());
   for (size_t p = 0; p < parts.size(); ++p) {
     const size_t r = parts[p].replica;
-    own[r] = make_exec_report(runs[p], sc.name, plan.planner, names, replicas[r].in_flight);
-    own_of[r] = &own[r];
+    ExecRun part = merged;
+    part.results.clear();
+    for (size_t i : indices[p]) part.results.push_back(merged.results[i]);
+    part.faults.clear();
+    const auto rec = record_exec_run(part, names, replicas[r].in_flight);
+    own[r] = {rec.report(sc.name, "exec", plan.planner), rec.completions_s(), rec.latencies_ms(), rec.tokens()};
   }
-  runtime::merge_replica_utilization(sc, replicas, own_of, outcome.report);
+  outcome.report = runtime::merge_replicas(sc, replicas, own, "exec", plan.planner);
+  outcome.report.faults = merged.faults;
   outcome.predicted_rps = plan.predicted.throughput_rps;
   outcome.results = merged.results;
   for (const auto& r : requests) outcome.request_ids.push_back(r.id);

@@ -4,10 +4,11 @@
 // assumes every request looks alike. Real requests do not: a prefill holds a stage ten to a
 // hundred times longer than a decode step, and in a pipeline with few requests in flight the
 // others pile up behind it. The replay measures that, with the same semantics as the simulator:
-//   * each stage is a server of one task at a time (exact compute time from the cost model) in the
-//     scenario's planner.schedule: fifo (arrival order, a prefill holds the stage for its whole node
-//     range) or decode-first (waiting decode steps go first; a prefill runs one node at a time and
-//     yields to a decode step that is waiting when a node ends, then resumes before any other prefill);
+//   * each stage is a server of one task at a time (exact compute time from the cost model) that takes its
+//     next task from a runtime::StageQueue under the scenario's planner.schedule (fifo: arrival order, a
+//     prefill holds the stage for its whole node range; decode-first: waiting decode steps go first, a
+//     prefill runs node by node and yields to a decode step that waits when a node ends, then resumes
+//     before any other prefill);
 //   * a transfer crosses its route hop by hop (store and forward); each hop waits its latency,
 //     then shares the link's bandwidth equally with the other flows on it;
 //   * a request: prefill through every stage, then output_tokens decode steps from the stage with
@@ -24,11 +25,12 @@
 
 #include "adaptlink/planner/replay.hpp"
 #include "adaptlink/runtime/report.hpp"
+#include "adaptlink/runtime/run_recorder.hpp"
+#include "adaptlink/runtime/stage_queue.hpp"
 
 namespace adaptlink::partition {
 
 namespace {
-
 
 enum class Kind { task, join, check, wake };
 
@@ -99,169 +101,265 @@ struct SharedLink {
   }
 };
 
-}  // namespace
+// A step waiting at a stage: a prefill from `node` on (step -1), or decode step `step`.
+struct Waiting {
+  int request, step, node;
+};
 
-ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests, double stagger_ms,
-                    const ReplayOptions& options) {
-  ReplayResult result;
-  const int k = static_cast<int>(stages.size());
-  if (k == 0 || requests <= 0) return result;
-  const auto& graph = cost.graph();
-  const auto& shape = cost.shape();
-  const int steps = shape.output_tokens;
-  const int prefill_tokens = graph.prefill_tokens(shape);
-  const long long in_flight = std::max(1, cost.scenario().workload.in_flight);
+// One stage: its queue (runtime::StageQueue: the pipeline's scheduling rule) and what runs on it. A decode step's
+// result is passed on when it starts (its end is known then); the stage needs an event (a wake) only to pick its
+// next task when tasks wait, and to end a running prefill: at the end of its range (fifo), or node by node
+// (decode-first) at its last node or at the first node end after a decode step arrived.
+struct StageState {
+  runtime::StageQueue<Waiting> queue;
+  double busy_until = 0;
+  bool wake = false;  // a wake event at busy_until is queued (its version is wake_version)
+  long long wake_version = 0;
+  bool prefill_running = false;  // the running prefill: request, from node `from` at `from_t` to node `to`
+  bool yielding = false;         // `to` was moved up for a decode step that arrived
+  int request = 0, from = 0, to = 0;
+  double from_t = 0;
+};
 
-  const int entry = std::max(0, text_entry_stage(cost, stages));
-  // Compute times per stage: prefill, and each decode step (context grows by one per step).
-  std::vector<double> prefill_ms(static_cast<size_t>(k));
-  std::vector<std::vector<double>> decode_ms(static_cast<size_t>(k));
-  for (int s = 0; s < k; ++s) {
-    const auto& st = stages[s];
-    prefill_ms[s] = cost.prefill_ms(st.device, st.first_node, st.last_node);
-    if (s < entry) continue;
-    decode_ms[s].resize(static_cast<size_t>(steps));
-    for (int j = 0; j < steps; ++j) {
-      decode_ms[s][j] = cost.decode_step_ms(st.device, st.first_node, st.last_node, prefill_tokens + j);
+class Replay {
+ public:
+  Replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests, const ReplayOptions& options)
+      : cost_(cost),
+        stages_(stages),
+        k_(static_cast<int>(stages.size())),
+        requests_(requests),
+        options_(options),
+        steps_(cost.shape().output_tokens),
+        in_flight_(std::max(1, cost.scenario().workload.in_flight)),
+        entry_(std::max(0, text_entry_stage(cost, stages))),
+        decode_first_(cost.scenario().planner.schedule == Schedule::decode_first),
+        window_(runtime::steady_window(requests, in_flight_, true)),
+        links_(static_cast<size_t>(cost.num_links())),
+        recorder_({}, 0, 1, true) {
+    const auto& graph = cost.graph();
+    const auto& shape = cost.shape();
+    const int prefill_tokens = graph.prefill_tokens(shape);
+    // Compute times per stage: prefill, and each decode step (context grows by one per step).
+    prefill_ms_.resize(static_cast<size_t>(k_));
+    decode_ms_.resize(static_cast<size_t>(k_));
+    prefill_node_ms_.resize(static_cast<size_t>(k_));
+    for (int s = 0; s < k_; ++s) {
+      const auto& st = stages[s];
+      prefill_ms_[s] = cost.prefill_ms(st.device, st.first_node, st.last_node);
+      if (decode_first_) {
+        for (int n = st.first_node; n <= st.last_node; ++n) prefill_node_ms_[s].push_back(cost.prefill_ms(st.device, n, n));
+      }
+      if (s < entry_) continue;
+      decode_ms_[s].resize(static_cast<size_t>(steps_));
+      for (int j = 0; j < steps_; ++j) {
+        decode_ms_[s][j] = cost.decode_step_ms(st.device, st.first_node, st.last_node, prefill_tokens + j);
+      }
     }
+    // Per stage: the routes to the next stage and (last stage) back to the entry, and the bytes of its outgoing
+    // cut (looked up once, not per event).
+    next_route_.assign(static_cast<size_t>(k_), nullptr);
+    out_prefill_bytes_.assign(static_cast<size_t>(k_), 0.0);
+    out_decode_bytes_.assign(static_cast<size_t>(k_), 0.0);
+    for (int s = 0; s + 1 < k_; ++s) {
+      next_route_[s] = &cost.route(stages[s].device, stages[s + 1].device);
+      out_prefill_bytes_[s] = graph.prefill_out_bytes(stages[s].last_node, shape);
+      out_decode_bytes_[s] = graph.decode_out_bytes(stages[s].last_node);
+    }
+    back_route_ = &cost.route(stages[k_ - 1].device, stages[entry_].device);
+    queues_.reserve(static_cast<size_t>(k_));
+    for (int s = 0; s < k_; ++s) {
+      StageState q;
+      q.queue.set_schedule(cost.scenario().planner.schedule);
+      queues_.push_back(std::move(q));
+    }
+    if (options.busy) recorder_ = runtime::RunRecorder(std::vector<std::string>(cost.scenario().devices.size()), 0, 1, true);
+    // Ranking: the window needs `last - first` completions after window_start; a plan that has not had them
+    // `cut_span_ms` after it cannot beat options.beat_rps (exact, not an estimate).
+    cut_span_ms_ = options.beat_rps > 0 ? (window_.last - window_.first) * 1e3 / options.beat_rps
+                                        : std::numeric_limits<double>::infinity();
+    window_open_ = window_.first == 0;
   }
 
-  // Per stage: the routes to the next stage and (last stage) back to the entry, and the bytes of its
-  // outgoing cut (looked up once, not per event).
-  std::vector<const std::vector<Hop>*> next_route(static_cast<size_t>(k), nullptr);
-  std::vector<double> out_prefill_bytes(static_cast<size_t>(k), 0.0), out_decode_bytes(static_cast<size_t>(k), 0.0);
-  for (int s = 0; s + 1 < k; ++s) {
-    next_route[s] = &cost.route(stages[s].device, stages[s + 1].device);
-    out_prefill_bytes[s] = graph.prefill_out_bytes(stages[s].last_node, shape);
-    out_decode_bytes[s] = graph.decode_out_bytes(stages[s].last_node);
+  ReplayResult run(double stagger_ms) {
+    // The first requests enter one stagger apart (as the simulator admits them): started together, identical
+    // requests would stay in lockstep.
+    for (long long r = 0; r < std::min(in_flight_, requests_); ++r) admit(static_cast<double>(r) * stagger_ms);
+    while (!events_.empty()) {
+      const Event e = events_.pop();
+      if (window_open_ && e.t - window_start_ > cut_span_ms_) {
+        result_.cut = true;
+        return std::move(result_);
+      }
+      bool window_ended = false;
+      switch (e.kind) {
+        case Kind::join:
+          on_join(e);
+          break;
+        case Kind::check:
+          on_check(e);
+          break;
+        case Kind::task:
+          window_ended = on_task(e);
+          break;
+        case Kind::wake:
+          window_ended = on_wake(e);
+          break;
+      }
+      if (window_ended && options_.stop_at_window_end) break;
+    }
+    const double span_ms = window_end_ - window_start_;
+    result_.throughput_rps = span_ms > 0 ? (window_.last - window_.first) * 1e3 / span_ms : 0;
+    result_.mean_latency_ms = latency_sum_ / static_cast<double>(std::max<long long>(1, done_));
+    if (options_.busy) {
+      for (size_t d = 0; d < cost_.scenario().devices.size(); ++d) {
+        result_.busy_ms.push_back(recorder_.busy_in(static_cast<int>(d), window_start_, window_end_));
+      }
+    }
+    return std::move(result_);
   }
-  const std::vector<Hop>* back_route = &cost.route(stages[k - 1].device, stages[entry].device);
-  auto route_of = [&](int a, int b) -> const std::vector<Hop>& {
-    return b == a + 1 ? *next_route[a] : *back_route;
-  };
 
-  std::vector<SharedLink> links(static_cast<size_t>(cost.num_links()));
-  std::vector<Event> flows;  // the join event of each flow in transit, by flow id (slots are reused)
-  std::vector<int> free_flows;
-  EventQueue events;
-  long long seq = 0;
-  std::vector<double> stage_free(static_cast<size_t>(k), 0.0);
-  std::vector<double> admitted;
-  long long admitted_count = 0, done = 0;
-  const auto window = runtime::steady_window(requests, in_flight, true);
-  double window_start = 0, window_end = 0, latency_sum = 0;
+ private:
+  [[nodiscard]] const std::vector<Hop>& route_of(int a, int b) const { return b == a + 1 ? *next_route_[a] : *back_route_; }
 
-  auto admit = [&](double t) {
-    if (admitted_count >= requests) return;
-    admitted.push_back(t);
-    events.push({t, seq++, Kind::task, static_cast<int>(admitted_count++), 0, -1});
-  };
-  // The first requests enter one stagger apart (as the simulator admits them): started together,
-  // identical requests would stay in lockstep.
-  for (long long r = 0; r < std::min(in_flight, requests); ++r) admit(static_cast<double>(r) * stagger_ms);
+  void admit(double t) {
+    if (admitted_count_ >= requests_) return;
+    admitted_.push_back(t);
+    events_.push({t, seq_++, Kind::task, static_cast<int>(admitted_count_++), 0, -1});
+  }
 
-  // Sends `bytes` from stage a to stage b at time t: each hop waits its latency, then shares its
-  // link's bandwidth with the flows already on it (store and forward between hops).
-  auto start_hop = [&](int request, int a, int b, int step, int hop, double bytes, double t) {
+  // Sends `bytes` from stage a to stage b at time t: each hop waits its latency, then shares its link's bandwidth
+  // with the flows already on it (store and forward between hops).
+  void start_hop(int request, int a, int b, int step, int hop, double bytes, double t) {
     const auto& route = route_of(a, b);
     if (hop >= static_cast<int>(route.size())) {
-      events.push({t, seq++, Kind::task, request, b, step});
+      events_.push({t, seq_++, Kind::task, request, b, step});
       return;
     }
     const auto& h = route[static_cast<size_t>(hop)];
-    events.push({t + h.spec.latency_ms, seq++, Kind::join, request, b, step, hop, a, bytes});
-  };
-  auto schedule_check = [&](int l) {
-    auto& link = links[static_cast<size_t>(l)];
+    events_.push({t + h.spec.latency_ms, seq_++, Kind::join, request, b, step, hop, a, bytes});
+  }
+
+  void schedule_check(int l) {
+    auto& link = links_[static_cast<size_t>(l)];
     if (link.finish.empty()) return;
-    Event c{link.next_departure(), seq++, Kind::check};
+    Event c{link.next_departure(), seq_++, Kind::check};
     c.link = l;
     c.version = link.version;
-    events.push(c);
-  };
-  // Events pop in time order, so a stage's next free time is all the FIFO state it needs: a task
-  // starts at max(arrival, free).
-  // Ranking: the window needs `last - first` completions after window_start; a plan that has not
-  // had them `cut_span_ms` after it cannot beat options.beat_rps (exact, not an estimate).
-  const double cut_span_ms =
-      options.beat_rps > 0 ? (window.last - window.first) * 1e3 / options.beat_rps : std::numeric_limits<double>::infinity();
-  bool window_open = window.first == 0;
-  // decode-first: each stage's waiting steps and when it is free. A decode step's result is passed on when it
-  // starts (its end is known then); a stage needs an event (a wake) only to pick its next step when steps wait
-  // for it, and to end a prefill: at its last node, or at the first node end after a decode step arrived.
-  const bool decode_first = cost.scenario().planner.schedule == Schedule::decode_first;
-  struct Waiting {
-    int request, step, node;  // node: a prefill's next node
-  };
-  struct StageQueue {
-    std::deque<Waiting> decodes, prefills;
-    double busy_until = 0;
-    bool wake = false;  // a wake event at busy_until is queued (its version is wake_version)
-    long long wake_version = 0;
-    bool prefill_running = false;  // the running prefill: request, from node `from` at `from_t` to node `to`
-    bool yielding = false;         // `to` was moved up for a decode step that arrived
-    int request = 0, from = 0, to = 0;
-    double from_t = 0;
-  };
-  std::vector<StageQueue> queues(static_cast<size_t>(k));
-  std::vector<std::vector<double>> prefill_node_ms(static_cast<size_t>(k));
-  for (int s = 0; decode_first && s < k; ++s) {
-    for (int n = stages[s].first_node; n <= stages[s].last_node; ++n) {
-      prefill_node_ms[s].push_back(cost.prefill_ms(stages[s].device, n, n));
-    }
+    events_.push(c);
   }
-  auto wake_at = [&](int s, double t) {
-    auto& q = queues[s];
+
+  void on_join(const Event& e) {
+    const auto& h = route_of(e.from, e.stage)[static_cast<size_t>(e.hop)];
+    auto& link = links_[static_cast<size_t>(h.link)];
+    link.bytes_per_ms = h.spec.bandwidth_mbps * 1e3 / 8.0;
+    link.advance(e.t);
+    int id;
+    if (free_flows_.empty()) {
+      id = static_cast<int>(flows_.size());
+      flows_.push_back(e);
+    } else {
+      id = free_flows_.back();
+      free_flows_.pop_back();
+      flows_[static_cast<size_t>(id)] = e;
+    }
+    link.finish.push({link.v + e.bytes, id});
+    ++link.version;
+    schedule_check(h.link);
+  }
+
+  void on_check(const Event& e) {
+    auto& link = links_[static_cast<size_t>(e.link)];
+    if (e.version != link.version) return;  // the link's flows changed since
+    link.advance(e.t);
+    // The check was scheduled for the first flow's departure: it leaves now, with any flow that finishes at the
+    // same virtual time (rounding must not leave it behind).
+    link.v = std::max(link.v, link.finish.top().first);
+    while (!link.finish.empty() && link.finish.top().first <= link.v * (1 + 1e-12) + 1e-9) {
+      const int id = link.finish.top().second;
+      const Event f = flows_[static_cast<size_t>(id)];
+      link.finish.pop();
+      free_flows_.push_back(id);
+      start_hop(f.request, f.from, f.stage, f.step, f.hop + 1, f.bytes, e.t);
+    }
+    ++link.version;
+    schedule_check(e.link);
+  }
+
+  void wake_at(int s, double t) {
+    auto& q = queues_[s];
     q.wake = true;
-    Event w{t, seq++, Kind::wake, -1, s, 0};
+    Event w{t, seq_++, Kind::wake, -1, s, 0};
     w.version = ++q.wake_version;  // any earlier wake is void
-    events.push(w);
-  };
+    events_.push(w);
+  }
+
   // The end of the first node of the running prefill that ends at or after t (node by node, as the simulator
   // sleeps), and that node.
-  auto node_end_after = [&](int s, double t) {
-    const auto& q = queues[s];
-    const auto& node_ms = prefill_node_ms[s];
-    const int first = stages[s].first_node;
+  [[nodiscard]] std::pair<double, int> node_end_after(int s, double t) const {
+    const auto& q = queues_[s];
+    const auto& node_ms = prefill_node_ms_[s];
+    const int first = stages_[s].first_node;
     int node = q.from;
     double end = q.from_t + node_ms[node - first];
-    while (end < t && node < stages[s].last_node) end += node_ms[++node - first];
-    return std::make_pair(end, node);
-  };
-  // Sends a finished step on (next stage, the token back, or the request's completion); true when it
-  // completed the steady window's last request.
-  auto pass_on = [&](int request, int s, int step, double end) {
-    if (s + 1 < k) {
-      start_hop(request, s, s + 1, step, 0, step < 0 ? out_prefill_bytes[s] : out_decode_bytes[s], end);
+    while (end < t && node < stages_[s].last_node) end += node_ms[++node - first];
+    return {end, node};
+  }
+
+  // A step arrives at its stage: it waits in the queue; a running prefill that must yield to it stops at its next
+  // node end; an idle stage starts it at once.
+  bool on_task(const Event& e) {
+    const int s = e.stage;
+    auto& q = queues_[s];
+    const bool decode = e.step >= 0;
+    q.queue.push(decode ? runtime::TaskKind::decode : runtime::TaskKind::prefill, {e.request, e.step, stages_[s].first_node});
+    if (q.wake) {
+      if (decode && q.prefill_running && !q.yielding && q.queue.prefill_yields()) {
+        const auto [end, node] = node_end_after(s, e.t);
+        if (node < q.to) {
+          q.yielding = true;
+          q.to = node;
+          q.busy_until = end;
+          wake_at(s, end);
+        }
+      }
+      return false;  // the stage picks at its wake
+    }
+    if (e.t < q.busy_until) {
+      wake_at(s, q.busy_until);
       return false;
     }
-    if (step + 1 < steps) {
-      start_hop(request, s, entry, step + 1, 0, kTokenBytes, end);
-      return false;
+    return start_next(s, e.t);
+  }
+
+  // A wake: a prefill ends or stops (its rest goes back to the queue); the stage picks its next task.
+  bool on_wake(const Event& e) {
+    const int s = e.stage;
+    auto& q = queues_[s];
+    if (e.version != q.wake_version) return false;  // moved up since
+    q.wake = false;
+    bool window_ended = false;
+    if (q.prefill_running) {
+      q.prefill_running = false;
+      if (options_.busy) recorder_.busy(stages_[s].device, q.from_t, e.t);
+      if (q.to == stages_[s].last_node) {
+        window_ended = pass_on(q.request, s, -1, e.t);
+      } else {
+        q.queue.park({q.request, -1, q.to + 1});
+      }
     }
-    ++done;
-    latency_sum += end - admitted[request];
-    result.completions_ms.push_back(end);
-    if (done == window.first) {
-      window_start = end;
-      window_open = true;
-    }
-    admit(end);
-    if (done != window.last) return false;
-    window_end = end;
-    return true;
-  };
-  // Starts the stage's next waiting step at t (decode steps first). Returns true when it completed the steady
-  // window.
-  auto start_next = [&](int s, double t) {
-    auto& q = queues[s];
-    auto& from = !q.decodes.empty() ? q.decodes : q.prefills;
-    if (from.empty()) return false;
-    const Waiting w = from.front();
-    from.pop_front();
-    if (w.step >= 0) {
-      q.busy_until = t + decode_ms[s][w.step];
-      if (!q.decodes.empty() || !q.prefills.empty()) wake_at(s, q.busy_until);
+    return start_next(s, e.t) || window_ended;
+  }
+
+  // Starts the stage's next waiting task at t. Returns true when it completed the steady window.
+  bool start_next(int s, double t) {
+    auto& q = queues_[s];
+    const auto next = q.queue.next();
+    if (!next) return false;
+    const Waiting w = *next;
+    if (w.step >= 0 || !decode_first_) {  // a decode step, or a fifo prefill over the whole range: its end is known
+      q.busy_until = t + (w.step >= 0 ? decode_ms_[s][w.step] : prefill_ms_[s]);
+      if (options_.busy) recorder_.busy(stages_[s].device, t, q.busy_until);
+      if (!q.queue.empty()) wake_at(s, q.busy_until);
       return pass_on(w.request, s, w.step, q.busy_until);
     }
     q.prefill_running = true;
@@ -274,97 +372,67 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
     q.busy_until = end;
     wake_at(s, end);
     return false;
-  };
-  while (!events.empty()) {
-    const Event e = events.pop();
-    if (window_open && e.t - window_start > cut_span_ms) {
-      result.cut = true;
-      return result;
-    }
-    if (e.kind == Kind::join) {
-      const auto& h = route_of(e.from, e.stage)[static_cast<size_t>(e.hop)];
-      auto& link = links[static_cast<size_t>(h.link)];
-      link.bytes_per_ms = h.spec.bandwidth_mbps * 1e3 / 8.0;
-      link.advance(e.t);
-      int id;
-      if (free_flows.empty()) {
-        id = static_cast<int>(flows.size());
-        flows.push_back(e);
-      } else {
-        id = free_flows.back();
-        free_flows.pop_back();
-        flows[static_cast<size_t>(id)] = e;
-      }
-      link.finish.push({link.v + e.bytes, id});
-      ++link.version;
-      schedule_check(h.link);
-      continue;
-    }
-    if (e.kind == Kind::check) {
-      auto& link = links[static_cast<size_t>(e.link)];
-      if (e.version != link.version) continue;  // the link's flows changed since
-      link.advance(e.t);
-      // The check was scheduled for the first flow's departure: it leaves now, with any flow that
-      // finishes at the same virtual time (rounding must not leave it behind).
-      link.v = std::max(link.v, link.finish.top().first);
-      while (!link.finish.empty() && link.finish.top().first <= link.v * (1 + 1e-12) + 1e-9) {
-        const int id = link.finish.top().second;
-        const Event f = flows[static_cast<size_t>(id)];
-        link.finish.pop();
-        free_flows.push_back(id);
-        start_hop(f.request, f.from, f.stage, f.step, f.hop + 1, f.bytes, e.t);
-      }
-      ++link.version;
-      schedule_check(e.link);
-      continue;
-    }
-    const int s = e.stage;
-    bool window_ended = false;
-    if (!decode_first) {  // fifo: a stage's next free time is all its state (events pop in time order)
-      const double end = std::max(e.t, stage_free[s]) + (e.step < 0 ? prefill_ms[s] : decode_ms[s][e.step]);
-      stage_free[s] = end;
-      window_ended = pass_on(e.request, s, e.step, end);
-    } else if (e.kind == Kind::task) {
-      auto& q = queues[s];
-      (e.step < 0 ? q.prefills : q.decodes).push_back({e.request, e.step, stages[s].first_node});
-      if (q.wake) {
-        // A running prefill yields at the first node end from now on (unless that is its last node).
-        if (e.step >= 0 && q.prefill_running && !q.yielding) {
-          const auto [end, node] = node_end_after(s, e.t);
-          if (node < q.to) {
-            q.yielding = true;
-            q.to = node;
-            q.busy_until = end;
-            wake_at(s, end);
-          }
-        }
-        continue;  // the stage picks at its wake
-      }
-      if (e.t < q.busy_until) {
-        wake_at(s, q.busy_until);
-        continue;
-      }
-      window_ended = start_next(s, e.t);
-    } else {  // a wake: a prefill ends or stops; the stage picks its next step
-      auto& q = queues[s];
-      if (e.version != q.wake_version) continue;  // moved up since
-      q.wake = false;
-      if (q.prefill_running) {
-        q.prefill_running = false;
-        if (q.to == stages[s].last_node) {
-          window_ended = pass_on(q.request, s, -1, e.t);
-        } else {
-          q.prefills.push_front({q.request, -1, q.to + 1});
-        }
-      }
-      window_ended = start_next(s, e.t) || window_ended;
-    }
-    if (window_ended && options.stop_at_window_end) break;
   }
-  const double span_ms = window_end - window_start;
-  result.throughput_rps = span_ms > 0 ? (window.last - window.first) * 1e3 / span_ms : 0;
-  result.mean_latency_ms = latency_sum / static_cast<double>(std::max<long long>(1, done));
-  return result;
+
+  // Sends a finished step on (next stage, the token back, or the request's completion); true when it completed
+  // the steady window's last request.
+  bool pass_on(int request, int s, int step, double end) {
+    if (s + 1 < k_) {
+      start_hop(request, s, s + 1, step, 0, step < 0 ? out_prefill_bytes_[s] : out_decode_bytes_[s], end);
+      return false;
+    }
+    if (step + 1 < steps_) {
+      start_hop(request, s, entry_, step + 1, 0, kTokenBytes, end);
+      return false;
+    }
+    ++done_;
+    latency_sum_ += end - admitted_[request];
+    result_.completions_ms.push_back(end);
+    if (done_ == window_.first) {
+      window_start_ = end;
+      window_open_ = true;
+    }
+    admit(end);
+    if (done_ != window_.last) return false;
+    window_end_ = end;
+    return true;
+  }
+
+  const CostModel& cost_;
+  const std::vector<Stage>& stages_;
+  const int k_;
+  const long long requests_;
+  const ReplayOptions& options_;
+  const int steps_;
+  const long long in_flight_;
+  const int entry_;
+  const bool decode_first_;
+  const runtime::SteadyWindow window_;
+  std::vector<double> prefill_ms_;
+  std::vector<std::vector<double>> decode_ms_, prefill_node_ms_;
+  std::vector<const std::vector<Hop>*> next_route_;
+  const std::vector<Hop>* back_route_ = nullptr;
+  std::vector<double> out_prefill_bytes_, out_decode_bytes_;
+  std::vector<SharedLink> links_;
+  std::vector<Event> flows_;  // the join event of each flow in transit, by flow id (slots are reused)
+  std::vector<int> free_flows_;
+  EventQueue events_;
+  long long seq_ = 0;
+  std::vector<StageState> queues_;
+  std::vector<double> admitted_;
+  long long admitted_count_ = 0, done_ = 0;
+  double window_start_ = 0, window_end_ = 0, latency_sum_ = 0, cut_span_ms_ = 0;
+  bool window_open_ = false;
+  runtime::RunRecorder recorder_;  // busy intervals (ReplayOptions::busy)
+  ReplayResult result_;
+};
+
+}  // namespace
+
+ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests, double stagger_ms,
+                    const ReplayOptions& options) {
+  if (stages.empty() || requests <= 0) return {};
+  return Replay(cost, stages, requests, options).run(stagger_ms);
 }
 
 long long replay_requests(const Workload& workload) {

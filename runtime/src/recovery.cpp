@@ -391,12 +391,9 @@ void apply(ClusterState& state, const RecoveryPlan& plan) {
     state.alive[d] = true;
     std::fill(state.holds[d].begin(), state.holds[d].end(), false);  // back empty
   }
-  if (plan.action != RecoveryAction::rebalance) return;
-  state.pending = plan;
-  const auto add = wanted(plan.placement);  // preloaded while the old placement serves
-  for (size_t x = 0; x < add.size(); ++x) {
-    for (size_t n = 0; n < add[x].size(); ++n) state.holds[x][n] = state.holds[x][n] || (add[x][n] && state.alive[x]);
-  }
+  // A rebalance's preloads count as held once it switches (commit_rebalance): a dropout that cancels it first finds
+  // the devices as they were.
+  if (plan.action == RecoveryAction::rebalance) state.pending = plan;
 }
 
 void commit_rebalance(ClusterState& state) {

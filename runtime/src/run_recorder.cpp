@@ -97,9 +97,30 @@ RunReport RunRecorder::report(std::string scenario, std::string backend, std::st
   return r;
 }
 
-void merge_replica_utilization(const partition::Scenario& scenario, const std::vector<partition::Replica>& replicas,
-                               const std::vector<const RunReport*>& reports, RunReport& merged) {
-  merged.device_utilization.clear();
+RunReport merge_replicas(const partition::Scenario& scenario, const std::vector<partition::Replica>& replicas,
+                         const std::vector<ReplicaRun>& runs, std::string backend, std::string planner) {
+  RunReport merged;
+  merged.scenario = scenario.name;
+  merged.backend = std::move(backend);
+  merged.planner = std::move(planner);
+  std::vector<double> done, latencies;
+  long long in_flight = 0, tokens = 0;
+  for (size_t r = 0; r < runs.size() && r < replicas.size(); ++r) {
+    const auto& run = runs[r];
+    in_flight += replicas[r].in_flight;
+    merged.requests_completed += run.report.requests_completed;
+    merged.requests_lost += run.report.requests_lost;
+    done.insert(done.end(), run.completions_s.begin(), run.completions_s.end());
+    latencies.insert(latencies.end(), run.latencies_ms.begin(), run.latencies_ms.end());
+    tokens += run.tokens;
+    merged.faults.insert(merged.faults.end(), run.report.faults.begin(), run.report.faults.end());
+  }
+  merged.throughput_rps = steady_throughput(done, in_flight);
+  if (merged.requests_completed > 0) {
+    merged.tokens_per_s = merged.throughput_rps * static_cast<double>(tokens) / static_cast<double>(merged.requests_completed);
+  }
+  merged.latency_ms = summarize_latencies(std::move(latencies));
+  // Each device's utilisation from the replica whose group holds it; the bubble over the stage holders.
   double stage_sum = 0;
   int stage_devices = 0;
   for (size_t d = 0; d < scenario.devices.size(); ++d) {
@@ -109,8 +130,8 @@ void merge_replica_utilization(const partition::Scenario& scenario, const std::v
     for (size_t r = 0; r < replicas.size(); ++r) {
       const auto& rep = replicas[r];
       if (std::find(rep.devices.begin(), rep.devices.end(), static_cast<int>(d)) == rep.devices.end()) continue;
-      if (r < reports.size() && reports[r] != nullptr) {
-        for (const auto& [n, value] : reports[r]->device_utilization) {
+      if (r < runs.size()) {
+        for (const auto& [n, value] : runs[r].report.device_utilization) {
           if (n == name) u = value;
         }
       }
@@ -123,37 +144,6 @@ void merge_replica_utilization(const partition::Scenario& scenario, const std::v
     }
   }
   merged.bubble_fraction = stage_devices == 0 ? 0.0 : 1.0 - stage_sum / stage_devices;
-}
-
-RunReport merge_replicas(const partition::Scenario& scenario, const std::vector<partition::Replica>& replicas,
-                         const std::vector<const RunRecorder*>& parts, std::string backend, std::string planner) {
-  RunReport merged;
-  merged.scenario = scenario.name;
-  merged.backend = std::move(backend);
-  merged.planner = std::move(planner);
-  std::vector<double> done, latencies;
-  long long in_flight = 0, tokens_sum = 0;
-  std::vector<RunReport> own(parts.size());
-  for (size_t r = 0; r < parts.size(); ++r) {
-    in_flight += replicas[r].in_flight;
-    if (parts[r] == nullptr) continue;
-    own[r] = parts[r]->report(scenario.name, merged.backend, merged.planner);
-    merged.requests_completed += own[r].requests_completed;
-    merged.requests_lost += own[r].requests_lost;
-    done.insert(done.end(), parts[r]->completions_s().begin(), parts[r]->completions_s().end());
-    latencies.insert(latencies.end(), parts[r]->latencies_ms().begin(), parts[r]->latencies_ms().end());
-    tokens_sum += parts[r]->tokens();
-    merged.faults.insert(merged.faults.end(), own[r].faults.begin(), own[r].faults.end());
-  }
-  merged.throughput_rps = steady_throughput(done, in_flight);
-  if (merged.requests_completed > 0) {
-    merged.tokens_per_s =
-        merged.throughput_rps * static_cast<double>(tokens_sum) / static_cast<double>(merged.requests_completed);
-  }
-  merged.latency_ms = summarize_latencies(std::move(latencies));
-  std::vector<const RunReport*> own_of;
-  for (size_t r = 0; r < own.size(); ++r) own_of.push_back(parts[r] == nullptr ? nullptr : &own[r]);
-  merge_replica_utilization(scenario, replicas, own_of, merged);
   std::stable_sort(merged.faults.begin(), merged.faults.end(), [](const auto& a, const auto& b) { return a.at_s < b.at_s; });
   return merged;
 }

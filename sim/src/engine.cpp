@@ -1,18 +1,23 @@
 // The SimGrid part of the simulator: platform, actors, run. The only file that includes SimGrid.
 //
 // Actors:
-//   device  (one per device, daemon)  serves its task queue in the plan's schedule (fifo: arrival order;
-//                                     decode-first: decode steps first, and a prefill yields to a waiting
-//                                     decode step after each of its nodes; a recovery's KV rebuilds go
-//                                     before everything in both): occupies the device for the
-//                                     task's exact compute time (sleep_for on the device's host: one task at
-//                                     a time, so no CPU sharing to model, and 20 % faster than an Exec), then
-//                                     hands the request to its next step
+//   device  (one per device, daemon)  takes its next task from its runtime::StageQueue (the pipeline's one
+//                                     scheduling rule: a recovery's KV rebuilds first; then, under fifo, arrival
+//                                     order; under decode-first, decode steps, and a prefill yields to a waiting
+//                                     decode step after each of its nodes): occupies the device for the task's
+//                                     exact compute time (sleep_for on the device's host: one task at a time, so
+//                                     no CPU sharing to model, and 20 % faster than an Exec), then hands the
+//                                     request to its next step
 //   courier (pool, daemon)            carries one transfer along its route, hop by hop (store and forward),
 //                                     then queues the task at the receiving device; the pool grows so that a
 //                                     transfer never waits for a courier
 //   driver  (one)                     admits requests (closed loop: in_flight at once; Poisson: seeded
 //                                     exponential gaps) and ends the simulation once all have completed
+//   faults  (one, daemon, with faults) walks the FaultTimeline (fault_timeline.hpp): stops and revives devices,
+//                                     and carries out runtime::RecoveryPolicy's decisions, taken at detection
+//                                     time on the live cluster state: stages move or the placement switches,
+//                                     requests in flight rebuild their KV caches
+// Accounting is runtime::RunRecorder's (admissions, completions, busy intervals, fault records).
 #include <simgrid/s4u.hpp>
 #include <xbt/log.h>
 
@@ -25,7 +30,11 @@
 #include <random>
 
 #include "adaptlink/runtime/report.hpp"
+#include "adaptlink/runtime/run_recorder.hpp"
+#include "adaptlink/runtime/stage_queue.hpp"
+#include "fault_timeline.hpp"
 #include "pipeline.hpp"
+#include "random.hpp"
 #include "trace.hpp"
 
 namespace sg4 = simgrid::s4u;
@@ -34,16 +43,23 @@ namespace adaptlink::sim::detail {
 
 namespace {
 
+using runtime::TaskKind;
+
 struct Task {
-  int slot = -1;   // request slot
+  int slot = -1;  // request slot
   int stage = 0;
-  int step = -1;  // -1: prefill, k >= 0: decode step k, kReplay: replay of `tokens` tokens (after a dropout)
-  int tokens = 0;
-  int fault = -1;        // kReplay: the fault (index into spec.faults) whose recovery this replay is part of
-  double replay_s = 0;   // kReplay: its compute time on the device it was queued at
-  int node = -1;         // prefill (decode-first): the node it goes on at after yielding (-1: the stage's first)
+  TaskKind kind = TaskKind::prefill;  // prefill | decode | rebuild
+  int step = -1;                      // decode: step k (prefill: -1)
+  int tokens = 0;                     // rebuild: the request's tokens so far, replayed through the stage's text layers
+  int fault = -1;                     // rebuild: the fault (index into the faults) whose recovery it is part of
+  double rebuild_s = 0;               // rebuild: its compute time on the device it was queued at
+  int node = -1;                      // prefill (decode-first): the node it goes on at after yielding (-1: the first)
 };
-constexpr int kReplay = -2;
+
+Task restarted(Task t) {  // its work is lost: it runs again from its stage's start
+  t.node = -1;
+  return t;
+}
 
 struct Job {
   const std::vector<HopSpec>* route = nullptr;
@@ -64,35 +80,28 @@ struct RequestSlot {
 struct DeviceState {
   sg4::Host* host = nullptr;
   sg4::SemaphorePtr ready;  // one token per queued task
-  std::deque<Task> queue;
+  runtime::StageQueue<Task> queue;
   double speed = 1;
-  double busy_total_s = 0;
   double busy_since_s = 0;
   bool busy = false;
-  double window_start_busy_s = 0;
   sg4::ActorPtr actor;
   bool dead = false;
   double slowdown = 1;
   Task current;
   bool running = false;
-
-  [[nodiscard]] double busy_at(double t) const { return busy_total_s + (busy ? t - busy_since_s : 0.0); }
 };
-
-// Exponential gap by inversion on 53 random bits: the same numbers on every platform and library.
-double exponential_gap(std::mt19937_64& rng, double rate) {
-  const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53;  // [0, 1)
-  return -std::log1p(-u) / rate;
-}
 
 class Simulation {
  public:
   Simulation(const PipelineSpec& spec, const EngineOptions& options)
-      : spec_(spec), options_(options), stages_(spec.stages), back_edge_(spec.back_edge), text_stage_(spec.text_stage) {
-    window_ = runtime::steady_window(spec.requests, spec.in_flight, spec.arrival == ArrivalKind::closed);
+      : spec_(spec),
+        options_(options),
+        flat_(spec.flat),
+        recorder_(spec.device_names, spec.requests, spec.in_flight, spec.arrival == ArrivalKind::closed) {
     progress_step_ = std::max<long long>(1, spec.requests / 100);
-    out_.latencies_ms.reserve(static_cast<size_t>(spec.requests));
-    out_.completions_s.reserve(static_cast<size_t>(spec.requests));
+    if (spec.faults) {
+      timeline_.emplace(*spec.faults, spec.placement, static_cast<int>(spec.device_names.size()));
+    }
   }
 
   Expected<Ok> build_platform() {
@@ -103,6 +112,7 @@ class Simulation {
       auto& dev = devices_[static_cast<size_t>(d)];
       dev.speed = spec_.device_speed_flops[static_cast<size_t>(d)];
       dev.host = zone->create_host(fmt::format("device{}", d), dev.speed);
+      dev.queue.set_schedule(spec_.schedule);
       hosts_.push_back(dev.host);
     }
     if (spec_.has_access_point) hosts_.push_back(zone->create_host("ap", 1e12));
@@ -140,26 +150,26 @@ class Simulation {
 
   void start_actors() {
     // Only devices that hold a stage get an actor; others stay idle (until a stage moves to them).
-    for (const auto& st : stages_) ensure_device_actor(st.device);
-    sg4::Actor::create("driver", devices_[static_cast<size_t>(spec_.stages.front().device)].host,
-                       [this] { driver(); });
-    for (const auto& f : spec_.faults) {
+    for (const auto& st : flat_.stages) ensure_device_actor(st.device);
+    sg4::Actor::create("driver", devices_[static_cast<size_t>(flat_.stages.front().device)].host, [this] { driver(); });
+    if (!timeline_) return;
+    for (const auto& f : spec_.faults->faults) {
       runtime::FaultRecord rec;
       rec.at_s = f.at_s;
-      rec.device = spec_.device_names[static_cast<size_t>(f.device)];
-      rec.kind = *partition::parse_fault_kind(f.kind_name);
-      out_.faults.push_back(rec);
+      rec.device = f.device;
+      rec.kind = f.kind;
+      records_.push_back(rec);
     }
-    if (!spec_.faults.empty()) {
-      sg4::Actor::create("faults", hosts_.back(), [this] {
-        sg4::Actor::self()->daemonize();
-        fault_loop();
-      });
-    }
+    pending_rebuilds_.assign(records_.size(), 0);
+    sg4::Actor::create("faults", hosts_.back(), [this] {
+      sg4::Actor::self()->daemonize();
+      fault_loop();
+    });
   }
 
   void ensure_device_actor(int d) {
     auto& dev = devices_[static_cast<size_t>(d)];
+    recorder_.holds_stage(d);
     if (dev.actor) return;
     dev.actor = sg4::Actor::create(fmt::format("device{}", d), dev.host, [this, d] {
       sg4::Actor::self()->daemonize();
@@ -173,7 +183,12 @@ class Simulation {
   }
 
   Expected<EngineOutcome> finish() {
+    if (failure_) return *failure_;
     const double now = sg4::Engine::get_clock();
+    for (auto& rec : records_) recorder_.fault(std::move(rec));
+    out_.report = recorder_.report(spec_.scenario, "sim", spec_.planner);
+    out_.latencies_ms = recorder_.latencies_ms();
+    out_.completions_s = recorder_.completions_s();
     out_.makespan_s = now;
     out_.trace_events = trace_.events();
     if (trace_.enabled()) {
@@ -204,72 +219,52 @@ class Simulation {
       dev.ready->acquire();
       // A rebalance is draining the pipeline: start nothing; the switch kills this actor and starts a new one.
       if (holding_) hold_->acquire();
-      const Task task = take_next(dev);
-      const auto& stage = stages_[static_cast<size_t>(task.stage)];
+      auto next = dev.queue.next();
+      if (!next) continue;  // cannot happen: a token per queued task
+      const Task task = *next;
+      const auto& stage = flat_.stages[static_cast<size_t>(task.stage)];
       const double start = sg4::Engine::get_clock();
       dev.busy = true;
       dev.busy_since_s = start;
       dev.current = task;
       dev.running = true;
-      const bool finished = task.step == -1 && spec_.decode_first ? run_prefill_nodes(dev, task, stage)
-                                                                   : (sleep_task(dev, task, stage), true);
+      const bool finished = task.kind == TaskKind::prefill && spec_.schedule == partition::Schedule::decode_first
+                                ? run_prefill_nodes(dev, task, stage)
+                                : (sleep_task(dev, task, stage), true);
       const double end = sg4::Engine::get_clock();
       dev.running = false;
       dev.busy = false;
-      dev.busy_total_s += end - start;
+      recorder_.busy(d, start, end);
       ++out_.stage_executions;  // one trace slice each: a prefill that yields counts each run of nodes
       if (trace_.wants(start)) trace_compute(d, task, start, end);
       if (!finished) continue;  // yielded to a decode step: the rest of the prefill is queued first
-      if (task.step == kReplay) {
-        replay_done(task.fault);
+      if (task.kind == TaskKind::rebuild) {
+        rebuild_done(task.fault);
       } else {
         after_compute(task);
       }
     }
   }
 
-  // fifo: the queue's front (a recovery's KV rebuilds are queued there). decode-first: the first rebuild, else
-  // the first decode step, else the front.
-  Task take_next(DeviceState& dev) {
-    auto it = dev.queue.begin();
-    if (spec_.decode_first) {
-      if (auto rebuild = std::find_if(dev.queue.begin(), dev.queue.end(), is_rebuild); rebuild != dev.queue.end()) {
-        it = rebuild;
-      } else if (auto decode = std::find_if(dev.queue.begin(), dev.queue.end(), is_decode); decode != dev.queue.end()) {
-        it = decode;
-      }
-    }
-    const Task task = *it;
-    dev.queue.erase(it);
-    return task;
-  }
-
-  static bool is_rebuild(const Task& t) { return t.step == kReplay; }
-  static bool is_decode(const Task& t) { return t.step >= 0; }
-  // What a prefill yields to under decode-first.
-  [[nodiscard]] static bool urgent_waiting(const DeviceState& dev) {
-    return std::any_of(dev.queue.begin(), dev.queue.end(), [](const Task& t) { return is_rebuild(t) || is_decode(t); });
-  }
-
   void sleep_task(const DeviceState& dev, const Task& task, const StageSpec& stage) {
-    const double duration = (task.step == kReplay ? task.replay_s
-                             : task.step < 0     ? stage.prefill_s
-                                                 : stage.decode_s[static_cast<size_t>(task.step)]) *
+    const double duration = (task.kind == TaskKind::rebuild ? task.rebuild_s
+                             : task.kind == TaskKind::prefill ? stage.prefill_s
+                                                              : stage.decode_s[static_cast<size_t>(task.step)]) *
                             dev.slowdown;
     if (duration > 0) sg4::this_actor::sleep_for(duration);
   }
 
-  // A prefill under decode-first: its nodes one at a time; when a decode step (or a recovery's rebuild) is waiting
-  // after a node that is not the stage's last, the rest goes back to the queue's front and that runs first. True
-  // once all have run.
+  // A prefill under decode-first: its nodes one at a time; when the queue says a prefill yields (a decode step or a
+  // recovery's rebuild waits) after a node that is not the stage's last, the rest is parked and that runs first.
+  // True once all have run.
   bool run_prefill_nodes(DeviceState& dev, const Task& task, const StageSpec& stage) {
     for (int n = task.node < 0 ? stage.first_node : task.node; n <= stage.last_node; ++n) {
       const double duration = stage.prefill_node_s[static_cast<size_t>(n - stage.first_node)] * dev.slowdown;
       if (duration > 0) sg4::this_actor::sleep_for(duration);
-      if (n < stage.last_node && urgent_waiting(dev)) {
+      if (n < stage.last_node && dev.queue.prefill_yields()) {
         Task rest = task;
         rest.node = n + 1;
-        dev.queue.push_front(rest);
+        dev.queue.park(rest);
         dev.ready->release();
         return false;
       }
@@ -309,7 +304,7 @@ class Simulation {
     } else {
       std::mt19937_64 rng(spec_.seed);
       for (long long i = 0; i < spec_.requests; ++i) {
-        sg4::this_actor::sleep_for(exponential_gap(rng, spec_.rate_per_s));
+        sg4::this_actor::sleep_for(exponential_by_rate(rng, spec_.rate_per_s));
         admit();
       }
     }
@@ -327,22 +322,20 @@ class Simulation {
       slots_.emplace_back();
     }
     const double now = sg4::Engine::get_clock();
-    if (admitted_ == 0) {
-      out_.first_arrival_s = now;
-      if (window_.first == 0) out_.window_start_s = now;  // nothing has run yet: busy times are 0
-    }
+    if (admitted_ == 0) out_.first_arrival_s = now;
     out_.last_arrival_s = now;
+    recorder_.admit(now);
     slots_[static_cast<size_t>(slot)] = {admitted_++, now, true, 0, -1, -1};
-    enqueue(Task{slot, 0, -1});
+    enqueue(Task{slot, 0, TaskKind::prefill});
   }
 
   void enqueue(const Task& task) {
-    auto& dev = devices_[static_cast<size_t>(stages_[static_cast<size_t>(task.stage)].device)];
+    auto& dev = devices_[static_cast<size_t>(flat_.stages[static_cast<size_t>(task.stage)].device)];
     if (dev.dead) {  // lost with the device: re-queued at the stage's new device once recovered
       orphans_.push_back(task);
       return;
     }
-    dev.queue.push_back(task);
+    dev.queue.push(task.kind, task);
     dev.ready->release();
   }
 
@@ -366,42 +359,32 @@ class Simulation {
   }
 
   void after_compute(const Task& task) {
-    const int last = static_cast<int>(stages_.size()) - 1;
-    const auto& stage = stages_[static_cast<size_t>(task.stage)];
+    const int last = static_cast<int>(flat_.stages.size()) - 1;
+    const auto& stage = flat_.stages[static_cast<size_t>(task.stage)];
     auto& slot = slots_[static_cast<size_t>(task.slot)];
-    if (task.step < 0) {
+    if (task.kind == TaskKind::prefill) {
       slot.prefill_nodes_done = stage.last_node + 1;
     } else {
       slot.last_node = stage.last_node;
       slot.last_step = task.step;
     }
     if (task.stage < last) {
-      const auto& transfer = task.step < 0 ? stage.prefill_out : stage.decode_out;
-      send(transfer, Task{task.slot, task.stage + 1, task.step}, task.stage);
+      const auto& transfer = task.kind == TaskKind::prefill ? stage.prefill_out : stage.decode_out;
+      send(transfer, Task{task.slot, task.stage + 1, task.kind, task.step}, task.stage);
     } else if (task.step + 1 >= spec_.output_tokens) {
       complete(task.slot);
     } else {
-      send(back_edge_, Task{task.slot, text_stage_, task.step + 1}, task.stage);
+      send(flat_.back_edge, Task{task.slot, flat_.text_stage, TaskKind::decode, task.step + 1}, task.stage);
     }
   }
 
   void complete(int slot) {
     const double now = sg4::Engine::get_clock();
-    out_.latencies_ms.push_back((now - slots_[static_cast<size_t>(slot)].admitted_s) * 1e3);
-    out_.completions_s.push_back(now);
-    slots_[static_cast<size_t>(slot)].active = false;
+    auto& s = slots_[static_cast<size_t>(slot)];
+    recorder_.complete(s.admitted_s, now, spec_.output_tokens);
+    s.active = false;
     free_slots_.push_back(slot);
-    const long long done = ++out_.completed;
-    if (done == window_.first) {
-      out_.window_start_s = now;
-      for (auto& dev : devices_) dev.window_start_busy_s = dev.busy_at(now);
-    }
-    if (done == window_.last) {
-      out_.window_end_s = now;
-      out_.window_completions = window_.last - window_.first;
-      out_.window_busy_s.clear();
-      for (auto& dev : devices_) out_.window_busy_s.push_back(dev.busy_at(now) - dev.window_start_busy_s);
-    }
+    const long long done = recorder_.completed();
     if (options_.progress && (done % progress_step_ == 0 || done == spec_.requests)) {
       options_.progress(done, spec_.requests, now);
     }
@@ -411,43 +394,73 @@ class Simulation {
 
   // --- faults ---------------------------------------------------------------------------------------------
   void fault_loop() {
-    for (const auto& event : spec_.events) {
-      const size_t i = static_cast<size_t>(event.fault);
-      const auto& f = spec_.faults[i];
+    auto& timeline = *timeline_;
+    while (!timeline.done()) {
       const double now = sg4::Engine::get_clock();
-      if (event.at_s > now) sg4::this_actor::sleep_for(event.at_s - now);
-      if (event.switch_plan) {
-        switch_plan(i, f);
-        continue;
+      if (timeline.next_time() > now) sg4::this_actor::sleep_for(timeline.next_time() - now);
+      auto action = timeline.next();
+      if (!action) {  // a dropout that leaves a stage nowhere to run: the run fails with that error
+        failure_ = action.error();
+        all_done_->release();
+        return;
       }
-      auto& dev = devices_[static_cast<size_t>(f.device)];
-      switch (f.kind) {
-        case FaultKindSpec::slowdown:
-          dev.slowdown = f.factor;  // from the next task on
-          break;
-        case FaultKindSpec::link:
-          for (size_t l = 0; l < links_.size(); ++l) {
-            if (links_[l] == nullptr) continue;
-            const auto& ends = link_devices_[static_cast<int>(l)];
-            if (std::find(ends.begin(), ends.end(), f.device) != ends.end()) links_[l]->set_bandwidth(f.bandwidth_bps);
-          }
-          break;
-        case FaultKindSpec::rejoin:
-          // Back (empty) at its first heartbeat; its rebalance (if any) is a later event.
-          if (dev.dead && f.detect_s > 0) {
-            dev.dead = false;
-            out_.faults[i].detected_s = f.at_s + f.detect_s;
-          }
-          break;
-        case FaultKindSpec::dropout:
-          dropout(i, f);
-          break;
-      }
+      carry_out(*action);
     }
   }
 
-  void dropout(size_t index, const FaultSpec& f) {
-    auto& dev = devices_[static_cast<size_t>(f.device)];
+  void carry_out(const FaultTimeline::Action& a) {
+    const auto& fault = spec_.faults->faults[a.fault];
+    const int d = spec_.faults->cost->scenario().device_index(fault.device);
+    auto& dev = devices_[static_cast<size_t>(d)];
+    auto& rec = records_[a.fault];
+    const double now = sg4::Engine::get_clock();
+    switch (a.what) {
+      case FaultTimeline::What::inject:
+        if (fault.kind == partition::FaultKind::dropout) stop_device(d);
+        if (fault.kind == partition::FaultKind::rejoin) dev.dead = false;  // back, empty
+        if (fault.kind == partition::FaultKind::slowdown) dev.slowdown = fault.factor;  // from the next task on
+        if (fault.kind == partition::FaultKind::link) {
+          for (size_t l = 0; l < links_.size(); ++l) {
+            if (links_[l] == nullptr) continue;
+            const auto& ends = link_devices_[static_cast<int>(l)];
+            if (std::find(ends.begin(), ends.end(), d) != ends.end()) links_[l]->set_bandwidth(fault.bandwidth_mbps * 1e6 / 8.0);
+          }
+        }
+        return;
+      case FaultTimeline::What::detect:
+        if (a.plan.ignored) return;  // already lost (or up): nothing to detect
+        rec.detected_s = now;
+        if (fault.kind == partition::FaultKind::dropout) rec.cause = runtime::LossCause::heartbeat_timeout;
+        runtime::describe(a.plan, spec_.faults->cost->scenario(), rec);
+        if (a.plan.action == runtime::RecoveryAction::none) recovered_at(a.fault, now);
+        return;
+      case FaultTimeline::What::recover:
+        if (a.plan.action == runtime::RecoveryAction::replan) {
+          switch_to(a.fault, a.plan);
+        } else {
+          move_stages(a.fault, a.plan);
+        }
+        timeline_->recovered(a, sg4::Engine::get_clock());
+        return;
+      case FaultTimeline::What::switch_placement:
+        if (!timeline_->still_pending(a)) return;  // cancelled by a dropout since
+        for (size_t f : a.completes) {
+          if (f != a.fault) completes_[a.fault].push_back(f);
+        }
+        if (a.plan.stages_changed) {
+          switch_to(a.fault, a.plan);
+        } else {
+          recovered_at(a.fault, now);  // only backups were preloaded again: nothing to drain
+        }
+        timeline_->switched();
+        return;
+    }
+  }
+
+  // A dropout happens: the device stops; its work is lost, a prefill's nodes done so far too (the tasks run again
+  // from their stage's start once the recovery has placed the stage).
+  void stop_device(int d) {
+    auto& dev = devices_[static_cast<size_t>(d)];
     if (dev.dead) return;
     const double now = sg4::Engine::get_clock();
     dev.dead = true;
@@ -456,76 +469,85 @@ class Simulation {
       dev.actor = nullptr;
     }
     if (dev.busy) {
-      dev.busy_total_s += now - dev.busy_since_s;
+      recorder_.busy(d, dev.busy_since_s, now);
       dev.busy = false;
     }
-    // Its work is lost, a prefill's nodes done so far too: the tasks run again from their stage's start.
     if (dev.running) orphans_.push_back(restarted(dev.current));
     dev.running = false;
-    for (const auto& t : dev.queue) orphans_.push_back(restarted(t));
-    dev.queue.clear();
+    for (const auto& t : dev.queue.take_all()) orphans_.push_back(restarted(t));
     dev.ready = sg4::Semaphore::create(0);
-    auto& rec = out_.faults[index];
-    rec.detected_s = f.at_s + f.detect_s;
-    if (f.replanned) return;  // re-planned: the switch event (detection + weights' load) recovers it
-    if (f.moved.empty()) {  // held no stage: nothing to recover
-      rec.recovered_s = rec.detected_s;
-      rec.recovery_ms = (*rec.recovered_s - f.at_s) * 1e3;
-      return;
-    }
-    // Detection (heartbeat timeout), then the weights' load when redeploying; the stage then moves.
-    sg4::this_actor::sleep_for(f.detect_s + f.load_s);
-    stages_ = f.stages_after;
-    back_edge_ = f.back_edge_after;
-    text_stage_ = f.text_stage_after;
-    for (const auto& st : stages_) ensure_device_actor(st.device);
-    // Every request in flight that had passed a moved stage lost its KV cache there: replay its tokens so far
-    // (prompt + image + generated) through that stage's layers on the new device, before anything else.
-    // Each fault counts its own replays: a second dropout may come while the first one's replays still run.
-    if (pending_replays_.size() < spec_.faults.size()) pending_replays_.resize(spec_.faults.size(), 0);
-    std::vector<int> slots;  // admission order
-    for (int s = 0; s < static_cast<int>(slots_.size()); ++s) {
-      if (slots_[static_cast<size_t>(s)].active) slots.push_back(s);
-    }
-    std::sort(slots.begin(), slots.end(), [this](int a, int b) { return slots_[a].id < slots_[b].id; });
-    // Queue every replay first and release the devices afterwards: a release is a simcall, and the device
-    // actor would start popping the queue in the middle of the insertions.
-    std::vector<std::vector<Task>> replays(devices_.size());
-    for (size_t m = 0; m < f.moved.size(); ++m) {
-      const int stage = f.moved[m];
-      const double per_token_s = f.replay_s_per_token[m];
-      if (per_token_s <= 0) continue;
-      for (int s : slots) {
-        const auto& slot = slots_[static_cast<size_t>(s)];
-        const auto& moved = stages_[static_cast<size_t>(stage)];
-        if (slot.prefill_nodes_done <= moved.last_node) continue;
-        const int steps = slot.last_step < 0 ? 0 : slot.last_step + (slot.last_node >= moved.last_node ? 1 : 0);
-        const int tokens = spec_.prefill_tokens + steps;
-        rec.recomputed_tokens += tokens;
-        replays[static_cast<size_t>(stages_[static_cast<size_t>(stage)].device)].push_back(
-            Task{s, stage, kReplay, tokens, static_cast<int>(index), tokens * per_token_s});
-        ++pending_replays_[index];
-      }
-    }
-    for (size_t d = 0; d < devices_.size(); ++d) {
-      auto& q = devices_[d].queue;
-      q.insert(q.begin(), replays[d].begin(), replays[d].end());
-    }
-    for (size_t d = 0; d < devices_.size(); ++d) {
-      for (size_t i = 0; i < replays[d].size(); ++i) devices_[d].ready->release();
-    }
-    auto orphans = std::move(orphans_);
-    orphans_.clear();
-    for (const auto& t : orphans) enqueue(t);
-    if (pending_replays_[index] == 0) replay_done_at(index, sg4::Engine::get_clock());
   }
 
-  // A rejoin's rebalance: the weights are loaded (the old placement kept serving meanwhile); drain to a safe point
-  // (no task running, no transfer under way), move every queued task to the new stage that holds the node it was
-  // to start at, rebuild the KV caches of the text layers that changed device, and go on with the new plan.
-  void switch_plan(size_t index, const FaultSpec& f) {
-    if (!f.stages_changed) {  // only backups were preloaded again: nothing to drain
-      replay_done_at(index, sg4::Engine::get_clock());
+  // Active request slots in admission order.
+  [[nodiscard]] std::vector<int> active_slots() const {
+    std::vector<int> out;
+    for (int s = 0; s < static_cast<int>(slots_.size()); ++s) {
+      if (slots_[static_cast<size_t>(s)].active) out.push_back(s);
+    }
+    std::sort(out.begin(), out.end(), [this](int a, int b) { return slots_[a].id < slots_[b].id; });
+    return out;
+  }
+
+  // Every request in flight whose prefill passed a stage's rebuilt text nodes lost their KV caches there: it
+  // replays its tokens so far (prompt + image + generated) through them on the stage's device, before anything
+  // else. Counted per fault: a second recovery may come while the first's rebuilds still run.
+  std::vector<std::vector<Task>> rebuild_tasks(size_t fault, const std::vector<std::vector<runtime::NodeRange>>& runs) {
+    const auto& cost = *spec_.faults->cost;
+    std::vector<std::vector<Task>> per_device(devices_.size());
+    const auto slots = active_slots();
+    for (size_t st = 0; st < flat_.stages.size() && st < runs.size(); ++st) {
+      if (runs[st].empty()) continue;
+      const int device = flat_.stages[st].device;
+      const int from = runs[st].front().first;
+      double per_token_s = 0;
+      for (const auto& r : runs[st]) per_token_s += cost.prefill_ms(device, r.first, r.last) * 1e-3 / spec_.prefill_tokens;
+      if (!(per_token_s > 0)) continue;
+      for (int s : slots) {
+        const auto& slot = slots_[static_cast<size_t>(s)];
+        if (slot.prefill_nodes_done <= from) continue;
+        const int steps = slot.last_step < 0 ? 0 : slot.last_step + (slot.last_node >= from ? 1 : 0);
+        const int tokens = spec_.prefill_tokens + steps;
+        records_[fault].recomputed_tokens += tokens;
+        per_device[static_cast<size_t>(device)].push_back(
+            Task{s, static_cast<int>(st), TaskKind::rebuild, -1, tokens, static_cast<int>(fault), tokens * per_token_s});
+        ++pending_rebuilds_[fault];
+      }
+    }
+    return per_device;
+  }
+
+  // A dropout's recovery by moving its stages (switch-over to backups, or redeploy): the stages run on their new
+  // devices, the requests in flight rebuild there, and what was lost with the device is queued again.
+  void move_stages(size_t fault, const runtime::RecoveryPlan& plan) {
+    auto flat = flatten(*spec_.faults->cost, spec_, plan.placement);
+    if (!flat) {
+      failure_ = flat.error();
+      all_done_->release();
+      return;
+    }
+    flat_ = std::move(*flat);
+    for (const auto& st : flat_.stages) ensure_device_actor(st.device);
+    // Queue every rebuild first and release the devices afterwards: a release is a simcall, and the device actor
+    // would start popping the queue in the middle of the insertions.
+    const auto rebuilds = rebuild_tasks(fault, plan.rebuild);
+    for (size_t d = 0; d < devices_.size(); ++d) {
+      for (const auto& t : rebuilds[d]) devices_[d].queue.push(TaskKind::rebuild, t);
+    }
+    for (size_t d = 0; d < devices_.size(); ++d) {
+      for (size_t i = 0; i < rebuilds[d].size(); ++i) devices_[d].ready->release();
+    }
+    for (const auto& t : std::exchange(orphans_, {})) enqueue(t);
+    if (pending_rebuilds_[fault] == 0) recovered_at(fault, sg4::Engine::get_clock());
+  }
+
+  // A new placement (a re-plan after a dropout, or a rebalance): drain to a safe point (no task running, no transfer
+  // under way), move every queued task to the new stage that holds the node it was to start at, rebuild the KV
+  // caches of the text layers that changed device, and go on with the new placement.
+  void switch_to(size_t fault, const runtime::RecoveryPlan& plan) {
+    auto flat = flatten(*spec_.faults->cost, spec_, plan.placement);
+    if (!flat) {
+      failure_ = flat.error();
+      all_done_->release();
       return;
     }
     holding_ = true;
@@ -538,89 +560,66 @@ class Simulation {
     };
     while (busy()) sg4::this_actor::sleep_for(1e-3);
     const double now = sg4::Engine::get_clock();
-    const int old_text_stage = text_stage_;
-    const auto old_stages = stages_;
+    const Flat old = flat_;
     std::vector<Task> pending;
     for (auto& dev : devices_) {
       if (dev.actor) {
         dev.actor->kill();
         dev.actor = nullptr;
       }
-      for (const auto& t : dev.queue) pending.push_back(restarted(t));
-      dev.queue.clear();
+      for (const auto& t : dev.queue.take_all()) pending.push_back(restarted(t));
     }
-    for (const auto& t : orphans_) pending.push_back(t);
-    orphans_.clear();
-    stages_ = f.stages_after;
-    back_edge_ = f.back_edge_after;
-    text_stage_ = f.text_stage_after;
+    for (const auto& t : std::exchange(orphans_, {})) pending.push_back(t);
+    flat_ = std::move(*flat);
     auto stage_of = [this](int node) {
-      for (size_t s = 0; s < stages_.size(); ++s) {
-        if (stages_[s].first_node <= node && node <= stages_[s].last_node) return static_cast<int>(s);
+      for (size_t s = 0; s < flat_.stages.size(); ++s) {
+        if (flat_.stages[s].first_node <= node && node <= flat_.stages[s].last_node) return static_cast<int>(s);
       }
-      return static_cast<int>(stages_.size()) - 1;
+      return static_cast<int>(flat_.stages.size()) - 1;
     };
-    auto& rec = out_.faults[index];
-    if (pending_replays_.size() < spec_.faults.size()) pending_replays_.resize(spec_.faults.size(), 0);
-    std::vector<std::vector<Task>> queues(devices_.size());
     // KV rebuilds first, in admission order, ahead of any other work on their device.
-    std::vector<int> slots;
-    for (int s = 0; s < static_cast<int>(slots_.size()); ++s) {
-      if (slots_[static_cast<size_t>(s)].active) slots.push_back(s);
-    }
-    std::sort(slots.begin(), slots.end(), [this](int a, int b) { return slots_[a].id < slots_[b].id; });
-    for (size_t st = 0; st < stages_.size(); ++st) {
-      const int from = f.replay_from_node[st];
-      const double per_token_s = f.replay_s_per_token_after[st];
-      if (from < 0 || per_token_s <= 0) continue;
-      for (int s : slots) {
-        const auto& slot = slots_[static_cast<size_t>(s)];
-        if (slot.prefill_nodes_done <= from) continue;
-        const int steps = slot.last_step < 0 ? 0 : slot.last_step + (slot.last_node >= from ? 1 : 0);
-        const int tokens = spec_.prefill_tokens + steps;
-        rec.recomputed_tokens += tokens;
-        queues[static_cast<size_t>(stages_[st].device)].push_back(
-            Task{s, static_cast<int>(st), kReplay, tokens, static_cast<int>(index), tokens * per_token_s});
-        ++pending_replays_[index];
-      }
-    }
+    auto queues = rebuild_tasks(fault, plan.rebuild);
     for (const auto& t : pending) {
-      if (t.step == kReplay) {  // an earlier recovery's rebuild: superseded by this one's
-        replay_done(t.fault);
+      if (t.kind == TaskKind::rebuild) {  // an earlier recovery's rebuild: superseded by this one's
+        rebuild_done(t.fault);
         continue;
       }
       // The node the task was to start at (a decode step starts at the text stage) and the new stage holding it.
       Task moved = t;
-      moved.stage = t.step >= 0 && t.stage == old_text_stage ? text_stage_
-                                                              : stage_of(old_stages[static_cast<size_t>(t.stage)].first_node);
-      if (t.step >= 0 && moved.stage < text_stage_) moved.stage = text_stage_;
-      queues[static_cast<size_t>(stages_[static_cast<size_t>(moved.stage)].device)].push_back(moved);
+      moved.stage = t.kind == TaskKind::decode && t.stage == old.text_stage
+                        ? flat_.text_stage
+                        : stage_of(old.stages[static_cast<size_t>(t.stage)].first_node);
+      if (t.kind == TaskKind::decode && moved.stage < flat_.text_stage) moved.stage = flat_.text_stage;
+      queues[static_cast<size_t>(flat_.stages[static_cast<size_t>(moved.stage)].device)].push_back(moved);
     }
     for (size_t d = 0; d < devices_.size(); ++d) {
       auto& dev = devices_[d];
-      dev.queue.assign(queues[d].begin(), queues[d].end());
+      dev.queue.clear();
+      for (const auto& t : queues[d]) dev.queue.push(t.kind, t);
       dev.ready = sg4::Semaphore::create(static_cast<unsigned>(dev.queue.size()));
     }
     holding_ = false;
-    for (const auto& st : stages_) ensure_device_actor(st.device);
+    for (const auto& st : flat_.stages) ensure_device_actor(st.device);
     for (size_t d = 0; d < devices_.size(); ++d) {
       if (!devices_[d].queue.empty() && !devices_[d].dead) ensure_device_actor(static_cast<int>(d));
     }
-    if (pending_replays_[index] == 0) replay_done_at(index, now);
+    if (pending_rebuilds_[fault] == 0) recovered_at(fault, now);
   }
 
-  static Task restarted(Task t) {
-    t.node = -1;
-    return t;
-  }
-
-  void replay_done(int fault) {
+  void rebuild_done(int fault) {
     if (fault < 0) return;
-    if (--pending_replays_[static_cast<size_t>(fault)] == 0) replay_done_at(static_cast<size_t>(fault), sg4::Engine::get_clock());
+    if (--pending_rebuilds_[static_cast<size_t>(fault)] == 0) {
+      recovered_at(static_cast<size_t>(fault), sg4::Engine::get_clock());
+    }
   }
 
-  void replay_done_at(size_t fault, double now) {
-    auto& rec = out_.faults[fault];
+  void recovered_at(size_t fault, double now) {
+    for (size_t f : completes_[fault]) {
+      records_[f].recovered_s = now;
+      records_[f].recovery_ms = (now - records_[f].at_s) * 1e3;
+    }
+    completes_.erase(fault);
+    auto& rec = records_[fault];
     rec.recovered_s = now;
     rec.recovery_ms = (now - rec.at_s) * 1e3;
   }
@@ -649,12 +648,13 @@ class Simulation {
 
   void trace_compute(int device, const Task& task, double start, double end) {
     const long long id = slots_[static_cast<size_t>(task.slot)].id;
-    std::string name = task.step == kReplay ? fmt::format("replay r{} ({} tokens)", id, task.tokens)
-                       : task.step < 0      ? fmt::format("prefill r{}", id)
-                                            : fmt::format("decode r{} t{}", id, task.step);
+    const bool rebuild = task.kind == TaskKind::rebuild;
+    std::string name = rebuild                             ? fmt::format("replay r{} ({} tokens)", id, task.tokens)
+                       : task.kind == TaskKind::prefill ? fmt::format("prefill r{}", id)
+                                                        : fmt::format("decode r{} t{}", id, task.step);
     trace_.slice(TraceWriter::kDevicePid, device, name,
-                 task.step == kReplay ? "replay" : task.step < 0 ? "prefill" : "decode", start, end,
-                 fmt::format(R"("request":{},"stage":{},"step":{})", id, task.stage, task.step));
+                 rebuild ? "replay" : task.kind == TaskKind::prefill ? "prefill" : "decode", start, end,
+                 fmt::format(R"("request":{},"stage":{},"step":{})", id, task.stage, rebuild ? -2 : task.step));
   }
 
   void trace_transfer(int link, int lane, const Job& job, double start, double end) {
@@ -673,19 +673,21 @@ class Simulation {
     int tid;
   };
 
+
   const PipelineSpec& spec_;
   const EngineOptions& options_;
-  std::vector<StageSpec> stages_;  // the current placement (changes when a dropout moves a stage)
-  TransferSpec back_edge_;
-  int text_stage_ = 0;
+  Flat flat_;                       // the current placement, flattened (a recovery changes it)
   bool holding_ = false;            // a rebalance is draining the pipeline
   sg4::SemaphorePtr hold_;          // never released: devices wait on it while holding_
   long long jobs_in_flight_ = 0;    // transfers queued or under way
-  std::vector<Task> orphans_;  // tasks of a lost device, waiting for the recovery
-  std::vector<int> pending_replays_;  // per fault: replays not yet done
+  std::vector<Task> orphans_;       // tasks of a lost device, waiting for the recovery
+  std::optional<FaultTimeline> timeline_;
+  std::vector<runtime::FaultRecord> records_;   // per fault of the setup
+  std::vector<int> pending_rebuilds_;           // per fault: rebuilds not yet done
+  std::map<size_t, std::vector<size_t>> completes_;  // a rebalance's fault -> the earlier rejoins it completes too
+  std::optional<Error> failure_;    // a recovery that could not be carried out ends the run with this
   std::vector<sg4::Link*> links_;
   std::map<int, std::vector<int>> link_devices_;  // link -> devices at its ends
-  runtime::SteadyWindow window_;
   long long progress_step_ = 1;
   std::vector<DeviceState> devices_;
   std::vector<sg4::Host*> hosts_;  // devices, then the access point
@@ -699,6 +701,7 @@ class Simulation {
   std::vector<std::vector<bool>> lanes_;  // [link][lane] busy
   std::vector<LaneTid> lane_tids_;
   TraceWriter trace_;
+  runtime::RunRecorder recorder_;
   EngineOutcome out_;
 };
 

@@ -1,6 +1,7 @@
-// What the SimGrid engine simulates, flattened out of the cost model and the plan: per stage its device and
-// compute times (prefill, and one decode step per output token with the growing context), the transfers
-// after it, the links and routes. SimGrid-free; the engine (engine.cpp) only reads this.
+// What the SimGrid engine simulates, flattened out of the cost model and a placement: per stage its device and
+// compute times (prefill, and one decode step per output token with the growing context), the transfers after
+// it, the links and routes. SimGrid-free; the engine (engine.cpp) reads this and, when faults change the
+// placement, flattens the new one the same way (flatten()).
 #pragma once
 
 #include <cstdint>
@@ -8,11 +9,14 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "adaptlink/error.hpp"
 #include "adaptlink/partition/cost_model.hpp"
 #include "adaptlink/partition/plan.hpp"
+#include "adaptlink/runtime/placement.hpp"
+#include "adaptlink/runtime/recovery.hpp"
 #include "adaptlink/runtime/report.hpp"
 #include "adaptlink/sim/simulator.hpp"
 
@@ -48,47 +52,24 @@ struct StageSpec {
   TransferSpec decode_out;       // per decode step, to the next stage (stages from the text stage on)
 };
 
-enum class ArrivalKind { closed, poisson };
-
-// One `[[faults]]` entry, resolved. A dropout carries its recovery, decided here from the plan: every stage on
-// the lost device moves to a backup holder that preloaded it, else (redeploy) to the least-loaded surviving
-// device with room for it, which first loads the stage's weights over its link.
-enum class FaultKindSpec { dropout, rejoin, slowdown, link };
-struct FaultSpec {
-  double at_s = 0;
-  int device = -1;
-  FaultKindSpec kind = FaultKindSpec::dropout;
-  std::string kind_name;
-  double factor = 1;          // slowdown: multiplies the device's compute times from at_s on
-  double bandwidth_bps = 0;   // link: new bandwidth (bytes/s) of the device's links from at_s on
-  // dropout
-  double detect_s = 0;        // dropout: heartbeat timeout; rejoin: heartbeat interval (its first heartbeat)
-  double load_s = 0;          // redeploy: weights over the new device's link (0 with a backup)
-  bool from_backup = false;
-  bool replanned = false;  // dropout: re-planned (no live backup); the switch (switch_s) moves the stages
-  std::vector<int> moved;                   // stage indices that move
-  std::vector<double> replay_s_per_token;   // per moved stage: prefill of its text layers, per token, new device
-  std::vector<StageSpec> stages_after;      // the whole pipeline after the move (dropout) or the switch (rejoin)
-  TransferSpec back_edge_after;
-  int text_stage_after = 0;
-  // rejoin: the rebalance. The planner re-plans on the devices that are up; each device loads the weights it
-  // lacks over its link (load_s: the slowest), and at switch_s (detection + load_s) the pipeline drains at a
-  // safe point and switches; requests rebuild the KV caches of the text layers that changed device (per new
-  // stage: from replay_from_node on, replay_s_per_token_after per token; -1: none). rebalance is false when
-  // nothing moves or the planned rebalance was superseded.
-  bool rebalance = false;
-  bool stages_changed = true;  // false: the stages stay, only the backups are preloaded again (by switch_s)
-  double switch_s = 0;
-  std::vector<double> replay_s_per_token_after;
-  std::vector<int> replay_from_node;
+// A placement flattened: its stages, where decode steps start, and the sampled token's way back.
+struct Flat {
+  std::vector<StageSpec> stages;
+  int text_stage = 0;      // stage holding text_embed: where every decode step starts
+  TransferSpec back_edge;  // the sampled token, last stage -> text stage
 };
 
-// What the fault actor does, in order: apply fault `fault` at at_s, or switch to fault `fault`'s rebalanced
-// placement (switch_plan) at its switch_s. Later events wait for earlier ones to be handled.
-struct FaultEvent {
-  int fault = 0;
-  bool switch_plan = false;
-  double at_s = 0;
+enum class ArrivalKind { closed, poisson };
+
+// The faults to inject and what the fault actor needs to recover from them (runtime::RecoveryPolicy at fault time).
+struct FaultSetup {
+  const partition::CostModel* cost = nullptr;
+  std::vector<partition::Fault> faults;  // in at_s order
+  std::string planner;                   // re-plans use the plan's planner and objective
+  partition::Objective objective = partition::Objective::throughput;
+  bool with_backups = false;             // the running plan had backups: re-plans place them too
+  partition::RecoverySettings heartbeat;
+  runtime::ReplanCache* cache = nullptr;  // not owned (sweeps share one)
 };
 
 struct PipelineSpec {
@@ -98,10 +79,10 @@ struct PipelineSpec {
   std::vector<double> device_speed_flops;  // host speeds (informational: tasks run for their exact time)
   std::vector<LinkSpec> links;
   std::vector<std::vector<HopSpec>> routes;
+  std::map<std::pair<int, int>, int> route_index;  // (from, to) device -> routes[]
   bool has_access_point = false;
-  std::vector<StageSpec> stages;
-  int text_stage = 0;     // stage holding text_embed: where every decode step starts
-  TransferSpec back_edge;  // the sampled token, last stage -> text stage
+  runtime::Placement placement;  // the plan's
+  Flat flat;                     // the plan's, flattened
   int output_tokens = 0;
 
   ArrivalKind arrival = ArrivalKind::closed;
@@ -112,28 +93,18 @@ struct PipelineSpec {
   std::uint64_t seed = 1;
 
   int prefill_tokens = 0;  // tokens of a request's prefill (prompt + image features)
-  bool decode_first = true;  // planner.schedule: decode steps first, prefills yield between nodes (else FIFO)
-  std::vector<FaultSpec> faults;  // in at_s order
-  std::vector<FaultEvent> events;
+  partition::Schedule schedule = partition::Schedule::decode_first;
+  std::optional<FaultSetup> faults;  // none: a fault-free run
 };
 
-// The running placement while faults are resolved: stages (node ranges and devices) and the backups held.
-struct Placement {
-  std::vector<partition::Stage> stages;
-  std::vector<partition::Backup> backups;
-  int text_stage = 0;
-};
-// Re-plans of one cost model and plan, by (backups, devices up); nullopt: the devices up cannot hold the model.
-// Sweeps resolve many fault lists on the same plan and keep one.
-using ReplanCache = std::map<std::pair<bool, std::vector<bool>>, std::optional<Placement>>;
-
+// The plan's pipeline; with `faults`, routes between every pair of devices are registered too (a recovery may
+// place stages anywhere). An error names what is wrong (a plan that does not cover the DAG, a link without
+// bandwidth, a route the simulator cannot model).
 Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const partition::Plan& plan,
-                                      long long max_requests, std::uint64_t seed, bool stagger_start);
-// Resolves faults (the scenario's [[faults]] or a sweep's drawn ones) and their recovery (see FaultSpec). An
-// error names what is missing (a device that no stage can move to, an unknown device).
-Expected<Ok> add_faults(const partition::CostModel& cost, const partition::Plan& plan, PipelineSpec& spec,
-                        const std::vector<partition::Fault>& faults, double detect_timeout_s,
-                        double heartbeat_interval_s, ReplanCache* cache = nullptr);
+                                      long long max_requests, std::uint64_t seed, bool stagger_start,
+                                      std::optional<FaultSetup> faults);
+// A placement's stages as the engine runs them (their routes must be registered in `spec`).
+Expected<Flat> flatten(const partition::CostModel& cost, const PipelineSpec& spec, const runtime::Placement& placement);
 
 // Trace settings and what the engine reports back.
 struct EngineOptions {
@@ -147,26 +118,21 @@ struct EngineOptions {
 };
 
 struct EngineOutcome {
-  long long completed = 0;
+  runtime::RunReport report;
   double makespan_s = 0;
-  std::vector<double> latencies_ms;         // per completed request
-  std::vector<double> completions_s;        // per completed request, its completion time (same order)
-  double window_start_s = 0;                // steady-state window (see runtime::steady_window)
-  double window_end_s = 0;
-  long long window_completions = 0;         // completions inside the window
-  double first_arrival_s = 0;               // admission of the first and of the last request
+  std::vector<double> latencies_ms;   // per completed request
+  std::vector<double> completions_s;  // per completed request, its completion time (same order)
+  double first_arrival_s = 0;         // admission of the first and of the last request
   double last_arrival_s = 0;
-  std::vector<double> window_busy_s;        // per device, busy time inside the window
   long long stage_executions = 0;
   long long transfers = 0;
   long long trace_events = 0;
-  std::vector<runtime::FaultRecord> faults;
 };
 
 // Runs SimGrid. Creates an engine: call at most once per process.
 Expected<EngineOutcome> run_engine(const PipelineSpec& spec, const EngineOptions& options);
 
-// Runs a pipeline built (and its faults added) by the caller, as run_simulation does (simulator.cpp).
+// Runs a pipeline built by the caller, as run_simulation does (simulator.cpp).
 Expected<SimResult> run_spec(const PipelineSpec& spec, const SimOptions& options);
 
 }  // namespace adaptlink::sim::detail

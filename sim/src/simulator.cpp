@@ -32,38 +32,6 @@ using detail::EngineOptions;
 using detail::EngineOutcome;
 using detail::PipelineSpec;
 
-runtime::RunReport make_report(const PipelineSpec& spec, const EngineOutcome& out) {
-  runtime::RunReport r;
-  r.scenario = spec.scenario;
-  r.backend = "sim";
-  r.planner = spec.planner;
-  r.requests_completed = out.completed;
-  r.requests_lost = spec.requests - out.completed;
-  const double window_s = out.window_end_s - out.window_start_s;
-  const bool steady = out.window_completions > 0 && window_s > 0;
-  if (steady) {
-    r.throughput_rps = static_cast<double>(out.window_completions) / window_s;
-  } else if (out.makespan_s > 0) {
-    r.throughput_rps = static_cast<double>(out.completed) / out.makespan_s;
-  }
-  r.tokens_per_s = r.throughput_rps * spec.output_tokens;
-  r.latency_ms = runtime::summarize_latencies(out.latencies_ms);
-
-  std::set<int> stage_devices;
-  for (const auto& st : spec.stages) stage_devices.insert(st.device);
-  double sum = 0;
-  for (size_t d = 0; d < spec.device_names.size(); ++d) {
-    double u = 0;
-    if (steady && d < out.window_busy_s.size()) u = out.window_busy_s[d] / window_s;
-    u = std::clamp(u, 0.0, 1.0);
-    r.device_utilization.emplace_back(spec.device_names[d], u);
-    if (stage_devices.count(static_cast<int>(d)) > 0) sum += u;
-  }
-  r.bubble_fraction = stage_devices.empty() ? 0.0 : 1.0 - sum / static_cast<double>(stage_devices.size());
-  r.faults = out.faults;
-  return r;
-}
-
 nlohmann::json stats_to_json(const SimStats& s) {
   return {{"wall_s", s.wall_s},
           {"sim_time_s", s.sim_time_s},
@@ -105,7 +73,7 @@ Expected<SimResult> run_here(const PipelineSpec& spec, const EngineOptions& engi
     result.stats.offered_rps =
         static_cast<double>(spec.requests - 1) / (outcome->last_arrival_s - outcome->first_arrival_s);
   }
-  result.report = make_report(spec, *outcome);
+  result.report = std::move(outcome->report);
   result.latencies_ms = std::move(outcome->latencies_ms);
   result.completions_s = std::move(outcome->completions_s);
   return result;
@@ -389,16 +357,10 @@ Expected<SimResult> run_replicated(const partition::CostModel& cost, const parti
   }
 
   SimResult out;
-  auto& report = out.report;
-  report.scenario = sc.name;
-  report.backend = "sim";
-  report.planner = plan.planner;
-  long long in_flight = 0;
-  for (size_t r = 0; r < replicas.size(); ++r) {
-    const auto& res = results[r];
-    in_flight += replicas[r].in_flight;
-    report.requests_completed += res.report.requests_completed;
-    report.requests_lost += res.report.requests_lost;
+  std::vector<runtime::ReplicaRun> runs;
+  for (const auto& res : results) {
+    runs.push_back({res.report, res.completions_s, res.latencies_ms,
+                    res.report.requests_completed * cost.shape().output_tokens});
     out.latencies_ms.insert(out.latencies_ms.end(), res.latencies_ms.begin(), res.latencies_ms.end());
     out.completions_s.insert(out.completions_s.end(), res.completions_s.begin(), res.completions_s.end());
     out.stats.wall_s += res.stats.wall_s;
@@ -408,14 +370,7 @@ Expected<SimResult> run_replicated(const partition::CostModel& cost, const parti
     out.stats.trace_events += res.stats.trace_events;
     out.stats.peak_rss_kb = std::max(out.stats.peak_rss_kb, res.stats.peak_rss_kb);
   }
-  report.throughput_rps = runtime::steady_throughput(out.completions_s, in_flight);
-  report.tokens_per_s = report.throughput_rps * cost.shape().output_tokens;
-  report.latency_ms = runtime::summarize_latencies(out.latencies_ms);
-
-  // Each device's utilisation comes from the replica that holds it (over that replica's steady window).
-  std::vector<const runtime::RunReport*> own;
-  for (const auto& res : results) own.push_back(&res.report);
-  runtime::merge_replica_utilization(sc, replicas, own, report);
+  out.report = runtime::merge_replicas(sc, replicas, runs, "sim", plan.planner);
   return out;
 }
 
@@ -431,21 +386,39 @@ Expected<SimResult> run_simulation(const partition::CostModel& cost, const parti
                       options.network_model);
   }
   if (!plan.replicas.empty()) return run_replicated(cost, plan, options);
-  auto spec = detail::build_pipeline(cost, plan, options.max_requests, options.seed, options.stagger_start);
-  if (!spec) return spec.error();
+  std::optional<detail::FaultSetup> setup;
   if (options.faults) {
-    if (!(options.heartbeat_interval_s > 0) || options.heartbeat_timeout_s < options.heartbeat_interval_s) {
-      return make_error("heartbeat timeout ({} s) must be at least the interval ({} s), which must be positive",
-                        options.heartbeat_timeout_s, options.heartbeat_interval_s);
-    }
-    const auto& faults = options.fault_list ? *options.fault_list : cost.scenario().faults;
-    if (auto added = detail::add_faults(cost, plan, *spec, faults, options.heartbeat_timeout_s,
-                                        options.heartbeat_interval_s);
-        !added) {
-      return added.error();
+    auto heartbeat = heartbeat_settings(cost.scenario(), options);
+    if (!heartbeat) return heartbeat.error();
+    setup = detail::FaultSetup{&cost,
+                               options.fault_list ? *options.fault_list : cost.scenario().faults,
+                               plan.planner,
+                               plan.objective,
+                               !plan.backups.empty(),
+                               *heartbeat,
+                               options.replan_cache};
+    std::stable_sort(setup->faults.begin(), setup->faults.end(), [](const auto& a, const auto& b) { return a.at_s < b.at_s; });
+    for (const auto& f : setup->faults) {
+      if (cost.scenario().device_index(f.device) < 0) {
+        return make_error("fault at {} s names an unknown device '{}'", f.at_s, f.device);
+      }
     }
   }
+  auto spec = detail::build_pipeline(cost, plan, options.max_requests, options.seed, options.stagger_start,
+                                     std::move(setup));
+  if (!spec) return spec.error();
   return detail::run_spec(*spec, options);
+}
+
+Expected<partition::RecoverySettings> heartbeat_settings(const partition::Scenario& scenario, const SimOptions& options) {
+  auto h = scenario.recovery;
+  if (options.heartbeat_interval_s) h.heartbeat_interval_s = *options.heartbeat_interval_s;
+  if (options.heartbeat_timeout_s) h.heartbeat_timeout_s = *options.heartbeat_timeout_s;
+  if (!(h.heartbeat_interval_s > 0) || h.heartbeat_timeout_s < h.heartbeat_interval_s) {
+    return make_error("heartbeat timeout ({} s) must be at least the interval ({} s), which must be positive",
+                      h.heartbeat_timeout_s, h.heartbeat_interval_s);
+  }
+  return h;
 }
 
 Expected<SimResult> detail::run_spec(const PipelineSpec& spec, const SimOptions& options) {

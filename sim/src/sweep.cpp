@@ -9,7 +9,9 @@
 
 #include "adaptlink/planner/backup.hpp"
 #include "adaptlink/planner/planner.hpp"
+#include "fault_timeline.hpp"
 #include "pipeline.hpp"
+#include "random.hpp"
 
 namespace adaptlink::sim {
 
@@ -22,28 +24,16 @@ std::uint64_t splitmix64(std::uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Exponential variate with the given mean, by inversion on 53 random bits (as the Poisson arrivals are drawn):
-// the same numbers on every platform and standard library.
-double exponential(std::mt19937_64& rng, double mean) {
-  const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53;  // [0, 1)
-  return -std::log1p(-u) * mean;
+// Whether `plan` survives `faults` as a simulation would recover from them (the recovery policy's decisions,
+// in the simulation's order and times): an error when some stage is left with nowhere to run.
+Expected<Ok> survivable(const partition::CostModel& cost, const partition::Plan& plan,
+                        const std::vector<partition::Fault>& faults, const partition::RecoverySettings& heartbeat,
+                        runtime::ReplanCache& cache) {
+  detail::FaultSetup setup{&cost, faults, plan.planner, plan.objective, !plan.backups.empty(), heartbeat, &cache};
+  return detail::FaultTimeline::dry_run(setup, runtime::Placement::of(plan), cost.num_devices());
 }
 
-// Resolves `faults` on `plan` as a simulation would: an error when some stage is left with nowhere to run.
-Expected<detail::PipelineSpec> resolve(const partition::CostModel& cost, const partition::Plan& plan,
-                                       const std::vector<partition::Fault>& faults, const SimOptions& sim,
-                                       detail::ReplanCache& cache) {
-  auto spec = detail::build_pipeline(cost, plan, sim.max_requests, sim.seed, sim.stagger_start);
-  if (!spec) return spec.error();
-  if (auto added = detail::add_faults(cost, plan, *spec, faults, sim.heartbeat_timeout_s, sim.heartbeat_interval_s,
-                                      &cache);
-      !added) {
-    return added.error();
-  }
-  return spec;
-}
-
-void fill_side(SweepSide& side, Expected<SimResult> result, const std::vector<detail::FaultSpec>& specs) {
+void fill_side(SweepSide& side, Expected<SimResult> result) {
   if (!result) {
     side.error = result.error().to_string();
     return;
@@ -52,12 +42,13 @@ void fill_side(SweepSide& side, Expected<SimResult> result, const std::vector<de
   side.makespan_s = result->stats.sim_time_s;
   if (side.makespan_s > 0) side.goodput_rps = static_cast<double>(report->requests_completed) / side.makespan_s;
   double sum_ms = 0;
-  for (size_t i = 0; i < specs.size() && i < report->faults.size(); ++i) {
-    if (specs[i].kind != detail::FaultKindSpec::dropout || (specs[i].moved.empty() && !specs[i].replanned)) continue;
+  for (const auto& f : report->faults) {
+    // A dropout of a device that held a stage: the policy moved its stages or re-planned.
+    if (f.kind != partition::FaultKind::dropout || !f.action || *f.action == runtime::RecoveryAction::none) continue;
     ++side.stage_dropouts;
-    if (report->faults[i].recovery_ms) {
+    if (f.recovery_ms) {
       ++side.recovered;
-      sum_ms += *report->faults[i].recovery_ms;
+      sum_ms += *f.recovery_ms;
     }
   }
   if (side.recovered > 0) side.mean_recovery_ms = sum_ms / side.recovered;
@@ -161,9 +152,9 @@ std::vector<partition::Fault> draw_dropouts(const partition::Scenario& scenario,
     const auto& name = scenario.devices[static_cast<size_t>(d)].name;
     double t = 0;
     for (;;) {
-      t += exponential(rng, mean_up_s);
+      t += detail::exponential_by_mean(rng, mean_up_s);
       if (t >= horizon_s) break;
-      const double down_s = exponential(rng, mean_downtime_s);
+      const double down_s = detail::exponential_by_mean(rng, mean_downtime_s);
       out.push_back({t, name, partition::FaultKind::dropout, 1, 0});
       out.push_back({t + down_s, name, partition::FaultKind::rejoin, 1, 0});
       t += down_s;
@@ -206,9 +197,13 @@ Expected<SweepResult> run_sweep(const partition::CostModel& cost, const partitio
   sim.trace_path.clear();
   sim.progress = nullptr;
 
-  detail::ReplanCache cache;  // rejoins re-plan on the devices up: the same sets recur across runs
+  runtime::ReplanCache cache;  // recoveries re-plan on the devices up: the same sets recur across runs
+  sim.replan_cache = &cache;   // the simulations' fault actors find them there (each runs in a fork of this process)
+  auto heartbeat = heartbeat_settings(scenario, sim);
+  if (!heartbeat) return heartbeat.error();
   SweepResult result;
   result.scenario = scenario.name;
+  result.heartbeat = *heartbeat;
   result.planner = plan.planner;
   for (int d : partition::active_devices(scenario)) result.active_devices.push_back(scenario.devices[d].name);
   const int total = 1 + 2 * options.runs * static_cast<int>(options.dropout_rates_per_hour.size());
@@ -224,7 +219,7 @@ Expected<SweepResult> run_sweep(const partition::CostModel& cost, const partitio
   if (!reference) return reference.error();
   result.requests = reference->report.requests_completed + reference->report.requests_lost;
   result.horizon_s = reference->stats.sim_time_s;
-  fill_side(result.fault_free, std::move(*reference), {});
+  fill_side(result.fault_free, std::move(*reference));
   tick(0, -1);
 
   for (size_t ri = 0; ri < options.dropout_rates_per_hour.size(); ++ri) {
@@ -249,7 +244,7 @@ Expected<SweepResult> run_sweep(const partition::CostModel& cost, const partitio
         if (back < drawn.size()) candidate.push_back(drawn[back]);
         std::stable_sort(candidate.begin(), candidate.end(),
                          [](const auto& a, const auto& b) { return a.at_s < b.at_s; });
-        if (resolve(cost, with, candidate, sim, cache) && resolve(cost, without, candidate, sim, cache)) {
+        if (survivable(cost, with, candidate, *heartbeat, cache) && survivable(cost, without, candidate, *heartbeat, cache)) {
           r.faults = std::move(candidate);
           ++r.dropouts;
         } else {
@@ -265,9 +260,7 @@ Expected<SweepResult> run_sweep(const partition::CostModel& cost, const partitio
       } else {
         sim.fault_list = r.faults;
         for (auto [side, side_plan] : {std::pair{&r.with_backups, &with}, std::pair{&r.without_backups, &without}}) {
-          auto spec = resolve(cost, *side_plan, r.faults, sim, cache);
-          if (!spec) return spec.error();  // checked above
-          fill_side(*side, detail::run_spec(*spec, sim), spec->faults);
+          fill_side(*side, run_simulation(cost, *side_plan, sim));
           if (!side->report) ++result.failed;
           tick(rate, run);
         }
@@ -329,7 +322,8 @@ nlohmann::json to_json(const SweepResult& result, const SweepOptions& options) {
           {"rate_unit", "dropouts per active device per hour of simulated time"},
           {"active_devices", result.active_devices},
           {"mean_downtime_s", options.mean_downtime_s},
-          {"heartbeat_timeout_s", options.sim.heartbeat_timeout_s},
+          {"heartbeat_interval_s", result.heartbeat.heartbeat_interval_s},
+          {"heartbeat_timeout_s", result.heartbeat.heartbeat_timeout_s},
           {"requests", result.requests},
           {"horizon_s", result.horizon_s},
           {"fault_free", side_json(result.fault_free)},

@@ -24,6 +24,7 @@
 
 #include "adaptlink/error.hpp"
 #include "adaptlink/runtime/report.hpp"
+#include "adaptlink/runtime/run_recorder.hpp"
 #include "adaptlink/partition/scenario.hpp"
 
 namespace adaptlink::exec {
@@ -137,8 +138,10 @@ struct ExecRun {
 Expected<ExecRun> run_pipeline(const PipelineSpec& spec, const std::vector<ExecRequest>& requests,
                                const CoordinatorOptions& options);
 
-// report.json for an exec run (the RunReport schema of DESIGN.md): throughput over the steady window,
-// latency percentiles, utilisation from the stage events.
+// An exec run as runtime::RunRecorder accounts it: admissions and completions from the results, busy intervals
+// (and the devices that held a stage) from the stage events, the fault records.
+runtime::RunRecorder record_exec_run(const ExecRun& run, const std::vector<std::string>& device_names, int in_flight);
+// report.json for an exec run (the RunReport schema of DESIGN.md): record_exec_run's report.
 runtime::RunReport make_exec_report(const ExecRun& run, const std::string& scenario, const std::string& planner,
                                       const std::vector<std::string>& device_names, int in_flight);
 // Independent runs that served at once (the replicas of a replicated plan) as one run: times from the earliest

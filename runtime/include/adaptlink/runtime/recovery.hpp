@@ -123,8 +123,8 @@ class RecoveryPolicy {
   ReplanCache* cache_;
 };
 
-// The state once the back-end has carried `plan` out (or started to: a rebalance becomes pending, its preloads
-// counted as loaded). A dropout cancels a pending rebalance.
+// The state once the back-end has carried `plan` out (a dropout's moves or re-placement, its loads done), or started
+// to (a rebalance becomes pending; its preloads count once it switches). A dropout cancels a pending rebalance.
 void apply(ClusterState& state, const RecoveryPlan& plan);
 // The safe point of a pending rebalance: its placement serves; devices drop the weights it does not need.
 void commit_rebalance(ClusterState& state);

@@ -60,17 +60,20 @@ class RunRecorder {
   std::vector<FaultRecord> faults_;
 };
 
-// A replicated run's device utilisation, set in `merged` (scenario order): each device's from the report of the
-// replica whose group holds it (reports[r]: replica r's own report, nullptr when it did not run), 0 for the other
-// devices; and the bubble fraction, 1 - the mean utilisation of the devices that hold a stage.
-void merge_replica_utilization(const partition::Scenario& scenario, const std::vector<partition::Replica>& replicas,
-                               const std::vector<const RunReport*>& reports, RunReport& merged);
+// One replica's run, for merging: its own report and the raw numbers behind it (times on one clock for all).
+struct ReplicaRun {
+  RunReport report;
+  std::vector<double> completions_s;
+  std::vector<double> latencies_ms;
+  long long tokens = 0;  // generated, over all its completed requests
+};
 
-// A replicated run (plan.replicas, every replica run on its own devices, all on one clock) as one report:
-// throughput over the steady window of every replica's completions as one closed loop of their summed in_flight,
-// latency over every request, requests and faults summed; each device's utilisation is its own replica's (over
-// that replica's steady window), and the bubble fraction is over the stage holders of every replica.
+// A replicated run (plan.replicas, every replica on its own devices) as one report: throughput over the steady
+// window of every replica's completions as one closed loop of their summed in_flight, latency over every request,
+// requests and faults summed; each device's utilisation is its own replica's (over that replica's steady window),
+// and the bubble fraction is over the devices that hold a stage in some replica. The simulator and the workers
+// merge their replicas with it.
 RunReport merge_replicas(const partition::Scenario& scenario, const std::vector<partition::Replica>& replicas,
-                         const std::vector<const RunRecorder*>& parts, std::string backend, std::string planner);
+                         const std::vector<ReplicaRun>& runs, std::string backend, std::string planner);
 
 }  // namespace adaptlink::runtime

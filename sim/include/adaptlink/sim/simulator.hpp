@@ -2,9 +2,10 @@
 // partition/plan.hpp predicts. This header does not include SimGrid (only sim/src/ does).
 //
 // Model (the semantics of partition/plan.hpp, played out request by request):
-//   * one SimGrid host per device; each device serves the stage(s) placed on it one task at a time, FIFO;
-//     a task computes for exactly the cost model's time (prefill_ms of the stage's range, or
-//     decode_step_ms with the request's current context);
+//   * one SimGrid host per device; each device serves the stage(s) placed on it one task at a time, in the order
+//     runtime::StageQueue gives under the scenario's planner.schedule (decode-first by default, or fifo); a task
+//     computes for exactly the cost model's time (prefill_ms of the stage's range, node by node under
+//     decode-first, or decode_step_ms with the request's current context);
 //   * one SimGrid link per cost-model link (star: one access link per device, shared by both directions;
 //     mesh or `[[links]]` pairs: one direct link); a transfer walks the cost model's route hop by hop,
 //     store and forward (a star transfer is two communications, device -> AP and AP -> device);
@@ -44,6 +45,7 @@
 #include "adaptlink/error.hpp"
 #include "adaptlink/partition/cost_model.hpp"
 #include "adaptlink/partition/plan.hpp"
+#include "adaptlink/runtime/recovery.hpp"
 #include "adaptlink/runtime/report.hpp"
 
 namespace adaptlink::sim {
@@ -66,14 +68,16 @@ struct SimOptions {
   std::function<void(const SimProgress&)> progress;  // called about every 1 % of the requests
 
   // Faults (the scenario's [[faults]], see sim/README.md): applied when `faults` is true (adaptlink-sim run and
-  // compare set it; off by default so that library callers measure the fault-free plan). Devices send
-  // heartbeats every heartbeat_interval_s; a device is declared lost heartbeat_timeout_s after it drops out
-  // (detected_s = at_s + timeout).
+  // compare set it; off by default so that library callers measure the fault-free plan). Recoveries are
+  // runtime::RecoveryPolicy's, decided when a fault is detected. Devices answer heartbeats every
+  // heartbeat_interval_s; a device is declared lost heartbeat_timeout_s after it drops out (detected_s = at_s +
+  // timeout), and a device that rejoins is seen at its first heartbeat. Unset: the scenario's [recovery] values.
   bool faults = false;
   // When set (and `faults` is true), these faults are applied instead of the scenario's [[faults]] (sweeps).
   std::optional<std::vector<partition::Fault>> fault_list;
-  double heartbeat_interval_s = 0.5;
-  double heartbeat_timeout_s = 1.5;
+  std::optional<double> heartbeat_interval_s;
+  std::optional<double> heartbeat_timeout_s;
+  runtime::ReplanCache* replan_cache = nullptr;  // memoised re-plans (not owned; sweeps share one)
 
   // Chrome trace (Perfetto): written when trace_path is not empty. To keep big runs cheap, only slices
   // that start in [trace_from_s, trace_until_s] are written, at most trace_max_events of them.
@@ -111,6 +115,9 @@ std::vector<std::string> network_models();
 
 Expected<SimResult> run_simulation(const partition::CostModel& cost, const partition::Plan& plan,
                                    const SimOptions& options = {});
+// The heartbeat settings a simulation uses: the scenario's, with the options' overrides; an error when the timeout
+// is shorter than the interval or either is not positive.
+Expected<partition::RecoverySettings> heartbeat_settings(const partition::Scenario& scenario, const SimOptions& options);
 Expected<runtime::RunReport> simulate(const partition::CostModel& cost, const partition::Plan& plan,
                                         const SimOptions& options = {});
 

@@ -105,6 +105,7 @@ struct SweepResult {
   std::vector<std::string> active_devices;
   long long requests = 0;
   double horizon_s = 0;              // makespan of the fault-free run: dropouts are drawn before it
+  partition::RecoverySettings heartbeat;  // the simulations' (the scenario's [recovery], options overriding)
   SweepSide fault_free;              // the plan without faults (what every run with no dropout reports)
   std::vector<SweepRun> runs;        // rate-major
   std::vector<SweepRate> rates;
