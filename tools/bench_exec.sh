@@ -9,5 +9,5 @@ build=${1:?usage: tools/bench_exec.sh BUILD_DIR [OUT.json]}
 out=${2:-$(dirname "$0")/../bench/results/exec_llava7b_cpu.json}
 ckpt=$(mktemp -d "${TMPDIR:-/tmp}/adaptlink-llava7b.XXXXXX")
 trap 'rm -rf "$ckpt"' EXIT
-"$build/exec/adaptlink-make-checkpoint" --preset llava-1.5-7b --dtype bf16 --shard-gb 2 --out "$ckpt"
+"$build/cli/adaptlink-make-checkpoint" --preset llava-1.5-7b --dtype bf16 --shard-gb 2 --out "$ckpt"
 "$build/bench/bench_exec_7b" --model "$ckpt" --out "$out" --decode-tokens "${DECODE_TOKENS:-12}"

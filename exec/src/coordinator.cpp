@@ -13,7 +13,7 @@
 #include "adaptlink/exec/checkpoint.hpp"
 #include "adaptlink/exec/worker.hpp"
 #include "adaptlink/models/graph.hpp"
-#include "adaptlink/runtime/run_recorder.hpp"
+#include "adaptlink/partition/problem.hpp"
 #include "runtime.hpp"
 
 namespace adaptlink::exec {
@@ -21,15 +21,18 @@ namespace adaptlink::exec {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using runtime::RecoveryAction;
 using wire::Message;
 using wire::MsgType;
+
+using Range = std::pair<int, int>;
 
 struct WorkerState {
   zmq::socket_t socket;
   std::string endpoint;
   bool alive = true;
   Clock::time_point last_pong;
-  std::set<std::pair<int, int>> holds;  // node ranges loaded (active or backup)
+  std::set<Range> holds;  // node ranges loaded (active or backup)
 };
 
 struct RequestState {
@@ -39,24 +42,56 @@ struct RequestState {
   Clock::time_point admitted;
 };
 
+// A stage entry that only holds weights (a backup, or a preload before a switch).
+wire::StageEntry preloaded(int first, int last) {
+  wire::StageEntry e;
+  e.first = first;
+  e.last = last;
+  return e;
+}
+
+// A cluster of the workers alone, for runs without a scenario (generate --stages, tests): one device per worker with
+// room for any stage, equal speeds, the default network.
+std::unique_ptr<partition::Problem> anonymous_cluster(const models::LlavaConfig& config,
+                                                      const std::vector<WorkerSpec>& workers) {
+  partition::Scenario s;
+  s.name = "workers";
+  s.model.llava = config;
+  s.model.dtype = models::Dtype::fp32;
+  for (const auto& w : workers) {
+    partition::Device d;
+    d.name = w.name;
+    d.tflops = 1;
+    d.mem_bytes = 1e18;
+    d.mem_bw_gbs = 1;
+    s.devices.push_back(d);
+  }
+  s.planner.backups = false;
+  return partition::make_problem(std::move(s));
+}
+
 class Coordinator {
  public:
   Coordinator(const PipelineSpec& spec, const std::vector<ExecRequest>& requests, const CoordinatorOptions& options)
-      : spec_(spec), requests_(requests), options_(options), ret_(ctx_, zmq::socket_type::router) {
+      : spec_(spec),
+        requests_(requests),
+        options_(options),
+        env_(options.environment != nullptr ? *options.environment : no_environment_),
+        ret_(ctx_, zmq::socket_type::router) {
     detail::configure_socket(ret_);
   }
 
+  // Errors of prepare() are bad input (the pipeline, the checkpoint, the requests); what goes wrong once the workers
+  // are contacted is a failed run.
   Expected<ExecRun> run() {
     auto st = prepare();
     if (!st) return st.error();
     st = handshake();
-    if (!st) return st.error();
-    if (options_.ready) {
-      st = options_.ready();
-      if (!st) return st.error();
-    }
+    if (!st) return as_failure(st.error());
+    st = env_.ready();
+    if (!st) return as_failure(st.error());
     st = serve();
-    if (!st) return st.error();
+    if (!st) return as_failure(st.error());
     run_.wall_s = seconds(Clock::now());
     run_.start_wall_us = start_wall_us_;
     return std::move(run_);
@@ -66,16 +101,15 @@ class Coordinator {
   // --- set-up ---
 
   Status prepare() {
-    stages_ = spec_.stages;
-    if (stages_.empty()) return make_error("the pipeline has no stages");
+    if (spec_.stages.empty()) return make_error("the pipeline has no stages");
     if (options_.in_flight < 1) return make_error("in_flight must be >= 1");
     auto ck = Checkpoint::open(options_.model);
     if (!ck) return ck.error();
     fingerprint_ = model_fingerprint(*ck);
     const auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
     int expect = 0;
-    for (size_t s = 0; s < stages_.size(); ++s) {
-      const auto& st = stages_[s];
+    for (size_t s = 0; s < spec_.stages.size(); ++s) {
+      const auto& st = spec_.stages[s];
       if (st.first != expect || st.last < st.first || st.last >= graph.size()) {
         return make_error("stages must cover nodes 0..{} in order (stage {} is [{}, {}])", graph.size() - 1, s,
                           st.first, st.last);
@@ -83,17 +117,13 @@ class Coordinator {
       if (st.worker < 0 || st.worker >= static_cast<int>(spec_.workers.size())) {
         return make_error("stage {} names worker {}, there are {}", s, st.worker, spec_.workers.size());
       }
-      for (int n = st.first; n <= st.last; ++n) {
-        if (graph.node(n).kind == models::NodeKind::text_embed) text_node_ = n;
-      }
       expect = st.last + 1;
     }
     if (expect != graph.size()) return make_error("stages end at node {}, the model has {}", expect - 1, graph.size());
-    ADAPTLINK_CHECK(text_node_ >= 0, "no stage holds text_embed");
-    update_text_stage();
     for (const auto& r : requests_) {
       if (r.input_ids.empty()) return make_error("request '{}' has no input ids", r.id);
     }
+    if (auto st = prepare_recovery(ck->config()); !st) return st;
     try {
       ret_.bind(options_.listen);
     } catch (const zmq::error_t& e) {
@@ -109,8 +139,6 @@ class Coordinator {
       }
       workers_.push_back(std::move(ws));
     }
-    stage_worker_.clear();
-    for (const auto& s : stages_) stage_worker_.push_back(s.worker);
     states_.assign(requests_.size(), RequestState{});
     run_.results.resize(requests_.size());
     for (size_t i = 0; i < requests_.size(); ++i) run_.results[i].id = requests_[i].id;
@@ -119,10 +147,44 @@ class Coordinator {
     return Ok{};
   }
 
-  void update_text_stage() {
-    for (size_t s = 0; s < stages_.size(); ++s) {
-      if (stages_[s].first <= text_node_ && text_node_ <= stages_[s].last) text_stage_ = static_cast<int>(s);
+  // The recovery policy's view: the scenario's devices (or the workers alone), the plan's placement in device
+  // indices, every device with a worker up.
+  Status prepare_recovery(const models::LlavaConfig& config) {
+    const partition::CostModel* cost = nullptr;
+    runtime::PlanFunction plan;
+    bool with_backups = false;
+    if (spec_.recovery) {
+      cost = spec_.recovery->cost;
+      map_ = spec_.recovery->map;
+      plan = spec_.recovery->plan;
+      with_backups = spec_.recovery->with_backups;
+    } else {
+      own_cluster_ = anonymous_cluster(config, spec_.workers);
+      cost = own_cluster_->cost.get();
+      map_ = runtime::WorkerMap::identity(static_cast<int>(spec_.workers.size()));
     }
+    ADAPTLINK_CHECK(cost != nullptr, "recovery needs a cost model");
+    if (map_.device_of_worker.size() != spec_.workers.size()) {
+      return make_error("the worker map names {} workers, the pipeline has {}", map_.device_of_worker.size(),
+                        spec_.workers.size());
+    }
+    runtime::Placement placement;
+    for (const auto& st : spec_.stages) placement.stages.push_back({map_.device(st.worker), st.first, st.last});
+    for (size_t w = 0; w < spec_.workers.size(); ++w) {
+      partition::Backup b{map_.device(static_cast<int>(w)), {}, 0};
+      for (const auto& range : spec_.workers[w].backups) {
+        for (size_t s = 0; s < spec_.stages.size(); ++s) {
+          if (spec_.stages[s].first == range.first && spec_.stages[s].last == range.second) b.covers.push_back(static_cast<int>(s));
+        }
+      }
+      if (!b.covers.empty()) placement.backups.push_back(b);
+    }
+    std::vector<bool> alive(static_cast<size_t>(cost->num_devices()), false);
+    for (int d : map_.device_of_worker) alive[static_cast<size_t>(d)] = true;
+    policy_.emplace(*cost, std::move(plan), with_backups);
+    cluster_ = runtime::ClusterState::start(*cost, std::move(placement), std::move(alive));
+    scenario_ = &cost->scenario();
+    return Ok{};
   }
 
   // A new DEALER socket to `endpoint` for a worker (replacing its old one and whatever was queued there).
@@ -139,68 +201,68 @@ class Coordinator {
   }
   [[nodiscard]] double seconds(Clock::time_point t) const { return std::chrono::duration<double>(t - start_).count(); }
 
-  [[nodiscard]] LinkShape link(int from, int to) const {
-    if (!spec_.link || from == to) return {};
-    return spec_.link(from, to);
-  }
-  [[nodiscard]] nlohmann::json link_json(int from, int to) const {
-    const auto l = link(from, to);
-    return {{"latency_ms", l.latency_ms}, {"ms_per_byte", l.ms_per_byte}};
-  }
-  [[nodiscard]] int text_worker() const { return stage_worker_[static_cast<size_t>(text_stage_)]; }
+  // --- the placement in worker terms ---
+
+  [[nodiscard]] const std::vector<partition::Stage>& stages() const { return cluster_.placement.stages; }
+  [[nodiscard]] int stage_worker(size_t s) const { return map_.worker(stages()[s].device); }
+  [[nodiscard]] int text_stage() const { return std::max(0, cluster_.placement.text_stage(policy_->cost())); }
+  [[nodiscard]] int text_worker() const { return stage_worker(static_cast<size_t>(text_stage())); }
+  [[nodiscard]] int64_t epoch() const { return cluster_.placement.epoch; }
+
+  [[nodiscard]] LinkShape link(int from, int to) const { return from == to ? LinkShape{} : env_.link(from, to); }
 
   // The stage entry for a hello/route: its range, whether it runs, where it sends.
-  [[nodiscard]] nlohmann::json stage_entry(size_t s) const {
-    const auto& st = stages_[s];
-    const int w = stage_worker_[s];
-    nlohmann::json e = {{"first", st.first}, {"last", st.last}, {"active", true}, {"next", ""}};
-    if (s + 1 < stages_.size()) {
-      const int nw = stage_worker_[s + 1];
-      e["next"] = workers_[static_cast<size_t>(nw)].endpoint;
-      e["link"] = link_json(w, nw);
+  [[nodiscard]] wire::StageEntry stage_entry(const runtime::Placement& p, size_t s) const {
+    const auto& st = p.stages[s];
+    wire::StageEntry e{st.first_node, st.last_node, true, "", std::nullopt, false};
+    if (s + 1 < p.stages.size()) {
+      const int w = map_.worker(st.device), nw = map_.worker(p.stages[s + 1].device);
+      e.next = workers_[static_cast<size_t>(nw)].endpoint;
+      e.link = link(w, nw);
     }
     return e;
   }
 
-  [[nodiscard]] Message hello_for(size_t w, const nlohmann::json& stages) const {
-    Message hello;
-    hello.type = MsgType::hello;
-    hello.meta = {{"protocol", wire::kProtocolVersion},
-                  {"fingerprint", fingerprint_},
-                  {"model_dir", std::filesystem::absolute(options_.model).string()},
-                  {"device", spec_.workers[w].name},
-                  {"dtype", options_.dtype},
-                  {"exec_device", options_.exec_device},
-                  {"coordinator", return_endpoint_},
-                  {"slowdown", spec_.workers[w].slowdown},
-                  {"schedule", std::string(partition::schedule_name(options_.schedule))},
-                  {"epoch", epoch_},
-                  {"return_link", link_json(static_cast<int>(w), text_worker())},
-                  {"stages", stages}};
-    return hello;
-  }
-
-  // Stage entries for worker w under the current placement: its stages (active) and `backups` (preloaded,
-  // inactive); every range listed goes into `held`.
-  nlohmann::json holdings(size_t w, const std::vector<std::pair<int, int>>& backups,
-                          std::set<std::pair<int, int>>& held) const {
-    nlohmann::json list = nlohmann::json::array();
-    for (size_t s = 0; s < stages_.size(); ++s) {
-      if (stage_worker_[s] != static_cast<int>(w)) continue;
-      list.push_back(stage_entry(s));
-      held.insert({stages_[s].first, stages_[s].last});
+  // Stage entries for worker w in `p`: its stages (active) and its backups (preloaded, inactive); every range
+  // listed goes into `held`.
+  std::vector<wire::StageEntry> holdings(const runtime::Placement& p, size_t w, std::set<Range>& held) const {
+    std::vector<wire::StageEntry> list;
+    const int device = map_.device(static_cast<int>(w));
+    for (size_t s = 0; s < p.stages.size(); ++s) {
+      if (p.stages[s].device != device) continue;
+      list.push_back(stage_entry(p, s));
+      held.insert({p.stages[s].first_node, p.stages[s].last_node});
     }
-    for (const auto& range : backups) {
-      if (!held.insert(range).second) continue;
-      list.push_back({{"first", range.first}, {"last", range.second}, {"active", false}});
+    for (const auto& b : p.backups) {
+      if (b.device != device) continue;
+      for (int c : b.covers) {
+        const auto& st = p.stages[static_cast<size_t>(c)];
+        if (held.insert({st.first_node, st.last_node}).second) list.push_back(preloaded(st.first_node, st.last_node));
+      }
     }
     return list;
   }
 
+  [[nodiscard]] Message hello_for(size_t w, std::vector<wire::StageEntry> stages) const {
+    wire::Hello h;
+    h.fingerprint = fingerprint_;
+    h.model_dir = std::filesystem::absolute(options_.model).string();
+    h.device = spec_.workers[w].name;
+    h.dtype = options_.dtype;
+    h.exec_device = options_.exec_device;
+    h.coordinator = return_endpoint_;
+    h.slowdown = std::max(1.0, spec_.workers[w].slowdown);
+    h.schedule = std::string(partition::schedule_name(options_.schedule));
+    h.epoch = epoch();
+    h.return_link = link(static_cast<int>(w), text_worker());
+    h.stages = std::move(stages);
+    return wire::make_message(MsgType::hello, h);
+  }
+
   Status handshake() {
     for (size_t w = 0; w < workers_.size(); ++w) {
-      const nlohmann::json stages = holdings(w, spec_.workers[w].backups, workers_[w].holds);
-      if (!detail::send_frames(workers_[w].socket, wire::encode(hello_for(w, stages)))) {
+      auto stages = holdings(cluster_.placement, w, workers_[w].holds);
+      if (!detail::send_frames(workers_[w].socket, wire::encode(hello_for(w, std::move(stages))))) {
         return make_error("{}: cannot send the hello", who(static_cast<int>(w)));
       }
     }
@@ -217,22 +279,20 @@ class Coordinator {
           }
         }
       }
-      if (auto lost = check_lost(); !lost.empty()) {
-        return make_error("{} exited during the handshake", who(lost.front()));
+      for (const auto& e : env_.poll(-1)) {  // before the first admission: exits only, no fault is injected yet
+        if (e.kind == EnvEvent::Kind::worker_lost) {
+          if (const int w = worker_named(e.device); w >= 0) return make_error("{} exited during the handshake", who(w));
+        }
       }
       for (size_t w = 0; w < workers_.size(); ++w) {
         if (ready[w]) continue;
-        auto m = receive(workers_[w].socket, static_cast<int>(w), 20);
-        if (!m) return m.error();
-        if (!m->has_value()) continue;
-        const Message& reply = **m;
-        if (reply.type == MsgType::error) {
-          return make_error("{} refused the hello: {}", who(static_cast<int>(w)),
-                            reply.meta.value("message", std::string("?")));
+        auto m = receive(workers_[w].socket, 20);
+        if (!m) continue;
+        if (m->type == MsgType::error) {
+          return make_error("{} refused the hello: {}", who(static_cast<int>(w)), error_text(*m));
         }
-        if (reply.type != MsgType::ready) {
-          return make_error("{} answered the hello with a {} message", who(static_cast<int>(w)),
-                            wire::to_string(reply.type));
+        if (m->type != MsgType::ready) {
+          return make_error("{} answered the hello with a {} message", who(static_cast<int>(w)), wire::to_string(m->type));
         }
         ready[w] = true;
         workers_[w].last_pong = Clock::now();
@@ -241,57 +301,61 @@ class Coordinator {
     return Ok{};
   }
 
-  // Polls one socket for up to `wait_ms`; a malformed message is an error naming the worker.
-  Expected<std::optional<Message>> receive(zmq::socket_t& socket, int w, int wait_ms) {
-    zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
-    detail::poll_items(&item, 1, wait_ms);
-    if ((item.revents & ZMQ_POLLIN) == 0) return std::optional<Message>();
-    auto frames = detail::recv_frames(socket, false);
-    if (!frames) return std::optional<Message>();
-    auto m = wire::decode(*frames);
-    if (!m) return make_error("{} sent a malformed message: {}", who(w), m.error().message);
-    return std::optional<Message>(std::move(m).value());
+  [[nodiscard]] int worker_named(const std::string& name) const {
+    for (size_t w = 0; w < spec_.workers.size(); ++w) {
+      if (spec_.workers[w].name == name) return static_cast<int>(w);
+    }
+    return -1;
   }
 
-  std::vector<int> check_lost() {
-    std::vector<int> lost;
-    if (!options_.poll_lost) return lost;
-    for (const auto& name : options_.poll_lost(seconds(Clock::now()))) {
-      for (size_t w = 0; w < spec_.workers.size(); ++w) {
-        if (spec_.workers[w].name == name && workers_[w].alive) lost.push_back(static_cast<int>(w));
-      }
-    }
-    return lost;
+  static std::string error_text(const Message& m) {
+    auto e = wire::parse_error(m);
+    return e ? e->message : "(an error message that does not parse: " + e.error().message + ")";
+  }
+
+  // Polls one worker socket for up to `wait_ms`; a message that does not decode is dropped (the worker only ever
+  // answers; nothing to answer it with).
+  std::optional<Message> receive(zmq::socket_t& socket, int wait_ms) {
+    zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
+    detail::poll_items(&item, 1, wait_ms);
+    if ((item.revents & ZMQ_POLLIN) == 0) return std::nullopt;
+    auto frames = detail::recv_frames(socket, false);
+    if (!frames) return std::nullopt;
+    auto m = wire::decode(*frames);
+    if (!m) return std::nullopt;
+    return std::move(m).value();
   }
 
   // --- the run ---
 
-  void send_step(size_t index, int seq) {
+  // Sends to worker w; a failed send marks it lost at once (instead of waiting for the step timeout).
+  Status send_to(int w, const Message& m) {
+    if (detail::send_frames(workers_[static_cast<size_t>(w)].socket, wire::encode(m))) return Ok{};
+    if (!workers_[static_cast<size_t>(w)].alive) return Ok{};
+    return on_lost(w, runtime::LossCause::send_failure);
+  }
+
+  Status send_step(size_t index, int seq) {
     const auto& req = requests_[index];
     auto& state = states_[index];
+    wire::Step step;
+    step.epoch = epoch();
     Message m;
-    m.type = MsgType::step;
-    m.request = static_cast<int64_t>(index) + 1;
-    m.seq = seq;
     size_t entry = 0;
     if (seq == 0) {
-      m.meta = {{"prefill", true}, {"input_ids", req.input_ids}, {"kind", "none"}};
-      if (options_.keep_prefill_logits) {
-        m.meta["all_logits"] = true;
-        m.meta["want_logits"] = true;
-      }
-      if (req.pixel_values.defined()) {
-        m.meta["kind"] = "pixels";
-        m.tensors.push_back(detail::to_blob(req.pixel_values.to(at::kFloat)));
-      }
+      step.prefill = true;
+      step.input_ids = req.input_ids;
+      step.all_logits = step.want_logits = options_.keep_prefill_logits;
+      if (req.pixel_values.defined()) step.kind = "pixels";
     } else {
-      entry = static_cast<size_t>(text_stage_);
-      m.meta = {{"prefill", false}, {"input_ids", {state.generated.back()}}, {"kind", "none"}};
+      entry = static_cast<size_t>(text_stage());
+      step.input_ids = {state.generated.back()};
     }
-    m.meta["first"] = stages_[entry].first;
-    m.meta["epoch"] = epoch_;
+    step.first = stages()[entry].first_node;
+    m = wire::make_message(MsgType::step, step, static_cast<int64_t>(index) + 1, seq);
+    if (seq == 0 && req.pixel_values.defined()) m.tensors.push_back(detail::to_blob(req.pixel_values.to(at::kFloat)));
     state.outstanding = seq;
-    detail::send_frames(workers_[static_cast<size_t>(stage_worker_[entry])].socket, wire::encode(m));
+    return send_to(stage_worker(entry), m);
   }
 
   void finish(size_t index) {
@@ -306,67 +370,62 @@ class Coordinator {
     end.request = static_cast<int64_t>(index) + 1;
     const auto frames = wire::encode(end);
     for (auto& w : workers_) {
-      if (w.alive) detail::send_frames(w.socket, frames);
+      if (w.alive) detail::send_frames(w.socket, frames);  // a lost one's cache is gone anyway
     }
     ++done_;
     --active_;
     if (options_.progress) options_.progress(done_, requests_.size());
   }
 
-  void record_events(const nlohmann::json& events) {
-    if (!events.is_array()) return;
+  void record_events(const std::vector<wire::TraceEvent>& events) {
     for (const auto& e : events) {
-      if (!e.is_object()) continue;
       StageTiming t;
-      t.device = e.value("device", std::string());
-      t.name = e.value("name", std::string());
-      t.request = e.value("request", int64_t{0});
-      t.start_s = static_cast<double>(e.value("ts_us", int64_t{0}) - start_wall_us_) / 1e6;
-      t.end_s = t.start_s + static_cast<double>(e.value("dur_us", int64_t{0})) / 1e6;
+      t.device = e.device;
+      t.name = e.name;
+      t.request = e.request;
+      t.start_s = static_cast<double>(e.ts_us - start_wall_us_) / 1e6;
+      t.end_s = t.start_s + static_cast<double>(e.dur_us) / 1e6;
       run_.events.push_back(std::move(t));
     }
   }
 
-  Status on_token(const Message& m) {
+  Status on_token(const Message& m, const wire::Token& token) {
     const int64_t index = m.request - 1;
     if (index < 0 || index >= static_cast<int64_t>(requests_.size())) return Ok{};
     auto& state = states_[static_cast<size_t>(index)];
     if (state.finished || m.seq != state.outstanding) return Ok{};  // a duplicate after a failover
-    record_events(m.meta.value("events", nlohmann::json()));
+    record_events(token.events);
     last_progress_ = Clock::now();
     const auto& req = requests_[static_cast<size_t>(index)];
-    if (!m.meta.contains("token") || !m.meta["token"].is_number_integer()) {
-      return make_error("the last stage sent a token message without a token (request '{}')", req.id);
-    }
     if (m.seq == 0 && options_.keep_prefill_logits && !m.tensors.empty()) {
       auto logits = detail::from_blob(m.tensors[0]);
       if (!logits) return logits.error();
       run_.results[static_cast<size_t>(index)].prefill_logits = *logits;
     }
-    const int64_t token = m.meta["token"].get<int64_t>();
     if (req.max_new_tokens == 0) {
       finish(static_cast<size_t>(index));
       return Ok{};
     }
-    state.generated.push_back(token);
-    const bool eos = std::find(options_.eos_ids.begin(), options_.eos_ids.end(), token) != options_.eos_ids.end();
+    state.generated.push_back(token.token);
+    const bool eos =
+        std::find(options_.eos_ids.begin(), options_.eos_ids.end(), token.token) != options_.eos_ids.end();
     if (eos || static_cast<int>(state.generated.size()) >= req.max_new_tokens) {
       finish(static_cast<size_t>(index));
-    } else {
-      send_step(static_cast<size_t>(index), m.seq + 1);
+      return Ok{};
     }
-    return Ok{};
+    return send_step(static_cast<size_t>(index), m.seq + 1);
   }
 
-  void admit() {
-    if (pending_) return;  // draining to the safe point of a rebalance
+  Status admit() {
+    if (cluster_.pending && cluster_.pending->stages_changed) return Ok{};  // draining to a rebalance's safe point
     while (active_ < options_.in_flight && next_ < requests_.size()) {
       const size_t i = next_++;
       states_[i].admitted = Clock::now();
       run_.results[i].admitted_s = seconds(states_[i].admitted);
       ++active_;
-      send_step(i, 0);
+      if (auto st = send_step(i, 0); !st) return st;
     }
+    return Ok{};
   }
 
   Status serve() {
@@ -378,14 +437,12 @@ class Coordinator {
     auto last_ping = Clock::now() - std::chrono::hours(1);
     const auto interval = std::chrono::duration<double>(options_.heartbeat_interval_s);
     while (done_ < requests_.size()) {
-      if (options_.cancelled && options_.cancelled()) return make_error("cancelled");
-      admit();
+      if (env_.cancelled()) return make_error("cancelled");
+      if (auto st = admit(); !st) return st;
       const auto now = Clock::now();
-      if (options_.tick) options_.tick(seconds(now));
-      if (options_.poll_relinked) {
-        auto st = relink(options_.poll_relinked(seconds(now)));
-        if (!st) return st;
-      }
+      auto events = std::exchange(deferred_, {});
+      for (auto& e : env_.poll(seconds(now))) events.push_back(std::move(e));
+      if (auto st = on_environment(events); !st) return st;
       if (now - last_ping >= interval) {
         Message ping;
         ping.type = MsgType::ping;
@@ -393,45 +450,55 @@ class Coordinator {
         for (auto& w : workers_) detail::send_frames(w.socket, frames);  // lost ones too: they may come back
         last_ping = now;
       }
-      for (int w : check_lost()) {
-        auto st = on_lost(w, "its process exited");
-        if (!st) return st;
-      }
       for (int w : std::exchange(returned_, {})) {
         if (workers_[static_cast<size_t>(w)].alive) continue;
-        auto st = on_rejoined(w, workers_[static_cast<size_t>(w)].endpoint);
-        if (!st) return st;
+        if (auto st = on_rejoined(w, workers_[static_cast<size_t>(w)].endpoint); !st) return st;
       }
-      if (options_.poll_rejoined) {
-        for (const auto& [name, endpoint] : options_.poll_rejoined(seconds(now))) {
-          for (size_t w = 0; w < spec_.workers.size(); ++w) {
-            if (spec_.workers[w].name != name || workers_[w].alive) continue;
-            auto st = on_rejoined(static_cast<int>(w), endpoint);
-            if (!st) return st;
-          }
-        }
-      }
-      if (pending_ && active_ == 0) {
-        auto st = switch_placement();
-        if (!st) return st;
+      if (cluster_.pending && cluster_.pending->stages_changed && active_ == 0) {
+        if (auto st = switch_placement(); !st) return st;
       }
       for (size_t w = 0; w < workers_.size(); ++w) {
-        if (workers_[w].alive && std::chrono::duration<double>(now - workers_[w].last_pong).count() >
-                                     options_.heartbeat_timeout_s) {
-          auto st = on_lost(static_cast<int>(w), fmt::format("no heartbeat for {:g} s", options_.heartbeat_timeout_s));
-          if (!st) return st;
+        if (workers_[w].alive &&
+            std::chrono::duration<double>(now - workers_[w].last_pong).count() > options_.heartbeat_timeout_s) {
+          if (auto st = on_lost(static_cast<int>(w), runtime::LossCause::heartbeat_timeout); !st) return st;
         }
       }
       if (std::chrono::duration<double>(Clock::now() - last_progress_).count() > options_.step_timeout_s) {
         return make_error("no token for {:g} s: the pipeline is stuck", options_.step_timeout_s);
       }
-      auto st = poll_once(20);
-      if (!st) return st;
+      if (auto st = poll_once(20); !st) return st;
     }
     return Ok{};
   }
 
-  // One round of receiving: tokens and step errors on the return socket, pongs and errors from each worker.
+  Status on_environment(const std::vector<EnvEvent>& events) {
+    std::set<int> relinked;
+    for (const auto& e : events) {
+      const int w = worker_named(e.device);
+      if (w < 0) continue;
+      switch (e.kind) {
+        case EnvEvent::Kind::fault_injected:
+          fired_[e.device] = e.at_s;
+          break;
+        case EnvEvent::Kind::worker_lost:
+          if (auto st = on_lost(w, e.cause); !st) return st;
+          break;
+        case EnvEvent::Kind::worker_back:
+          if (!workers_[static_cast<size_t>(w)].alive) {
+            if (auto st = on_rejoined(w, e.endpoint); !st) return st;
+          }
+          break;
+        case EnvEvent::Kind::links_changed:
+          relinked.insert(w);
+          break;
+      }
+    }
+    return relink(relinked);
+  }
+
+  // One round of receiving: tokens, rebuild ends and step errors on the return socket, pongs and errors from each
+  // worker. A message that does not decode, or whose meta does not parse, is answered with an error and changes
+  // nothing: the run goes on.
   Status poll_once(int wait_ms) {
     std::vector<zmq::pollitem_t> items;
     items.push_back({ret_.handle(), 0, ZMQ_POLLIN, 0});
@@ -440,96 +507,110 @@ class Coordinator {
     if (items[0].revents & ZMQ_POLLIN) {
       while (auto frames = detail::recv_frames(ret_, false)) {
         if (frames->size() < 2) continue;
+        const std::string identity = frames->front();
         frames->erase(frames->begin());  // ROUTER identity
         auto m = wire::decode(*frames);
-        if (!m) return make_error("a worker sent a malformed message to the coordinator: {}", m.error().message);
-        auto st = on_return(*m);
-        if (!st) return st;
+        if (!m) {
+          answer(identity, m.error());
+          continue;
+        }
+        if (auto st = on_return(identity, *m); !st) return st;
       }
     }
     for (size_t w = 0; w < workers_.size(); ++w) {
       if (!(items[w + 1].revents & ZMQ_POLLIN)) continue;
       while (auto frames = detail::recv_frames(workers_[w].socket, false)) {
         auto m = wire::decode(*frames);
-        if (!m) return make_error("{} sent a malformed message: {}", who(static_cast<int>(w)), m.error().message);
+        if (!m) continue;
         if (m->type == MsgType::pong) {
           workers_[w].last_pong = Clock::now();
           if (!workers_[w].alive) returned_.insert(static_cast<int>(w));  // restarted at its endpoint
         } else if (m->type == MsgType::error) {
-          return make_error("{} reported an error: {}", who(static_cast<int>(w)),
-                            m->meta.value("message", std::string("?")));
+          return make_error("{} reported an error: {}", who(static_cast<int>(w)), error_text(*m));
         }
       }
     }
     return Ok{};
   }
 
-  Status on_return(const Message& m) {
+  void answer(const std::string& identity, const Error& e) {
+    detail::send_frames(ret_, wire::encode(wire::error_message("rejected message: " + e.message)), &identity);
+  }
+
+  Status on_return(const std::string& identity, const Message& m) {
     switch (m.type) {
-      case MsgType::token:
-        return on_token(m);
-      case MsgType::error: {
-        std::string text = m.meta.value("message", std::string("?"));
-        if (m.request > 0 && m.request <= static_cast<int64_t>(requests_.size())) {
-          return make_error("request '{}' failed: {}", requests_[static_cast<size_t>(m.request - 1)].id, text);
+      case MsgType::token: {
+        auto token = wire::parse_token(m);
+        if (!token) {
+          answer(identity, token.error());
+          return Ok{};
         }
-        return make_error("a worker reported: {}", text);
+        return on_token(m, *token);
       }
-      case MsgType::ready:  // a rebuild finished
-        on_rebuilt(m);
+      case MsgType::error: {
+        auto e = wire::parse_error(m);
+        if (!e) {
+          answer(identity, e.error());
+          return Ok{};
+        }
+        if (!e->unreachable.empty()) {  // a worker could not send to this endpoint: its worker is lost
+          for (size_t w = 0; w < workers_.size(); ++w) {
+            if (workers_[w].alive && workers_[w].endpoint == e->unreachable) {
+              return on_lost(static_cast<int>(w), runtime::LossCause::send_failure);
+            }
+          }
+          return Ok{};
+        }
+        if (m.request > 0 && m.request <= static_cast<int64_t>(requests_.size())) {
+          return make_error("request '{}' failed: {}", requests_[static_cast<size_t>(m.request - 1)].id, e->message);
+        }
+        return make_error("a worker reported: {}", e->message);
+      }
+      case MsgType::ready: {  // a rebuild finished
+        auto ready = wire::parse_ready(m);
+        if (!ready) {
+          answer(identity, ready.error());
+          return Ok{};
+        }
+        on_rebuilt(*ready);
         return Ok{};
+      }
       default:
-        return make_error("unexpected {} message on the coordinator's return socket", wire::to_string(m.type));
+        answer(identity, make_error("unexpected {} message on the coordinator's return socket", wire::to_string(m.type)));
+        return Ok{};
     }
   }
 
-  // --- failover ---
-
-  void on_rebuilt(const Message& m) {
-    record_events(m.meta.value("events", nlohmann::json()));
-    if (run_.faults.empty()) return;
-    auto& rec = run_.faults.back();
-    rec.recomputed_tokens += m.meta.value("rebuilt_positions", int64_t{0});
-    if (pending_rebuilds_ > 0 && --pending_rebuilds_ == 0) {
-      rec.recovered_s = seconds(Clock::now());
-      rec.recovery_ms = (*rec.recovered_s - rec.at_s) * 1e3;
-    }
-  }
+  // --- routes ---
 
   // Sends a route to worker w and waits for its ready (loading a redeployed stage included).
-  Status route(int w, const nlohmann::json& stages, double load_delay_ms) {
-    Message r;
-    r.type = MsgType::route;
-    r.meta = {{"stages", stages}, {"load_delay_ms", load_delay_ms}, {"epoch", epoch_}};
-    return request_ready(w, r);
+  Status route(int w, std::vector<wire::StageEntry> stages, double load_delay_ms) {
+    wire::Route r;
+    r.stages = std::move(stages);
+    r.load_delay_ms = env_.emulates_loads() ? load_delay_ms : 0;
+    r.epoch = epoch();
+    return request_ready(w, wire::make_message(MsgType::route, r));
   }
 
-  // A link fault on `devices` (spec_.link now gives the degraded shapes): every live worker that sends over one of
-  // their links (its own, into them, or the return to the text stage's worker) gets its active stages' entries and
-  // its return link again. Later routes and hellos use spec_.link too, so a re-plan keeps the degraded links.
-  Status relink(const std::vector<std::string>& devices) {
-    std::set<int> changed;
-    for (const auto& name : devices) {
-      for (size_t w = 0; w < spec_.workers.size(); ++w) {
-        if (spec_.workers[w].name == name) changed.insert(static_cast<int>(w));
-      }
-    }
+  // Emulated links changed for these workers' devices (a testbed link fault; Environment::link gives the new
+  // shapes): every live worker that sends over one of their links (its own, into them, or the return to the text
+  // stage's worker) gets its active stages' entries and its return link again.
+  Status relink(const std::set<int>& changed) {
     if (changed.empty()) return Ok{};
     for (size_t w = 0; w < workers_.size(); ++w) {
       if (!workers_[w].alive) continue;
       bool touched = changed.count(static_cast<int>(w)) > 0 || changed.count(text_worker()) > 0;
-      nlohmann::json stages = nlohmann::json::array();
-      for (size_t s = 0; s < stages_.size(); ++s) {
-        if (stage_worker_[s] != static_cast<int>(w)) continue;
-        stages.push_back(stage_entry(s));
-        touched = touched || (s + 1 < stages_.size() && changed.count(stage_worker_[s + 1]) > 0);
+      wire::Route r;
+      r.stages.emplace();
+      for (size_t s = 0; s < stages().size(); ++s) {
+        if (stage_worker(s) != static_cast<int>(w)) continue;
+        r.stages->push_back(stage_entry(cluster_.placement, s));
+        touched = touched || (s + 1 < stages().size() && changed.count(stage_worker(s + 1)) > 0);
       }
       if (!touched) continue;
-      Message r;
-      r.type = MsgType::route;
-      r.meta = {{"stages", stages}, {"epoch", epoch_}, {"return_link", link_json(static_cast<int>(w), text_worker())}};
-      auto st = request_ready(static_cast<int>(w), r);
-      if (!st) return st;
+      r.epoch = epoch();
+      r.return_link = link(static_cast<int>(w), text_worker());
+      if (auto st = request_ready(static_cast<int>(w), wire::make_message(MsgType::route, r)); !st) return st;
     }
     return Ok{};
   }
@@ -537,7 +618,7 @@ class Coordinator {
   // Sends `m` to worker w and waits for its ready; the heartbeat clocks restart afterwards (no pings were sent).
   Status request_ready(int w, const Message& m) {
     auto& ws = workers_[static_cast<size_t>(w)];
-    detail::send_frames(ws.socket, wire::encode(m));
+    if (!detail::send_frames(ws.socket, wire::encode(m))) return make_error("{}: cannot send to it", who(w));
     auto st = wait_ready(w);
     for (auto& other : workers_) other.last_pong = Clock::now();
     return st;
@@ -548,144 +629,129 @@ class Coordinator {
     const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(options_.hello_timeout_s));
     while (Clock::now() < deadline) {
-      auto m = receive(ws.socket, w, 50);
-      if (!m) return m.error();
-      if (!m->has_value()) {
-        for (int gone : check_lost()) {
-          if (gone == w) return make_error("{} was lost while taking over a stage", who(w));
+      auto m = receive(ws.socket, 50);
+      if (!m) {
+        for (const auto& e : env_.poll(seconds(Clock::now()))) {
+          if (e.kind == EnvEvent::Kind::worker_lost && worker_named(e.device) == w) {
+            return make_error("{} was lost while taking over a stage", who(w));
+          }
+          deferred_.push_back(e);  // handled by the loop once this recovery is in place
         }
         continue;
       }
-      if ((*m)->type == MsgType::ready) return Ok{};
-      if ((*m)->type == MsgType::error) {
-        return make_error("{} could not take over: {}", who(w), (*m)->meta.value("message", std::string("?")));
-      }
+      if (m->type == MsgType::ready) return Ok{};
+      if (m->type == MsgType::error) return make_error("{} could not take over: {}", who(w), error_text(*m));
       // pongs and the like: keep waiting
     }
     return make_error("{} did not confirm the new route within {:g} s", who(w), options_.hello_timeout_s);
   }
 
-  [[nodiscard]] int active_nodes(int w) const {
-    int n = 0;
-    for (size_t s = 0; s < stages_.size(); ++s) {
-      if (stage_worker_[s] == w) n += stages_[s].last - stages_[s].first + 1;
-    }
-    return n;
+  // --- failover ---
+
+  [[nodiscard]] runtime::FaultRecord fault_record(int w, partition::FaultKind kind) {
+    runtime::FaultRecord rec;
+    rec.device = spec_.workers[static_cast<size_t>(w)].name;
+    rec.kind = kind;
+    rec.at_s = seconds(Clock::now());
+    if (auto it = fired_.find(rec.device); it != fired_.end()) rec.at_s = it->second;
+    rec.detected_s = seconds(Clock::now());
+    return rec;
   }
 
-  Status on_lost(int w, const std::string& why) {
+  static void recovered_now(runtime::FaultRecord& rec, double now_s) {
+    rec.recovered_s = now_s;
+    rec.recovery_ms = (now_s - rec.at_s) * 1e3;
+  }
+
+  Status on_lost(int w, runtime::LossCause cause) {
     auto& ws = workers_[static_cast<size_t>(w)];
+    if (!ws.alive) return Ok{};
     ws.alive = false;
     // A fresh socket to the same endpoint: what was queued for the lost process is dropped, and only pings go
     // there from now on (a pong means the worker is back).
     connect(ws, ws.endpoint);
-    const double detected = seconds(Clock::now());
-    runtime::FaultRecord rec;
-    rec.device = spec_.workers[static_cast<size_t>(w)].name;
-    rec.kind = partition::FaultKind::dropout;
-    rec.at_s = detected;
-    if (options_.fault_time) {
-      if (auto t = options_.fault_time(rec.device)) rec.at_s = *t;
+    ws.holds.clear();
+    auto rec = fault_record(w, partition::FaultKind::dropout);
+    rec.cause = cause;
+    const int device = map_.device(w);
+    const bool held_stage = !cluster_.placement.stages_on(device).empty();
+    if (held_stage && !options_.recover) {
+      return make_error("{} was lost ({})", who(w),
+                        cause == runtime::LossCause::heartbeat_timeout
+                            ? fmt::format("no heartbeat for {:g} s", options_.heartbeat_timeout_s)
+                            : std::string(runtime::to_string(cause)));
     }
-    rec.detected_s = detected;
-    std::vector<size_t> lost_stages;
-    for (size_t s = 0; s < stages_.size(); ++s) {
-      if (stage_worker_[s] == w) lost_stages.push_back(s);
+    auto plan = policy_->on_dropout(cluster_, device);
+    if (!plan) return make_error("{} was lost and cannot be replaced: {}", who(w), plan.error().message);
+    runtime::describe(*plan, *scenario_, rec);
+    if (cluster_.pending) {  // this dropout cancels the pending rebalance: planned again once it is recovered
+      cancelled_faults_.insert(cancelled_faults_.end(), pending_faults_.begin(), pending_faults_.end());
+      pending_faults_.clear();
     }
-    if (lost_stages.empty()) {  // a standby or idle worker: nothing to recover
-      rec.recovered_s = detected;
-      rec.recovery_ms = (detected - rec.at_s) * 1e3;
+    runtime::apply(cluster_, *plan);
+    if (plan->action == RecoveryAction::none) {  // a standby or idle worker: nothing to recover
+      recovered_now(rec, *rec.detected_s);
       run_.faults.push_back(rec);
-      return Ok{};
+      return plan->rebalance_after ? plan_rebalance_again() : Status(Ok{});
     }
-    if (!options_.recover) return make_error("{} was lost ({})", who(w), why);
     // Steps of the old placement still on their way are dropped by the workers told the new epoch (the requests in
     // flight are re-issued below). A lost worker that was only hung (SIGSTOP, a partition) and comes back may still
     // send or hold such steps: its hello carries the new epoch, so it drops them too.
-    ++epoch_;
-    // Without a live preloaded copy of every lost stage: re-plan on the workers that are up (the paper's
-    // baseline: the new placement loads what it lacks, every request in flight is rebuilt).
-    bool all_backed = true;
-    for (size_t s : lost_stages) {
-      bool backed = false;
-      for (const auto& c : workers_) backed = backed || (c.alive && c.holds.count({stages_[s].first, stages_[s].last}));
-      all_backed = all_backed && backed;
+    if (plan->action == RecoveryAction::replan) {
+      if (auto st = preload(plan->placement, plan->load_ms); !st) return st;
+      if (auto st = apply_placement(plan->placement); !st) return st;
+      if (auto st = rebuild_in_flight(std::move(rec), /*full=*/true); !st) return st;
+      return Ok{};
     }
-    if (!all_backed && spec_.replan) {
-      std::vector<bool> up;
-      for (const auto& c : workers_) up.push_back(c.alive);
-      if (auto placement = spec_.replan(up)) {
-        ws.holds.clear();
-        auto st = preload(*placement);
-        if (!st) return st;
-        st = apply_placement(*placement);
-        if (!st) return st;
-        rebuild_in_flight(rec, /*full=*/true);
-        return Ok{};
-      }
-    }
-    std::set<size_t> rerouted;
-    std::map<int, double> delay_ms;  // per new holder: the emulated transfer of weights it did not preload
-    for (size_t s : lost_stages) {
-      const auto range = std::make_pair(stages_[s].first, stages_[s].last);
-      // A live holder of a preloaded copy (standby first, then the least loaded); else redeploy on the least
-      // loaded live worker.
-      int best = -1;
-      bool backup = false;
-      for (size_t c = 0; c < workers_.size(); ++c) {
-        if (!workers_[c].alive) continue;
-        const bool holds = workers_[c].holds.count(range) > 0;
-        const auto key = std::make_tuple(!holds, active_nodes(static_cast<int>(c)));
-        if (best < 0 || key < std::make_tuple(!backup, active_nodes(best))) {
-          best = static_cast<int>(c);
-          backup = holds;
-        }
-      }
-      if (best < 0) {
-        return make_error("{} was lost ({}) and no worker is left to take over nodes [{}, {}]", who(w), why,
-                          range.first, range.second);
-      }
-      stage_worker_[s] = best;
-      if (!backup && spec_.redeploy_ms) delay_ms[best] += spec_.redeploy_ms(best, range.first, range.second);
-      workers_[static_cast<size_t>(best)].holds.insert(range);
-      rerouted.insert(s);
-      if (s > 0) rerouted.insert(s - 1);
-    }
-    ws.holds.clear();
-    // New routes: the replacements (loading if needed) first, so that a step their upstream neighbours send
-    // once re-routed never finds the stage inactive; then those neighbours.
-    std::vector<size_t> order(lost_stages.begin(), lost_stages.end());
-    for (size_t s : rerouted) {
-      if (std::find(lost_stages.begin(), lost_stages.end(), s) == lost_stages.end()) order.push_back(s);
+    // Moves: the new holders (loading if needed) first, so that a step their upstream neighbours send once
+    // re-routed never finds the stage inactive; then those neighbours.
+    std::vector<size_t> order;
+    for (const auto& m : plan->moves) order.push_back(static_cast<size_t>(m.stage));
+    for (const auto& m : plan->moves) {
+      const auto up = static_cast<size_t>(m.stage);
+      if (up > 0 && std::find(order.begin(), order.end(), up - 1) == order.end()) order.push_back(up - 1);
     }
     for (size_t s : order) {
-      const int holder = stage_worker_[s];
-      auto st = route(holder, nlohmann::json::array({stage_entry(s)}), std::exchange(delay_ms[holder], 0.0));
-      if (!st) return st;
+      const int holder = stage_worker(s);
+      const auto& st = stages()[s];
+      workers_[static_cast<size_t>(holder)].holds.insert({st.first_node, st.last_node});
+      const double delay = std::find_if(plan->moves.begin(), plan->moves.end(), [s](const auto& m) {
+                             return static_cast<size_t>(m.stage) == s;
+                           }) != plan->moves.end()
+                               ? std::exchange(plan->load_ms[static_cast<size_t>(stages()[s].device)], 0.0)
+                               : 0.0;
+      if (auto r = route(holder, {stage_entry(cluster_.placement, s)}, delay); !r) return r;
     }
-    rebuild_in_flight(rec, /*full=*/false);
-    return Ok{};
+    if (auto st = rebuild_in_flight(std::move(rec), /*full=*/false); !st) return st;
+    return plan->rebalance_after ? plan_rebalance_again() : Status(Ok{});
   }
 
   // Requests in flight: rebuild the replacements' state from the upstream logs (`full`: through every stage
   // that has none), then re-issue their pending step. The fault is recovered when the last rebuild is done.
-  void rebuild_in_flight(runtime::FaultRecord rec, bool full) {
+  Status rebuild_in_flight(runtime::FaultRecord rec, bool full) {
     pending_rebuilds_ = 0;
+    rebuild_fault_ = run_.faults.size();
+    run_.faults.push_back(std::move(rec));
     for (size_t i = 0; i < requests_.size(); ++i) {
       const auto& state = states_[i];
       if (state.finished || state.outstanding < 0) continue;
       if (state.outstanding > 0) {
-        send_rebuild(i, full);
+        if (auto st = send_rebuild(i, full); !st) return st;
         ++pending_rebuilds_;
       }
-      send_step(i, state.outstanding);
+      if (auto st = send_step(i, state.outstanding); !st) return st;
     }
-    if (pending_rebuilds_ == 0) {
-      rec.recovered_s = seconds(Clock::now());
-      rec.recovery_ms = (*rec.recovered_s - rec.at_s) * 1e3;
-    }
-    run_.faults.push_back(rec);
+    if (pending_rebuilds_ == 0) recovered_now(run_.faults[rebuild_fault_], seconds(Clock::now()));
     last_progress_ = Clock::now();
+    return Ok{};
+  }
+
+  void on_rebuilt(const wire::Ready& ready) {
+    record_events(ready.events);
+    if (rebuild_fault_ >= run_.faults.size()) return;
+    auto& rec = run_.faults[rebuild_fault_];
+    rec.recomputed_tokens += ready.rebuilt_positions.value_or(0);
+    if (pending_rebuilds_ > 0 && --pending_rebuilds_ == 0) recovered_now(rec, seconds(Clock::now()));
   }
 
   // --- rejoin and rebalance ---
@@ -694,132 +760,134 @@ class Coordinator {
     auto& ws = workers_[static_cast<size_t>(w)];
     connect(ws, endpoint);
     ws.holds.clear();
-    runtime::FaultRecord rec;
-    rec.device = spec_.workers[static_cast<size_t>(w)].name;
-    rec.kind = partition::FaultKind::rejoin;
-    rec.at_s = seconds(Clock::now());
-    if (options_.fault_time) {
-      if (auto t = options_.fault_time(rec.device)) rec.at_s = *t;
-    }
-    auto st = request_ready(w, hello_for(static_cast<size_t>(w), nlohmann::json::array()));
-    if (!st) return st;
+    auto rec = fault_record(w, partition::FaultKind::rejoin);
+    if (auto st = request_ready(w, hello_for(static_cast<size_t>(w), {})); !st) return st;
     ws.alive = true;
     rec.detected_s = seconds(Clock::now());
-    std::vector<bool> up;
-    for (const auto& other : workers_) up.push_back(other.alive);
-    auto placement = spec_.replan ? spec_.replan(up) : Expected<Placement>(make_error("no re-planning"));
-    if (!placement) {  // it stays a spare: a redeploy target for later dropouts
-      rec.recovered_s = rec.detected_s;
-      rec.recovery_ms = (*rec.recovered_s - rec.at_s) * 1e3;
-      run_.faults.push_back(rec);
+    auto plan = policy_->on_rejoin(cluster_, map_.device(w));
+    runtime::describe(plan, *scenario_, rec);
+    runtime::apply(cluster_, plan);
+    run_.faults.push_back(rec);
+    if (plan.action != RecoveryAction::rebalance) {  // no plan fits, or nothing changes: it is a spare
+      recovered_now(run_.faults.back(), *rec.detected_s);
       return Ok{};
     }
-    // Preload what each worker lacks while the old placement serves.
-    st = preload(*placement);
-    if (!st) return st;
-    pending_ = std::move(placement).value();
-    pending_fault_ = run_.faults.size();
-    run_.faults.push_back(rec);
+    pending_faults_.push_back(run_.faults.size() - 1);  // a rebalance still pending is taken over by this one
+    return start_rebalance(plan);
+  }
+
+  // After a dropout that cancelled a rebalance: the policy plans one again on the workers up.
+  Status plan_rebalance_again() {
+    auto plan = policy_->rebalance(cluster_);
+    runtime::apply(cluster_, plan);
+    pending_faults_ = std::exchange(cancelled_faults_, {});
+    if (plan.action != RecoveryAction::rebalance) {  // the devices up keep the running placement
+      for (size_t f : std::exchange(pending_faults_, {})) recovered_now(run_.faults[f], seconds(Clock::now()));
+      return Ok{};
+    }
+    return start_rebalance(plan);
+  }
+
+  // A rebalance: preload what each worker lacks while the old placement serves; when only backups change it is in
+  // place at once, otherwise the switch waits for the safe point (no request in flight).
+  Status start_rebalance(const runtime::RecoveryPlan& plan) {
+    if (auto st = preload(plan.placement, plan.load_ms); !st) return st;
+    if (!plan.stages_changed) return switch_placement();
     return Ok{};
   }
 
   // Every live worker loads the node ranges of `placement` it lacks (inactive), with the emulated transfer.
-  Status preload(const Placement& placement) {
+  Status preload(const runtime::Placement& placement, const std::vector<double>& load_ms) {
     for (size_t c = 0; c < workers_.size(); ++c) {
       if (!workers_[c].alive) continue;
-      std::vector<std::pair<int, int>> wanted =
-          placement.backups.size() > c ? placement.backups[c] : std::vector<std::pair<int, int>>{};
-      for (const auto& st : placement.stages) {
-        if (st.worker == static_cast<int>(c)) wanted.emplace_back(st.first, st.last);
+      std::set<Range> wanted;
+      std::vector<wire::StageEntry> load;
+      for (const auto& e : holdings(placement, c, wanted)) {
+        if (workers_[c].holds.count({e.first, e.last})) continue;
+        load.push_back(preloaded(e.first, e.last));
+        workers_[c].holds.insert({e.first, e.last});
       }
-      nlohmann::json load = nlohmann::json::array();
-      double delay_ms = 0;
-      for (const auto& range : wanted) {
-        if (workers_[c].holds.count(range)) continue;
-        load.push_back({{"first", range.first}, {"last", range.second}, {"active", false}});
-        if (spec_.redeploy_ms) delay_ms += spec_.redeploy_ms(static_cast<int>(c), range.first, range.second);
-        workers_[c].holds.insert(range);
-      }
-      auto st = route(static_cast<int>(c), load, delay_ms);  // also hands every worker the current epoch
-      if (!st) return st;
+      const double delay = load_ms[static_cast<size_t>(map_.device(static_cast<int>(c)))];
+      if (auto st = route(static_cast<int>(c), std::move(load), delay); !st) return st;  // hands out the epoch too
     }
     return Ok{};
   }
 
   // Every live worker switches to `placement` (preloaded): its stages active, its backups held, the rest dropped.
-  Status apply_placement(const Placement& placement) {
-    stages_ = placement.stages;
-    stage_worker_.clear();
-    for (const auto& st : stages_) stage_worker_.push_back(st.worker);
-    update_text_stage();
+  Status apply_placement(const runtime::Placement& placement) {
     for (size_t c = 0; c < workers_.size(); ++c) {
       if (!workers_[c].alive) continue;
-      std::set<std::pair<int, int>> keep;
-      nlohmann::json list =
-          holdings(c, placement.backups.size() > c ? placement.backups[c] : std::vector<std::pair<int, int>>{}, keep);
+      std::set<Range> keep;
+      auto list = holdings(placement, c, keep);
       for (const auto& range : workers_[c].holds) {
-        if (!keep.count(range)) list.push_back({{"first", range.first}, {"last", range.second}, {"drop", true}});
+        if (!keep.count(range)) {
+          auto drop = preloaded(range.first, range.second);
+          drop.drop = true;
+          list.push_back(drop);
+        }
       }
       workers_[c].holds = keep;
-      auto st = route(static_cast<int>(c), list, 0);
-      if (!st) return st;
+      if (auto st = route(static_cast<int>(c), std::move(list), 0); !st) return st;
     }
     return Ok{};
   }
 
-  // The safe point (no request in flight): every worker switches to the new placement.
+  // The safe point of the pending rebalance: every worker switches to its placement.
   Status switch_placement() {
-    auto st = apply_placement(*pending_);
-    if (!st) return st;
-    pending_.reset();
-    auto& rec = run_.faults[pending_fault_];
-    rec.recovered_s = seconds(Clock::now());
-    rec.recovery_ms = (*rec.recovered_s - rec.at_s) * 1e3;
+    runtime::commit_rebalance(cluster_);
+    if (auto st = apply_placement(cluster_.placement); !st) return st;
+    for (size_t f : std::exchange(pending_faults_, {})) recovered_now(run_.faults[f], seconds(Clock::now()));
     last_progress_ = Clock::now();
     return Ok{};
   }
 
   // A rebuild of request `index`'s steps 0..k-1 (k = its outstanding step), entering at the first stage.
-  void send_rebuild(size_t index, bool full) {
+  Status send_rebuild(size_t index, bool full) {
     const auto& req = requests_[index];
     const auto& state = states_[index];
     const int k = state.outstanding;
-    std::vector<int64_t> ids = req.input_ids;
-    ids.insert(ids.end(), state.generated.begin(), state.generated.begin() + (k - 1));
-    Message m;
-    m.type = MsgType::step;
-    m.request = static_cast<int64_t>(index) + 1;
-    m.seq = k;
-    m.meta = {{"first", stages_[0].first}, {"prefill", true}, {"rebuild", true}, {"steps", k},
-              {"input_ids", ids}, {"kind", "none"}, {"epoch", epoch_}, {"full", full}};
-    if (req.pixel_values.defined()) {
-      m.meta["kind"] = "pixels";
-      m.tensors.push_back(detail::to_blob(req.pixel_values.to(at::kFloat)));
-    }
-    detail::send_frames(workers_[static_cast<size_t>(stage_worker_[0])].socket, wire::encode(m));
+    wire::Step step;
+    step.first = stages()[0].first_node;
+    step.epoch = epoch();
+    step.prefill = true;
+    step.rebuild = true;
+    step.steps = k;
+    step.full = full;
+    step.input_ids = req.input_ids;
+    step.input_ids.insert(step.input_ids.end(), state.generated.begin(), state.generated.begin() + (k - 1));
+    if (req.pixel_values.defined()) step.kind = "pixels";
+    Message m = wire::make_message(MsgType::step, step, static_cast<int64_t>(index) + 1, k);
+    if (req.pixel_values.defined()) m.tensors.push_back(detail::to_blob(req.pixel_values.to(at::kFloat)));
+    return send_to(stage_worker(0), m);
   }
 
   const PipelineSpec& spec_;
   const std::vector<ExecRequest>& requests_;
   const CoordinatorOptions& options_;
+  Environment no_environment_;
+  Environment& env_;
   zmq::context_t ctx_;
   zmq::socket_t ret_;
   std::string return_endpoint_;
   std::string fingerprint_;
   std::vector<WorkerState> workers_;
-  std::vector<StageSpec> stages_;  // the current placement (changes on a rebalance)
-  std::vector<int> stage_worker_;
-  int text_stage_ = 0;
-  int text_node_ = -1;
-  int64_t epoch_ = 0;  // placement generation, raised by a re-plan after a dropout
-  std::optional<Placement> pending_;  // a rebalance waiting for the safe point
-  std::set<int> returned_;            // lost workers that answered a ping again
-  size_t pending_fault_ = 0;          // its faults[] entry
+  // Recovery: the policy's view of the cluster in scenario devices, and which device each worker is.
+  std::unique_ptr<partition::Problem> own_cluster_;  // without a RecoverySpec: the workers alone
+  const partition::Scenario* scenario_ = nullptr;
+  runtime::WorkerMap map_;
+  std::optional<runtime::RecoveryPolicy> policy_;
+  runtime::ClusterState cluster_;
+  std::vector<size_t> pending_faults_;    // the rejoins (faults[] entries) the pending rebalance completes
+  std::vector<size_t> cancelled_faults_;  // those of a rebalance a dropout cancelled
+  std::map<std::string, double> fired_;   // device -> when its latest fault was injected (Environment)
+  std::vector<EnvEvent> deferred_;        // environment events seen while waiting for a route's ready
+  std::set<int> returned_;  // lost workers that answered a ping again
   std::vector<RequestState> states_;
   size_t next_ = 0;
   size_t done_ = 0;
   int active_ = 0;
   int pending_rebuilds_ = 0;
+  size_t rebuild_fault_ = 0;  // the faults[] entry whose rebuilds are running
   Clock::time_point start_;
   int64_t start_wall_us_ = 0;
   Clock::time_point last_progress_;
@@ -832,84 +900,6 @@ Expected<ExecRun> run_pipeline(const PipelineSpec& spec, const std::vector<ExecR
                                const CoordinatorOptions& options) {
   Coordinator c(spec, requests, options);
   return c.run();
-}
-
-runtime::RunRecorder record_exec_run(const ExecRun& run, const std::vector<std::string>& device_names, int in_flight) {
-  runtime::RunRecorder rec(device_names, static_cast<long long>(run.results.size()), in_flight, true);
-  for (const auto& res : run.results) {
-    rec.admit(res.admitted_s);
-    rec.complete(res.admitted_s, res.done_s, static_cast<long long>(res.generated.size()));
-  }
-  for (const auto& e : run.events) {
-    const auto it = std::find(device_names.begin(), device_names.end(), e.device);
-    if (it == device_names.end()) continue;
-    const int d = static_cast<int>(it - device_names.begin());
-    rec.busy(d, e.start_s, e.end_s);
-    rec.holds_stage(d);
-  }
-  for (const auto& f : run.faults) rec.fault(f);
-  return rec;
-}
-
-runtime::RunReport make_exec_report(const ExecRun& run, const std::string& scenario, const std::string& planner,
-                                    const std::vector<std::string>& device_names, int in_flight) {
-  return record_exec_run(run, device_names, in_flight).report(scenario, "exec", planner);
-}
-
-ExecRun merge_exec_runs(const std::vector<ExecRun>& runs, const std::vector<std::vector<size_t>>& indices,
-                        size_t requests) {
-  ExecRun out;
-  out.results.resize(requests);
-  if (runs.empty()) return out;
-  int64_t start = runs.front().start_wall_us;
-  for (const auto& run : runs) start = std::min(start, run.start_wall_us);
-  out.start_wall_us = start;
-  for (size_t r = 0; r < runs.size(); ++r) {
-    const auto& run = runs[r];
-    const double offset = static_cast<double>(run.start_wall_us - start) / 1e6;
-    for (size_t i = 0; i < run.results.size() && i < indices[r].size(); ++i) {
-      auto& res = out.results[indices[r][i]];
-      res = run.results[i];
-      res.admitted_s += offset;
-      res.done_s += offset;
-    }
-    for (auto e : run.events) {
-      e.start_s += offset;
-      e.end_s += offset;
-      out.events.push_back(std::move(e));
-    }
-    for (auto f : run.faults) {
-      f.at_s += offset;
-      if (f.detected_s) *f.detected_s += offset;
-      if (f.recovered_s) *f.recovered_s += offset;
-      out.faults.push_back(std::move(f));
-    }
-    out.wall_s = std::max(out.wall_s, offset + run.wall_s);
-  }
-  std::stable_sort(out.events.begin(), out.events.end(), [](const auto& a, const auto& b) { return a.start_s < b.start_s; });
-  std::stable_sort(out.faults.begin(), out.faults.end(), [](const auto& a, const auto& b) { return a.at_s < b.at_s; });
-  return out;
-}
-
-nlohmann::json make_exec_trace(const ExecRun& run, const std::vector<std::string>& device_names) {
-  nlohmann::json events = nlohmann::json::array();
-  for (size_t d = 0; d < device_names.size(); ++d) {
-    events.push_back({{"ph", "M"}, {"pid", 1}, {"tid", d + 1}, {"name", "thread_name"},
-                      {"args", {{"name", device_names[d]}}}});
-  }
-  events.push_back({{"ph", "M"}, {"pid", 1}, {"name", "process_name"}, {"args", {{"name", "devices"}}}});
-  for (const auto& e : run.events) {
-    const auto it = std::find(device_names.begin(), device_names.end(), e.device);
-    const size_t tid = it == device_names.end() ? device_names.size() + 1 : static_cast<size_t>(it - device_names.begin()) + 1;
-    events.push_back({{"ph", "X"}, {"pid", 1}, {"tid", tid}, {"name", e.name}, {"cat", "stage"},
-                      {"ts", e.start_s * 1e6}, {"dur", (e.end_s - e.start_s) * 1e6},
-                      {"args", {{"request", e.request}}}});
-  }
-  for (const auto& f : run.faults) {
-    events.push_back({{"ph", "i"}, {"pid", 1}, {"tid", 0}, {"s", "g"}, {"name", std::string(partition::fault_kind_name(f.kind)) + " " + f.device},
-                      {"ts", f.at_s * 1e6}});
-  }
-  return {{"traceEvents", events}, {"displayTimeUnit", "ms"}};
 }
 
 }  // namespace adaptlink::exec

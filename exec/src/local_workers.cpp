@@ -155,4 +155,14 @@ void LocalWorkers::stop_all() {
   endpoints_.clear();
 }
 
+std::vector<EnvEvent> LocalWorkersEnvironment::poll(double now_s) {
+  std::vector<EnvEvent> out;
+  for (int w = 0; w < workers_.size() && static_cast<size_t>(w) < names_.size(); ++w) {
+    if (reported_[static_cast<size_t>(w)] || !workers_.exited(w)) continue;
+    reported_[static_cast<size_t>(w)] = true;
+    out.push_back({EnvEvent::Kind::worker_lost, names_[static_cast<size_t>(w)], runtime::LossCause::process_exit, "", now_s});
+  }
+  return out;
+}
+
 }  // namespace adaptlink::exec

@@ -58,26 +58,6 @@ Expected<partition::Schedule> parse_schedule(std::string_view name) {
   return make_error("unknown schedule '{}' (expected decode-first or fifo)", name);
 }
 
-bool is_rebuild_step(const wire::Message& m) {
-  return m.type == wire::MsgType::step && m.meta.is_object() && m.meta.value("rebuild", false);
-}
-
-bool is_decode_step(const wire::Message& m) {
-  return m.type == wire::MsgType::step && m.meta.is_object() && !m.meta.value("prefill", false) && !is_rebuild_step(m);
-}
-
-std::optional<size_t> next_message(const std::deque<wire::Message>& waiting, partition::Schedule schedule,
-                                   bool prefill_parked) {
-  if (schedule == partition::Schedule::decode_first) {
-    for (auto* first_of : {is_rebuild_step, is_decode_step}) {
-      const auto it = std::find_if(waiting.begin(), waiting.end(), first_of);
-      if (it != waiting.end()) return static_cast<size_t>(it - waiting.begin());
-    }
-  }
-  if (prefill_parked || waiting.empty()) return std::nullopt;
-  return 0;
-}
-
 bool send_frames(zmq::socket_t& socket, const std::vector<std::string>& frames, const std::string* identity) {
   try {
     if (identity != nullptr) {

@@ -1,11 +1,11 @@
 // Internal helpers shared by the worker and the coordinator: ZeroMQ frames <-> wire messages, tensors <-> wire
-// blobs, clocks. Not installed: only exec/src includes it.
+// blobs, clocks (the mechanism; what a worker runs next is runtime::StageQueue's). Not installed: only exec/src
+// includes it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <chrono>
-#include <deque>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,27 +30,13 @@ bool send_frames(zmq::socket_t& socket, const std::vector<std::string>& frames, 
 // Receives every frame of one message (non-blocking when `wait` is false: nullopt when nothing is queued).
 std::optional<std::vector<std::string>> recv_frames(zmq::socket_t& socket, bool wait = true);
 
+// Linger 0, large high-water marks, a send timeout (a send that cannot go out fails instead of blocking).
 void configure_socket(zmq::socket_t& socket);
 // zmq::poll that treats an interrupted call (a signal) as "nothing ready".
-void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms);  // linger 0, large HWMs, send timeout
+void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms);
 
 // A hello's "schedule" (partition::schedule_name's names), or an error naming the known ones.
 Expected<partition::Schedule> parse_schedule(std::string_view name);
-
-// A decode step: a step message that is neither a prefill nor a rebuild. A rebuild: a step message that rebuilds
-// a request's KV cache after a failure (meta "rebuild").
-bool is_decode_step(const wire::Message& m);
-bool is_rebuild_step(const wire::Message& m);
-
-// The worker's choice of what to compute next: the index in `waiting` (arrival order) of the message to take,
-// or nullopt for none (nothing waits, or a prefill is parked and nothing that goes before it waits: resume it).
-//   fifo          the oldest message;
-//   decode_first  the oldest rebuild (a recovery goes first), else the oldest decode step, else the parked
-//                 prefill (it goes on before any other message), else the oldest message.
-// Under decode_first a running prefill yields after each node to what goes before a parked one (the simulator's
-// policy, sim/src/engine.cpp); fifo never parks a prefill.
-std::optional<size_t> next_message(const std::deque<wire::Message>& waiting, partition::Schedule schedule,
-                                   bool prefill_parked);
 
 // Microseconds since the Unix epoch (system clock: comparable between processes on one host, and between
 // hosts as far as their clocks agree); trace events carry it.

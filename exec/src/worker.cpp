@@ -16,6 +16,7 @@
 #include <zmq.hpp>
 
 #include "adaptlink/exec/model.hpp"
+#include "adaptlink/runtime/stage_queue.hpp"
 #include "runtime.hpp"
 
 namespace adaptlink::exec {
@@ -24,6 +25,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using partition::Schedule;
+using runtime::TaskKind;
 using wire::Message;
 using wire::MsgType;
 
@@ -40,20 +42,8 @@ struct Fnv {
   }
 };
 
-struct LinkEmulation {
-  double latency_ms = 0;
-  double ms_per_byte = 0;
-  [[nodiscard]] bool active() const { return latency_ms > 0 || ms_per_byte > 0; }
-};
-
-LinkEmulation parse_link(const nlohmann::json& j) {
-  LinkEmulation l;
-  if (j.is_object()) {
-    l.latency_ms = std::max(0.0, j.value("latency_ms", 0.0));
-    l.ms_per_byte = std::max(0.0, j.value("ms_per_byte", 0.0));
-  }
-  return l;
-}
+using LinkEmulation = wire::LinkMeta;
+bool active(const LinkEmulation& l) { return l.latency_ms > 0 || l.ms_per_byte > 0; }
 
 struct Slot {
   std::unique_ptr<Stage> stage;
@@ -67,16 +57,25 @@ struct Logged {
   Activation out;       // none for steps the stage passes over (decode steps of vision nodes)
   int64_t token = -1;   // the stage with the head: the sampled token
 };
+
+// A step as the worker handles it: its header fields, its typed meta and its tensor (the activation).
+struct StepMessage {
+  int64_t request = 0;
+  int32_t seq = 0;
+  wire::Step step;
+  std::vector<wire::TensorBlob> tensors;
+};
+
 struct RequestLog {
   int last_seq = -1;
   std::map<int, Logged> steps;
-  std::map<int, Message> parked;  // steps that arrived before their predecessor
+  std::map<int, StepMessage> parked;  // steps that arrived before their predecessor
 };
 
 // A step on its way through a stage's nodes: what ran so far produced `act`, `next` runs next.
 struct Running {
-  Message m;
-  StepInput step;
+  StepMessage m;
+  StepInput input;
   Activation act;
   int next = 0;
 };
@@ -86,6 +85,13 @@ struct Running {
 struct ParkedPrefill {
   const Stage* stage = nullptr;
   Running run;
+};
+
+// What waits for the compute thread (in runtime::StageQueue order): a step, a request's end, or a parked prefill.
+struct Work {
+  std::optional<StepMessage> step;
+  int64_t end = 0;  // > 0: drop this request's KV caches
+  std::optional<ParkedPrefill> parked;
 };
 
 struct Outgoing {
@@ -135,35 +141,55 @@ class Worker {
 
  private:
   void reply(const std::string& identity, const Message& m) { detail::send_frames(in_, wire::encode(m), &identity); }
+  void reply_error(const std::string& identity, const Error& e, int64_t request = 0, int32_t seq = 0) {
+    reply(identity, wire::error_message(fmt::format("rejected message: {}", e.message), request, seq));
+  }
 
+  // The boundary: every message decoded and its meta typed before anything uses it; a bad one is answered with an
+  // error and changes nothing.
   void receive(const std::string& identity, const std::vector<std::string>& frames) {
     auto m = wire::decode(frames, options_.limits);
-    if (!m) {
-      reply(identity, wire::error_message(fmt::format("rejected message: {}", m.error().message)));
-      return;
-    }
+    if (!m) return reply_error(identity, m.error());
     switch (m->type) {
       case MsgType::ping: {
+        if (auto st = wire::parse_empty(*m); !st) return reply_error(identity, st.error());
         Message pong;
         pong.type = MsgType::pong;
         pong.seq = m->seq;
         reply(identity, pong);
         return;
       }
-      case MsgType::hello:
-        reply(identity, hello(*m));
+      case MsgType::hello: {
+        auto h = wire::parse_hello(*m);
+        if (!h) return reply_error(identity, h.error());
+        reply(identity, hello(*h));
         return;
-      case MsgType::route:
-        reply(identity, route(*m));
+      }
+      case MsgType::route: {
+        auto r = wire::parse_route(*m);
+        if (!r) return reply_error(identity, r.error());
+        reply(identity, route(*r));
         return;
-      case MsgType::step:
-      case MsgType::end: {
+      }
+      case MsgType::step: {
+        auto step = wire::parse_step(*m);
+        if (!step) return reply_error(identity, step.error(), m->request, m->seq);
+        const auto kind = step->rebuild ? TaskKind::rebuild : step->prefill ? TaskKind::prefill : TaskKind::decode;
         std::lock_guard lock(work_mu_);
-        work_.push_back(std::move(m).value());
+        queue_.push(kind, Work{StepMessage{m->request, m->seq, std::move(*step), std::move(m->tensors)}, 0, {}});
+        work_cv_.notify_one();
+        return;
+      }
+      case MsgType::end: {
+        if (auto st = wire::parse_empty(*m); !st) return reply_error(identity, st.error(), m->request);
+        if (m->request <= 0) return reply_error(identity, make_error("end: the header names no request"));
+        std::lock_guard lock(work_mu_);
+        queue_.push(TaskKind::control, Work{std::nullopt, m->request, {}});
         work_cv_.notify_one();
         return;
       }
       case MsgType::shutdown:
+        if (auto st = wire::parse_empty(*m); !st) return reply_error(identity, st.error());
         stopping_ = true;
         return;
       default:
@@ -174,14 +200,11 @@ class Worker {
 
   // --- handshake and routing (receiver thread, under state_mu_) ---
 
-  Expected<const Checkpoint*> checkpoint_for(const nlohmann::json& meta) {
+  Expected<const Checkpoint*> checkpoint_for(const std::string& model_dir) {
     std::filesystem::path dir = options_.model;
-    if (dir.empty() && !meta.contains("model_dir") && checkpoint_) return checkpoint_.get();  // a route
     if (dir.empty()) {
-      if (!meta.contains("model_dir") || !meta["model_dir"].is_string()) {
-        return make_error("this worker has no --model and the hello names no model_dir");
-      }
-      dir = meta["model_dir"].get<std::string>();
+      if (model_dir.empty()) return make_error("this worker has no --model and the hello names no model_dir");
+      dir = model_dir;
     }
     if (!checkpoint_ || checkpoint_->dir() != dir) {
       auto c = Checkpoint::open(dir);
@@ -192,11 +215,9 @@ class Worker {
     return checkpoint_.get();
   }
 
-  // Loads or re-targets the stages listed in meta["stages"]; `reset` drops everything else first.
-  Expected<nlohmann::json> apply_stages(const nlohmann::json& meta, bool reset) {
-    if (!meta.contains("stages") || !meta["stages"].is_array()) return make_error("missing \"stages\" array");
-    auto ck = checkpoint_for(meta);
-    if (!ck) return ck.error();
+  // Loads or re-targets `stages`; `reset` drops everything else first.
+  Expected<wire::Ready> apply_stages(const std::vector<wire::StageEntry>& stages, double load_delay_ms, bool reset) {
+    if (!checkpoint_) return make_error("route before hello");
     const auto start = Clock::now();
     std::lock_guard lock(state_mu_);
     if (reset) {
@@ -204,80 +225,71 @@ class Worker {
       logs_.clear();
     }
     double weight_bytes = 0;
-    for (const auto& s : meta["stages"]) {
-      if (!s.is_object() || !s.contains("first") || !s.contains("last") || !s["first"].is_number_integer() ||
-          !s["last"].is_number_integer()) {
-        return make_error("each stage needs integer \"first\" and \"last\"");
-      }
-      const int first = s["first"].get<int>();
-      const int last = s["last"].get<int>();
-      if (s.value("drop", false)) {
-        slots_.erase({first, last});
-        for (auto it = logs_.begin(); it != logs_.end();) it = it->first.first == first ? logs_.erase(it) : std::next(it);
+    for (const auto& s : stages) {
+      if (s.drop) {
+        slots_.erase({s.first, s.last});
+        for (auto it = logs_.begin(); it != logs_.end();) it = it->first.first == s.first ? logs_.erase(it) : std::next(it);
         continue;
       }
-      if (first < 0 || last < first || last >= graph_->size()) {
-        return make_error("stage [{}, {}] is outside the model's nodes 0..{}", first, last, graph_->size() - 1);
+      if (s.last >= graph_->size()) {
+        return make_error("stage [{}, {}] is outside the model's nodes 0..{}", s.first, s.last, graph_->size() - 1);
       }
-      auto& slot = slots_[{first, last}];
+      auto& slot = slots_[{s.first, s.last}];
       if (!slot.stage) {
-        auto stage = Stage::load(**ck, *graph_, first, last, exec_options_);
+        auto stage = Stage::load(*checkpoint_, *graph_, s.first, s.last, exec_options_);
         if (!stage) {
-          slots_.erase({first, last});
+          slots_.erase({s.first, s.last});
           return stage.error();
         }
         slot.stage = std::move(stage).value();
       }
-      slot.active = s.value("active", false);
-      slot.next = s.value("next", std::string());
-      slot.link = parse_link(s.value("link", nlohmann::json()));
+      slot.active = s.active;
+      slot.next = s.next;
+      slot.link = s.link.value_or(LinkEmulation{});
       weight_bytes += static_cast<double>(slot.stage->weight_bytes());
     }
     const double load_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
     // Emulated weight transfer (redeploy over the link in the testbed): the load takes at least this long.
-    const double emulated_ms = meta.value("load_delay_ms", 0.0);
-    if (emulated_ms > load_ms) {
-      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(emulated_ms - load_ms));
+    if (load_delay_ms > load_ms) {
+      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(load_delay_ms - load_ms));
     }
-    return nlohmann::json{{"weight_bytes", weight_bytes},
-                          {"load_ms", std::chrono::duration<double, std::milli>(Clock::now() - start).count()}};
+    wire::Ready ready;
+    ready.weight_bytes = weight_bytes;
+    ready.load_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    return ready;
   }
 
-  Message hello(const Message& m) {
-    const auto& meta = m.meta;
-    const int protocol = meta.value("protocol", -1);
-    if (protocol != wire::kProtocolVersion) {
-      return wire::error_message(
-          fmt::format("protocol version {} is not supported (this worker speaks {})", protocol, wire::kProtocolVersion));
+  Message hello(const wire::Hello& h) {
+    if (h.protocol != wire::kProtocolVersion) {
+      return wire::error_message(fmt::format("protocol version {} is not supported (this worker speaks {})", h.protocol,
+                                             wire::kProtocolVersion));
     }
-    auto ck = checkpoint_for(meta);
+    auto ck = checkpoint_for(h.model_dir);
     if (!ck) return wire::error_message(ck.error().to_string());
-    const std::string want = meta.value("fingerprint", std::string());
-    if (want != fingerprint_) {
+    if (h.fingerprint != fingerprint_) {
       return wire::error_message(fmt::format("model fingerprint mismatch: the coordinator has {}, this worker's {} has {}",
-                                             want.empty() ? "none" : want, (*ck)->dir().string(), fingerprint_));
+                                             h.fingerprint.empty() ? "none" : h.fingerprint, (*ck)->dir().string(),
+                                             fingerprint_));
     }
-    auto opts = parse_exec_options(meta.value("dtype", std::string("fp32")), meta.value("exec_device", std::string("cpu")));
+    auto opts = parse_exec_options(h.dtype, h.exec_device);
     if (!opts) return wire::error_message(opts.error().to_string());
-    auto schedule = detail::parse_schedule(
-        meta.value("schedule", std::string(partition::schedule_name(Schedule::decode_first))));
+    auto schedule = detail::parse_schedule(h.schedule);
     if (!schedule) return wire::error_message(schedule.error().to_string());
     {
       std::lock_guard lock(state_mu_);
       exec_options_ = *opts;
       graph_ = std::make_unique<models::LayerGraph>(models::LayerGraph::build(
           (*ck)->config(), opts->dtype == at::kFloat ? models::Dtype::fp32 : models::Dtype::bf16));
-      device_ = meta.value("device", std::string("worker"));
-      coordinator_ = meta.value("coordinator", std::string());
-      slowdown_ = std::max(1.0, meta.value("slowdown", 1.0));
-      epoch_ = meta.value("epoch", int64_t{0});
-      return_link_ = parse_link(meta.value("return_link", nlohmann::json()));
+      device_ = h.device;
+      coordinator_ = h.coordinator;
+      slowdown_ = h.slowdown;
+      epoch_ = h.epoch;
+      return_link_ = h.return_link;
     }
     {
       std::scoped_lock lock(state_mu_, work_mu_);
-      work_.clear();
-      parked_.reset();
-      schedule_ = *schedule;
+      queue_.clear();
+      queue_.set_schedule(*schedule);
     }
     {
       // A new session (also a worker taken back after it hung, e.g. SIGSTOP then SIGCONT): nothing it produced
@@ -286,41 +298,26 @@ class Worker {
       out_ = {};
       link_free_.clear();
     }
-    auto loaded = apply_stages(meta, /*reset=*/true);
+    auto loaded = apply_stages(h.stages, 0, /*reset=*/true);
     if (!loaded) return wire::error_message(loaded.error().to_string());
-    Message ready;
-    ready.type = MsgType::ready;
-    ready.meta = *loaded;
-    ready.meta["fingerprint"] = fingerprint_;
-    return ready;
+    loaded->fingerprint = fingerprint_;
+    return wire::make_message(MsgType::ready, *loaded);
   }
 
-  // New routes or preloads ("stages"; a stage's "link" also changes its emulated link: a testbed link fault), a new
-  // emulated slowdown ("slowdown": a testbed slowdown fault) and/or a new emulated return link ("return_link").
-  Message route(const Message& m) {
+  // New routes or preloads (stages; a stage's link also changes its emulated link: a testbed link fault), a new
+  // emulated slowdown (a testbed slowdown fault) and/or a new emulated return link.
+  Message route(const wire::Route& r) {
     if (!graph_) return wire::error_message("route before hello");
-    Message ready;
-    ready.type = MsgType::ready;
-    if (m.meta.contains("epoch") && m.meta["epoch"].is_number_integer()) {
+    {
       std::lock_guard lock(state_mu_);
-      epoch_ = std::max(epoch_, m.meta["epoch"].get<int64_t>());
+      if (r.epoch) epoch_ = std::max(epoch_, *r.epoch);
+      if (r.slowdown) slowdown_ = *r.slowdown;
+      if (r.return_link) return_link_ = *r.return_link;
     }
-    if (m.meta.contains("slowdown")) {
-      if (!m.meta["slowdown"].is_number() || m.meta["slowdown"].get<double>() < 1.0) {
-        return wire::error_message("slowdown must be a number >= 1");
-      }
-      std::lock_guard lock(state_mu_);
-      slowdown_ = m.meta["slowdown"].get<double>();
-    }
-    if (m.meta.contains("return_link")) {
-      std::lock_guard lock(state_mu_);
-      return_link_ = parse_link(m.meta["return_link"]);
-    }
-    if (!m.meta.contains("stages") && (m.meta.contains("slowdown") || m.meta.contains("return_link"))) return ready;
-    auto loaded = apply_stages(m.meta, /*reset=*/false);
+    if (!r.stages) return wire::make_message(MsgType::ready, wire::Ready{});
+    auto loaded = apply_stages(*r.stages, r.load_delay_ms, /*reset=*/false);
     if (!loaded) return wire::error_message(loaded.error().to_string());
-    ready.meta = *loaded;
-    return ready;
+    return wire::make_message(MsgType::ready, *loaded);
   }
 
   // --- compute thread ---
@@ -329,36 +326,29 @@ class Worker {
     c10::AutoGradMode no_grad(false);
     if (options_.threads > 0) at::set_num_threads(options_.threads);
     while (true) {
-      std::optional<Message> m;
+      std::optional<Work> work;
       {
         std::unique_lock lock(work_mu_);
-        work_cv_.wait_for(lock, std::chrono::milliseconds(100),
-                          [this] { return stopping_ || !work_.empty() || parked_.has_value(); });
+        work_cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stopping_ || !queue_.empty(); });
         if (stopping_) return;
-        const auto next = detail::next_message(work_, schedule_, parked_.has_value());
-        if (next) {
-          m = std::move(work_[*next]);
-          work_.erase(work_.begin() + static_cast<std::ptrdiff_t>(*next));
-        } else if (!parked_) {
-          continue;
-        }
+        work = queue_.next();
+        if (!work) continue;
       }
       std::lock_guard lock(state_mu_);
-      if (!m) {
-        resume_prefill();
-      } else if (m->type == MsgType::end) {
-        end_request(m->request);
+      if (work->parked) {
+        resume_prefill(std::move(*work->parked));
+      } else if (work->end > 0) {
+        end_request(work->end);
       } else {
-        handle_step(std::move(*m));
+        handle_step(std::move(*work->step));
       }
     }
   }
 
-  // Under decode-first, whether a parked prefill would now wait for a decode step or a rebuild (the compute thread's
-  // choice).
+  // Under decode-first, whether a running prefill yields now (a decode step or a rebuild waits).
   bool prefill_must_yield() {
     std::lock_guard lock(work_mu_);
-    return detail::next_message(work_, schedule_, /*prefill_parked=*/true).has_value();
+    return queue_.prefill_yields();
   }
 
   void end_request(int64_t request) {
@@ -370,21 +360,18 @@ class Worker {
 
   void to_coordinator(Message m, const LinkEmulation& link = {}) { enqueue(coordinator_, wire::encode(m), link); }
 
-  void fail_step(const Message& m, const std::string& text) {
+  void fail_step(const StepMessage& m, const std::string& text) {
     to_coordinator(wire::error_message(fmt::format("{}: {}", device_, text), m.request, m.seq));
   }
 
-  void handle_step(Message m) {
-    if (!m.meta.contains("first") || !m.meta["first"].is_number_integer()) {
-      return fail_step(m, "step without an integer \"first\" node");
-    }
-    if (m.meta.value("epoch", int64_t{0}) < epoch_) return;  // sent before a re-plan: re-issued since
-    const int first = m.meta["first"].get<int>();
+  void handle_step(StepMessage m) {
+    if (m.step.epoch < epoch_) return;  // sent before a re-plan: re-issued since
+    const int first = m.step.first;
     Slot* found = active_slot(first);
     if (found == nullptr) return fail_step(m, fmt::format("no active stage starting at node {} on this worker", first));
     Slot& slot = *found;
     RequestLog& log = logs_[{first, m.request}];
-    if (m.meta.value("rebuild", false)) {
+    if (m.step.rebuild) {
       rebuild(slot, log, m);
     } else if (m.seq <= log.last_seq) {
       resend_logged(slot, log, m);
@@ -408,9 +395,9 @@ class Worker {
   // Steps that waited for their predecessor (while that is a parked prefill, it is not logged yet: they wait on).
   void run_parked_steps(Slot& slot, RequestLog& log) {
     while (!log.parked.empty() && log.parked.begin()->first <= log.last_seq + 1) {
-      Message next = std::move(log.parked.begin()->second);
+      StepMessage next = std::move(log.parked.begin()->second);
       log.parked.erase(log.parked.begin());
-      if (next.meta.value("epoch", int64_t{0}) < epoch_) continue;  // stale
+      if (next.step.epoch < epoch_) continue;  // stale
       if (next.seq <= log.last_seq) {
         resend_logged(slot, log, next);
       } else {
@@ -425,27 +412,18 @@ class Worker {
     StepInput step;
     Activation input;
   };
-  Expected<Parsed> parse_step(const Message& m) {
+  // The model's view of a typed step (its input ids as a tensor, its activation).
+  Expected<Parsed> model_input(const StepMessage& m) {
     Parsed p;
     p.step.request = m.request;
-    p.step.prefill = m.meta.value("prefill", false);
-    p.step.all_logits = m.meta.value("all_logits", false);
-    std::vector<int64_t> ids;
-    if (!m.meta.contains("input_ids") || !m.meta["input_ids"].is_array()) return make_error("step without input_ids");
-    for (const auto& id : m.meta["input_ids"]) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0) return make_error("input_ids must be non-negative integers");
-      ids.push_back(id.get<int64_t>());
-    }
-    if (ids.empty()) return make_error("step with no input_ids");
-    p.step.input_ids = at::tensor(ids, at::TensorOptions().dtype(at::kLong));
-    auto kind = detail::parse_activation_kind(m.meta.value("kind", std::string("none")));
+    p.step.prefill = m.step.prefill;
+    p.step.all_logits = m.step.all_logits;
+    p.step.input_ids = at::tensor(m.step.input_ids, at::TensorOptions().dtype(at::kLong));
+    auto kind = detail::parse_activation_kind(m.step.kind);
     if (!kind) return kind.error();
     p.input.kind = *kind;
-    if (*kind == ActivationKind::none) {
-      if (!m.tensors.empty()) return make_error("activation kind none with a tensor");
-    } else {
-      if (m.tensors.size() != 1) return make_error("activation {} needs exactly one tensor", to_string(*kind));
-      auto t = detail::from_blob(m.tensors[0]);
+    if (*kind != ActivationKind::none) {
+      auto t = detail::from_blob(m.tensors.at(0));
       if (!t) return t.error();
       if (!at::isFloatingType(t->scalar_type())) return make_error("activation tensor must be floating point");
       p.input.tensor = *t;
@@ -454,47 +432,51 @@ class Worker {
   }
 
   // Runs the stage on a step, logs the result and passes it on.
-  void compute(Slot& slot, RequestLog& log, Message m) {
-    auto parsed = parse_step(m);
+  void compute(Slot& slot, RequestLog& log, StepMessage m) {
+    auto parsed = model_input(m);
     if (!parsed) return fail_step(m, parsed.error().message);
     const int first = slot.stage->first();
     proceed(slot, log, Running{std::move(m), parsed->step, std::move(parsed->input), first});
   }
 
-  // Runs the step's remaining nodes. Under decode-first a prefill runs them one at a time and, when a decode step or
-  // a rebuild waits after one, parks (parked_: at most one) so that those go first; the compute loop resumes it.
-  // Each contiguous run of nodes is one trace event; the result is logged and passed on once the last node ran.
+  // Runs the step's remaining nodes. Under decode-first a prefill runs them one at a time and, when the queue says
+  // it yields (a decode step or a rebuild waits) after one, it is parked in the queue (ahead of every other prefill)
+  // so that those go first. Each contiguous run of nodes is one trace event; the result is logged and passed on
+  // once the last node ran.
   void proceed(Slot& slot, RequestLog& log, Running r) {
     const int last = slot.stage->last();
     const int from = r.next;
-    const bool yields = r.step.prefill && schedule_ == Schedule::decode_first && !parked_;
+    const bool yields = r.input.prefill && queue_schedule() == Schedule::decode_first;
     const int64_t started_us = detail::wall_us();
     while (r.next <= last) {
       const int to = yields ? r.next : last;
       const auto start = Clock::now();
-      auto out = slot.stage->forward(r.step, r.act, r.next, to);
+      auto out = slot.stage->forward(r.input, r.act, r.next, to);
       if (!out) return fail_step(r.m, out.error().message);
       emulate_compute(start);  // per node: a decode step that arrives waits for the current (emulated) node only
       r.act = std::move(out).value();
       r.next = to + 1;
       if (yields && r.next <= last && prefill_must_yield()) break;
     }
-    add_event(r.m.meta, r.step.prefill ? "prefill" : "decode", from, r.next - 1, started_us, detail::wall_us(),
+    add_event(r.m.step, r.input.prefill ? "prefill" : "decode", from, r.next - 1, started_us, detail::wall_us(),
               r.m.request);
     if (r.next <= last) {
-      parked_ = ParkedPrefill{slot.stage.get(), std::move(r)};
+      std::lock_guard lock(work_mu_);
+      queue_.park(Work{std::nullopt, 0, ParkedPrefill{slot.stage.get(), std::move(r)}});
       return;
     }
     log_and_pass_on(slot, log, r.m, r.act);
   }
 
-  void resume_prefill() {
-    if (!parked_) return;  // a hello dropped it
-    ParkedPrefill p = std::move(*parked_);
-    parked_.reset();
-    Message& m = p.run.m;
-    if (m.meta.value("epoch", int64_t{0}) < epoch_) return;  // a re-plan since: re-issued
-    const int first = m.meta["first"].get<int>();
+  Schedule queue_schedule() {
+    std::lock_guard lock(work_mu_);
+    return queue_.schedule();
+  }
+
+  void resume_prefill(ParkedPrefill p) {
+    StepMessage& m = p.run.m;
+    if (m.step.epoch < epoch_) return;  // a re-plan since: re-issued
+    const int first = m.step.first;
     Slot* slot = active_slot(first);
     if (slot == nullptr || slot->stage.get() != p.stage) {
       return fail_step(m, fmt::format("the stage starting at node {} was replaced during a prefill", first));
@@ -504,13 +486,13 @@ class Worker {
     run_parked_steps(*slot, log);
   }
 
-  void log_and_pass_on(const Slot& slot, RequestLog& log, const Message& m, const Activation& out) {
+  void log_and_pass_on(const Slot& slot, RequestLog& log, const StepMessage& m, const Activation& out) {
     log.last_seq = m.seq;
     Logged& entry = log.steps[m.seq];
     if (out.kind == ActivationKind::logits) {
       const at::Tensor& logits = out.tensor;  // [1, tokens or 1, vocab]
       entry.token = logits[0][logits.size(1) - 1].argmax().item<int64_t>();
-      send_token(m, entry.token, m.meta.value("want_logits", false) ? logits[0].to(at::kFloat) : at::Tensor());
+      send_token(m, entry.token, m.step.want_logits ? logits[0].to(at::kFloat) : at::Tensor());
       return;
     }
     entry.out = out;
@@ -525,56 +507,43 @@ class Worker {
   }
 
   // A trace event "what [first, last]" for nodes first..last of this worker's run of a step.
-  void add_event(nlohmann::json& meta, std::string_view what, int first, int last, int64_t start_us, int64_t end_us,
+  void add_event(wire::Step& step, std::string_view what, int first, int last, int64_t start_us, int64_t end_us,
                  int64_t request) {
-    if (!meta.contains("events") || !meta["events"].is_array()) meta["events"] = nlohmann::json::array();
-    meta["events"].push_back({{"device", device_},
-                              {"name", fmt::format("{} [{}, {}]", what, first, last)},
-                              {"request", request},
-                              {"ts_us", start_us},
-                              {"dur_us", end_us - start_us}});
+    step.events.push_back({device_, fmt::format("{} [{}, {}]", what, first, last), request, start_us, end_us - start_us});
   }
 
-  void forward(const Slot& slot, const Message& in, const Activation& out, bool rebuild) {
+  void forward(const Slot& slot, const StepMessage& in, const Activation& out, bool rebuild) {
     if (slot.next.empty()) return fail_step(in, "stage has no next worker but does not end with the head");
-    Message m;
-    m.type = MsgType::step;
-    m.request = in.request;
-    m.seq = in.seq;
-    m.meta = in.meta;
-    m.meta["first"] = slot.stage->last() + 1;
-    m.meta["kind"] = std::string(to_string(out.kind));
-    m.meta["rebuild"] = rebuild;
+    wire::Step next = in.step;
+    next.first = slot.stage->last() + 1;
+    next.kind = std::string(to_string(out.kind));
+    next.rebuild = rebuild;
+    Message m = wire::make_message(MsgType::step, next, in.request, in.seq);
     if (out.kind != ActivationKind::none) m.tensors.push_back(detail::to_blob(out.tensor));
     enqueue(slot.next, wire::encode(m), slot.link);
   }
 
-  void send_token(const Message& in, int64_t token, const at::Tensor& logits) {
-    Message t;
-    t.type = MsgType::token;
-    t.request = in.request;
-    t.seq = in.seq;
-    t.meta = {{"token", token}, {"events", in.meta.value("events", nlohmann::json::array())}};
+  void send_token(const StepMessage& in, int64_t token, const at::Tensor& logits) {
+    Message t = wire::make_message(MsgType::token, wire::Token{token, in.step.events}, in.request, in.seq);
     if (logits.defined()) t.tensors.push_back(detail::to_blob(logits));
     to_coordinator(std::move(t), return_link_);
   }
 
   // A step seen before: pass on what was produced then (no second computation, no second cache entry).
-  void resend_logged(Slot& slot, RequestLog& log, Message& m) {
+  void resend_logged(Slot& slot, RequestLog& log, StepMessage& m) {
     auto it = log.steps.find(m.seq);
     if (it == log.steps.end()) return fail_step(m, fmt::format("step {} was rebuilt, not logged", m.seq));
     if (it->second.token >= 0) return send_token(m, it->second.token, at::Tensor());
     forward(slot, m, it->second.out, false);
   }
 
-  // meta.steps = k: rebuild the request's state for its steps 0..k-1 (input_ids = all their ids).
-  void rebuild(Slot& slot, RequestLog& log, Message& m) {
-    const int steps = m.meta.value("steps", 0);
-    if (steps <= 0) return fail_step(m, "rebuild without a positive \"steps\" count");
+  // step.steps = k: rebuild the request's state for its steps 0..k-1 (input_ids = all their ids).
+  void rebuild(Slot& slot, RequestLog& log, StepMessage& m) {
+    const int steps = m.step.steps;
     // A stage of vision nodes only sees the prefill (decode steps skip it): its step 0 is all it has.
     bool complete = slot_needs_order(slot) ? log.last_seq >= steps - 1 : log.steps.count(0) > 0;
     for (int s = 0; complete && slot_needs_order(slot) && s < steps; ++s) complete = log.steps.count(s) > 0;
-    const bool full = m.meta.value("full", false);  // after a re-plan every stage may need rebuilding
+    const bool full = m.step.full;  // after a re-plan every stage may need rebuilding
     if (complete) {
       // This stage has its part: pass its outputs of those steps on (none: it ends with the head, done).
       if (slot.next.empty()) {
@@ -597,7 +566,7 @@ class Worker {
       return;
     }
     // The replacement: one prefill over every position of those steps rebuilds the KV cache.
-    auto parsed = parse_step(m);
+    auto parsed = model_input(m);
     if (!parsed) return fail_step(m, parsed.error().message);
     parsed->step.prefill = true;
     parsed->step.all_logits = false;
@@ -606,7 +575,7 @@ class Worker {
     auto out = slot.stage->forward(parsed->step, parsed->input);
     if (!out) return fail_step(m, out.error().message);
     emulate_compute(start);
-    add_event(m.meta, "rebuild", slot.stage->first(), slot.stage->last(), started_us, detail::wall_us(), m.request);
+    add_event(m.step, "rebuild", slot.stage->first(), slot.stage->last(), started_us, detail::wall_us(), m.request);
     log.steps.clear();
     if (out->kind == ActivationKind::text_hidden) {
       const int64_t total = out->tensor.size(1);
@@ -622,7 +591,7 @@ class Worker {
                                   ? parsed->step.input_ids.size(0)
                                   : 0;
     if (full && !slot.next.empty()) {  // the stages behind may have lost their state too: pass it on
-      m.meta["rebuilt_positions"] = m.meta.value("rebuilt_positions", int64_t{0}) + positions;
+      m.step.rebuilt_positions += positions;
       forward(slot, m, *out, true);
       return;
     }
@@ -630,15 +599,12 @@ class Worker {
   }
 
   // Tells the coordinator a rebuild is done and how many positions were recomputed on the way.
-  void ack_rebuild(const Message& m, int64_t positions) {
-    Message done;
-    done.type = MsgType::ready;
-    done.request = m.request;
-    done.seq = m.seq;
-    done.meta = {{"rebuilt_positions", m.meta.value("rebuilt_positions", int64_t{0}) + positions},
-                 {"device", device_},
-                 {"events", m.meta.value("events", nlohmann::json::array())}};
-    to_coordinator(std::move(done));
+  void ack_rebuild(const StepMessage& m, int64_t positions) {
+    wire::Ready done;
+    done.rebuilt_positions = m.step.rebuilt_positions + positions;
+    done.device = device_;
+    done.events = m.step.events;
+    to_coordinator(wire::make_message(MsgType::ready, done, m.request, m.seq));
   }
 
   // --- sender thread ---
@@ -653,7 +619,7 @@ class Worker {
     o.frames = std::move(frames);
     std::lock_guard lock(out_mu_);
     o.order = next_order_++;
-    if (link.active()) {
+    if (active(link)) {
       auto& free_at = link_free_[endpoint];
       const auto start = std::max(now, free_at);
       free_at = start + std::chrono::duration_cast<Clock::duration>(
@@ -670,6 +636,7 @@ class Worker {
   void send_loop() {
     while (true) {
       Outgoing o;
+      std::string coordinator;
       {
         std::unique_lock lock(out_mu_);
         out_cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stopping_ || !out_.empty(); });
@@ -683,8 +650,17 @@ class Worker {
         o = out_.top();
         out_.pop();
       }
-      auto& socket = peer(o.endpoint);
-      detail::send_frames(socket, o.frames);
+      if (detail::send_frames(peer(o.endpoint), o.frames)) continue;
+      // The peer there cannot be reached: tell the coordinator at once (it marks that worker lost) instead of
+      // letting the step time out.
+      {
+        std::lock_guard lock(state_mu_);
+        coordinator = coordinator_;
+      }
+      if (o.endpoint != coordinator && !coordinator.empty()) {
+        wire::ErrorMeta e{fmt::format("{}: cannot send to {}", device_, o.endpoint), o.endpoint};
+        detail::send_frames(peer(coordinator), wire::encode(wire::make_message(MsgType::error, e)));
+      }
     }
   }
 
@@ -718,13 +694,11 @@ class Worker {
   std::map<std::pair<int, int>, Slot> slots_;  // by node range
   std::map<std::pair<int, int64_t>, RequestLog> logs_;
 
+  // What waits for the compute thread, in the hello's schedule (runtime::StageQueue). A hello clears it under both
+  // state_mu_ and work_mu_; the receiver pushes, and the compute thread takes and parks, under work_mu_.
   std::mutex work_mu_;
   std::condition_variable work_cv_;
-  std::deque<Message> work_;
-  // Set by a hello under both state_mu_ and work_mu_; the compute thread chooses under work_mu_ and computes under
-  // state_mu_ (it alone writes parked_ otherwise).
-  Schedule schedule_ = Schedule::decode_first;
-  std::optional<ParkedPrefill> parked_;
+  runtime::StageQueue<Work> queue_;
 
   std::mutex out_mu_;
   std::condition_variable out_cv_;

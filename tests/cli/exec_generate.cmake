@@ -5,7 +5,7 @@ if(NOT WITH_TORCH)
   message(STATUS "libtorch back-end not built: skipped")
   return()
 endif()
-set(run ${BIN}/exec/adaptlink-run)
+set(run ${BIN}/cli/adaptlink-run)
 set(fx ${SRC}/tests/fixtures/llava_llama_mha_tied)
 file(READ ${fx}/expected.json expected)
 

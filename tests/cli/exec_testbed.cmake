@@ -8,7 +8,7 @@ if(NOT WITH_TORCH)
   message(STATUS "libtorch back-end not built: skipped")
   return()
 endif()
-set(run ${BIN}/exec/adaptlink-run)
+set(run ${BIN}/cli/adaptlink-run)
 set(fx ${SRC}/tests/fixtures/llava_llama_mha_tied)
 set(data ${SRC}/tests/data/testbed)
 set(work ${BIN}/tests/exec_testbed)
@@ -325,17 +325,21 @@ string(JSON one_rps GET "${one_report}" throughput_rps)
 message(STATUS "replicated ${rps} req/s, one pipeline ${one_rps} req/s")
 expect_no_workers_left(replicas)
 
-# adaptlink-run ARGN must exit 2 with stderr matching `pattern`.
-function(expect_exit2 what pattern)
+# adaptlink-run ARGN must exit with `code` (1: the run failed, 2: bad input) and stderr matching `pattern`.
+function(expect_exit code what pattern)
   execute_process(COMMAND ${run} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 60)
-  if(NOT rc EQUAL 2 OR NOT stderr MATCHES "${pattern}")
-    message(FATAL_ERROR "${what}: exit ${rc}\n${stdout}\n${stderr}")
+  if(NOT rc EQUAL code OR NOT stderr MATCHES "${pattern}")
+    message(FATAL_ERROR "${what}: exit ${rc} (want ${code})\n${stdout}\n${stderr}")
   endif()
 endfunction()
+function(expect_exit2 what pattern)
+  expect_exit(2 "${what}" "${pattern}" ${ARGN})
+endfunction()
 
-# 3. The last copy of the model lost: exit 2 with an error naming the device and the nodes, within seconds.
-expect_exit2("last copy lost" "worker 'solo' .* no worker is left to take over nodes \\[0, 7\\]"
-             testbed --scenario ${data}/last-copy.toml --model ${fx} --quiet --heartbeat-timeout-s 2)
+# 3. The last copy of the model lost: the run failed (exit 1) with an error naming the device and the nodes, within
+# seconds.
+expect_exit(1 "last copy lost" "worker 'solo' .* cannot be replaced: device 'solo' held stage 0 \\(nodes 0\\.\\.7\\) and no surviving device"
+            testbed --scenario ${data}/last-copy.toml --model ${fx} --quiet --heartbeat-timeout-s 2)
 
 # 4. serve with a scenario whose devices name no worker endpoint: an error naming the device.
 file(WRITE ${work}/requests.jsonl "{\"id\": \"a\", \"input_ids\": [1, 5, 6], \"max_new_tokens\": 3}\n")

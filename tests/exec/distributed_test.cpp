@@ -27,7 +27,7 @@ namespace adaptlink::exec {
 namespace {
 
 const std::filesystem::path kFixtures = std::filesystem::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures";
-const std::filesystem::path kRun = std::filesystem::path(ADAPTLINK_BINARY_DIR) / "exec" / "adaptlink-run";
+const std::filesystem::path kRun = std::filesystem::path(ADAPTLINK_BINARY_DIR) / "cli" / "adaptlink-run";
 const std::vector<std::string> kNames = {"llava_llama_mha_tied", "llava_mistral_gqa_full", "llava_llama_gqa_sharded",
                                          "llava_llama_tied_full_l1"};
 
@@ -79,25 +79,38 @@ PipelineSpec agx_nx_spec(const std::filesystem::path& fixture, const LocalWorker
   return spec;
 }
 
-// Options for a run without recovery on agx_nx_spec() that sends `signal` to nx (worker 1) once `at_s` seconds
-// have passed (the time goes to *fired_at) and reports nx lost when its process has exited.
-CoordinatorOptions signalling_nx_without_recovery(const std::filesystem::path& fixture, LocalWorkers& own, int signal,
-                                                  double at_s, double heartbeat_timeout_s, double* fired_at) {
+// The tests' surroundings: `own`'s workers, lost when their process exits; `signal` sent to worker `victim` once
+// `at_s` seconds have passed (the time goes to fired_at); every hop emulated as `hop`.
+class TestEnvironment : public LocalWorkersEnvironment {
+ public:
+  TestEnvironment(LocalWorkers& own, std::vector<std::string> names) : LocalWorkersEnvironment(own, std::move(names)) {}
+  std::vector<EnvEvent> poll(double now_s) override {
+    if (signal != 0 && fired_at < 0 && now_s > at_s) {
+      workers_.signal(victim, signal);
+      fired_at = now_s;
+    }
+    return LocalWorkersEnvironment::poll(now_s);
+  }
+  [[nodiscard]] LinkShape link(int, int) const override { return hop; }
+
+  int signal = 0;
+  int victim = 1;
+  double at_s = 0;
+  double fired_at = -1;
+  LinkShape hop;
+};
+
+// Options for a run without recovery on agx_nx_spec() whose environment sends `signal` to nx (worker 1) once `at_s`
+// seconds have passed and reports nx lost when its process has exited.
+CoordinatorOptions without_recovery(const std::filesystem::path& fixture, TestEnvironment& env, int signal, double at_s,
+                                    double heartbeat_timeout_s) {
   CoordinatorOptions co;
   co.model = fixture;
   co.recover = false;
   co.heartbeat_timeout_s = heartbeat_timeout_s;
-  co.tick = [&own, signal, at_s, fired_at](double now_s) {
-    if (*fired_at < 0 && now_s > at_s) {
-      own.signal(1, signal);
-      *fired_at = now_s;
-    }
-  };
-  co.poll_lost = [&own](double) {
-    std::vector<std::string> gone;
-    if (own.exited(1)) gone.push_back("nx");
-    return gone;
-  };
+  env.signal = signal;
+  env.at_s = at_s;
+  co.environment = &env;
   return co;
 }
 
@@ -366,6 +379,114 @@ TEST_F(Distributed, WorkerAnswersBadMessagesWithErrorsAndKeepsServing) {
   EXPECT_EQ(run->results.size(), 3U);
 }
 
+// Every message a worker takes, its meta typed at the boundary (wire::parse_*): each field given a value of the wrong
+// type, each required field left out, and an unknown field added are each answered with an error reply naming the
+// field, and change nothing: the worker then serves a full pipeline run. (One hello whose "protocol" is the string
+// "1" used to end a worker with "terminate called".)
+TEST_F(Distributed, EveryFieldOfEveryMessageWithAWrongTypeMissingOrExtraGetsAnErrorAndTheWorkerKeepsServing) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  auto ck = Checkpoint::open(fixture);
+  ASSERT_TRUE(ck.has_value());
+  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
+  const int n = graph.size();
+  RawClient c(workers_->endpoints()[1]);
+  const nlohmann::json link = {{"latency_ms", 1.0}, {"ms_per_byte", 0.0}};
+  const nlohmann::json stage = {{"first", 0}, {"last", n - 1}, {"active", true}, {"next", ""}, {"link", link}};
+  const nlohmann::json event = {{"device", "d"}, {"name", "prefill [0, 1]"}, {"request", 1}, {"ts_us", 5}, {"dur_us", 2}};
+  struct Case {
+    wire::MsgType type;
+    nlohmann::json meta;
+    std::vector<std::string> required;
+  };
+  const std::vector<Case> cases = {
+      {wire::MsgType::hello,
+       {{"protocol", wire::kProtocolVersion}, {"fingerprint", model_fingerprint(*ck)}, {"model_dir", fixture.string()},
+        {"device", "probe"}, {"dtype", "fp32"}, {"exec_device", "cpu"}, {"coordinator", "tcp://127.0.0.1:9"},
+        {"schedule", "fifo"}, {"epoch", 0}, {"slowdown", 1.0}, {"return_link", link},
+        {"stages", nlohmann::json::array({stage})}},
+       {"protocol", "fingerprint", "stages"}},
+      {wire::MsgType::route,
+       {{"stages", nlohmann::json::array({stage})}, {"load_delay_ms", 0.0}, {"epoch", 0}, {"slowdown", 1.0},
+        {"return_link", link}},
+       {}},
+      {wire::MsgType::step,
+       {{"first", 0}, {"epoch", 0}, {"prefill", true}, {"input_ids", {1, 5, 6}}, {"kind", "none"},
+        {"all_logits", false}, {"want_logits", false}, {"rebuild", false}, {"steps", 1}, {"full", false},
+        {"rebuilt_positions", 0}, {"events", nlohmann::json::array({event})}},
+       {"first", "epoch", "prefill", "input_ids", "kind"}},
+      {wire::MsgType::end, nlohmann::json::object(), {}},
+      {wire::MsgType::ping, nlohmann::json::object(), {}},
+      {wire::MsgType::shutdown, nlohmann::json::object(), {}},
+  };
+  auto wrong = [](const nlohmann::json& v) -> nlohmann::json {
+    if (v.is_string()) return 7;
+    if (v.is_boolean()) return "yes";
+    if (v.is_number()) return "1";
+    if (v.is_array()) return {{"a", 1}};
+    return nlohmann::json::array({1});
+  };
+  auto expect_error = [&](wire::MsgType type, const nlohmann::json& meta, const std::string& field) {
+    wire::Message m;
+    m.type = type;
+    m.request = 1;
+    m.meta = meta;
+    c.send(wire::encode(m));
+    const std::string text = reply_error(c);
+    EXPECT_NE(text.find(field), std::string::npos)
+        << wire::to_string(type) << " " << meta.dump() << ": the error should name '" << field << "': " << text;
+  };
+  int probes = 0;
+  for (const auto& k : cases) {
+    for (const auto& [key, value] : k.meta.items()) {
+      auto bad = k.meta;
+      bad[key] = wrong(value);
+      expect_error(k.type, bad, key);
+      ++probes;
+      if (value.is_object()) {  // a nested field of the wrong type
+        for (const auto& [inner, inner_value] : value.items()) {
+          auto nested = k.meta;
+          nested[key][inner] = wrong(inner_value);
+          expect_error(k.type, nested, inner);
+          ++probes;
+        }
+      }
+      if (value.is_array() && !value.empty() && value[0].is_object()) {  // a field of a list element
+        for (const auto& [inner, inner_value] : value[0].items()) {
+          auto nested = k.meta;
+          nested[key][0][inner] = wrong(inner_value);
+          expect_error(k.type, nested, inner);
+          ++probes;
+        }
+      }
+    }
+    for (const auto& key : k.required) {
+      auto missing = k.meta;
+      missing.erase(key);
+      expect_error(k.type, missing, key);
+      ++probes;
+    }
+    auto extra = k.meta;
+    extra["surprise"] = 1;
+    expect_error(k.type, extra, "surprise");
+    ++probes;
+  }
+  EXPECT_GT(probes, 60);
+  // Still serving (the shutdowns with extra fields were refused): a ping gets a pong, and a pipeline run through the
+  // worker completes.
+  wire::Message ping;
+  ping.type = wire::MsgType::ping;
+  c.send(wire::encode(ping));
+  auto pong = c.reply();
+  ASSERT_TRUE(pong.has_value()) << pong.error().message;
+  EXPECT_EQ(pong->type, wire::MsgType::pong);
+  CoordinatorOptions co;
+  co.model = fixture;
+  co.eos_ids = {2};
+  auto run = run_pipeline(spec_for(graph, 2), requests_for("llava_llama_mha_tied"), co);
+  ASSERT_TRUE(run.has_value()) << run.error().to_string();
+  EXPECT_EQ(run->results.size(), 3U);
+}
+
 // Replicated serving: the replicas' runs as one, every time from the earliest replica's start, results back in
 // request order.
 TEST(MergeExecRuns, ShiftsTimesToTheEarliestStartAndRestoresRequestOrder) {
@@ -494,8 +615,8 @@ TEST_F(Distributed, CoordinatorReportsALostWorkerWithoutRecoveryInsteadOfHanging
   ASSERT_TRUE(own.start(kRun, 2, {}).has_value());
   const PipelineSpec spec = agx_nx_spec(fixture, own, 30.0);  // nx is slow
   const auto many = copies_of_text_request(6, 40);
-  double killed_at = -1;
-  const auto co = signalling_nx_without_recovery(fixture, own, SIGKILL, 0.3, 2, &killed_at);
+  TestEnvironment env(own, {"agx", "nx"});
+  const auto co = without_recovery(fixture, env, SIGKILL, 0.3, 2);
   const auto start = std::chrono::steady_clock::now();
   auto run = run_pipeline(spec, many, co);
   ASSERT_FALSE(run.has_value());
@@ -512,17 +633,17 @@ TEST_F(Distributed, AStoppedWorkerIsLostByTheHeartbeatTimeoutAndStopAllEndsIt) {
   LocalWorkers own;
   ASSERT_TRUE(own.start(kRun, 2, {"--threads", "1"}).has_value());
   PipelineSpec spec = agx_nx_spec(fixture, own, 1.0);
-  spec.link = [](int, int) { return LinkShape{4.0, 0.0}; };  // requests stay in flight at the stop
   const auto many = copies_of_text_request(6, 40);
-  double stopped_at = -1;
-  const auto co = signalling_nx_without_recovery(fixture, own, SIGSTOP, 0.2, 1, &stopped_at);
+  TestEnvironment env(own, {"agx", "nx"});
+  env.hop = LinkShape{4.0, 0.0};  // requests stay in flight at the stop
+  const auto co = without_recovery(fixture, env, SIGSTOP, 0.2, 1);
   const auto start = std::chrono::steady_clock::now();
   auto run = run_pipeline(spec, many, co);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ASSERT_FALSE(run.has_value());
   EXPECT_NE(run.error().message.find("worker 'nx'"), std::string::npos) << run.error().message;
   EXPECT_NE(run.error().message.find("no heartbeat for 1 s"), std::string::npos) << run.error().message;
-  EXPECT_GT(took, stopped_at + 0.5);  // not before the timeout (the handshake is not counted in stopped_at)
+  EXPECT_GT(took, env.fired_at + 0.5);  // not before the timeout (the handshake is not counted in fired_at)
   EXPECT_LT(took, 15.0);
   EXPECT_TRUE(own.stopped(1));
   EXPECT_FALSE(own.exited(1));
@@ -550,7 +671,6 @@ TEST(DistributedFailover, BackupTakesOverBehindAVisionOnlyStageWithIdenticalOutp
                   {"tail", own.endpoints()[2], 1.0, {}},
                   {"spare", own.endpoints()[3], 1.0, {{2, n - 3}}}};
   spec.stages = {{0, 1, 0}, {2, n - 3, 1}, {n - 2, n - 1, 2}};
-  spec.link = [](int, int) { return LinkShape{4.0, 0.0}; };  // 4 ms a hop: requests stay in flight long enough
   auto base = requests_for("llava_llama_mha_tied")[0];
   std::vector<ExecRequest> requests;
   for (int i = 0; i < 6; ++i) {
@@ -565,21 +685,14 @@ TEST(DistributedFailover, BackupTakesOverBehindAVisionOnlyStageWithIdenticalOutp
   co.in_flight = 4;
   co.heartbeat_timeout_s = 3;
   co.step_timeout_s = 20;  // a request stuck after the failover fails the test instead of hanging it
-  bool killed = false;
-  co.tick = [&](double now_s) {
-    if (!killed && now_s > 0.12) {  // the first four requests are decoding (about 8 ms a token)
-      own.signal(1, SIGKILL);
-      killed = true;
-    }
-  };
-  co.poll_lost = [&](double) {
-    std::vector<std::string> gone;
-    if (own.exited(1)) gone.push_back("middle");
-    return gone;
-  };
+  TestEnvironment env(own, {"vision", "middle", "tail", "spare"});
+  env.hop = LinkShape{4.0, 0.0};  // 4 ms a hop: requests stay in flight long enough
+  env.signal = SIGKILL;
+  env.at_s = 0.12;  // the first four requests are decoding (about 8 ms a token)
+  co.environment = &env;
   auto run = run_pipeline(spec, requests, co);
   ASSERT_TRUE(run.has_value()) << run.error().to_string();
-  ASSERT_TRUE(killed);
+  ASSERT_GE(env.fired_at, 0);
   ASSERT_EQ(run->faults.size(), 1U);
   EXPECT_EQ(run->faults[0].device, "middle");
   // Rebuilt positions: each request's prompt (with its image tokens) and more than one generated token.

@@ -1,15 +1,14 @@
-// Decode-first stage scheduling in the workers: the choice of the next message (both policies; the simulator's
-// decode-first also lets a recovery's rebuilds go first), and what makes
-// preempting a prefill between nodes exact: a stage run node by node (chained Stage::forward sub-ranges, KV
-// cache included) gives bitwise the outputs of one call, in the prefill and the decode steps after it.
+// Decode-first stage scheduling in the workers (the order itself is runtime::StageQueue's, tested in
+// tests/runtime): the schedule names of the hello, and what makes preempting a prefill between nodes exact: a stage
+// run node by node (chained Stage::forward sub-ranges, KV cache included) gives bitwise the outputs of one call, in
+// the prefill and the decode steps after it.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include <deque>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "../../exec/src/runtime.hpp"  // internal: the worker's scheduling helpers
+#include "../../exec/src/runtime.hpp"  // internal: the hello's schedule parser
 #include "adaptlink/exec/checkpoint.hpp"
 #include "adaptlink/exec/model.hpp"
 #include "adaptlink/exec/tensor_io.hpp"
@@ -18,93 +17,12 @@ namespace adaptlink::exec {
 namespace {
 
 using partition::Schedule;
-using wire::Message;
-using wire::MsgType;
 
 const std::filesystem::path kFixtures = std::filesystem::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures";
 const std::vector<std::string> kNames = {"llava_llama_mha_tied", "llava_mistral_gqa_full", "llava_llama_gqa_sharded",
                                          "llava_llama_tied_full_l1"};
 
-// --- the next message ---
-
-Message step(int64_t request, bool prefill, bool rebuild = false) {
-  Message m;
-  m.type = MsgType::step;
-  m.request = request;
-  m.meta = {{"prefill", prefill}, {"first", 0}};
-  if (rebuild) m.meta["rebuild"] = true;
-  return m;
-}
-Message prefill(int64_t request) { return step(request, true); }
-Message decode(int64_t request) { return step(request, false); }
-Message rebuild(int64_t request) { return step(request, false, true); }  // rebuilds need not say "prefill"
-Message end(int64_t request) {
-  Message m;
-  m.type = MsgType::end;
-  m.request = request;
-  return m;
-}
-
-// The order in which the compute thread takes every message of `queue` (no prefill parked), as request ids; those
-// of decode steps negative, of rebuilds + 100.
-std::vector<int64_t> taken(std::deque<Message> queue, Schedule schedule) {
-  std::vector<int64_t> order;
-  while (auto i = detail::next_message(queue, schedule, false)) {
-    const Message& m = queue[*i];
-    order.push_back(detail::is_decode_step(m) ? -m.request : detail::is_rebuild_step(m) ? 100 + m.request : m.request);
-    queue.erase(queue.begin() + static_cast<std::ptrdiff_t>(*i));
-  }
-  EXPECT_TRUE(queue.empty());
-  return order;
-}
-
-TEST(NextMessage, DecodeStepsAreStepsThatAreNeitherPrefillsNorRebuilds) {
-  EXPECT_TRUE(detail::is_decode_step(decode(1)));
-  EXPECT_FALSE(detail::is_decode_step(prefill(1)));
-  EXPECT_FALSE(detail::is_decode_step(rebuild(1)));
-  EXPECT_FALSE(detail::is_decode_step(step(1, true, true)));
-  EXPECT_FALSE(detail::is_decode_step(end(1)));
-  EXPECT_TRUE(detail::is_rebuild_step(rebuild(1)));
-  EXPECT_TRUE(detail::is_rebuild_step(step(1, true, true)));
-  EXPECT_FALSE(detail::is_rebuild_step(prefill(1)));
-  EXPECT_FALSE(detail::is_rebuild_step(decode(1)));
-  EXPECT_FALSE(detail::is_rebuild_step(end(1)));
-  Message bare;
-  bare.type = MsgType::step;  // no "prefill": the worker computes it as a decode step
-  EXPECT_TRUE(detail::is_decode_step(bare));
-  bare.meta = nullptr;  // not an object (no exception)
-  EXPECT_FALSE(detail::is_decode_step(bare));
-}
-
-TEST(NextMessage, FifoTakesArrivalOrder) {
-  const std::deque<Message> queue = {prefill(1), decode(2), end(3), rebuild(4), decode(5), prefill(6)};
-  EXPECT_EQ(taken(queue, Schedule::fifo), (std::vector<int64_t>{1, -2, 3, 104, -5, 6}));
-  EXPECT_EQ(detail::next_message({}, Schedule::fifo, false), std::nullopt);
-}
-
-TEST(NextMessage, DecodeFirstTakesRebuildsThenDecodeStepsFirstAndKeepsArrivalOrderWithinEachKind) {
-  const std::deque<Message> queue = {prefill(1), decode(2), end(3), rebuild(4), decode(5),
-                                     prefill(6), decode(7), end(8), rebuild(9)};
-  EXPECT_EQ(taken(queue, Schedule::decode_first), (std::vector<int64_t>{104, 109, -2, -5, -7, 1, 3, 6, 8}));
-  EXPECT_EQ(taken({end(1), prefill(2)}, Schedule::decode_first), (std::vector<int64_t>{1, 2}));
-  EXPECT_EQ(detail::next_message({}, Schedule::decode_first, false), std::nullopt);
-}
-
-TEST(NextMessage, AParkedPrefillGoesOnBeforeAnythingButRebuildsAndDecodeSteps) {
-  std::deque<Message> queue = {prefill(1), end(2), decode(3), rebuild(4), decode(5)};
-  EXPECT_EQ(detail::next_message(queue, Schedule::decode_first, true), 3U);  // the rebuild
-  queue.erase(queue.begin() + 3);
-  EXPECT_EQ(detail::next_message(queue, Schedule::decode_first, true), 2U);  // decode 3
-  queue.erase(queue.begin() + 2);
-  EXPECT_EQ(detail::next_message(queue, Schedule::decode_first, true), 2U);  // decode 5
-  queue.erase(queue.begin() + 2);
-  EXPECT_EQ(detail::next_message(queue, Schedule::decode_first, true), std::nullopt);  // resume the prefill
-  EXPECT_EQ(detail::next_message({}, Schedule::decode_first, true), std::nullopt);
-  // fifo never parks a prefill, and would not let anything overtake one.
-  EXPECT_EQ(detail::next_message({decode(1), rebuild(2)}, Schedule::fifo, true), std::nullopt);
-}
-
-TEST(NextMessage, ScheduleNamesRoundTrip) {
+TEST(Schedule, NamesRoundTripThroughTheHello) {
   for (auto s : {Schedule::decode_first, Schedule::fifo}) {
     auto parsed = detail::parse_schedule(partition::schedule_name(s));
     ASSERT_TRUE(parsed.has_value());

@@ -181,7 +181,9 @@ TEST(Sweep, UnsurvivableDropoutsAreSkipped) {
       for (const auto& f : side->report->faults) {
         if (f.kind != part::FaultKind::dropout || !f.detected_s) continue;
         ASSERT_TRUE(f.action.has_value());  // decided, and every stage of the lost device found a place
-        if (*f.action != runtime::RecoveryAction::none) EXPECT_TRUE(f.recovered_s.has_value()) << f.at_s;
+        if (*f.action != runtime::RecoveryAction::none) {
+          EXPECT_TRUE(f.recovered_s.has_value()) << f.at_s;
+        }
       }
     }
   }

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Builds exec/ against the GPU machine's PyTorch libtorch (2.x, CUDA) and runs test_exec and the CLI on CUDA.
 # Needs .devdeps/ (ignored via .git/info/exclude; carried by the device tool), made here on Debian with:
-#   for f in models/src/*.cpp exec/src/*.cpp exec/cli/*.cpp tests/exec/*.cpp; do g++ -std=c++20 -M -Imodels/include \
+#   for f in models/src/*.cpp exec/src/*.cpp cli/run/*.cpp cli/common/*.cpp tests/exec/*.cpp; do g++ -std=c++20 -M -Imodels/include \
 #     -Icommon/include -Iexec/include -I/usr/include/stb -Itests/exec $f; done | tr ' \\' '\n\n' \
 #     | grep -E '^/usr/include/(fmt|nlohmann|CLI|boost|gtest|stb)' | sort -u  -> copy those (and /usr/include/fmt/*)
 #   to .devdeps/include/, and cp -r /usr/src/googletest .devdeps/googletest.  Output goes under $OUT.
@@ -17,6 +17,6 @@ time ninja -C /tmp/build-dev adaptlink-run test_exec 2>&1 | tee $OUT/build.log |
 /tmp/build-dev/test_exec 2>&1 | tee $OUT/test_exec.log | grep -E "FAILED|PASSED|SKIPPED|prefill logits|max \|diff"
 fx=tests/fixtures/llava_llama_mha_tied
 for dev in cpu cuda; do
-  /tmp/build-dev/exec/adaptlink-run generate --model $fx --prompt "What is shown in this picture?" --image tests/fixtures/images/test.png --max-new-tokens 12 --format json --device $dev
+  /tmp/build-dev/cli/adaptlink-run generate --model $fx --prompt "What is shown in this picture?" --image tests/fixtures/images/test.png --max-new-tokens 12 --format json --device $dev
 done
-/tmp/build-dev/exec/adaptlink-run generate --model $fx --prompt "What is shown in this picture?" --image tests/fixtures/images/test.jpg --max-new-tokens 4 --dtype bf16 --device cuda --format json
+/tmp/build-dev/cli/adaptlink-run generate --model $fx --prompt "What is shown in this picture?" --image tests/fixtures/images/test.jpg --max-new-tokens 4 --dtype bf16 --device cuda --format json

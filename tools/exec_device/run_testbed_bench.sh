@@ -40,13 +40,13 @@ tail -4 "$OUT/test_distributed.log"
 "$bin/bench_exec_hop" --iterations 5000 --out "$OUT/exec_hop_loopback.json" > /dev/null
 cat "$OUT/exec_hop_loopback.json"
 "$bin/adaptlink-make-checkpoint" --config bench/testbed/medium-llava.json --dtype fp32 --out "$model" | tail -1
-time "$bin/exec/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" --out "$profile" \
+time "$bin/cli/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" --out "$profile" \
   2> "$OUT/profile.log"
 fi
 cp "$profile" "$OUT/profile.json"
 [[ $PHASE == prep ]] && exit 0
 # Profile again right before the runs (same machine state), and once more after them (drift).
-"$bin/exec/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" --out "$profile" \
+"$bin/cli/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" --out "$profile" \
   2> "$OUT/profile_before.log"
 cp "$profile" "$OUT/profile.json"
 runs=()
@@ -60,13 +60,13 @@ for schedule in $SCHEDULES; do
       runs+=("$run")
       # Next to the original: its [model] config path stays valid.
       sed "s/^\[planner\]/[planner]\nreplicas = $replicas/" "${scenario%.toml}-$schedule.tmp.toml" > "${scenario%.toml}-$run.tmp.toml"
-      /usr/bin/time -v "$bin/exec/adaptlink-run" testbed --scenario "${scenario%.toml}-$run.tmp.toml" --model "$model" \
+      /usr/bin/time -v "$bin/cli/adaptlink-run" testbed --scenario "${scenario%.toml}-$run.tmp.toml" --model "$model" \
         --threads "$THREADS" --profile "$profile" --planner "$planner" --quiet --out "$OUT/$run" 2> "$OUT/$run.time" |
         tee "$OUT/$run.txt"
     done
   done
 done
-"$bin/exec/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" \
+"$bin/cli/adaptlink-run" profile --model "$model" --scenario "$scenario" --threads "$THREADS" \
   --out "$OUT/profile_after.json" 2> "$OUT/profile_after.log"
 tar czf /tmp/runs.tgz -C "$OUT" "${runs[@]}" && (cd "$OUT" && rm -rf "${runs[@]}") && mv /tmp/runs.tgz "$OUT/"
 python3 - "$OUT" "${runs[@]}" <<'EOF'

@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
 THREADS=${THREADS:-2}
-[[ -x /tmp/build-dev/exec/adaptlink-run ]] || PHASE=prep OUT="$OUT/prep" THREADS="$THREADS" bash tools/exec_device/run_testbed_bench.sh > /dev/null
+[[ -x /tmp/build-dev/cli/adaptlink-run ]] || PHASE=prep OUT="$OUT/prep" THREADS="$THREADS" bash tools/exec_device/run_testbed_bench.sh > /dev/null
 export LD_LIBRARY_PATH=$PWD/.devdeps/root/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
-bin=/tmp/build-dev/exec/adaptlink-run
+bin=/tmp/build-dev/cli/adaptlink-run
 scenario=bench/testbed/jetson-quartet-dropout-testbed.toml
 model=/tmp/medium-llava
 "$bin" profile --model "$model" --scenario "$scenario" --threads "$THREADS" --out "$OUT/profile.json" 2> "$OUT/profile.log"

@@ -17,10 +17,15 @@
 namespace adaptlink {
 
 struct Error {
+  // bad_input: a file, flag or message was wrong (fix the input); failed: the input was fine but the run could not
+  // complete (a worker lost beyond recovery, unreachable, stuck). CLIs exit 2 and 1 for them.
+  enum class Kind { bad_input, failed };
+
   std::string message;  // what is wrong, e.g. "unknown key 'bandwith_mbps'"
   std::string file;     // source file, when the error comes from a file
   int line = 0;         // 1-based, 0 when unknown
   int column = 0;       // 1-based, 0 when unknown
+  Kind kind = Kind::bad_input;
 
   // "file:line:column: message" (parts that are unknown are left out).
   [[nodiscard]] std::string to_string() const {
@@ -39,6 +44,12 @@ struct Error {
 template <typename... Args>
 [[nodiscard]] Error make_error(fmt::format_string<Args...> format, Args&&... args) {
   return Error{fmt::format(format, std::forward<Args>(args)...), {}, 0, 0};
+}
+
+// The same error as a failed run (Error::Kind::failed).
+[[nodiscard]] inline Error as_failure(Error e) {
+  e.kind = Error::Kind::failed;
+  return e;
 }
 
 // Minimal std::expected stand-in (C++23 is not available on Debian 12's g++ 12).

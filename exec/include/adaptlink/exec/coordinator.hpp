@@ -1,14 +1,15 @@
 // The coordinator of a multi-process pipeline (`adaptlink-run serve | testbed | generate --stages K`): hands
 // out stages to workers (hello), streams requests through them with up to `in_flight` at once, collects the
-// sampled tokens, watches the workers (heartbeats, and process exits when it started them) and recovers from a
-// lost worker: a preloaded backup takes over its stage, or the stage is redeployed on a survivor; requests in
-// flight are rebuilt on the replacement from the upstream stages' logs and their step re-issued, so every
-// request completes with the output of a fault-free run. A worker that comes back is handed a new plan: the
-// weights it and the others lack are preloaded while the old placement serves, admission pauses until the
-// requests in flight are done (the safe point), and the new placement takes over. A lost worker that was only
-// hung (SIGSTOP, found by the heartbeat timeout) and goes on is taken back the same way: its hello drops its old
-// stages, logs, queued steps and unsent results, and carries the epoch the recovery raised, so that steps of the
-// old placement still reaching it are dropped too.
+// sampled tokens, watches the workers (heartbeats, failed sends, and what its Environment reports: the testbed's
+// process exits and injected faults) and recovers from a lost worker by runtime::RecoveryPolicy's decision, the
+// simulator's: a preloaded backup takes over its stage, or the planner re-plans on the workers up, or the stage is
+// redeployed on a survivor with room; requests in flight are rebuilt on the replacement from the upstream stages'
+// logs and their step re-issued, so every request completes with the output of a fault-free run. A worker that
+// comes back is handed the policy's rebalance: the weights it and the others lack are preloaded while the old
+// placement serves, admission pauses until the requests in flight are done (the safe point), and the new
+// placement takes over. A lost worker that was only hung (SIGSTOP, found by the heartbeat timeout) and goes on is
+// taken back the same way: its hello drops its old stages, logs, queued steps and unsent results, and carries the
+// epoch the recovery raised, so that steps of the old placement still reaching it are dropped too.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -23,17 +24,19 @@
 #include <nlohmann/json.hpp>
 
 #include "adaptlink/error.hpp"
+#include "adaptlink/exec/wire.hpp"
+#include "adaptlink/partition/cost_model.hpp"
+#include "adaptlink/partition/scenario.hpp"
+#include "adaptlink/runtime/faults.hpp"
+#include "adaptlink/runtime/placement.hpp"
+#include "adaptlink/runtime/recovery.hpp"
 #include "adaptlink/runtime/report.hpp"
 #include "adaptlink/runtime/run_recorder.hpp"
-#include "adaptlink/partition/scenario.hpp"
 
 namespace adaptlink::exec {
 
-// Link emulation applied by the sending worker (testbed): latency + bytes x ms_per_byte, FIFO per link.
-struct LinkShape {
-  double latency_ms = 0;
-  double ms_per_byte = 0;
-};
+// Link emulation applied by the sending worker (testbed): latency + bytes x ms_per_byte, FIFO per destination.
+using LinkShape = wire::LinkMeta;
 
 struct WorkerSpec {
   std::string name;      // scenario device name
@@ -48,21 +51,60 @@ struct StageSpec {
   int worker = 0;  // index into PipelineSpec::workers
 };
 
-// A placement of the stages on workers and the backups each worker preloads (re-planning).
-struct Placement {
-  std::vector<StageSpec> stages;
-  std::vector<std::vector<std::pair<int, int>>> backups;  // per worker
+// What recovery decides with (a planned run: serve, testbed): the scenario's cost model, which scenario device each
+// worker is, and how to re-plan. Without it the coordinator recovers over its workers alone (one device each, room
+// for any stage, compute by the roofline of equal devices, no re-planning).
+struct RecoverySpec {
+  const partition::CostModel* cost = nullptr;
+  runtime::WorkerMap map;
+  runtime::PlanFunction plan;  // empty: no re-planning
+  bool with_backups = false;   // re-plans place backups
 };
 
 struct PipelineSpec {
   std::vector<WorkerSpec> workers;
   std::vector<StageSpec> stages;  // in pipeline order, covering the DAG
-  // Testbed link emulation between two workers' devices (and, for redeploys, the time to ship weights);
-  // unset: no emulation.
-  std::function<LinkShape(int from_worker, int to_worker)> link;
-  std::function<double(int to_worker, int first, int last)> redeploy_ms;  // emulated weight transfer
-  // Re-plans on the workers that are up (a rejoin rebalances); unset: a returning worker is only a spare.
-  std::function<Expected<Placement>(const std::vector<bool>& up)> replan;
+  std::optional<RecoverySpec> recovery;
+};
+
+// What the coordinator learns from outside the wire, each loop turn (Environment::poll).
+struct EnvEvent {
+  enum class Kind {
+    worker_lost,     // `device`'s worker is gone (the testbed saw its process exit)
+    worker_back,     // `device`'s worker is back at `endpoint` (restarted, or continued after a stop)
+    links_changed,   // the emulated links with `device` at an end changed (Environment::link gives them)
+    fault_injected,  // a fault of `device` was injected at `at_s` (its report entry's at_s)
+  };
+  Kind kind = Kind::worker_lost;
+  std::string device;
+  runtime::LossCause cause = runtime::LossCause::process_exit;
+  std::string endpoint;
+  double at_s = 0;
+};
+
+// The coordinator's surroundings: a testbed that starts the workers, emulates the scenario's network and injects its
+// faults; a replicated run's gate; nothing (real workers). Every method has a do-nothing default.
+class Environment {
+ public:
+  virtual ~Environment() = default;
+  // Called every loop turn with the seconds since the first admission; with a negative time during the handshake
+  // (before it: report exits, inject no fault).
+  virtual std::vector<EnvEvent> poll(double now_s) {
+    (void)now_s;
+    return {};
+  }
+  // Emulated link between two workers' devices (unemulated: zero).
+  [[nodiscard]] virtual LinkShape link(int from_worker, int to_worker) const {
+    (void)from_worker;
+    (void)to_worker;
+    return {};
+  }
+  // Whether a move or re-placement waits for its weights' emulated transfer (RecoveryPlan::load_ms).
+  [[nodiscard]] virtual bool emulates_loads() const { return false; }
+  // Every worker answered the hello; before the first admission (an error ends the run).
+  virtual Status ready() { return Ok{}; }
+  // Checked every loop turn: true ends the run with an error (another replica failed).
+  virtual bool cancelled() { return false; }
 };
 
 struct ExecRequest {
@@ -90,31 +132,16 @@ struct CoordinatorOptions {
   std::vector<int64_t> eos_ids;
   bool keep_prefill_logits = false;
   // How each worker orders the steps waiting for its stages (the scenario's planner.schedule; the hello's
-  // "schedule"): decode steps first, a prefill yielding to them between its nodes; or arrival order.
+  // "schedule"): runtime::StageQueue's order.
   partition::Schedule schedule = partition::Schedule::decode_first;
-  double hello_timeout_s = 120;      // per worker, includes loading its weights
-  double heartbeat_interval_s = 0.25;
-  double heartbeat_timeout_s = 5;    // a worker silent this long is lost
-  double step_timeout_s = 600;       // no progress at all for this long: give up
-  bool recover = true;               // on a lost worker: fail over (else: error)
-  // Called every loop turn with the seconds since the start: returns the names of workers known to be gone
-  // (the testbed watches its child processes; a broken connection counts as lost at once).
-  std::function<std::vector<std::string>(double now_s)> poll_lost;
-  std::function<void(double now_s)> tick;  // e.g. the testbed injecting faults at their times
-  // When a device's fault was injected (seconds since the start), if known: the fault record's at_s.
-  std::function<std::optional<double>(const std::string& device)> fault_time;
-  // Workers that are back (the testbed restarts a device's worker at its rejoin, or continues a stopped one):
-  // name and (new) endpoint.
-  std::function<std::vector<std::pair<std::string, std::string>>(double now_s)> poll_rejoined;
-  // Devices whose emulated links changed since the last call (a testbed link fault; PipelineSpec::link gives the new
-  // shapes): the workers that send over those links are told their new shapes.
-  std::function<std::vector<std::string>(double now_s)> poll_relinked;
+  double hello_timeout_s = 120;  // per worker, includes loading its weights
+  // Heartbeats (the scenario's [recovery], as the simulator detects): a worker silent for the timeout is lost.
+  double heartbeat_interval_s = partition::RecoverySettings{}.heartbeat_interval_s;
+  double heartbeat_timeout_s = partition::RecoverySettings{}.heartbeat_timeout_s;
+  double step_timeout_s = 600;  // no progress at all for this long: give up
+  bool recover = true;          // on a lost worker: fail over (else: error)
+  Environment* environment = nullptr;  // not owned; none: real workers, nothing emulated
   std::function<void(size_t done, size_t total)> progress;
-  // Called once every worker answered the hello, before the first admission (replicated serving: waits until
-  // every replica's workers are ready, so that all replicas start together); an error ends the run.
-  std::function<Status()> ready;
-  // Checked every loop turn: true ends the run with an error (replicated serving: another replica failed).
-  std::function<bool()> cancelled;
 };
 
 struct StageTiming {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "adaptlink/error.hpp"
+#include "adaptlink/exec/coordinator.hpp"
 
 namespace adaptlink::exec {
 
@@ -50,6 +51,20 @@ class LocalWorkers {
   std::vector<bool> reaped_;
   std::vector<bool> stopped_;
   std::vector<std::string> endpoints_;
+};
+
+// The coordinator's surroundings when it runs on LocalWorkers it started (generate --stages, tests): a worker
+// whose process exited is lost at once. names[i] is worker i's name in the PipelineSpec.
+class LocalWorkersEnvironment : public Environment {
+ public:
+  LocalWorkersEnvironment(LocalWorkers& workers, std::vector<std::string> names)
+      : workers_(workers), names_(std::move(names)), reported_(names_.size(), false) {}
+  std::vector<EnvEvent> poll(double now_s) override;
+
+ protected:
+  LocalWorkers& workers_;
+  std::vector<std::string> names_;
+  std::vector<bool> reported_;
 };
 
 // This process's executable (/proc/self/exe), to start workers of the same build.

@@ -2,7 +2,9 @@
 // hand the stages to workers (the scenario's endpoints, or local emulating workers), run the requests, write
 // DIR/{plan.json, outputs.jsonl, report.json, trace.json}. A replicated plan (plan.replicas) is served as the
 // simulator runs it: one pipeline per replica on its own devices' workers, with its in_flight and its share of the
-// requests (dealt out in request order), all at once; the report merges them as the simulator's does.
+// requests (dealt out in request order), all at once; the report merges them as the simulator's does. Recoveries
+// are runtime::RecoveryPolicy's decisions on the scenario's devices, as in the simulator (exec/src/serve_internal.hpp
+// lists the files that do each part).
 //
 // Testbed emulation (one machine standing in for the scenario's devices):
 //   compute  every stage execution on device d takes its measured time x testbed_slowdown(scenario, d)
@@ -52,8 +54,8 @@ struct ServeOptions {
   int worker_threads = 0;
   std::filesystem::path worker_binary;  // testbed: the adaptlink-run executable
   std::string listen = "tcp://127.0.0.1:*";
-  double heartbeat_interval_s = 0.25;
-  double heartbeat_timeout_s = 5;
+  std::optional<double> heartbeat_interval_s;  // unset: the scenario's [recovery]
+  std::optional<double> heartbeat_timeout_s;
   double hello_timeout_s = 120;
   bool progress = true;
 };
@@ -67,6 +69,10 @@ struct ServeOutcome {
 };
 
 Expected<ServeOutcome> run_serve(const ServeOptions& options);
+
+// The stages serve plans for options.scenario on options.model at options.dtype (a replicated plan: its first
+// replica's), as (scenario device name, DAG node range) in pipeline order: `generate --scenario`.
+Expected<std::vector<std::pair<std::string, std::pair<int, int>>>> plan_stages(const ServeOptions& options);
 
 // Reads a requests file (JSONL: {"id", "prompt" | "input_ids", "image" | "pixel_values", "max_new_tokens"});
 // relative paths resolve against the file's folder. Errors name the file and line.

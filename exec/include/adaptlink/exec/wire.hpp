@@ -12,27 +12,28 @@
 // decode() checks all of this (frame count, sizes, magic, version, JSON, dtype, shape, limits) before anything
 // is used, so a malformed or oversized message is an Error value, never a crash.
 //
-// Message types and their meta (see worker.hpp and coordinator.hpp for who sends what):
-//   hello     coordinator -> worker: protocol, fingerprint, model_dir, device, dtype, exec_device, coordinator
-//             (return endpoint), schedule ("decode-first" | "fifo": the order of its waiting steps), epoch
-//             (placement generation), slowdown, return_link {latency_ms, ms_per_byte}, stages [{first, last,
-//             active (false: a preloaded backup), next (endpoint or ""), link {latency_ms, ms_per_byte}}]
-//   ready     worker -> coordinator (reply to hello or route): weight_bytes, load_ms
-//   error     either way: message (request/seq set when it concerns one step)
-//   step      -> worker: prefill, all_logits, want_logits, input_ids [..], kind (activation kind), events;
-//             one tensor (the activation) unless kind is "none"
-//   token     last worker -> coordinator: token, events; one tensor (logits [tokens, vocab]) when asked for
-//   end       coordinator -> worker: drop the request's KV cache
-//   route     coordinator -> worker: stages as in the hello (failover: serve another preloaded stage, send
-//             elsewhere; "drop": true unloads one), load_delay_ms, epoch; slowdown and return_link (testbed
-//             slowdown and link faults; a stage entry's link changes that link)
-//   resend    coordinator -> worker: send the logged inputs of a request's past steps to `next` again as one
-//             step with "rebuild": true, so that a replacement stage rebuilds that request's KV cache
-//   ping/pong heartbeats (pong answers at once, even while the worker computes)
-//   shutdown  coordinator -> worker: exit
+// Every message's meta is decoded into the typed struct of its type (Hello, Ready, Step, ...) by one parse
+// function at the boundary (parse_hello, parse_step, ...): a missing required field, a field of the wrong type, an
+// unknown field or a value out of range is an Error naming the message and the field, answered with an error
+// reply; nothing reads meta by key after that. Who sends what (see worker.hpp and coordinator.hpp):
+//   hello     coordinator -> worker: Hello (protocol, fingerprint, model_dir, device, dtype, exec_device,
+//             coordinator: the return endpoint, schedule, epoch, slowdown, return_link, stages [StageEntry])
+//   ready     worker -> coordinator: Ready (reply to hello or route: weight_bytes, load_ms; the end of a rebuild:
+//             rebuilt_positions, device, events)
+//   error     either way: ErrorMeta (message; request/seq set when it concerns one step)
+//   step      -> worker: Step (first, epoch, prefill, input_ids, kind, ..., events); one tensor (the activation)
+//             unless kind is "none"
+//   token     last worker -> coordinator: Token (token, events); one tensor (logits [tokens, vocab]) when asked for
+//   end       coordinator -> worker: drop the request's KV cache (no meta)
+//   route     coordinator -> worker: Route (stages as in the hello (failover: serve another preloaded stage, send
+//             elsewhere; "drop": true unloads one), load_delay_ms, epoch, slowdown, return_link)
+//   ping/pong heartbeats (pong answers at once, even while the worker computes; no meta)
+//   shutdown  coordinator -> worker: exit (no meta)
+// Type number 11 is reserved (it once named a "resend" message that was never sent).
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,8 +58,10 @@ enum class MsgType : uint16_t {
   ping = 8,
   pong = 9,
   shutdown = 10,
-  resend = 11,
+  // 11: reserved
 };
+inline constexpr uint16_t kLastMsgType = 10;
+static_assert(static_cast<uint16_t>(MsgType::hello) == 1, "the handshake's message type never moves");
 std::string_view to_string(MsgType type);
 
 #pragma pack(push, 1)
@@ -105,5 +108,117 @@ Expected<Message> decode(const std::vector<std::string>& frames, const Limits& l
 
 // An error message (type error) with `text` as meta.message.
 Message error_message(std::string text, int64_t request = 0, int32_t seq = 0);
+
+// --- typed meta ---------------------------------------------------------------------------------------------
+
+// Testbed link emulation on a hop: latency + bytes x ms_per_byte (both >= 0).
+struct LinkMeta {
+  double latency_ms = 0;
+  double ms_per_byte = 0;
+};
+
+// A stage a worker holds: its node range, whether it runs (false: a preloaded backup), where it sends its output
+// ("" when it ends with the head), the link emulation on that hop; `drop` unloads it (route only).
+struct StageEntry {
+  int first = 0;
+  int last = 0;
+  bool active = false;
+  std::string next;
+  std::optional<LinkMeta> link;
+  bool drop = false;
+};
+
+// One stage execution, for the trace: on `device`, "what [first, last]", microseconds since the Unix epoch.
+struct TraceEvent {
+  std::string device;
+  std::string name;
+  int64_t request = 0;
+  int64_t ts_us = 0;
+  int64_t dur_us = 0;
+};
+
+struct Hello {
+  int protocol = kProtocolVersion;
+  std::string fingerprint;
+  std::string model_dir;  // the coordinator's checkpoint path ("" : none given)
+  std::string device = "worker";
+  std::string dtype = "fp32";
+  std::string exec_device = "cpu";
+  std::string coordinator;  // where results go back
+  std::string schedule = "decode-first";
+  int64_t epoch = 0;
+  double slowdown = 1;
+  LinkMeta return_link;
+  std::vector<StageEntry> stages;
+};
+
+struct Ready {
+  std::optional<double> weight_bytes;  // hello, route
+  std::optional<double> load_ms;
+  std::string fingerprint;             // hello
+  std::optional<int64_t> rebuilt_positions;  // a rebuild's end
+  std::string device;
+  std::vector<TraceEvent> events;
+};
+
+struct ErrorMeta {
+  std::string message;
+  std::string unreachable;  // a worker that could not send to this endpoint (the peer there is lost)
+};
+
+struct Step {
+  int first = 0;           // the node the receiving stage starts at
+  int64_t epoch = 0;       // placement generation it was sent in
+  bool prefill = false;
+  bool all_logits = false;   // the head returns every position's logits
+  bool want_logits = false;  // the token message carries them
+  std::vector<int64_t> input_ids;  // non-empty, each >= 0
+  std::string kind = "none";       // activation kind of the tensor (exec/model.hpp), or "none"
+  bool rebuild = false;            // rebuild a replacement stage's KV cache for steps 0..steps-1
+  int steps = 0;
+  bool full = false;               // rebuild: every stage without a log recomputes (after a re-placement)
+  int64_t rebuilt_positions = 0;
+  std::vector<TraceEvent> events;
+};
+
+struct Token {
+  int64_t token = 0;
+  std::vector<TraceEvent> events;
+};
+
+struct Route {
+  std::optional<std::vector<StageEntry>> stages;
+  double load_delay_ms = 0;
+  std::optional<int64_t> epoch;
+  std::optional<double> slowdown;
+  std::optional<LinkMeta> return_link;
+};
+
+nlohmann::json to_meta(const Hello& m);
+nlohmann::json to_meta(const Ready& m);
+nlohmann::json to_meta(const ErrorMeta& m);
+nlohmann::json to_meta(const Step& m);
+nlohmann::json to_meta(const Token& m);
+nlohmann::json to_meta(const Route& m);
+
+Expected<Hello> parse_hello(const Message& m);
+Expected<Ready> parse_ready(const Message& m);
+Expected<ErrorMeta> parse_error(const Message& m);
+Expected<Step> parse_step(const Message& m);
+Expected<Token> parse_token(const Message& m);
+Expected<Route> parse_route(const Message& m);
+// end, ping, pong, shutdown: the meta must be empty.
+Expected<Ok> parse_empty(const Message& m);
+
+// A message of `type` with `meta` (and tensors, for steps and tokens).
+template <class Meta>
+Message make_message(MsgType type, const Meta& meta, int64_t request = 0, int32_t seq = 0) {
+  Message m;
+  m.type = type;
+  m.request = request;
+  m.seq = seq;
+  m.meta = to_meta(meta);
+  return m;
+}
 
 }  // namespace adaptlink::exec::wire

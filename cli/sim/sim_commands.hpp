@@ -1,4 +1,4 @@
-// adaptlink-sim run | compare: the SimGrid back-end's commands (cli/sim_run.cpp). sim_main.cpp calls
+// adaptlink-sim run | compare: the SimGrid back-end's commands (cli/sim/sim_run.cpp). sim_main.cpp calls
 // add_sim_commands when built with ADAPTLINK_WITH_SIM.
 //
 //   run SCENARIO [--planner NAME] [--out DIR] [--seed N] [--network-model M] [--profile FILE]...
@@ -14,7 +14,7 @@
 //                  [--planner NAME] [--objective O] [--network-model M] [--requests N] [--profile FILE]...
 //                  [--no-plot] [--quiet]
 //       seeded Monte Carlo dropouts (rates: dropouts per active device per hour), each run simulated with and
-//       without backups; prints a table, writes DIR/sweep.json and DIR/sweep.png (cli/sim_sweep.cpp).
+//       without backups; prints a table, writes DIR/sweep.json and DIR/sweep.png (cli/sim/sim_sweep.cpp).
 //
 // Exit status: 0 ok, 1 the simulation failed, 2 bad input (scenario, flags, profile, a plan that cannot fit).
 #pragma once
@@ -25,5 +25,5 @@
 
 // Registers "run", "compare" and "sweep" on `app`; when one is selected, parsing sets `action` to run it.
 void add_sim_commands(CLI::App& app, std::function<int()>& action);
-// Registers "sweep" (cli/sim_sweep.cpp); add_sim_commands calls it.
+// Registers "sweep" (cli/sim/sim_sweep.cpp); add_sim_commands calls it.
 void add_sweep_command(CLI::App& app, std::function<int()>& action);

@@ -210,20 +210,20 @@ std::string summary_table(const part::Plan& plan, const part::CostModel& cost, c
 
 int cmd_run(const RunOptions& o) {
   auto loaded = load(o);
-  if (!loaded) return al::cli::report(loaded.error());
+  if (!loaded) return al::cli::report(loaded.error(), "adaptlink-sim");
   const auto& problem = *loaded->problem;
   const auto& cost = *problem.cost;
   const std::string planner = o.planner.empty() ? problem.scenario.planner.name : o.planner;
   auto plan = plan_for(*loaded, planner, o.scenario);
-  if (!plan) return al::cli::report(plan.error());
+  if (!plan) return al::cli::report(plan.error(), "adaptlink-sim");
 
   auto dir = make_run_dir(o.out, problem.scenario.name);
-  if (!dir) return al::cli::report(dir.error());
+  if (!dir) return al::cli::report(dir.error(), "adaptlink-sim");
   if (auto st = write_file(*dir / "scenario.toml", part::to_toml(problem.scenario)); !st) {
-    return al::cli::report(st.error());
+    return al::cli::report(st.error(), "adaptlink-sim");
   }
   if (auto st = write_file(*dir / "plan.json", part::to_json(*plan, cost).dump(2) + "\n"); !st) {
-    return al::cli::report(st.error());
+    return al::cli::report(st.error(), "adaptlink-sim");
   }
 
   al::sim::SimOptions options;
@@ -240,11 +240,11 @@ int cmd_run(const RunOptions& o) {
   }
   auto result = al::sim::run_simulation(cost, *plan, options);
   if (!result) {
-    al::cli::report(result.error());
+    al::cli::report(result.error(), "adaptlink-sim");
     return al::cli::kExitFailure;
   }
   if (auto st = write_file(*dir / "report.json", al::runtime::to_json(result->report).dump(2) + "\n"); !st) {
-    return al::cli::report(st.error());
+    return al::cli::report(st.error(), "adaptlink-sim");
   }
   if (o.format == "json") {
     std::cout << al::runtime::to_json(result->report).dump(2) << "\n";
@@ -258,13 +258,13 @@ int cmd_run(const RunOptions& o) {
 
 int cmd_compare(const CompareOptions& o) {
   auto loaded = load(o);
-  if (!loaded) return al::cli::report(loaded.error());
+  if (!loaded) return al::cli::report(loaded.error(), "adaptlink-sim");
   const auto& problem = *loaded->problem;
   const auto& cost = *problem.cost;
   std::vector<std::string> planners = o.planners.empty() ? part::planner_names() : o.planners;
   for (const auto& name : planners) {
     auto made = part::make_planner(name);
-    if (!made) return al::cli::report(made.error());
+    if (!made) return al::cli::report(made.error(), "adaptlink-sim");
   }
   bool has_uniform = false;
   for (const auto& p : planners) has_uniform = has_uniform || p == "uniform";
@@ -379,7 +379,7 @@ int cmd_compare(const CompareOptions& o) {
       if (!r.error.empty()) text += fmt::format("{}: {}\n", r.planner, r.error);
     }
   }
-  if (auto st = al::cli::write_output(o.output, text); !st) return al::cli::report(st.error());
+  if (auto st = al::cli::write_output(o.output, text); !st) return al::cli::report(st.error(), "adaptlink-sim");
   if (!any) {
     std::cerr << "adaptlink-sim: no planner produced a plan that could be simulated\n";
     return al::cli::kExitBadInput;

@@ -5,13 +5,21 @@
 #include <fstream>
 #include <iostream>
 
+#include "adaptlink/planner/planner.hpp"
+
 namespace adaptlink::cli {
 
 int report(const Error& error, std::string_view program) {
   std::string line = error.to_string();
   std::replace(line.begin(), line.end(), '\n', ' ');
   std::cerr << program << ": " << line << "\n";
-  return kExitBadInput;
+  return error.kind == Error::Kind::failed ? kExitFailure : kExitBadInput;
+}
+
+std::string planner_choices() {
+  std::string out;
+  for (const auto& name : partition::planner_names()) out += (out.empty() ? "" : " | ") + name;
+  return out;
 }
 
 std::optional<int> parse_args(CLI::App& app, int argc, char** argv, std::string_view program) {

@@ -1,10 +1,16 @@
-// adaptlink-run: LLaVA generation with libtorch.
+// adaptlink-run: LLaVA inference with libtorch, in one process or as a pipeline of worker processes.
 //
 //   adaptlink-run generate --model DIR (--prompt TEXT | --input-ids 1,2,3) [--image FILE | --pixel-values FILE]
 //                          [--max-new-tokens N] [--dtype fp32|bf16|fp16] [--device cpu|cuda] [--format text|json]
-//                          [--dump-logits FILE.safetensors] [--stages 1] [--threads N]
+//                          [--dump-logits FILE.safetensors] [--stages K | --plan plan.json | --scenario FILE]
+//                          [--threads N]
+//   adaptlink-run worker   --listen tcp://HOST:PORT [--model DIR] [--threads N]
+//   adaptlink-run serve    --scenario FILE --model DIR --requests FILE.jsonl [--out DIR] ...
+//   adaptlink-run testbed  --scenario FILE --model DIR [--requests FILE.jsonl] [--out DIR] ...
+//   adaptlink-run profile  --model DIR (--scenario FILE | --device NAME) ...
 //
-// Bad input (flags, files, checkpoints) prints one line "adaptlink-run: error: ..." and exits with 2.
+// Exit status: 0 ok; 1 the run failed (a worker lost beyond recovery, unreachable, stuck); 2 bad input (flags, files,
+// checkpoints, requests), with one line "adaptlink-run: error: ..." on stderr.
 #include <ATen/Parallel.h>
 #include <ATen/ops/tensor.h>
 
@@ -13,6 +19,7 @@
 #include <csignal>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -69,6 +76,8 @@ struct GenerateArgs {
   std::optional<std::string> pixel_values;
   int max_new_tokens = 32;
   int stages = 1;
+  std::optional<std::string> plan;      // the stages of a plan JSON (adaptlink-sim plan --format json)
+  std::optional<std::string> scenario;  // the stages the scenario's planner gives for this checkpoint
   int local_stages = 1;
   std::string dtype = "fp32";
   std::string device = "cpu";
@@ -77,20 +86,78 @@ struct GenerateArgs {
   int threads = 0;
 };
 
-// Runs one request through `stages` local worker processes (ranges of about equal weight bytes).
-Expected<GenerateResult> generate_distributed(const GenerateArgs& args, const models::LayerGraph& graph,
+// A pipeline's stages: names and node ranges.
+struct NamedStages {
+  std::vector<std::string> names;
+  std::vector<std::pair<int, int>> ranges;
+};
+
+// --stages K: ranges of about equal weight bytes. --plan: a plan JSON's stages (adaptlink-sim plan --format json;
+// layer indices are DAG nodes). --scenario: the scenario's planner on this checkpoint's model (serve's planning).
+Expected<NamedStages> pipeline_stages(const GenerateArgs& args, const models::LayerGraph& graph) {
+  NamedStages out;
+  if (args.plan) {
+    std::ifstream in(*args.plan);
+    if (!in) return Error{"cannot read the plan", *args.plan, 0, 0};
+    const auto j = nlohmann::json::parse(in, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("stages") || !j["stages"].is_array() || j["stages"].empty()) {
+      return Error{"not a plan: expected a JSON object with a non-empty \"stages\" array (adaptlink-sim plan "
+                   "--format json)", *args.plan, 0, 0};
+    }
+    int next = 0;
+    for (const auto& st : j["stages"]) {
+      if (!st.is_object() || !st.value("device", nlohmann::json()).is_string() ||
+          !st.value("first_layer", nlohmann::json()).is_number_integer() ||
+          !st.value("last_layer", nlohmann::json()).is_number_integer()) {
+        return Error{"each stage needs \"device\", \"first_layer\" and \"last_layer\"", *args.plan, 0, 0};
+      }
+      const int first = st["first_layer"].get<int>(), last = st["last_layer"].get<int>();
+      if (first != next || last < first || last >= graph.size()) {
+        return Error{fmt::format("stage [{}, {}] does not continue the pipeline at node {} (the model has nodes 0..{})",
+                                 first, last, next, graph.size() - 1), *args.plan, 0, 0};
+      }
+      out.names.push_back(st["device"].get<std::string>());
+      out.ranges.emplace_back(first, last);
+      next = last + 1;
+    }
+    if (next != graph.size()) {
+      return Error{fmt::format("the stages end at node {}, the model has nodes 0..{}", next - 1, graph.size() - 1),
+                   *args.plan, 0, 0};
+    }
+    return out;
+  }
+  if (args.scenario) {
+    ServeOptions so;
+    so.scenario = *args.scenario;
+    so.model = args.model;
+    so.dtype = args.dtype;
+    so.synthetic_requests = 0;
+    auto served = plan_stages(so);
+    if (!served) return served.error();
+    for (const auto& [name, range] : *served) {
+      out.names.push_back(name);
+      out.ranges.push_back(range);
+    }
+    return out;
+  }
+  out.ranges = split_even(graph, args.stages);
+  for (size_t i = 0; i < out.ranges.size(); ++i) out.names.push_back(fmt::format("stage{}", i));
+  return out;
+}
+
+// Runs one request through local worker processes, one per stage.
+Expected<GenerateResult> generate_distributed(const GenerateArgs& args, const NamedStages& stages,
                                               const std::vector<int64_t>& ids, const at::Tensor& pixels,
                                               const std::vector<int64_t>& eos) {
   LocalWorkers workers;
   std::vector<std::string> extra;
   if (args.threads > 0) extra = {"--threads", std::to_string(args.threads)};
-  auto st = workers.start(self_executable(), args.stages, extra);
+  auto st = workers.start(self_executable(), static_cast<int>(stages.ranges.size()), extra);
   if (!st) return st.error();
   PipelineSpec spec;
-  const auto ranges = split_even(graph, args.stages);
-  for (size_t i = 0; i < ranges.size(); ++i) {
-    spec.workers.push_back({fmt::format("stage{}", i), workers.endpoints()[i], 1.0, {}});
-    spec.stages.push_back({ranges[i].first, ranges[i].second, static_cast<int>(i)});
+  for (size_t i = 0; i < stages.ranges.size(); ++i) {
+    spec.workers.push_back({stages.names[i], workers.endpoints()[i], 1.0, {}});
+    spec.stages.push_back({stages.ranges[i].first, stages.ranges[i].second, static_cast<int>(i)});
   }
   CoordinatorOptions co;
   co.model = args.model;
@@ -99,13 +166,10 @@ Expected<GenerateResult> generate_distributed(const GenerateArgs& args, const mo
   co.in_flight = 1;
   co.eos_ids = eos;
   co.keep_prefill_logits = args.dump_logits.has_value();
-  co.poll_lost = [&workers, &spec](double) {
-    std::vector<std::string> gone;
-    for (int w = 0; w < workers.size(); ++w) {
-      if (workers.exited(w)) gone.push_back(spec.workers[static_cast<size_t>(w)].name);
-    }
-    return gone;
-  };
+  std::vector<std::string> names;
+  for (const auto& w : spec.workers) names.push_back(w.name);
+  LocalWorkersEnvironment environment(workers, names);
+  co.environment = &environment;
   co.recover = false;
   ExecRequest request{"0", ids, pixels, args.max_new_tokens};
   const auto start = std::chrono::steady_clock::now();
@@ -124,16 +188,23 @@ int run_generate(const GenerateArgs& args) {
   if (args.max_new_tokens < 0) return fail("--max-new-tokens must be >= 0");
   if (args.threads > 0) at::set_num_threads(args.threads);
   auto options = parse_exec_options(args.dtype, args.device);
-  if (!options) return fail(options.error().to_string());
+  if (!options) return fail(options.error());
 
   const auto load_start = std::chrono::steady_clock::now();
   auto probe = Checkpoint::open(args.model);
-  if (!probe) return fail(probe.error().to_string());
+  if (!probe) return fail(probe.error());
   auto graph = models::LayerGraph::build(probe->config(), models::Dtype::fp32);
+  const bool distributed = args.stages > 1 || args.plan || args.scenario;
+  NamedStages stages;
+  if (distributed) {
+    auto made = pipeline_stages(args, graph);
+    if (!made) return fail(made.error());
+    stages = std::move(*made);
+  }
   std::unique_ptr<LlavaRunner> runner;
-  if (args.stages == 1) {
+  if (!distributed) {
     auto loaded = LlavaRunner::load(args.model, *options, split_even(graph, args.local_stages));
-    if (!loaded) return fail(loaded.error().to_string());
+    if (!loaded) return fail(loaded.error());
     runner = std::move(loaded).value();
   }
   const double load_ms =
@@ -144,13 +215,13 @@ int run_generate(const GenerateArgs& args) {
   at::Tensor pixels;
   if (args.image) {
     auto processor = checkpoint_image_processor(args.model, config);
-    if (!processor) return fail(processor.error().to_string());
+    if (!processor) return fail(processor.error());
     auto pv = pixel_values_for_image(*args.image, *processor);
-    if (!pv) return fail(pv.error().to_string());
+    if (!pv) return fail(pv.error());
     pixels = *pv;
   } else if (args.pixel_values) {
     auto pv = read_safetensors_tensor(*args.pixel_values, "pixel_values");
-    if (!pv) return fail(pv.error().to_string());
+    if (!pv) return fail(pv.error());
     pixels = *pv;
     if (pixels.dim() == 3) pixels = pixels.unsqueeze(0);
     if (pixels.dim() != 4) {
@@ -164,13 +235,13 @@ int run_generate(const GenerateArgs& args) {
   const auto tok_path = std::filesystem::path(args.model) / "tokenizer.model";
   if (std::filesystem::exists(tok_path)) {
     auto tok = Tokenizer::load(tok_path);
-    if (!tok) return fail(tok.error().to_string());
+    if (!tok) return fail(tok.error());
     tokenizer = std::move(tok).value();
   }
   std::vector<int64_t> ids;
   if (args.input_ids) {
     auto parsed = parse_ids(*args.input_ids);
-    if (!parsed) return fail(parsed.error().to_string());
+    if (!parsed) return fail(parsed.error());
     ids = *parsed;
   } else {
     if (!tokenizer) {
@@ -185,12 +256,12 @@ int run_generate(const GenerateArgs& args) {
   gen.max_new_tokens = args.max_new_tokens;
   gen.keep_prefill_logits = args.dump_logits.has_value();
   auto result = runner ? runner->generate(ids, pixels, gen)
-                       : generate_distributed(args, graph, ids, pixels, read_eos_ids(args.model, config));
-  if (!result) return fail(result.error().to_string());
+                       : generate_distributed(args, stages, ids, pixels, read_eos_ids(args.model, config));
+  if (!result) return fail(result.error());
 
   if (args.dump_logits) {
     auto st = write_safetensors(*args.dump_logits, {{"logits", result->prefill_logits}});
-    if (!st) return fail(st.error().to_string());
+    if (!st) return fail(st.error());
   }
   std::string text;
   if (tokenizer) text = tokenizer->decode(result->generated);
@@ -234,7 +305,7 @@ int run_worker_command(const WorkerOptions& options) {
         std::fflush(stdout);
       },
       &g_stop);
-  if (!st) return fail(st.error().to_string());
+  if (!st) return fail(st.error());
   return 0;
 }
 
@@ -254,16 +325,18 @@ void add_serve_options(CLI::App* cmd, ServeArgs& a, bool testbed) {
                               "JSONL requests {id, prompt|input_ids, image|pixel_values, max_new_tokens}");
   if (!testbed) req->required();
   cmd->add_option("--out", a.out, "write DIR/{plan.json, outputs.jsonl, report.json, trace.json}");
-  cmd->add_option("--planner", a.options.planner, "override the scenario's planner");
+  cmd->add_option("--planner", a.options.planner, "override the scenario's planner: " + adaptlink::cli::planner_choices());
   cmd->add_option("--profile", a.options.profiles, "measured per-node times for the planner (repeatable)");
-  cmd->add_option("--dtype", a.options.dtype, "fp32 | bf16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  cmd->add_option("--dtype", a.options.dtype, "fp32 | bf16 | fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   cmd->add_option("--device", a.options.device, "cpu | cuda[:N] (where workers run their stages)");
   cmd->add_option("--in-flight", a.options.in_flight, "requests in the pipeline at once (default: the scenario's)");
   cmd->add_option("--listen", a.options.listen, "where the coordinator receives tokens (reachable by the workers; a replicated plan's replica r "
                   "listens on the port + r, or on another free port with port *)");
-  cmd->add_option("--heartbeat-interval-s", a.options.heartbeat_interval_s, "ping every worker this often (0.25)")
+  cmd->add_option("--heartbeat-interval-s", a.options.heartbeat_interval_s,
+                  "ping every worker this often (default: the scenario's [recovery], 0.5)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--heartbeat-timeout-s", a.options.heartbeat_timeout_s, "a worker silent this long is lost (5)")
+  cmd->add_option("--heartbeat-timeout-s", a.options.heartbeat_timeout_s,
+                  "a worker silent this long is lost (default: the scenario's [recovery], 1.5)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--hello-timeout-s", a.options.hello_timeout_s, "per worker: answer the handshake and load");
   cmd->add_flag("--ignore-eos", a.options.ignore_eos, "generate max_new_tokens for every request");
@@ -290,7 +363,7 @@ int run_serve_command(ServeArgs& a, bool testbed) {
   if (a.no_backups) o.backups = false;
   o.worker_binary = self_executable();
   auto outcome = run_serve(o);
-  if (!outcome) return fail(outcome.error().to_string());
+  if (!outcome) return fail(outcome.error());
   const auto& r = outcome->report;
   if (a.format == "json") {
     auto j = runtime::to_json(r);
@@ -329,6 +402,8 @@ int run_serve_command(ServeArgs& a, bool testbed) {
 int main(int argc, char** argv) {
   CLI::App app{"adaptlink-run: LLaVA inference with libtorch"};
   app.require_subcommand(1);
+  app.footer("Exit status: 0 ok, 1 the run failed (a worker lost beyond recovery, unreachable, stuck), 2 bad input "
+             "(flags, files, checkpoints, requests).");
   GenerateArgs g;
   auto* gen = app.add_subcommand("generate", "Greedy generation from a Hugging Face LLaVA checkpoint");
   gen->add_option("--model", g.model, "checkpoint directory (config.json, *.safetensors, ...)")->required();
@@ -339,7 +414,16 @@ int main(int argc, char** argv) {
   auto* pv = gen->add_option("--pixel-values", g.pixel_values, "safetensors file with a 'pixel_values' tensor");
   image->excludes(pv);
   gen->add_option("--max-new-tokens", g.max_new_tokens, "tokens to generate at most (default 32)");
-  gen->add_option("--stages", g.stages, "K > 1: run the pipeline through K local worker processes over ZeroMQ");
+  auto* stages = gen->add_option("--stages", g.stages,
+                                 "K > 1: run the pipeline through K local worker processes over ZeroMQ (even split)");
+  auto* plan_file = gen->add_option("--plan", g.plan,
+                                    "run the stages of this plan JSON (adaptlink-sim plan --format json), one local "
+                                    "worker process each");
+  auto* scenario = gen->add_option("--scenario", g.scenario,
+                                   "run the stages the scenario's planner gives for this checkpoint, one local "
+                                   "worker process each");
+  stages->excludes(plan_file)->excludes(scenario);
+  plan_file->excludes(scenario);
   gen->add_option("--local-stages", g.local_stages, "run the model as K in-process stages (testing)")->group("");
   gen->add_option("--dtype", g.dtype, "fp32 | bf16 | fp16 (cuda)")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   gen->add_option("--device", g.device, "cpu | cuda[:N]");

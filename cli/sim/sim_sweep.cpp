@@ -170,14 +170,14 @@ std::string sweep_table(const al::sim::SweepResult& r, const al::sim::SweepOptio
 
 int cmd_sweep(const SweepCliOptions& o) {
   auto rates = parse_rates(o.rates);
-  if (!rates) return al::cli::report(rates.error());
-  if (o.runs < 1) return al::cli::report(al::make_error("--runs must be at least 1 (got {})", o.runs));
+  if (!rates) return al::cli::report(rates.error(), "adaptlink-sim");
+  if (o.runs < 1) return al::cli::report(al::make_error("--runs must be at least 1 (got {})", o.runs), "adaptlink-sim");
   if (!(o.mean_downtime_s > 0)) {
-    return al::cli::report(al::make_error("--mean-downtime must be positive (got {})", o.mean_downtime_s));
+    return al::cli::report(al::make_error("--mean-downtime must be positive (got {})", o.mean_downtime_s), "adaptlink-sim");
   }
   auto problem = part::load_problem(o.scenario);
-  if (!problem) return al::cli::report(problem.error());
-  if (auto st = part::apply_profiles(o.profiles, *(*problem)->cost); !st) return al::cli::report(st.error());
+  if (!problem) return al::cli::report(problem.error(), "adaptlink-sim");
+  if (auto st = part::apply_profiles(o.profiles, *(*problem)->cost); !st) return al::cli::report(st.error(), "adaptlink-sim");
   // Sweeps draw dropouts, which replicated plans do not simulate: plan one pipeline (its backups and redeploys
   // are what a sweep compares).
   (*problem)->scenario.planner.replicas = false;
@@ -190,10 +190,10 @@ int cmd_sweep(const SweepCliOptions& o) {
   if (!plan) {
     auto e = plan.error();
     if (e.file.empty()) e.file = o.scenario;
-    return al::cli::report(e);
+    return al::cli::report(e, "adaptlink-sim");
   }
   auto dir = make_sweep_dir(o.out, p.scenario.name);
-  if (!dir) return al::cli::report(dir.error());
+  if (!dir) return al::cli::report(dir.error(), "adaptlink-sim");
 
   al::sim::SweepOptions options;
   options.dropout_rates_per_hour = *rates;
@@ -222,14 +222,14 @@ int cmd_sweep(const SweepCliOptions& o) {
   }
   auto result = al::sim::run_sweep(*p.cost, *plan, options);
   if (!result) {
-    al::cli::report(result.error());
+    al::cli::report(result.error(), "adaptlink-sim");
     return al::cli::kExitFailure;
   }
   const auto json = al::sim::to_json(*result, options);
   {
     std::ofstream out(*dir / "sweep.json", std::ios::binary);
     out << json.dump(2) << "\n";
-    if (!out) return al::cli::report(al::make_error("{}: write failed", (*dir / "sweep.json").string()));
+    if (!out) return al::cli::report(al::make_error("{}: write failed", (*dir / "sweep.json").string()), "adaptlink-sim");
   }
   std::string plotted = "not plotted (--no-plot)";
   if (!o.no_plot) {

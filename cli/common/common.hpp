@@ -1,4 +1,5 @@
-// Helpers shared by the command-line front ends: exit codes, one-line errors, tables, output files.
+// Helpers shared by the command-line front ends (adaptlink-sim, adaptlink-run): exit codes, one-line errors, tables,
+// output files, the planner list for help texts.
 #pragma once
 
 #include <optional>
@@ -16,12 +17,16 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;   // the run itself failed
 inline constexpr int kExitBadInput = 2;  // bad scenario, flag or file
 
-// Prints "adaptlink-sim: <error>" on one line to stderr and returns kExitBadInput.
-int report(const Error& error, std::string_view program = "adaptlink-sim");
+// Prints "PROGRAM: <error>" on one line to stderr and returns the exit status for it: kExitBadInput for bad
+// input, kExitFailure for a run that failed (Error::Kind).
+int report(const Error& error, std::string_view program);
 
 // Parses the command line. Returns the exit status when parsing ends the program (--help: 0; a bad
 // flag: one line on stderr, kExitBadInput), or nothing when the command should run.
 std::optional<int> parse_args(CLI::App& app, int argc, char** argv, std::string_view program);
+
+// "uniform | proportional | ..." from the planner registry (partition::planner_names), for help texts.
+std::string planner_choices();
 
 // Writes text to `path`, or to stdout when path is empty or "-".
 Status write_output(const std::string& path, const std::string& text);

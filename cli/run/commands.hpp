@@ -3,7 +3,7 @@
 //   profile --model DIR (--scenario FILE | --device NAME) [--prompt-tokens N] [--images N] [--repeats R]
 //           [--threads N] [--dtype fp32|bf16] [--out FILE] [--format text|json]
 //       measures every node of the layer DAG on this machine and writes a profile file (partition/profile.hpp)
-//       for adaptlink-sim plan|run|compare --profile (exec/cli/profile_cmd.cpp).
+//       for adaptlink-sim plan|run|compare --profile (cli/run/profile_cmd.cpp).
 //
 // Each add_*_command registers the subcommand and returns it (check ->parsed() after parsing); each
 // run_*_command returns the exit status: 0 ok, 1 the run failed, 2 bad input (one line "adaptlink-run: error: ...").
@@ -20,6 +20,11 @@ namespace adaptlink::run {
 
 // Bad input: one line "adaptlink-run: error: MESSAGE" on stderr (newlines flattened); returns 2.
 inline int fail(const std::string& message) { return cli::report(Error{"error: " + message, {}, 0, 0}, "adaptlink-run"); }
+// An error value: 2 for bad input, 1 for a run that failed (Error::Kind), the same one line.
+inline int fail(const Error& e) {
+  Error line{"error: " + e.to_string(), {}, 0, 0, e.kind};
+  return cli::report(line, "adaptlink-run");
+}
 
 struct ProfileArgs {
   std::string model;                    // checkpoint directory

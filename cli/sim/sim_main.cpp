@@ -34,14 +34,14 @@ std::string node_span(const part::CostModel& cost, const part::Stage& st) {
 
 int cmd_validate(const std::string& file, const std::string& format) {
   auto problem = part::load_problem(file);
-  if (!problem) return al::cli::report(problem.error());
+  if (!problem) return al::cli::report(problem.error(), "adaptlink-sim");
   const auto& p = **problem;
   // The model must fit the active devices: the adaptlink planner decides that.
   auto plan = part::make_plan(*p.cost, "adaptlink", p.scenario.planner.objective);
   if (!plan) {
     auto e = plan.error();
     e.file = file;
-    return al::cli::report(e);
+    return al::cli::report(e, "adaptlink-sim");
   }
   const auto active = part::active_devices(p.scenario);
   if (format == "json") {
@@ -116,8 +116,8 @@ std::string plan_table(const part::Plan& plan, const part::CostModel& cost, cons
 int cmd_plan(const std::string& file, const std::string& planner, const std::string& objective,
              const std::string& format, const std::string& output, const std::vector<std::string>& profiles) {
   auto problem = part::load_problem(file);
-  if (!problem) return al::cli::report(problem.error());
-  if (auto st = part::apply_profiles(profiles, *(*problem)->cost); !st) return al::cli::report(st.error());
+  if (!problem) return al::cli::report(problem.error(), "adaptlink-sim");
+  if (auto st = part::apply_profiles(profiles, *(*problem)->cost); !st) return al::cli::report(st.error(), "adaptlink-sim");
   const auto& p = **problem;
   auto obj = p.scenario.planner.objective;
   if (objective == "throughput") obj = part::Objective::throughput;
@@ -127,7 +127,7 @@ int cmd_plan(const std::string& file, const std::string& planner, const std::str
   if (!plan) {
     auto e = plan.error();
     e.file = file;
-    return al::cli::report(e);
+    return al::cli::report(e, "adaptlink-sim");
   }
   std::string text;
   if (format == "json") {
@@ -135,7 +135,7 @@ int cmd_plan(const std::string& file, const std::string& planner, const std::str
   } else {
     text = plan_table(*plan, *p.cost, part::make_plan(*p.cost, "uniform", obj));
   }
-  if (auto st = al::cli::write_output(output, text); !st) return al::cli::report(st.error());
+  if (auto st = al::cli::write_output(output, text); !st) return al::cli::report(st.error(), "adaptlink-sim");
   return al::cli::kExitOk;
 }
 

@@ -82,7 +82,7 @@ int run_profile_command(const ProfileArgs& args) {
   models::RequestShape shape;  // 1 image, 64 prompt tokens, 128 output tokens
   if (args.scenario) {
     auto loaded = partition::load_scenario(*args.scenario);
-    if (!loaded) return fail(loaded.error().to_string());
+    if (!loaded) return fail(loaded.error());
     scenario = std::move(loaded).value();
     shape = scenario->workload.shape;
     if (args.device && scenario->device_index(*args.device) < 0) {
@@ -90,7 +90,7 @@ int run_profile_command(const ProfileArgs& args) {
     }
     // The profile names the checkpoint's nodes; the testbed plans the checkpoint's model on the scenario's devices.
     auto config = exec::load_checkpoint_config(args.model);
-    if (!config) return fail(config.error().to_string());
+    if (!config) return fail(config.error());
     const auto graph = models::LayerGraph::build(*config, models::Dtype::fp32);
     if (auto st = exec::check_scenario_model(graph, args.model, *scenario); !st) {
       std::fprintf(stderr,
@@ -103,7 +103,7 @@ int run_profile_command(const ProfileArgs& args) {
   if (args.images) shape.images = *args.images;
   if (args.threads > 0) at::set_num_threads(args.threads);
   auto exec_options = exec::parse_exec_options(args.dtype, "cpu");
-  if (!exec_options) return fail(exec_options.error().to_string());
+  if (!exec_options) return fail(exec_options.error());
 
   exec::ProfileOptions options;
   options.shape = shape;
@@ -114,7 +114,7 @@ int run_profile_command(const ProfileArgs& args) {
                  n.name.c_str(), n.prefill_ms, n.decode_ms_at_zero, n.decode_ms_per_token);
   };
   auto measured = exec::measure_profile(args.model, options);
-  if (!measured) return fail(measured.error().to_string());
+  if (!measured) return fail(measured.error());
 
   nlohmann::json json;
   if (args.device) {

@@ -1,0 +1,158 @@
+// Requests for served runs: a requests file (JSONL) or synthetic requests of the scenario's shape.
+#include <ATen/ATen.h>
+
+#include <fstream>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "adaptlink/exec/generate.hpp"
+#include "adaptlink/exec/tensor_io.hpp"
+#include "adaptlink/exec/tokenizer.hpp"
+#include "serve_internal.hpp"
+
+namespace adaptlink::exec {
+
+namespace {
+
+Error at_line(const std::filesystem::path& file, int line, std::string message) {
+  return Error{std::move(message), file.string(), line, 0};
+}
+
+}  // namespace
+
+std::optional<Tokenizer> load_tokenizer(const std::filesystem::path& model) {
+  const auto path = model / "tokenizer.model";
+  if (!std::filesystem::exists(path)) return std::nullopt;
+  auto t = Tokenizer::load(path);
+  if (!t) return std::nullopt;
+  return std::move(t).value();
+}
+
+// Synthetic requests of the scenario's shape: <bos>, the image tokens, random text ids; random pixels.
+std::vector<ExecRequest> synthetic_requests(const models::LlavaConfig& config, const models::RequestShape& shape,
+                                            int count, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const int64_t vocab = config.text.vocab_size;
+  std::uniform_int_distribution<int64_t> token(3, vocab - 1);
+  std::vector<ExecRequest> out;
+  for (int i = 0; i < count; ++i) {
+    ExecRequest r;
+    r.id = fmt::format("r{}", i);
+    r.input_ids.push_back(1);
+    for (int k = 0; k < config.image_tokens_per_image() * shape.images; ++k) r.input_ids.push_back(config.image_token_index);
+    for (int k = 1; k < shape.prompt_tokens; ++k) {
+      int64_t t = token(rng);
+      if (t == config.image_token_index) t = 2;
+      r.input_ids.push_back(t);
+    }
+    if (shape.images > 0) {
+      at::Tensor pixels = at::empty({shape.images, config.vision.num_channels, config.vision.image_size,
+                                     config.vision.image_size});
+      std::normal_distribution<float> normal(0.0F, 1.0F);
+      auto* p = pixels.data_ptr<float>();
+      for (int64_t k = 0; k < pixels.numel(); ++k) p[k] = normal(rng);
+      r.pixel_values = pixels;
+    }
+    r.max_new_tokens = shape.output_tokens;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& file, const std::filesystem::path& model,
+                                                 int default_max_new_tokens) {
+  std::ifstream in(file);
+  if (!in) return Error{"cannot open the requests file", file.string(), 0, 0};
+  auto loaded = load_checkpoint_config(model);  // the config is all a request needs
+  if (!loaded) return loaded.error();
+  const auto& config = *loaded;
+  std::optional<Tokenizer> tokenizer = load_tokenizer(model);
+  std::optional<ImageProcessorConfig> processor;
+  const auto base = file.parent_path();
+  auto resolve = [&](const std::string& p) {
+    std::filesystem::path path(p);
+    return path.is_absolute() ? path : base / path;
+  };
+  std::vector<ExecRequest> out;
+  std::string line;
+  int number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return at_line(file, number, "not a JSON object");
+    for (const auto& [key, value] : j.items()) {
+      if (key != "id" && key != "prompt" && key != "input_ids" && key != "image" && key != "pixel_values" &&
+          key != "max_new_tokens") {
+        return at_line(file, number, fmt::format("unknown key '{}'", key));
+      }
+    }
+    ExecRequest r;
+    if (j.contains("id")) {
+      if (j["id"].is_string()) {
+        r.id = j["id"].get<std::string>();
+      } else if (j["id"].is_number_integer()) {
+        r.id = std::to_string(j["id"].get<int64_t>());
+      } else {
+        return at_line(file, number, "'id' must be a string or an integer");
+      }
+    } else {
+      r.id = std::to_string(out.size());
+    }
+    if (j.contains("image") && j.contains("pixel_values")) {
+      return at_line(file, number, "give 'image' or 'pixel_values', not both");
+    }
+    if (j.contains("image")) {
+      if (!j["image"].is_string()) return at_line(file, number, "'image' must be a path");
+      if (!processor) {
+        auto p = checkpoint_image_processor(model, config);
+        if (!p) return p.error();
+        processor = *p;
+      }
+      auto pv = pixel_values_for_image(resolve(j["image"].get<std::string>()), *processor);
+      if (!pv) return at_line(file, number, pv.error().to_string());
+      r.pixel_values = *pv;
+    } else if (j.contains("pixel_values")) {
+      if (!j["pixel_values"].is_string()) return at_line(file, number, "'pixel_values' must be a path");
+      auto pv = read_safetensors_tensor(resolve(j["pixel_values"].get<std::string>()), "pixel_values");
+      if (!pv) return at_line(file, number, pv.error().to_string());
+      r.pixel_values = pv->dim() == 3 ? pv->unsqueeze(0) : *pv;
+    }
+    const bool has_image = r.pixel_values.defined();
+    if (j.contains("prompt") == j.contains("input_ids")) {
+      return at_line(file, number, "give exactly one of 'prompt' and 'input_ids'");
+    }
+    if (j.contains("input_ids")) {
+      if (!j["input_ids"].is_array() || j["input_ids"].empty()) {
+        return at_line(file, number, "'input_ids' must be a non-empty array of token ids");
+      }
+      for (const auto& id : j["input_ids"]) {
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= config.text.vocab_size) {
+          return at_line(file, number, fmt::format("'input_ids' must be ids in [0, {})", config.text.vocab_size));
+        }
+        r.input_ids.push_back(id.get<int64_t>());
+      }
+    } else {
+      if (!j["prompt"].is_string()) return at_line(file, number, "'prompt' must be a string");
+      if (!tokenizer) {
+        return at_line(file, number, fmt::format("{} has no tokenizer.model: use input_ids", model.string()));
+      }
+      const std::string text = llava_prompt_text(j["prompt"].get<std::string>(), has_image);
+      r.input_ids = tokenize_with_images(*tokenizer, text, config.image_token_index,
+                                         has_image ? config.image_tokens_per_image() * static_cast<int>(r.pixel_values.size(0)) : 0);
+    }
+    r.max_new_tokens = default_max_new_tokens;
+    if (j.contains("max_new_tokens")) {
+      if (!j["max_new_tokens"].is_number_integer() || j["max_new_tokens"].get<int64_t>() < 0) {
+        return at_line(file, number, "'max_new_tokens' must be a non-negative integer");
+      }
+      r.max_new_tokens = j["max_new_tokens"].get<int>();
+    }
+    out.push_back(std::move(r));
+  }
+  if (out.empty()) return Error{"no requests in the file", file.string(), 0, 0};
+  return out;
+}
+
+}  // namespace adaptlink::exec
