@@ -61,7 +61,7 @@ class EventQueue {
       free_.pop_back();
       pool_[static_cast<size_t>(slot)] = e;
     }
-    heap_.push(Key{e.t, e.seq, slot});
+    heap_.push(Key{e.t, e.kind == Kind::wake ? 1 : 0, e.seq, slot});
   }
   [[nodiscard]] bool empty() const { return heap_.empty(); }
   Event pop() {
@@ -72,11 +72,18 @@ class EventQueue {
   }
 
  private:
+  // At one instant, arrivals (tasks, link events) go before a stage's wake: a step that lands when a stage frees up
+  // is seen by its pick, as the simulator's devices see it (they yield before picking).
   struct Key {
     double t;
+    int rank;  // 0: task, join, check; 1: wake
     long long seq;
     int slot;
-    bool operator>(const Key& o) const { return t != o.t ? t > o.t : seq > o.seq; }
+    bool operator>(const Key& o) const {
+      if (t != o.t) return t > o.t;
+      if (rank != o.rank) return rank > o.rank;
+      return seq > o.seq;
+    }
   };
   std::priority_queue<Key, std::vector<Key>, std::greater<>> heap_;
   std::vector<Event> pool_;
@@ -183,7 +190,9 @@ class Replay {
   ReplayResult run(double stagger_ms) {
     // The first requests enter one stagger apart (as the simulator admits them): started together, identical
     // requests would stay in lockstep.
-    for (long long r = 0; r < std::min(in_flight_, requests_); ++r) admit(static_cast<double>(r) * stagger_ms);
+    for (long long r = 0; r < std::min(in_flight_, requests_); ++r) {
+      admit(options_.time_origin_ms + static_cast<double>(r) * stagger_ms);
+    }
     while (!events_.empty()) {
       const Event e = events_.pop();
       if (window_open_ && e.t - window_start_ > cut_span_ms_) {
@@ -387,7 +396,7 @@ class Replay {
     }
     ++done_;
     latency_sum_ += end - admitted_[request];
-    result_.completions_ms.push_back(end);
+    result_.completions_ms.push_back(end - options_.time_origin_ms);
     if (done_ == window_.first) {
       window_start_ = end;
       window_open_ = true;

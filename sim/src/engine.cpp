@@ -219,6 +219,8 @@ class Simulation {
       dev.ready->acquire();
       // A rebalance is draining the pipeline: start nothing; the switch kills this actor and starts a new one.
       if (holding_) hold_->acquire();
+      // Steps that land at this very instant are seen by the pick (the replay's rule for simultaneous events).
+      sg4::this_actor::yield();
       auto next = dev.queue.next();
       if (!next) continue;  // cannot happen: a token per queued task
       const Task task = *next;
@@ -261,7 +263,9 @@ class Simulation {
     for (int n = task.node < 0 ? stage.first_node : task.node; n <= stage.last_node; ++n) {
       const double duration = stage.prefill_node_s[static_cast<size_t>(n - stage.first_node)] * dev.slowdown;
       if (duration > 0) sg4::this_actor::sleep_for(duration);
-      if (n < stage.last_node && dev.queue.prefill_yields()) {
+      if (n == stage.last_node) break;
+      sg4::this_actor::yield();  // a step that lands as this node ends counts
+      if (dev.queue.prefill_yields()) {
         Task rest = task;
         rest.node = n + 1;
         dev.queue.park(rest);

@@ -453,3 +453,65 @@ TEST(Faults, DropoutDuringARebalanceReplansIt) {
 
 }  // namespace
 }  // namespace adaptlink::sim
+
+namespace adaptlink::sim {
+namespace {
+
+using namespace testing;
+
+// A re-plan after a dropout places its backups on devices that are up. jetson-quartet-dropout: the spare (nx's
+// backup holder) drops out, then nx: nx's stage has no copy left, so the planner re-plans on agx, nano and xavier,
+// with backups. A dead device is a standby without memory in that re-plan (the rule in runtime/recovery.hpp), so no
+// backup lands on the dead spare and is thrown away: every stage that a live device has room to back up is backed,
+// and a third dropout (of a device whose stage is backed) is a switch-over, recovered in the time of a detection and
+// a KV rebuild, not of a weight load. (Before the rule, the dead spare, a standby with all its memory free, was the
+// preferred holder: the backups were placed there and dropped, and the third dropout needed a weight load.)
+TEST(Faults, AReplanAfterTheBackupHolderIsLostPlacesBackupsOnLiveDevicesOnly) {
+  auto sc = load(source_dir() / "scenarios" / "jetson-quartet-dropout.toml");
+  sc.faults = {{10, "spare", part::FaultKind::dropout, 1, 0}, {20, "nx", part::FaultKind::dropout, 1, 0}};
+  auto p = problem(sc);
+  auto pl = plan(*p, "adaptlink");
+  ASSERT_FALSE(pl.backups.empty());
+  SimOptions o;
+  o.faults = true;
+  o.max_requests = 80;
+  auto first = simulate(*p->cost, pl, o);
+  ASSERT_TRUE(first) << first.error().to_string();
+  ASSERT_EQ(first->faults.size(), 2u);
+  ASSERT_TRUE(first->faults[1].action && first->faults[1].recovered_s);
+  EXPECT_EQ(*first->faults[1].action, runtime::RecoveryAction::replan);
+  ASSERT_FALSE(first->faults[1].placement.empty());
+  // The re-placement's stages on the devices up; a device whose stage a live device can back up (agx has the room).
+  std::string victim;
+  for (const auto& st : first->faults[1].placement) {
+    if (st.device != "agx") victim = st.device;
+  }
+  ASSERT_FALSE(victim.empty()) << "the re-plan should use a small board too";
+  const double at_s = *first->faults[1].recovered_s + 5;
+  sc.faults.push_back({at_s, victim, part::FaultKind::dropout, 1, 0});
+  auto p3 = problem(sc);
+  auto pl3 = plan(*p3, "adaptlink");
+  o.max_requests = 160;
+  auto third = simulate(*p3->cost, pl3, o);
+  ASSERT_TRUE(third) << third.error().to_string();
+  ASSERT_EQ(third->faults.size(), 3u);
+  EXPECT_EQ(third->requests_lost, 0);
+  const auto& f = third->faults[2];
+  ASSERT_TRUE(f.action && f.recovery_ms) << victim << " at " << at_s << " s";
+  EXPECT_EQ(*f.action, runtime::RecoveryAction::switch_over) << victim << "'s stage should have a live backup";
+  ASSERT_EQ(f.moves.size(), 1u);
+  EXPECT_TRUE(f.moves[0].backup);
+  EXPECT_NE(f.moves[0].to, "spare");
+  EXPECT_NE(f.moves[0].to, "nx");
+  // A switch-over: detection (1.5 s) and the KV rebuilds, far below any weight load of that stage (seconds each
+  // over the 400 Mbit/s Wi-Fi).
+  const auto& moved = first->faults[1].placement[static_cast<size_t>(f.moves[0].stage)];
+  partition::Stage st;
+  st.first_node = moved.first_layer;
+  st.last_node = moved.last_layer;
+  const double load_ms = part::redeploy_ms(*p3->cost, st, p3->scenario.device_index(f.moves[0].to));
+  EXPECT_LT(*f.recovery_ms, 1500 + 0.5 * load_ms) << "load " << load_ms << " ms";
+}
+
+}  // namespace
+}  // namespace adaptlink::sim

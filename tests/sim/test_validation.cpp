@@ -2,10 +2,13 @@
 // CostModel numbers.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
 #include "adaptlink/sim/simulator.hpp"
+#include "adaptlink/planner/replicas.hpp"
+#include "adaptlink/runtime/report.hpp"
 #include "helpers.hpp"
 
 namespace adaptlink::sim::testing {
@@ -77,51 +80,151 @@ TEST(Validation, SaturatedThroughputIsOneOverBottleneck) {
   }
 }
 
-// The bundled scenarios as written. The closed-form bound min(in_flight / R0, 1 / W) is reached at
-// both ends (one request; many requests); the bundled scenarios sit at the knee (in_flight ~ R0 / W),
-// where FIFO stages and head-of-line blocking behind prefills cost 5-25 %. The planner's reported
-// prediction replays the plan (partition/src/replay.cpp: FIFO stages, equal-share links, the same
-// staggered start and steady window), an implementation independent of SimGrid's: the two agree
-// within 2 % (issue 4), and both stay below the bound.
-struct Row {
-  std::string scenario, planner;
-  double predicted = 0, simulated = 0, bound = 0;
-};
-
-std::vector<Row> bundled_rows() {
-  std::vector<Row> rows;
-  for (const auto& file : bundled_scenarios()) {
-    auto p = problem(load(file));
-    const bool poisson = p->scenario.workload.arrival == part::Arrival::poisson;
-    for (const std::string name : {"uniform", "proportional", "memory", "adaptlink"}) {
-      auto pl = plan(*p, name);
-      SimOptions options;
-      if (poisson) options.max_requests = 1000;  // the arrival rate is a sample mean: keep its noise small
-      auto result = run_simulation(*p->cost, pl, options);
-      if (!result) {
-        ADD_FAILURE() << result.error().to_string();
-        continue;
-      }
-      double predicted = pl.predicted.throughput_rps;
-      double bound = pl.predicted.bound_rps;
-      // Poisson: compare with the arrival rate the seed actually produced.
-      if (poisson) predicted = bound = std::min(result->stats.offered_rps, 1e3 / pl.predicted.bottleneck_ms);
-      rows.push_back({file.filename().string(), name, predicted, result->report.throughput_rps, bound});
-      std::printf("%-28s %-13s predicted %.5f  simulated %.5f  ratio %.4f\n", rows.back().scenario.c_str(),
-                  name.c_str(), predicted, rows.back().simulated, rows.back().simulated / predicted);
-    }
+// Replay vs SimGrid: the planner's replay predictor (planner/src/replay.cpp: virtual time in ms, equal-share links)
+// and the simulator (SimGrid actors in seconds, CM02 max-min sharing) are two implementations of one pipeline, both
+// scheduling by runtime::StageQueue (simultaneous arrivals seen by a stage's pick in both) and accounted by the same
+// steady window. On every bundled and suite scenario with a closed loop, for every planner, fault-free: the
+// throughput, the mean latency and each device's busy time in the steady window agree to 1e-9 relative (a
+// replicated plan: replica by replica, each on its own problem, as both back-ends run it). exhaustive is left out (it
+// is for small cases; its plans are the others' kind).
+//
+// One kind of pipeline cannot be held to 1e-9 by two implementations whose roundings differ: where a transfer ends
+// while it shares its link, its end moves twice as far as its start (end = 2 join - other join + bytes / share), and
+// some plans chain such transfers so that a rounding difference of 1e-15 doubles every few hundred ms of simulated
+// time. The replay itself shows it: started on another clock origin (every time shifted, every rounding different),
+// its throughput moves by far more than rounding (or with one device 1e-13 slower). Such pipelines are held to 1 %, and
+// that spread must exceed 1e-10 (else the disagreement is a real drift and fails the test).
+std::vector<std::filesystem::path> conformance_scenarios() {
+  auto out = bundled_scenarios();
+  for (const auto& e : std::filesystem::directory_iterator(source_dir() / "scenarios" / "suite")) {
+    if (e.path().extension() == ".toml") out.push_back(e.path());
   }
-  return rows;
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
-TEST(Validation, BundledScenariosAgreeWithPredictionWithin2Percent) {
-  const auto rows = bundled_rows();
-  EXPECT_GE(rows.size(), 20u);
-  for (const auto& row : rows) {
-    SCOPED_TRACE(row.scenario + " / " + row.planner);
-    EXPECT_NEAR(row.simulated, row.predicted, 0.02 * row.predicted);
-    EXPECT_LE(row.simulated, row.bound * 1.005);
+int chaotic_ = 0;  // pipelines held to 1 % (amplified rounding)
+
+bool agree(double replayed, double simulated) {
+  const double scale = std::max({std::abs(replayed), std::abs(simulated), 1e-12});
+  return std::abs(replayed - simulated) <= 1e-9 * scale;
+}
+
+// One pipeline of `stages` on `cost`'s scenario, `requests` of them: replayed and simulated.
+void expect_conformant(const part::CostModel& cost, const std::vector<part::Stage>& stages, long long requests,
+                       const std::string& where, int& compared) {
+  auto st = stages;
+  const auto bound = part::evaluate(cost, st);
+  part::ReplayOptions ro;
+  ro.busy = true;
+  const auto replayed = part::replay(cost, st, requests, bound.bottleneck_ms, ro);
+  part::Plan one;
+  one.planner = "replayed";
+  one.stages = st;
+  SimOptions so;
+  so.max_requests = requests;
+  auto sim = run_simulation(cost, one, so);
+  ASSERT_TRUE(sim) << where << ": " << sim.error().to_string();
+  double mean_ms = 0;
+  for (double l : sim->latencies_ms) mean_ms += l;
+  mean_ms /= static_cast<double>(std::max<size_t>(1, sim->latencies_ms.size()));
+  const double gap = std::abs(replayed.throughput_rps / sim->report.throughput_rps - 1);
+  if (gap > 1e-9) {  // a pipeline that amplifies rounding (see above): its replay moves under a clock shift, or when
+                     // one device computes 1e-13 slower
+    ro.time_origin_ms = 123456.789;
+    const auto shifted = part::replay(cost, st, requests, bound.bottleneck_ms, ro);
+    double spread = std::abs(shifted.throughput_rps / replayed.throughput_rps - 1);
+    ro.time_origin_ms = 0;
+    part::CostModel probe(cost, cost.scenario());
+    for (const auto& stage : st) {
+      probe.set_slowdown(stage.device, 1 + 1e-13);
+      const auto slower = part::replay(probe, st, requests, bound.bottleneck_ms, ro);
+      probe.set_slowdown(stage.device, 1);
+      spread = std::max(spread, std::abs(slower.throughput_rps / replayed.throughput_rps - 1));
+    }
+    std::printf("%s: replay and SimGrid differ by %.2e; the replay, perturbed at rounding level, by %.2e\n",
+                where.c_str(), gap, spread);
+    EXPECT_GT(spread, 1e-10) << where << ": the replay is stable under a clock shift, so a " << gap
+                             << " difference from SimGrid is a drift in semantics";
+    EXPECT_LT(gap, 0.01) << where;
+    EXPECT_LT(std::abs(replayed.mean_latency_ms / mean_ms - 1), 0.01) << where;
+    ++chaotic_;
+    ++compared;
+    return;
   }
+  EXPECT_TRUE(agree(replayed.throughput_rps, sim->report.throughput_rps))
+      << where << ": throughput replayed " << replayed.throughput_rps << ", simulated " << sim->report.throughput_rps;
+  EXPECT_TRUE(agree(replayed.mean_latency_ms, mean_ms))
+      << where << ": mean latency replayed " << replayed.mean_latency_ms << " ms, simulated " << mean_ms << " ms";
+  // Busy time in the steady window: the simulator's utilisation times the window it was counted over.
+  auto done = sim->completions_s;
+  std::sort(done.begin(), done.end());
+  const auto w = runtime::steady_window(requests, cost.scenario().workload.in_flight, true);
+  ASSERT_GT(w.first, 0) << where;
+  const double window_ms = (done[static_cast<size_t>(w.last - 1)] - done[static_cast<size_t>(w.first - 1)]) * 1e3;
+  ASSERT_EQ(replayed.busy_ms.size(), sim->report.device_utilization.size()) << where;
+  for (size_t d = 0; d < replayed.busy_ms.size(); ++d) {
+    const double simulated_ms = sim->report.device_utilization[d].second * window_ms;
+    EXPECT_TRUE(agree(replayed.busy_ms[d], simulated_ms))
+        << where << ": device " << sim->report.device_utilization[d].first << " busy " << replayed.busy_ms[d]
+        << " ms replayed, " << simulated_ms << " ms simulated";
+  }
+  ++compared;
+}
+
+TEST(Validation, ReplayAndSimGridAgreeTo1e9OnEveryClosedLoopScenarioAndPlanner) {
+  int compared = 0, poisson = 0;
+  for (const auto& file : conformance_scenarios()) {
+    auto p = problem(load(file));
+    if (p->scenario.workload.arrival != part::Arrival::closed) {
+      ++poisson;
+      continue;
+    }
+    for (const auto& name : part::planner_names()) {
+      if (name == "exhaustive") continue;
+      auto made = part::make_plan(*p->cost, name, part::Objective::throughput);
+      if (!made) continue;  // the model does not fit this planner's split (uniform on tight memory)
+      const std::string where = file.filename().string() + " / " + name;
+      if (made->replicas.empty()) {
+        expect_conformant(*p->cost, made->stages, part::replay_requests(p->scenario.workload), where, compared);
+        continue;
+      }
+      const auto shares = part::share_requests(made->replicas, part::replay_requests(p->scenario.workload));
+      for (size_t r = 0; r < made->replicas.size(); ++r) {
+        const auto& rep = made->replicas[r];
+        auto rp = part::replica_problem(*p->cost, rep.devices, rep.in_flight, shares[r]);
+        expect_conformant(*rp.cost, rep.stages, shares[r], where + fmt::format(" / replica {}", r), compared);
+      }
+    }
+  }
+  std::printf("replay = SimGrid to 1e-9 on %d of %d pipelines, %d that amplify rounding within 1 %% (%d Poisson "
+              "scenarios left to the 2 %% check)\n",
+              compared - chaotic_, compared, chaotic_, poisson);
+  EXPECT_GE(compared, 150);
+  EXPECT_LE(chaotic_, compared / 20);  // the exception stays rare
+}
+
+// Poisson arrivals: the planner's prediction is min(rate, 1 / W) and the simulated throughput is counted over the
+// seeded arrivals the simulator drew, so the two agree within 2 % (and the simulation stays below the bound).
+TEST(Validation, BundledPoissonScenariosAgreeWithPredictionWithin2Percent) {
+  int rows = 0;
+  for (const auto& file : bundled_scenarios()) {
+    auto p = problem(load(file));
+    if (p->scenario.workload.arrival != part::Arrival::poisson) continue;
+    for (const std::string name : {"uniform", "proportional", "memory", "adaptlink"}) {
+      SCOPED_TRACE(file.filename().string() + " / " + name);
+      auto pl = plan(*p, name);
+      SimOptions options;
+      options.max_requests = 1000;  // the arrival rate is a sample mean: keep its noise small
+      auto result = run_simulation(*p->cost, pl, options);
+      ASSERT_TRUE(result) << result.error().to_string();
+      const double predicted = std::min(result->stats.offered_rps, 1e3 / pl.predicted.bottleneck_ms);
+      EXPECT_NEAR(result->report.throughput_rps, predicted, 0.02 * predicted);
+      EXPECT_LE(result->report.throughput_rps, predicted * 1.005);
+      ++rows;
+    }
+  }
+  EXPECT_GT(rows, 0);
 }
 
 // Poisson arrivals below the capacity: throughput = the arrival rate; above it: the capacity.

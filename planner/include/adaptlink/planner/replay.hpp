@@ -23,6 +23,9 @@ struct ReplayOptions {
   bool stop_at_window_end = false;  // stop at the window's last completion (mean latency then covers fewer)
   double beat_rps = 0;              // > 0: stop as soon as the steady window cannot end above this throughput
   bool busy = false;                // record each device's busy time in the steady window (ReplayResult::busy_ms)
+  // Where the clock starts (ms). The pipeline is time-invariant, so results move only by rounding: a probe of how
+  // much a plan's replay amplifies rounding differences (tests compare two clocks' results).
+  double time_origin_ms = 0;
 };
 // Deterministic event-driven replay of `requests` closed-loop requests through the stages, the first
 // in_flight admitted `stagger_ms` apart: what the bound leaves out when prefills and decode steps share stages.

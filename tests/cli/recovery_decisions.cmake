@@ -1,0 +1,127 @@
+# The same recovery decisions in both back-ends: each fault sequence runs in `adaptlink-run testbed` (real worker
+# processes, the coordinator deciding when it finds a worker lost or back) and in `adaptlink-sim run` (SimGrid, the
+# fault actor deciding at the simulated detection), on the same scenario and model (the tiny fixture's config), and
+# the two reports' faults[] must name the same action, the same new holders and the same re-placement, fault by
+# fault. Each sequence also checks the decision it is about:
+#   backup       b lost; the standby spare holds its backup                       switch-over to spare
+#   no-backup    b lost; no backups, no standby                                    re-plan on a, c
+#   standby      b lost; no backups, a standby spare                               re-plan with spare standing in
+#   holder-first the spare (b's backup holder) lost, then b                       none, then re-plan
+#   twice        b lost (switch-over to spare), then the spare                      switch-over, then re-plan
+#   rejoin       b lost (switch-over), b back                                       switch-over, then rebalance to a, b, c
+#   stop-rejoin  b stopped (found by the heartbeat timeout), continued             switch-over, then rebalance
+# Run by CTest with -DBIN=<build dir> -DSRC=<source dir> -DSIM=<adaptlink-sim>.
+if(NOT WITH_TORCH OR NOT WITH_SIM)
+  message(STATUS "needs both back-ends (WITH_TORCH=${WITH_TORCH}, WITH_SIM=${WITH_SIM}): skipped")
+  return()
+endif()
+set(run ${BIN}/cli/adaptlink-run)
+set(fx ${SRC}/tests/fixtures/llava_llama_mha_tied)
+set(data ${SRC}/tests/data/testbed)
+set(work ${BIN}/tests/recovery_decisions)
+file(REMOVE_RECURSE ${work})
+file(MAKE_DIRECTORY ${work})
+
+# One line per fault: "kind device action | stage:from>to(backup),... | device[first,last],...".
+function(decisions report_file var)
+  file(READ ${report_file} report)
+  string(JSON n LENGTH "${report}" faults)
+  set(out "")
+  if(n GREATER 0)
+    math(EXPR last "${n} - 1")
+    foreach(i RANGE ${last})
+      string(JSON kind GET "${report}" faults ${i} kind)
+      string(JSON device GET "${report}" faults ${i} device)
+      string(JSON action ERROR_VARIABLE no_action GET "${report}" faults ${i} action)
+      if(no_action)
+        set(action "-")
+      endif()
+      set(line "${kind} ${device} ${action} |")
+      string(JSON moves ERROR_VARIABLE no_moves LENGTH "${report}" faults ${i} moves)
+      if(NOT no_moves AND moves GREATER 0)
+        math(EXPR mlast "${moves} - 1")
+        foreach(m RANGE ${mlast})
+          string(JSON stage GET "${report}" faults ${i} moves ${m} stage)
+          string(JSON from GET "${report}" faults ${i} moves ${m} from)
+          string(JSON to GET "${report}" faults ${i} moves ${m} to)
+          string(JSON backup GET "${report}" faults ${i} moves ${m} backup)
+          string(APPEND line " ${stage}:${from}>${to}(${backup})")
+        endforeach()
+      endif()
+      string(APPEND line " |")
+      string(JSON stages ERROR_VARIABLE no_placement LENGTH "${report}" faults ${i} placement)
+      if(NOT no_placement AND stages GREATER 0)
+        math(EXPR plast "${stages} - 1")
+        foreach(s RANGE ${plast})
+          string(JSON d GET "${report}" faults ${i} placement ${s} device)
+          string(JSON f GET "${report}" faults ${i} placement ${s} first_layer)
+          string(JSON l GET "${report}" faults ${i} placement ${s} last_layer)
+          string(APPEND line " ${d}[${f},${l}]")
+        endforeach()
+      endif()
+      list(APPEND out "${line}")
+    endforeach()
+  endif()
+  set(${var} "${out}" PARENT_SCOPE)
+endfunction()
+
+# Runs sequence `name` from testbed scenario `file` (edited by the REPLACE pairs in ARGN) in both back-ends and checks
+# that their decisions agree and match `expect` (a list of regular expressions, one per fault line).
+function(sequence name file expect)
+  file(READ ${data}/${file}.toml text)
+  string(REPLACE "preset = \"llava-1.5-7b\"" "config = \"${fx}/config.json\"" text "${text}")
+  set(edits ${ARGN})
+  list(LENGTH edits n)
+  if(n GREATER 0)
+    math(EXPR last "${n} - 1")
+    foreach(i RANGE 0 ${last} 2)
+      math(EXPR j "${i} + 1")
+      list(GET edits ${i} from)
+      list(GET edits ${j} to)
+      string(REPLACE "${from}" "${to}" text "${text}")
+    endforeach()
+  endif()
+  file(WRITE ${work}/${name}.toml "${text}")
+  execute_process(COMMAND ${run} testbed --scenario ${work}/${name}.toml --model ${fx} --quiet --out ${work}/${name}-exec
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 120)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${name}: testbed exit ${rc}\n${stdout}\n${stderr}")
+  endif()
+  # Enough simulated requests that the run lasts past every fault (a request of this tiny model takes ~0.45 s).
+  execute_process(COMMAND ${SIM} run ${work}/${name}.toml --out ${work}/${name}-sim --requests 60 --quiet
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr TIMEOUT 120)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${name}: adaptlink-sim run exit ${rc}\n${stdout}\n${stderr}")
+  endif()
+  decisions(${work}/${name}-exec/report.json exec)
+  decisions(${work}/${name}-sim/report.json sim)
+  string(REPLACE ";" "\n  " exec_text "${exec}")
+  string(REPLACE ";" "\n  " sim_text "${sim}")
+  if(NOT "${exec}" STREQUAL "${sim}")
+    message(FATAL_ERROR "${name}: the back-ends decided differently\n testbed:\n  ${exec_text}\n simulator:\n  ${sim_text}")
+  endif()
+  list(LENGTH exec got)
+  list(LENGTH expect want)
+  if(NOT got EQUAL want)
+    message(FATAL_ERROR "${name}: ${got} faults, want ${want}\n  ${exec_text}")
+  endif()
+  math(EXPR last "${want} - 1")
+  foreach(i RANGE ${last})
+    list(GET exec ${i} line)
+    list(GET expect ${i} pattern)
+    if(NOT line MATCHES "${pattern}")
+      message(FATAL_ERROR "${name}: fault ${i} is \"${line}\", want /${pattern}/")
+    endif()
+  endforeach()
+  message(STATUS "${name}: both back-ends\n  ${exec_text}")
+endfunction()
+
+sequence(backup dropout "^dropout b switch-over \\| 1:b>spare\\(ON\\) \\|$")
+sequence(no-backup dropout "^dropout b re-plan \\| \\| a\\[0,[0-9]+\\] c\\[[0-9]+,[0-9]+\\]$"
+         "backups = true" "backups = false"
+         "[[devices]]\nname = \"spare\"\nkind = \"jetson-orin-nx-16gb\"\nrole = \"standby\"\n" "# (no spare)\n")
+sequence(standby dropout "^dropout b re-plan \\| \\| .*spare\\[" "backups = true" "backups = false")
+sequence(holder-first holder-first "^dropout spare none \\| \\|$;^dropout b re-plan \\| \\| ")
+sequence(twice dropout-twice "^dropout b switch-over \\| 1:b>spare\\(ON\\) \\|$;^dropout spare re-plan \\| \\| ")
+sequence(rejoin rejoin "^dropout b switch-over \\| 1:b>spare\\(ON\\) \\|$;^rejoin b rebalance \\| \\| a\\[0,[0-9]+\\] b\\[[0-9]+,[0-9]+\\] c\\[[0-9]+,[0-9]+\\]$")
+sequence(stop-rejoin stop-rejoin "^dropout b switch-over \\| 1:b>spare\\(ON\\) \\|$;^rejoin b rebalance \\| \\| a\\[")
