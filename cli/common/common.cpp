@@ -16,6 +16,15 @@ int report(const Error& error, std::string_view program) {
   return error.kind == Error::Kind::failed ? kExitFailure : kExitBadInput;
 }
 
+void add_heartbeat_options(CLI::App* cmd, std::optional<double>& interval_s, std::optional<double>& timeout_s) {
+  cmd->add_option("--heartbeat-interval-s", interval_s,
+                  "Heartbeat every S seconds (default: the scenario's [recovery].heartbeat_interval_s, 0.5)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--heartbeat-timeout-s", timeout_s,
+                  "A device silent for S seconds is lost (default: the scenario's [recovery].heartbeat_timeout_s, 1.5)")
+      ->check(CLI::PositiveNumber);
+}
+
 std::string planner_choices() {
   std::string out;
   for (const auto& name : partition::planner_names()) out += (out.empty() ? "" : " | ") + name;

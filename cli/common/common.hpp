@@ -28,6 +28,10 @@ std::optional<int> parse_args(CLI::App& app, int argc, char** argv, std::string_
 // "uniform | proportional | ..." from the planner registry (partition::planner_names), for help texts.
 std::string planner_choices();
 
+// --heartbeat-interval-s and --heartbeat-timeout-s (positive seconds; unset: the scenario's [recovery] table), the
+// same in both front ends.
+void add_heartbeat_options(CLI::App* cmd, std::optional<double>& interval_s, std::optional<double>& timeout_s);
+
 // Writes text to `path`, or to stdout when path is empty or "-".
 Status write_output(const std::string& path, const std::string& text);
 

@@ -332,12 +332,7 @@ void add_serve_options(CLI::App* cmd, ServeArgs& a, bool testbed) {
   cmd->add_option("--in-flight", a.options.in_flight, "requests in the pipeline at once (default: the scenario's)");
   cmd->add_option("--listen", a.options.listen, "where the coordinator receives tokens (reachable by the workers; a replicated plan's replica r "
                   "listens on the port + r, or on another free port with port *)");
-  cmd->add_option("--heartbeat-interval-s", a.options.heartbeat_interval_s,
-                  "ping every worker this often (default: the scenario's [recovery], 0.5)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--heartbeat-timeout-s", a.options.heartbeat_timeout_s,
-                  "a worker silent this long is lost (default: the scenario's [recovery], 1.5)")
-      ->check(CLI::PositiveNumber);
+  adaptlink::cli::add_heartbeat_options(cmd, a.options.heartbeat_interval_s, a.options.heartbeat_timeout_s);
   cmd->add_option("--hello-timeout-s", a.options.hello_timeout_s, "per worker: answer the handshake and load");
   cmd->add_flag("--ignore-eos", a.options.ignore_eos, "generate max_new_tokens for every request");
   cmd->add_flag("--no-backups", a.no_backups, "plan without backup sub-blocks (recovery by redeploy)");

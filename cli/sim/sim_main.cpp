@@ -155,8 +155,7 @@ int main(int argc, char** argv) {
 
   auto* plan = app.add_subcommand("plan", "Partition the model over the scenario's devices and predict performance");
   plan->add_option("scenario", file, "Scenario TOML file")->required();
-  plan->add_option("--planner", planner, "uniform | proportional | memory | adaptlink | exhaustive (default: the "
-                                         "scenario's [planner].name)");
+  plan->add_option("--planner", planner, al::cli::planner_choices() + " (default: the scenario's [planner].name)");
   plan->add_option("--objective", objective, "throughput | latency (default: the scenario's)")
       ->check(CLI::IsMember({"throughput", "latency"}));
   plan->add_option("--format", format, "table | json")->check(CLI::IsMember({"table", "text", "json"}));

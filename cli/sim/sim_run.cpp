@@ -38,6 +38,8 @@ struct CommonOptions {
   std::string network_model = "CM02";
   std::vector<std::string> profiles;
   long long requests = 0;
+  std::optional<double> heartbeat_interval_s;  // unset: the scenario's [recovery]
+  std::optional<double> heartbeat_timeout_s;
 };
 
 struct RunOptions : CommonOptions {
@@ -67,6 +69,7 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
                   "Measured per-node times (JSON, adaptlink-run profile; sim/README.md); repeatable");
   cmd->add_option("--requests", o.requests, "Simulate N requests instead of the scenario's workload.requests")
       ->check(CLI::PositiveNumber);
+  al::cli::add_heartbeat_options(cmd, o.heartbeat_interval_s, o.heartbeat_timeout_s);
 }
 
 struct Loaded {
@@ -84,6 +87,10 @@ al::Expected<Loaded> load(const CommonOptions& o) {
   l.objective = l.problem->scenario.planner.objective;
   if (o.objective == "throughput") l.objective = part::Objective::throughput;
   if (o.objective == "latency") l.objective = part::Objective::latency;
+  al::sim::SimOptions heartbeat;
+  heartbeat.heartbeat_interval_s = o.heartbeat_interval_s;
+  heartbeat.heartbeat_timeout_s = o.heartbeat_timeout_s;
+  if (auto h = al::sim::heartbeat_settings(l.problem->scenario, heartbeat); !h) return h.error();
   return l;
 }
 
@@ -231,6 +238,8 @@ int cmd_run(const RunOptions& o) {
   options.seed = o.seed;
   options.network_model = o.network_model;
   options.max_requests = o.requests;
+  options.heartbeat_interval_s = o.heartbeat_interval_s;
+  options.heartbeat_timeout_s = o.heartbeat_timeout_s;
   options.progress = progress_printer("simulating " + planner, o.quiet);
   if (!o.no_trace) {
     options.trace_path = *dir / "trace.json";
@@ -290,6 +299,8 @@ int cmd_compare(const CompareOptions& o) {
       options.seed = o.seed;
       options.network_model = o.network_model;
       options.max_requests = o.requests;
+      options.heartbeat_interval_s = o.heartbeat_interval_s;
+      options.heartbeat_timeout_s = o.heartbeat_timeout_s;
       options.progress = progress_printer("simulating " + name, false);
       auto report = al::sim::simulate(cost, *plan, options);
       if (!report) {
@@ -395,7 +406,7 @@ void add_sim_commands(CLI::App& app, std::function<int()>& action) {
                                         "trace.json");
   add_common(run, *run_opts);
   run->add_option("--planner", run_opts->planner,
-                  "uniform | proportional | memory | adaptlink | exhaustive (default: the scenario's)");
+                  al::cli::planner_choices() + " (default: the scenario's)");
   run->add_option("--out", run_opts->out, "Output directory (default runs/<scenario>/<timestamp>)");
   run->add_option("--format", run_opts->format, "table | json (the report)")
       ->check(CLI::IsMember({"table", "text", "json"}));

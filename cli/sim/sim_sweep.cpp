@@ -50,6 +50,8 @@ struct SweepCliOptions {
   long long requests = 0;
   std::vector<std::string> profiles;
   double mean_downtime_s = 60;
+  std::optional<double> heartbeat_interval_s;  // unset: the scenario's [recovery]
+  std::optional<double> heartbeat_timeout_s;
   bool no_plot = false;
   bool quiet = false;
 };
@@ -192,9 +194,6 @@ int cmd_sweep(const SweepCliOptions& o) {
     if (e.file.empty()) e.file = o.scenario;
     return al::cli::report(e, "adaptlink-sim");
   }
-  auto dir = make_sweep_dir(o.out, p.scenario.name);
-  if (!dir) return al::cli::report(dir.error(), "adaptlink-sim");
-
   al::sim::SweepOptions options;
   options.dropout_rates_per_hour = *rates;
   options.runs = o.runs;
@@ -203,6 +202,11 @@ int cmd_sweep(const SweepCliOptions& o) {
   options.sim.network_model = o.network_model;
   options.sim.max_requests = o.requests;
   options.sim.seed = o.seed;
+  options.sim.heartbeat_interval_s = o.heartbeat_interval_s;
+  options.sim.heartbeat_timeout_s = o.heartbeat_timeout_s;
+  if (auto h = al::sim::heartbeat_settings(p.scenario, options.sim); !h) return al::cli::report(h.error(), "adaptlink-sim");
+  auto dir = make_sweep_dir(o.out, p.scenario.name);
+  if (!dir) return al::cli::report(dir.error(), "adaptlink-sim");
   const bool tty = ::isatty(STDERR_FILENO) != 0;
   const int per_rate = 2 * o.runs;
   if (!o.quiet) {
@@ -280,6 +284,7 @@ void add_sweep_command(CLI::App& app, std::function<int()>& action) {
                     "Measured per-node times (JSON, adaptlink-run profile; sim/README.md); repeatable");
   sweep->add_option("--requests", o->requests, "Simulate N requests per run instead of workload.requests")
       ->check(CLI::PositiveNumber);
+  al::cli::add_heartbeat_options(sweep, o->heartbeat_interval_s, o->heartbeat_timeout_s);
   sweep->add_flag("--no-plot", o->no_plot, "Do not write sweep.png");
   sweep->add_flag("-q,--quiet", o->quiet, "No progress on stderr");
   sweep->callback([&action, o] { action = [o] { return cmd_sweep(*o); }; });

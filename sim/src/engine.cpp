@@ -91,6 +91,48 @@ struct DeviceState {
   bool running = false;
 };
 
+// The SimGrid platform of a pipeline: a host per device (then the access point), a link per link of the spec that a
+// route uses, a route per hop.
+struct Platform {
+  std::vector<sg4::Host*> hosts;                 // devices, then the access point
+  std::vector<sg4::Link*> links;                 // per link of the spec (nullptr: on no route)
+  std::map<int, std::vector<int>> link_devices;  // link -> devices at its ends
+};
+
+Expected<Platform> build_platform(const PipelineSpec& spec) {
+  Platform p;
+  auto* zone = sg4::create_full_zone("adaptlink");
+  const int n = static_cast<int>(spec.device_names.size());
+  for (int d = 0; d < n; ++d) {
+    p.hosts.push_back(zone->create_host(fmt::format("device{}", d), spec.device_speed_flops[static_cast<size_t>(d)]));
+  }
+  if (spec.has_access_point) p.hosts.push_back(zone->create_host("ap", 1e12));
+  p.links.assign(spec.links.size(), nullptr);
+  std::vector<std::pair<int, int>> link_ends(spec.links.size(), {-1, -1});
+  for (const auto& route : spec.routes) {
+    for (const auto& hop : route) {
+      if (hop.from < n) p.link_devices[hop.link].push_back(hop.from);
+      if (hop.to < n) p.link_devices[hop.link].push_back(hop.to);
+      const auto& link_spec = spec.links[static_cast<size_t>(hop.link)];
+      auto& link = p.links[static_cast<size_t>(hop.link)];
+      const std::pair<int, int> ends{std::min(hop.from, hop.to), std::max(hop.from, hop.to)};
+      if (link == nullptr) {
+        link = zone->create_link(fmt::format("link{}", hop.link), link_spec.bandwidth_bps)
+                   ->set_latency(link_spec.latency_s)
+                   ->seal();
+        link_ends[static_cast<size_t>(hop.link)] = ends;
+        zone->add_route(p.hosts[static_cast<size_t>(hop.from)]->get_netpoint(),
+                        p.hosts[static_cast<size_t>(hop.to)]->get_netpoint(), nullptr, nullptr,
+                        {sg4::LinkInRoute(link)}, true);
+      } else if (link_ends[static_cast<size_t>(hop.link)] != ends) {
+        return make_error("link '{}' joins different endpoints in two routes", link_spec.name);
+      }
+    }
+  }
+  zone->seal();
+  return p;
+}
+
 class Simulation {
  public:
   Simulation(const PipelineSpec& spec, const EngineOptions& options)
@@ -104,48 +146,20 @@ class Simulation {
     }
   }
 
-  Expected<Ok> build_platform() {
-    auto* zone = sg4::create_full_zone("adaptlink");
-    const int n = static_cast<int>(spec_.device_names.size());
-    devices_.resize(static_cast<size_t>(n));
-    for (int d = 0; d < n; ++d) {
-      auto& dev = devices_[static_cast<size_t>(d)];
-      dev.speed = spec_.device_speed_flops[static_cast<size_t>(d)];
-      dev.host = zone->create_host(fmt::format("device{}", d), dev.speed);
+  // Takes the platform; devices get their hosts, speeds, queues and semaphores.
+  void set_platform(Platform platform) {
+    platform_ = std::move(platform);
+    devices_.resize(spec_.device_names.size());
+    for (size_t d = 0; d < devices_.size(); ++d) {
+      auto& dev = devices_[d];
+      dev.speed = spec_.device_speed_flops[d];
+      dev.host = platform_.hosts[d];
       dev.queue.set_schedule(spec_.schedule);
-      hosts_.push_back(dev.host);
+      dev.ready = sg4::Semaphore::create(0);
     }
-    if (spec_.has_access_point) hosts_.push_back(zone->create_host("ap", 1e12));
-    auto& links = links_;
-    links.assign(spec_.links.size(), nullptr);
-    std::vector<std::pair<int, int>> link_ends(spec_.links.size(), {-1, -1});
-    for (const auto& route : spec_.routes) {
-      for (const auto& hop : route) {
-        if (hop.from < n) link_devices_[hop.link].push_back(hop.from);
-        if (hop.to < n) link_devices_[hop.link].push_back(hop.to);
-        const auto& spec = spec_.links[static_cast<size_t>(hop.link)];
-        auto& link = links[static_cast<size_t>(hop.link)];
-        if (link == nullptr) {
-          link = zone->create_link(fmt::format("link{}", hop.link), spec.bandwidth_bps)
-                     ->set_latency(spec.latency_s)
-                     ->seal();
-          link_ends[static_cast<size_t>(hop.link)] = {std::min(hop.from, hop.to), std::max(hop.from, hop.to)};
-          zone->add_route(hosts_[static_cast<size_t>(hop.from)]->get_netpoint(),
-                          hosts_[static_cast<size_t>(hop.to)]->get_netpoint(), nullptr, nullptr,
-                          {sg4::LinkInRoute(link)}, true);
-        } else if (link_ends[static_cast<size_t>(hop.link)] !=
-                   std::make_pair(std::min(hop.from, hop.to), std::max(hop.from, hop.to))) {
-          return make_error("link '{}' joins different endpoints in two routes", spec.name);
-        }
-      }
-    }
-    zone->seal();
-    for (auto& dev : devices_) dev.ready = sg4::Semaphore::create(0);
     jobs_ready_ = sg4::Semaphore::create(0);
     hold_ = sg4::Semaphore::create(0);
     all_done_ = sg4::Semaphore::create(0);
-    lanes_.resize(spec_.links.size());
-    return Ok{};
   }
 
   void start_actors() {
@@ -161,7 +175,7 @@ class Simulation {
       records_.push_back(rec);
     }
     pending_rebuilds_.assign(records_.size(), 0);
-    sg4::Actor::create("faults", hosts_.back(), [this] {
+    sg4::Actor::create("faults", platform_.hosts.back(), [this] {
       sg4::Actor::self()->daemonize();
       fault_loop();
     });
@@ -178,7 +192,6 @@ class Simulation {
   }
 
   bool open_trace() {
-    if (options_.trace_path.empty()) return true;
     return trace_.open(options_.trace_path, options_.trace_from_s, options_.trace_until_s, options_.trace_max_events);
   }
 
@@ -192,21 +205,15 @@ class Simulation {
     out_.makespan_s = now;
     out_.trace_events = trace_.events();
     if (trace_.enabled()) {
-      trace_.name_process(TraceWriter::kDevicePid, "devices", 0);
-      trace_.name_process(TraceWriter::kLinkPid, "links", 1);
-      for (size_t d = 0; d < devices_.size(); ++d) {
-        trace_.name_thread(TraceWriter::kDevicePid, static_cast<int>(d), spec_.device_names[d], static_cast<int>(d));
-      }
-      for (const auto& [link, lane, tid] : lane_tids_) {
-        std::string name = spec_.links[static_cast<size_t>(link)].name;
-        if (lane > 0) name += fmt::format(" #{}", lane + 1);
-        trace_.name_thread(TraceWriter::kLinkPid, tid, name, link * 1000 + lane);
-      }
+      std::vector<std::string> link_names;
+      for (const auto& l : spec_.links) link_names.push_back(l.name);
       const std::string other = fmt::format(
           R"("scenario":{},"planner":{},"backend":"sim","network_model":{},"truncated":{},"trace_from_s":{},"events":{})",
           json_string(spec_.scenario), json_string(spec_.planner), json_string(options_.network_model),
           trace_.truncated() ? "true" : "false", options_.trace_from_s, trace_.events());
-      if (!trace_.close(other)) return make_error("cannot write the trace to '{}'", options_.trace_path);
+      if (!trace_.close(spec_.device_names, link_names, other)) {
+        return make_error("cannot write the trace to '{}'", options_.trace_path);
+      }
     }
     return std::move(out_);
   }
@@ -238,7 +245,12 @@ class Simulation {
       dev.busy = false;
       recorder_.busy(d, start, end);
       ++out_.stage_executions;  // one trace slice each: a prefill that yields counts each run of nodes
-      if (trace_.wants(start)) trace_compute(d, task, start, end);
+      if (trace_.wants(start)) {
+        trace_.compute(d, task.kind == TaskKind::rebuild   ? "replay"
+                                  : task.kind == TaskKind::prefill ? "prefill"
+                                                                   : "decode",
+                       slots_[static_cast<size_t>(task.slot)].id, task.stage, task.step, task.tokens, start, end);
+      }
       if (!finished) continue;  // yielded to a decode step: the rest of the prefill is queued first
       if (task.kind == TaskKind::rebuild) {
         rebuild_done(task.fault);
@@ -283,13 +295,16 @@ class Simulation {
       jobs_.pop_front();
       for (const auto& hop : *job.route) {
         const double start = sg4::Engine::get_clock();
-        const int lane = trace_.enabled() ? take_lane(hop.link) : 0;
-        sg4::Comm::sendto(hosts_[static_cast<size_t>(hop.from)], hosts_[static_cast<size_t>(hop.to)], job.bytes);
+        const int lane = trace_.enabled() ? trace_.take_lane(hop.link) : 0;
+        sg4::Comm::sendto(platform_.hosts[static_cast<size_t>(hop.from)], platform_.hosts[static_cast<size_t>(hop.to)], job.bytes);
         const double end = sg4::Engine::get_clock();
         ++out_.transfers;
         if (trace_.enabled()) {
-          if (trace_.wants(start)) trace_transfer(hop.link, lane, job, start, end);
-          lanes_[static_cast<size_t>(hop.link)][static_cast<size_t>(lane)] = false;
+          if (trace_.wants(start)) {
+            trace_.transfer(hop.link, lane, slots_[static_cast<size_t>(job.next.slot)].id, job.bytes, job.from_stage,
+                            job.next.stage, job.next.step, start, end);
+          }
+          trace_.free_lane(hop.link, lane);
         }
       }
       --jobs_in_flight_;
@@ -354,7 +369,7 @@ class Simulation {
     if (idle_couriers_ > 0) {
       --idle_couriers_;  // reserved: that courier takes this job (a job never waits for a courier)
     } else {
-      sg4::Actor::create("courier", hosts_[0], [this] {
+      sg4::Actor::create("courier", platform_.hosts[0], [this] {
         sg4::Actor::self()->daemonize();
         courier_loop();
       });
@@ -424,10 +439,12 @@ class Simulation {
         if (fault.kind == partition::FaultKind::rejoin) dev.dead = false;  // back, empty
         if (fault.kind == partition::FaultKind::slowdown) dev.slowdown = fault.factor;  // from the next task on
         if (fault.kind == partition::FaultKind::link) {
-          for (size_t l = 0; l < links_.size(); ++l) {
-            if (links_[l] == nullptr) continue;
-            const auto& ends = link_devices_[static_cast<int>(l)];
-            if (std::find(ends.begin(), ends.end(), d) != ends.end()) links_[l]->set_bandwidth(fault.bandwidth_mbps * 1e6 / 8.0);
+          for (size_t l = 0; l < platform_.links.size(); ++l) {
+            if (platform_.links[l] == nullptr) continue;
+            const auto& ends = platform_.link_devices[static_cast<int>(l)];
+            if (std::find(ends.begin(), ends.end(), d) != ends.end()) {
+              platform_.links[l]->set_bandwidth(fault.bandwidth_mbps * 1e6 / 8.0);
+            }
           }
         }
         return;
@@ -628,56 +645,6 @@ class Simulation {
     rec.recovery_ms = (now - rec.at_s) * 1e3;
   }
 
-  // --- trace ----------------------------------------------------------------------------------------------
-  int take_lane(int link) {
-    auto& lanes = lanes_[static_cast<size_t>(link)];
-    for (size_t i = 0; i < lanes.size(); ++i) {
-      if (!lanes[i]) {
-        lanes[i] = true;
-        return static_cast<int>(i);
-      }
-    }
-    lanes.push_back(true);
-    const int lane = static_cast<int>(lanes.size()) - 1;
-    lane_tids_.push_back({link, lane, static_cast<int>(lane_tids_.size())});
-    return lane;
-  }
-
-  int lane_tid(int link, int lane) const {
-    for (const auto& l : lane_tids_) {
-      if (l.link == link && l.lane == lane) return l.tid;
-    }
-    return 0;
-  }
-
-  void trace_compute(int device, const Task& task, double start, double end) {
-    const long long id = slots_[static_cast<size_t>(task.slot)].id;
-    const bool rebuild = task.kind == TaskKind::rebuild;
-    std::string name = rebuild                             ? fmt::format("replay r{} ({} tokens)", id, task.tokens)
-                       : task.kind == TaskKind::prefill ? fmt::format("prefill r{}", id)
-                                                        : fmt::format("decode r{} t{}", id, task.step);
-    trace_.slice(TraceWriter::kDevicePid, device, name,
-                 rebuild ? "replay" : task.kind == TaskKind::prefill ? "prefill" : "decode", start, end,
-                 fmt::format(R"("request":{},"stage":{},"step":{})", id, task.stage, rebuild ? -2 : task.step));
-  }
-
-  void trace_transfer(int link, int lane, const Job& job, double start, double end) {
-    const long long id = slots_[static_cast<size_t>(job.next.slot)].id;
-    const bool back = job.next.stage <= job.from_stage;
-    std::string name = back ? fmt::format("token r{} t{}", id, job.next.step)
-                            : fmt::format("act r{} s{}>s{}", id, job.from_stage, job.next.stage);
-    trace_.slice(TraceWriter::kLinkPid, lane_tid(link, lane), name, back ? "token" : "activation", start, end,
-                 fmt::format(R"("request":{},"bytes":{},"from_stage":{},"to_stage":{},"step":{})", id, job.bytes,
-                             job.from_stage, job.next.stage, job.next.step));
-  }
-
-  struct LaneTid {
-    int link;
-    int lane;
-    int tid;
-  };
-
-
   const PipelineSpec& spec_;
   const EngineOptions& options_;
   Flat flat_;                       // the current placement, flattened (a recovery changes it)
@@ -690,11 +657,9 @@ class Simulation {
   std::vector<int> pending_rebuilds_;           // per fault: rebuilds not yet done
   std::map<size_t, std::vector<size_t>> completes_;  // a rebalance's fault -> the earlier rejoins it completes too
   std::optional<Error> failure_;    // a recovery that could not be carried out ends the run with this
-  std::vector<sg4::Link*> links_;
-  std::map<int, std::vector<int>> link_devices_;  // link -> devices at its ends
   long long progress_step_ = 1;
   std::vector<DeviceState> devices_;
-  std::vector<sg4::Host*> hosts_;  // devices, then the access point
+  Platform platform_;
   std::deque<Job> jobs_;
   sg4::SemaphorePtr jobs_ready_;
   sg4::SemaphorePtr all_done_;
@@ -702,9 +667,7 @@ class Simulation {
   std::vector<RequestSlot> slots_;
   std::vector<int> free_slots_;
   long long admitted_ = 0;
-  std::vector<std::vector<bool>> lanes_;  // [link][lane] busy
-  std::vector<LaneTid> lane_tids_;
-  TraceWriter trace_;
+  RunTrace trace_;
   runtime::RunRecorder recorder_;
   EngineOutcome out_;
 };
@@ -725,9 +688,10 @@ Expected<EngineOutcome> run_engine(const PipelineSpec& spec, const EngineOptions
       sg4::Engine::set_config("network/crosstraffic:0");
       sg4::Engine::set_config("network/TCP-gamma:0");
     }
-    Simulation sim(spec, options);
-    auto platform = sim.build_platform();
+    auto platform = build_platform(spec);
     if (!platform) return platform.error();
+    Simulation sim(spec, options);
+    sim.set_platform(std::move(*platform));
     if (!sim.open_trace()) return make_error("cannot create the trace file '{}'", options.trace_path);
     sim.start_actors();
     engine.run();

@@ -4,6 +4,7 @@
 // ("agx<->ap #2") because Perfetto needs the slices of one row to nest.
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <string_view>
@@ -62,6 +63,46 @@ class TraceWriter {
   bool first_ = true;
   bool truncated_ = false;
   std::vector<std::string> metadata_;
+};
+
+// The simulator's trace: a row per device (compute slices) and per link lane (transfers; one that overlaps a
+// transfer already on the link takes the next free lane), named when the trace is closed.
+class RunTrace {
+ public:
+  bool open(const std::string& path, double from_s, double until_s, long long max_events) {
+    return path.empty() || writer_.open(path, from_s, until_s, max_events);
+  }
+  [[nodiscard]] bool enabled() const { return writer_.enabled(); }
+  [[nodiscard]] bool wants(double start_s) { return writer_.wants(start_s); }
+  [[nodiscard]] long long events() const { return writer_.events(); }
+  [[nodiscard]] bool truncated() const { return writer_.truncated(); }
+
+  // A free lane of `link` for a transfer starting now (lanes are numbered per link from 0); give it back after.
+  int take_lane(int link);
+  void free_lane(int link, int lane) { lanes_[static_cast<size_t>(link)][static_cast<size_t>(lane)] = false; }
+
+  // kind: "prefill" | "decode" | "replay" (a recovery's KV rebuild of `tokens` tokens).
+  void compute(int device, std::string_view kind, long long request, int stage, int step, int tokens, double start_s,
+               double end_s);
+  // A hop of request `request`'s activation (from_stage -> to_stage) or, when to_stage <= from_stage, its token.
+  void transfer(int link, int lane, long long request, std::uint64_t bytes, int from_stage, int to_stage, int step,
+                double start_s, double end_s);
+
+  // Names the rows and writes the metadata; `other` is the text of otherData's members. False when writing fails.
+  bool close(const std::vector<std::string>& device_names, const std::vector<std::string>& link_names,
+             std::string_view other);
+
+ private:
+  struct LaneTid {
+    int link;
+    int lane;
+    int tid;
+  };
+  [[nodiscard]] int lane_tid(int link, int lane) const;
+
+  TraceWriter writer_;
+  std::vector<std::vector<bool>> lanes_;  // [link][lane] busy
+  std::vector<LaneTid> lane_tids_;
 };
 
 // JSON string literal (quoted, escaped).

@@ -56,4 +56,27 @@ string(JSON planner GET "${stdout}" planner)
 if(NOT planner STREQUAL "uniform" OR EXISTS ${out}/3/trace.json)
   message(FATAL_ERROR "run --format json --no-trace --planner uniform: ${stdout}")
 endif()
+# Heartbeat flags override the scenario's [recovery]: the dropout at 20 s is detected heartbeat_timeout_s later
+# (the scenario's default 1.5 s, then 4 s from the flags).
+foreach(case "21.5;" "24;--heartbeat-timeout-s;4;--heartbeat-interval-s;1")
+  list(POP_FRONT case expected)
+  execute_process(COMMAND ${SIM} run ${SRC}/scenarios/jetson-quartet-dropout.toml --out ${out}/hb --no-trace --quiet
+                          --format json ${case}
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "run ${case} failed (${rc}): ${stderr}")
+  endif()
+  string(JSON kind GET "${stdout}" faults 0 kind)
+  string(JSON at GET "${stdout}" faults 0 at_s)
+  string(JSON detected GET "${stdout}" faults 0 detected_s)
+  if(NOT kind STREQUAL "dropout" OR NOT at MATCHES "^20(\\.0*)?$" OR NOT detected MATCHES "^${expected}(\\.?0*)?$")
+    message(FATAL_ERROR "${case}: ${kind} at ${at} s detected at ${detected} s, expected 20 and ${expected}")
+  endif()
+endforeach()
+# A timeout shorter than the interval is bad input (exit 2), and nothing is written.
+execute_process(COMMAND ${SIM} run ${SRC}/scenarios/jetson-quartet-dropout.toml --out ${out}/bad --heartbeat-timeout-s 0.2
+                RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
+if(NOT rc EQUAL 2 OR NOT stderr MATCHES "heartbeat timeout" OR EXISTS ${out}/bad)
+  message(FATAL_ERROR "--heartbeat-timeout-s 0.2 < interval: rc ${rc}, ${stderr}")
+endif()
 file(REMOVE_RECURSE ${out})
