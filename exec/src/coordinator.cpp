@@ -14,6 +14,7 @@
 #include "adaptlink/exec/worker.hpp"
 #include "adaptlink/models/graph.hpp"
 #include "adaptlink/partition/problem.hpp"
+#include "coordinator_view.hpp"
 #include "runtime.hpp"
 
 namespace adaptlink::exec {
@@ -25,7 +26,8 @@ using runtime::RecoveryAction;
 using wire::Message;
 using wire::MsgType;
 
-using Range = std::pair<int, int>;
+using detail::preloaded;
+using detail::Range;
 
 struct WorkerState {
   zmq::socket_t socket;
@@ -41,34 +43,6 @@ struct RequestState {
   std::vector<int64_t> generated;
   Clock::time_point admitted;
 };
-
-// A stage entry that only holds weights (a backup, or a preload before a switch).
-wire::StageEntry preloaded(int first, int last) {
-  wire::StageEntry e;
-  e.first = first;
-  e.last = last;
-  return e;
-}
-
-// A cluster of the workers alone, for runs without a scenario (generate --stages, tests): one device per worker with
-// room for any stage, equal speeds, the default network.
-std::unique_ptr<partition::Problem> anonymous_cluster(const models::LlavaConfig& config,
-                                                      const std::vector<WorkerSpec>& workers) {
-  partition::Scenario s;
-  s.name = "workers";
-  s.model.llava = config;
-  s.model.dtype = models::Dtype::fp32;
-  for (const auto& w : workers) {
-    partition::Device d;
-    d.name = w.name;
-    d.tflops = 1;
-    d.mem_bytes = 1e18;
-    d.mem_bw_gbs = 1;
-    s.devices.push_back(d);
-  }
-  s.planner.backups = false;
-  return partition::make_problem(std::move(s));
-}
 
 class Coordinator {
  public:
@@ -123,7 +97,9 @@ class Coordinator {
     for (const auto& r : requests_) {
       if (r.input_ids.empty()) return make_error("request '{}' has no input ids", r.id);
     }
-    if (auto st = prepare_recovery(ck->config()); !st) return st;
+    auto view = detail::recovery_view(spec_, ck->config());
+    if (!view) return view.error();
+    view_.emplace(std::move(*view));
     try {
       ret_.bind(options_.listen);
     } catch (const zmq::error_t& e) {
@@ -147,46 +123,6 @@ class Coordinator {
     return Ok{};
   }
 
-  // The recovery policy's view: the scenario's devices (or the workers alone), the plan's placement in device
-  // indices, every device with a worker up.
-  Status prepare_recovery(const models::LlavaConfig& config) {
-    const partition::CostModel* cost = nullptr;
-    runtime::PlanFunction plan;
-    bool with_backups = false;
-    if (spec_.recovery) {
-      cost = spec_.recovery->cost;
-      map_ = spec_.recovery->map;
-      plan = spec_.recovery->plan;
-      with_backups = spec_.recovery->with_backups;
-    } else {
-      own_cluster_ = anonymous_cluster(config, spec_.workers);
-      cost = own_cluster_->cost.get();
-      map_ = runtime::WorkerMap::identity(static_cast<int>(spec_.workers.size()));
-    }
-    ADAPTLINK_CHECK(cost != nullptr, "recovery needs a cost model");
-    if (map_.device_of_worker.size() != spec_.workers.size()) {
-      return make_error("the worker map names {} workers, the pipeline has {}", map_.device_of_worker.size(),
-                        spec_.workers.size());
-    }
-    runtime::Placement placement;
-    for (const auto& st : spec_.stages) placement.stages.push_back({map_.device(st.worker), st.first, st.last});
-    for (size_t w = 0; w < spec_.workers.size(); ++w) {
-      partition::Backup b{map_.device(static_cast<int>(w)), {}, 0};
-      for (const auto& range : spec_.workers[w].backups) {
-        for (size_t s = 0; s < spec_.stages.size(); ++s) {
-          if (spec_.stages[s].first == range.first && spec_.stages[s].last == range.second) b.covers.push_back(static_cast<int>(s));
-        }
-      }
-      if (!b.covers.empty()) placement.backups.push_back(b);
-    }
-    std::vector<bool> alive(static_cast<size_t>(cost->num_devices()), false);
-    for (int d : map_.device_of_worker) alive[static_cast<size_t>(d)] = true;
-    policy_.emplace(*cost, std::move(plan), with_backups);
-    cluster_ = runtime::ClusterState::start(*cost, std::move(placement), std::move(alive));
-    scenario_ = &cost->scenario();
-    return Ok{};
-  }
-
   // A new DEALER socket to `endpoint` for a worker (replacing its old one and whatever was queued there).
   void connect(WorkerState& ws, const std::string& endpoint) {
     ws.socket = zmq::socket_t(ctx_, zmq::socket_type::dealer);
@@ -203,44 +139,23 @@ class Coordinator {
 
   // --- the placement in worker terms ---
 
-  [[nodiscard]] const std::vector<partition::Stage>& stages() const { return cluster_.placement.stages; }
-  [[nodiscard]] int stage_worker(size_t s) const { return map_.worker(stages()[s].device); }
-  [[nodiscard]] int text_stage() const { return std::max(0, cluster_.placement.text_stage(policy_->cost())); }
+  [[nodiscard]] const std::vector<partition::Stage>& stages() const { return view_->cluster.placement.stages; }
+  [[nodiscard]] int stage_worker(size_t s) const { return view_->map.worker(stages()[s].device); }
+  [[nodiscard]] int text_stage() const { return std::max(0, view_->cluster.placement.text_stage(view_->policy->cost())); }
   [[nodiscard]] int text_worker() const { return stage_worker(static_cast<size_t>(text_stage())); }
-  [[nodiscard]] int64_t epoch() const { return cluster_.placement.epoch; }
+  [[nodiscard]] int64_t epoch() const { return view_->cluster.placement.epoch; }
 
   [[nodiscard]] LinkShape link(int from, int to) const { return from == to ? LinkShape{} : env_.link(from, to); }
 
-  // The stage entry for a hello/route: its range, whether it runs, where it sends.
-  [[nodiscard]] wire::StageEntry stage_entry(const runtime::Placement& p, size_t s) const {
-    const auto& st = p.stages[s];
-    wire::StageEntry e{st.first_node, st.last_node, true, "", std::nullopt, false};
-    if (s + 1 < p.stages.size()) {
-      const int w = map_.worker(st.device), nw = map_.worker(p.stages[s + 1].device);
-      e.next = workers_[static_cast<size_t>(nw)].endpoint;
-      e.link = link(w, nw);
-    }
-    return e;
+  [[nodiscard]] detail::WireRoutes wire_routes() const {
+    return {view_->map, [this](int w) { return workers_[static_cast<size_t>(w)].endpoint; },
+            [this](int from, int to) { return env_.link(from, to); }};
   }
-
-  // Stage entries for worker w in `p`: its stages (active) and its backups (preloaded, inactive); every range
-  // listed goes into `held`.
+  [[nodiscard]] wire::StageEntry stage_entry(const runtime::Placement& p, size_t s) const {
+    return wire_routes().entry(p, s);
+  }
   std::vector<wire::StageEntry> holdings(const runtime::Placement& p, size_t w, std::set<Range>& held) const {
-    std::vector<wire::StageEntry> list;
-    const int device = map_.device(static_cast<int>(w));
-    for (size_t s = 0; s < p.stages.size(); ++s) {
-      if (p.stages[s].device != device) continue;
-      list.push_back(stage_entry(p, s));
-      held.insert({p.stages[s].first_node, p.stages[s].last_node});
-    }
-    for (const auto& b : p.backups) {
-      if (b.device != device) continue;
-      for (int c : b.covers) {
-        const auto& st = p.stages[static_cast<size_t>(c)];
-        if (held.insert({st.first_node, st.last_node}).second) list.push_back(preloaded(st.first_node, st.last_node));
-      }
-    }
-    return list;
+    return wire_routes().holdings(p, static_cast<int>(w), held);
   }
 
   [[nodiscard]] Message hello_for(size_t w, std::vector<wire::StageEntry> stages) const {
@@ -261,7 +176,7 @@ class Coordinator {
 
   Status handshake() {
     for (size_t w = 0; w < workers_.size(); ++w) {
-      auto stages = holdings(cluster_.placement, w, workers_[w].holds);
+      auto stages = holdings(view_->cluster.placement, w, workers_[w].holds);
       if (!detail::send_frames(workers_[w].socket, wire::encode(hello_for(w, std::move(stages))))) {
         return make_error("{}: cannot send the hello", who(static_cast<int>(w)));
       }
@@ -286,10 +201,10 @@ class Coordinator {
       }
       for (size_t w = 0; w < workers_.size(); ++w) {
         if (ready[w]) continue;
-        auto m = receive(workers_[w].socket, 20);
+        auto m = detail::receive_message(workers_[w].socket, 20);
         if (!m) continue;
         if (m->type == MsgType::error) {
-          return make_error("{} refused the hello: {}", who(static_cast<int>(w)), error_text(*m));
+          return make_error("{} refused the hello: {}", who(static_cast<int>(w)), detail::error_text(*m));
         }
         if (m->type != MsgType::ready) {
           return make_error("{} answered the hello with a {} message", who(static_cast<int>(w)), wire::to_string(m->type));
@@ -306,24 +221,6 @@ class Coordinator {
       if (spec_.workers[w].name == name) return static_cast<int>(w);
     }
     return -1;
-  }
-
-  static std::string error_text(const Message& m) {
-    auto e = wire::parse_error(m);
-    return e ? e->message : "(an error message that does not parse: " + e.error().message + ")";
-  }
-
-  // Polls one worker socket for up to `wait_ms`; a message that does not decode is dropped (the worker only ever
-  // answers; nothing to answer it with).
-  std::optional<Message> receive(zmq::socket_t& socket, int wait_ms) {
-    zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
-    detail::poll_items(&item, 1, wait_ms);
-    if ((item.revents & ZMQ_POLLIN) == 0) return std::nullopt;
-    auto frames = detail::recv_frames(socket, false);
-    if (!frames) return std::nullopt;
-    auto m = wire::decode(*frames);
-    if (!m) return std::nullopt;
-    return std::move(m).value();
   }
 
   // --- the run ---
@@ -378,15 +275,7 @@ class Coordinator {
   }
 
   void record_events(const std::vector<wire::TraceEvent>& events) {
-    for (const auto& e : events) {
-      StageTiming t;
-      t.device = e.device;
-      t.name = e.name;
-      t.request = e.request;
-      t.start_s = static_cast<double>(e.ts_us - start_wall_us_) / 1e6;
-      t.end_s = t.start_s + static_cast<double>(e.dur_us) / 1e6;
-      run_.events.push_back(std::move(t));
-    }
+    detail::append_timings(run_.events, events, start_wall_us_);
   }
 
   Status on_token(const Message& m, const wire::Token& token) {
@@ -417,7 +306,7 @@ class Coordinator {
   }
 
   Status admit() {
-    if (cluster_.pending && cluster_.pending->stages_changed) return Ok{};  // draining to a rebalance's safe point
+    if (view_->cluster.pending && view_->cluster.pending->stages_changed) return Ok{};  // draining to a rebalance's safe point
     while (active_ < options_.in_flight && next_ < requests_.size()) {
       const size_t i = next_++;
       states_[i].admitted = Clock::now();
@@ -454,7 +343,7 @@ class Coordinator {
         if (workers_[static_cast<size_t>(w)].alive) continue;
         if (auto st = on_rejoined(w, workers_[static_cast<size_t>(w)].endpoint); !st) return st;
       }
-      if (cluster_.pending && cluster_.pending->stages_changed && active_ == 0) {
+      if (view_->cluster.pending && view_->cluster.pending->stages_changed && active_ == 0) {
         if (auto st = switch_placement(); !st) return st;
       }
       for (size_t w = 0; w < workers_.size(); ++w) {
@@ -526,7 +415,7 @@ class Coordinator {
           workers_[w].last_pong = Clock::now();
           if (!workers_[w].alive) returned_.insert(static_cast<int>(w));  // restarted at its endpoint
         } else if (m->type == MsgType::error) {
-          return make_error("{} reported an error: {}", who(static_cast<int>(w)), error_text(*m));
+          return make_error("{} reported an error: {}", who(static_cast<int>(w)), detail::error_text(*m));
         }
       }
     }
@@ -604,7 +493,7 @@ class Coordinator {
       r.stages.emplace();
       for (size_t s = 0; s < stages().size(); ++s) {
         if (stage_worker(s) != static_cast<int>(w)) continue;
-        r.stages->push_back(stage_entry(cluster_.placement, s));
+        r.stages->push_back(stage_entry(view_->cluster.placement, s));
         touched = touched || (s + 1 < stages().size() && changed.count(stage_worker(s + 1)) > 0);
       }
       if (!touched) continue;
@@ -629,7 +518,7 @@ class Coordinator {
     const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(options_.hello_timeout_s));
     while (Clock::now() < deadline) {
-      auto m = receive(ws.socket, 50);
+      auto m = detail::receive_message(ws.socket, 50);
       if (!m) {
         for (const auto& e : env_.poll(seconds(Clock::now()))) {
           if (e.kind == EnvEvent::Kind::worker_lost && worker_named(e.device) == w) {
@@ -640,7 +529,7 @@ class Coordinator {
         continue;
       }
       if (m->type == MsgType::ready) return Ok{};
-      if (m->type == MsgType::error) return make_error("{} could not take over: {}", who(w), error_text(*m));
+      if (m->type == MsgType::error) return make_error("{} could not take over: {}", who(w), detail::error_text(*m));
       // pongs and the like: keep waiting
     }
     return make_error("{} did not confirm the new route within {:g} s", who(w), options_.hello_timeout_s);
@@ -673,22 +562,22 @@ class Coordinator {
     ws.holds.clear();
     auto rec = fault_record(w, partition::FaultKind::dropout);
     rec.cause = cause;
-    const int device = map_.device(w);
-    const bool held_stage = !cluster_.placement.stages_on(device).empty();
+    const int device = view_->map.device(w);
+    const bool held_stage = !view_->cluster.placement.stages_on(device).empty();
     if (held_stage && !options_.recover) {
       return make_error("{} was lost ({})", who(w),
                         cause == runtime::LossCause::heartbeat_timeout
                             ? fmt::format("no heartbeat for {:g} s", options_.heartbeat_timeout_s)
                             : std::string(runtime::to_string(cause)));
     }
-    auto plan = policy_->on_dropout(cluster_, device);
+    auto plan = view_->policy->on_dropout(view_->cluster, device);
     if (!plan) return make_error("{} was lost and cannot be replaced: {}", who(w), plan.error().message);
-    runtime::describe(*plan, *scenario_, rec);
-    if (cluster_.pending) {  // this dropout cancels the pending rebalance: planned again once it is recovered
+    runtime::describe(*plan, *view_->scenario, rec);
+    if (view_->cluster.pending) {  // this dropout cancels the pending rebalance: planned again once it is recovered
       cancelled_faults_.insert(cancelled_faults_.end(), pending_faults_.begin(), pending_faults_.end());
       pending_faults_.clear();
     }
-    runtime::apply(cluster_, *plan);
+    runtime::apply(view_->cluster, *plan);
     if (plan->action == RecoveryAction::none) {  // a standby or idle worker: nothing to recover
       recovered_now(rec, *rec.detected_s);
       run_.faults.push_back(rec);
@@ -703,11 +592,17 @@ class Coordinator {
       if (auto st = rebuild_in_flight(std::move(rec), /*full=*/true); !st) return st;
       return Ok{};
     }
-    // Moves: the new holders (loading if needed) first, so that a step their upstream neighbours send once
-    // re-routed never finds the stage inactive; then those neighbours.
+    if (auto st = route_moves(*plan); !st) return st;
+    if (auto st = rebuild_in_flight(std::move(rec), /*full=*/false); !st) return st;
+    return plan->rebalance_after ? plan_rebalance_again() : Status(Ok{});
+  }
+
+  // Moves: the new holders (loading if needed) first, so that a step their upstream neighbours send once re-routed
+  // never finds the stage inactive; then those neighbours.
+  Status route_moves(runtime::RecoveryPlan& plan) {
     std::vector<size_t> order;
-    for (const auto& m : plan->moves) order.push_back(static_cast<size_t>(m.stage));
-    for (const auto& m : plan->moves) {
+    for (const auto& m : plan.moves) order.push_back(static_cast<size_t>(m.stage));
+    for (const auto& m : plan.moves) {
       const auto up = static_cast<size_t>(m.stage);
       if (up > 0 && std::find(order.begin(), order.end(), up - 1) == order.end()) order.push_back(up - 1);
     }
@@ -715,15 +610,12 @@ class Coordinator {
       const int holder = stage_worker(s);
       const auto& st = stages()[s];
       workers_[static_cast<size_t>(holder)].holds.insert({st.first_node, st.last_node});
-      const double delay = std::find_if(plan->moves.begin(), plan->moves.end(), [s](const auto& m) {
-                             return static_cast<size_t>(m.stage) == s;
-                           }) != plan->moves.end()
-                               ? std::exchange(plan->load_ms[static_cast<size_t>(stages()[s].device)], 0.0)
-                               : 0.0;
-      if (auto r = route(holder, {stage_entry(cluster_.placement, s)}, delay); !r) return r;
+      const bool moved = std::any_of(plan.moves.begin(), plan.moves.end(),
+                                     [s](const auto& m) { return static_cast<size_t>(m.stage) == s; });
+      const double delay = moved ? std::exchange(plan.load_ms[static_cast<size_t>(st.device)], 0.0) : 0.0;
+      if (auto r = route(holder, {stage_entry(view_->cluster.placement, s)}, delay); !r) return r;
     }
-    if (auto st = rebuild_in_flight(std::move(rec), /*full=*/false); !st) return st;
-    return plan->rebalance_after ? plan_rebalance_again() : Status(Ok{});
+    return Ok{};
   }
 
   // Requests in flight: rebuild the replacements' state from the upstream logs (`full`: through every stage
@@ -764,9 +656,9 @@ class Coordinator {
     if (auto st = request_ready(w, hello_for(static_cast<size_t>(w), {})); !st) return st;
     ws.alive = true;
     rec.detected_s = seconds(Clock::now());
-    auto plan = policy_->on_rejoin(cluster_, map_.device(w));
-    runtime::describe(plan, *scenario_, rec);
-    runtime::apply(cluster_, plan);
+    auto plan = view_->policy->on_rejoin(view_->cluster, view_->map.device(w));
+    runtime::describe(plan, *view_->scenario, rec);
+    runtime::apply(view_->cluster, plan);
     run_.faults.push_back(rec);
     if (plan.action != RecoveryAction::rebalance) {  // no plan fits, or nothing changes: it is a spare
       recovered_now(run_.faults.back(), *rec.detected_s);
@@ -778,8 +670,8 @@ class Coordinator {
 
   // After a dropout that cancelled a rebalance: the policy plans one again on the workers up.
   Status plan_rebalance_again() {
-    auto plan = policy_->rebalance(cluster_);
-    runtime::apply(cluster_, plan);
+    auto plan = view_->policy->rebalance(view_->cluster);
+    runtime::apply(view_->cluster, plan);
     pending_faults_ = std::exchange(cancelled_faults_, {});
     if (plan.action != RecoveryAction::rebalance) {  // the devices up keep the running placement
       for (size_t f : std::exchange(pending_faults_, {})) recovered_now(run_.faults[f], seconds(Clock::now()));
@@ -807,7 +699,7 @@ class Coordinator {
         load.push_back(preloaded(e.first, e.last));
         workers_[c].holds.insert({e.first, e.last});
       }
-      const double delay = load_ms[static_cast<size_t>(map_.device(static_cast<int>(c)))];
+      const double delay = load_ms[static_cast<size_t>(view_->map.device(static_cast<int>(c)))];
       if (auto st = route(static_cast<int>(c), std::move(load), delay); !st) return st;  // hands out the epoch too
     }
     return Ok{};
@@ -834,8 +726,8 @@ class Coordinator {
 
   // The safe point of the pending rebalance: every worker switches to its placement.
   Status switch_placement() {
-    runtime::commit_rebalance(cluster_);
-    if (auto st = apply_placement(cluster_.placement); !st) return st;
+    runtime::commit_rebalance(view_->cluster);
+    if (auto st = apply_placement(view_->cluster.placement); !st) return st;
     for (size_t f : std::exchange(pending_faults_, {})) recovered_now(run_.faults[f], seconds(Clock::now()));
     last_progress_ = Clock::now();
     return Ok{};
@@ -871,12 +763,7 @@ class Coordinator {
   std::string return_endpoint_;
   std::string fingerprint_;
   std::vector<WorkerState> workers_;
-  // Recovery: the policy's view of the cluster in scenario devices, and which device each worker is.
-  std::unique_ptr<partition::Problem> own_cluster_;  // without a RecoverySpec: the workers alone
-  const partition::Scenario* scenario_ = nullptr;
-  runtime::WorkerMap map_;
-  std::optional<runtime::RecoveryPolicy> policy_;
-  runtime::ClusterState cluster_;
+  std::optional<detail::RecoveryView> view_;  // the policy's view of the cluster in scenario devices; which device each worker is
   std::vector<size_t> pending_faults_;    // the rejoins (faults[] entries) the pending rebalance completes
   std::vector<size_t> cancelled_faults_;  // those of a rebalance a dropout cancelled
   std::map<std::string, double> fired_;   // device -> when its latest fault was injected (Environment)

@@ -102,4 +102,20 @@ void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms) {
   }
 }
 
+std::optional<wire::Message> receive_message(zmq::socket_t& socket, int wait_ms) {
+  zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
+  poll_items(&item, 1, wait_ms);
+  if ((item.revents & ZMQ_POLLIN) == 0) return std::nullopt;
+  auto frames = recv_frames(socket, false);
+  if (!frames) return std::nullopt;
+  auto m = wire::decode(*frames);
+  if (!m) return std::nullopt;
+  return std::move(m).value();
+}
+
+std::string error_text(const wire::Message& m) {
+  auto e = wire::parse_error(m);
+  return e ? e->message : "(an error message that does not parse: " + e.error().message + ")";
+}
+
 }  // namespace adaptlink::exec::detail

@@ -30,6 +30,12 @@ bool send_frames(zmq::socket_t& socket, const std::vector<std::string>& frames, 
 // Receives every frame of one message (non-blocking when `wait` is false: nullopt when nothing is queued).
 std::optional<std::vector<std::string>> recv_frames(zmq::socket_t& socket, bool wait = true);
 
+// Polls `socket` for up to `wait_ms` and decodes one message; nullopt when nothing came or it does not decode
+// (for sockets whose peer only ever answers: there is nothing to answer a bad message with).
+std::optional<wire::Message> receive_message(zmq::socket_t& socket, int wait_ms);
+// An error message's text, or a note that its meta does not parse.
+std::string error_text(const wire::Message& m);
+
 // Linger 0, large high-water marks, a send timeout (a send that cannot go out fails instead of blocking).
 void configure_socket(zmq::socket_t& socket);
 // zmq::poll that treats an interrupted call (a signal) as "nothing ready".
