@@ -18,16 +18,16 @@
 //                                     time on the live cluster state: stages move or the placement switches,
 //                                     requests in flight rebuild their KV caches
 // Accounting is runtime::RunRecorder's (admissions, completions, busy intervals, fault records).
-#include <simgrid/s4u.hpp>
 #include <xbt/log.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <algorithm>
 #include <deque>
-#include <map>
 #include <exception>
+#include <map>
 #include <random>
+#include <simgrid/s4u.hpp>
 
 #include "adaptlink/runtime/report.hpp"
 #include "adaptlink/runtime/run_recorder.hpp"
@@ -79,7 +79,8 @@ struct RequestSlot {
 
 struct DeviceState {
   sg4::Host* host = nullptr;
-  sg4::SemaphorePtr ready;  // one token per queued task
+  sg4::SemaphorePtr
+      ready;  // a token per task pushed (a dropout or a switch re-queues tasks: tokens can outlive theirs)
   runtime::StageQueue<Task> queue;
   double speed = 1;
   double busy_since_s = 0;
@@ -224,12 +225,15 @@ class Simulation {
     auto& dev = devices_[static_cast<size_t>(d)];
     for (;;) {
       dev.ready->acquire();
-      // A rebalance is draining the pipeline: start nothing; the switch kills this actor and starts a new one.
-      if (holding_) hold_->acquire();
+      // A rebalance is draining the pipeline: start nothing until the switch has re-queued the work.
+      if (holding_) {
+        ++held_;  // the switch releases every device held
+        hold_->acquire();
+      }
       // Steps that land at this very instant are seen by the pick (the replay's rule for simultaneous events).
       sg4::this_actor::yield();
       auto next = dev.queue.next();
-      if (!next) continue;  // cannot happen: a token per queued task
+      if (!next) continue;  // a token whose task was re-queued elsewhere (a dropout, a switch)
       const Task task = *next;
       const auto& stage = flat_.stages[static_cast<size_t>(task.stage)];
       const double start = sg4::Engine::get_clock();
@@ -246,9 +250,10 @@ class Simulation {
       recorder_.busy(d, start, end);
       ++out_.stage_executions;  // one trace slice each: a prefill that yields counts each run of nodes
       if (trace_.wants(start)) {
-        trace_.compute(d, task.kind == TaskKind::rebuild   ? "replay"
-                                  : task.kind == TaskKind::prefill ? "prefill"
-                                                                   : "decode",
+        trace_.compute(d,
+                       task.kind == TaskKind::rebuild   ? "replay"
+                       : task.kind == TaskKind::prefill ? "prefill"
+                                                        : "decode",
                        slots_[static_cast<size_t>(task.slot)].id, task.stage, task.step, task.tokens, start, end);
       }
       if (!finished) continue;  // yielded to a decode step: the rest of the prefill is queued first
@@ -261,7 +266,7 @@ class Simulation {
   }
 
   void sleep_task(const DeviceState& dev, const Task& task, const StageSpec& stage) {
-    const double duration = (task.kind == TaskKind::rebuild ? task.rebuild_s
+    const double duration = (task.kind == TaskKind::rebuild   ? task.rebuild_s
                              : task.kind == TaskKind::prefill ? stage.prefill_s
                                                               : stage.decode_s[static_cast<size_t>(task.step)]) *
                             dev.slowdown;
@@ -296,7 +301,8 @@ class Simulation {
       for (const auto& hop : *job.route) {
         const double start = sg4::Engine::get_clock();
         const int lane = trace_.enabled() ? trace_.take_lane(hop.link) : 0;
-        sg4::Comm::sendto(platform_.hosts[static_cast<size_t>(hop.from)], platform_.hosts[static_cast<size_t>(hop.to)], job.bytes);
+        sg4::Comm::sendto(platform_.hosts[static_cast<size_t>(hop.from)], platform_.hosts[static_cast<size_t>(hop.to)],
+                          job.bytes);
         const double end = sg4::Engine::get_clock();
         ++out_.transfers;
         if (trace_.enabled()) {
@@ -436,7 +442,7 @@ class Simulation {
     switch (a.what) {
       case FaultTimeline::What::inject:
         if (fault.kind == partition::FaultKind::dropout) stop_device(d);
-        if (fault.kind == partition::FaultKind::rejoin) dev.dead = false;  // back, empty
+        if (fault.kind == partition::FaultKind::rejoin) dev.dead = false;               // back, empty
         if (fault.kind == partition::FaultKind::slowdown) dev.slowdown = fault.factor;  // from the next task on
         if (fault.kind == partition::FaultKind::link) {
           for (size_t l = 0; l < platform_.links.size(); ++l) {
@@ -485,7 +491,11 @@ class Simulation {
     if (dev.dead) return;
     const double now = sg4::Engine::get_clock();
     dev.dead = true;
-    if (dev.actor) {
+    // Only an actor in the middle of a task is killed (its sleep must end now). One that waits for work keeps
+    // waiting: its queue is emptied below, and it serves the device again if it comes back. (An actor created at
+    // this instant that SimGrid has not started yet must not be killed: SimGrid 3.32 runs it up to its first
+    // blocking call all the same, so it would take a task and never finish it.)
+    if (dev.running && dev.actor) {
       dev.actor->kill();
       dev.actor = nullptr;
     }
@@ -496,7 +506,6 @@ class Simulation {
     if (dev.running) orphans_.push_back(restarted(dev.current));
     dev.running = false;
     for (const auto& t : dev.queue.take_all()) orphans_.push_back(restarted(t));
-    dev.ready = sg4::Semaphore::create(0);
   }
 
   // Active request slots in admission order.
@@ -521,7 +530,8 @@ class Simulation {
       const int device = flat_.stages[st].device;
       const int from = runs[st].front().first;
       double per_token_s = 0;
-      for (const auto& r : runs[st]) per_token_s += cost.prefill_ms(device, r.first, r.last) * 1e-3 / spec_.prefill_tokens;
+      for (const auto& r : runs[st])
+        per_token_s += cost.prefill_ms(device, r.first, r.last) * 1e-3 / spec_.prefill_tokens;
       if (!(per_token_s > 0)) continue;
       for (int s : slots) {
         const auto& slot = slots_[static_cast<size_t>(s)];
@@ -529,8 +539,8 @@ class Simulation {
         const int steps = slot.last_step < 0 ? 0 : slot.last_step + (slot.last_node >= from ? 1 : 0);
         const int tokens = spec_.prefill_tokens + steps;
         records_[fault].recomputed_tokens += tokens;
-        per_device[static_cast<size_t>(device)].push_back(
-            Task{s, static_cast<int>(st), TaskKind::rebuild, -1, tokens, static_cast<int>(fault), tokens * per_token_s});
+        per_device[static_cast<size_t>(device)].push_back(Task{s, static_cast<int>(st), TaskKind::rebuild, -1, tokens,
+                                                               static_cast<int>(fault), tokens * per_token_s});
         ++pending_rebuilds_[fault];
       }
     }
@@ -584,10 +594,6 @@ class Simulation {
     const Flat old = flat_;
     std::vector<Task> pending;
     for (auto& dev : devices_) {
-      if (dev.actor) {
-        dev.actor->kill();
-        dev.actor = nullptr;
-      }
       for (const auto& t : dev.queue.take_all()) pending.push_back(restarted(t));
     }
     for (const auto& t : std::exchange(orphans_, {})) pending.push_back(t);
@@ -615,11 +621,13 @@ class Simulation {
     }
     for (size_t d = 0; d < devices_.size(); ++d) {
       auto& dev = devices_[d];
-      dev.queue.clear();
-      for (const auto& t : queues[d]) dev.queue.push(t.kind, t);
-      dev.ready = sg4::Semaphore::create(static_cast<unsigned>(dev.queue.size()));
+      for (const auto& t : queues[d]) {
+        dev.queue.push(t.kind, t);
+        dev.ready->release();
+      }
     }
     holding_ = false;
+    for (; held_ > 0; --held_) hold_->release();
     for (const auto& st : flat_.stages) ensure_device_actor(st.device);
     for (size_t d = 0; d < devices_.size(); ++d) {
       if (!devices_[d].queue.empty() && !devices_[d].dead) ensure_device_actor(static_cast<int>(d));
@@ -647,16 +655,17 @@ class Simulation {
 
   const PipelineSpec& spec_;
   const EngineOptions& options_;
-  Flat flat_;                       // the current placement, flattened (a recovery changes it)
-  bool holding_ = false;            // a rebalance is draining the pipeline
-  sg4::SemaphorePtr hold_;          // never released: devices wait on it while holding_
-  long long jobs_in_flight_ = 0;    // transfers queued or under way
-  std::vector<Task> orphans_;       // tasks of a lost device, waiting for the recovery
+  Flat flat_;                     // the current placement, flattened (a recovery changes it)
+  bool holding_ = false;          // a rebalance is draining the pipeline
+  sg4::SemaphorePtr hold_;        // devices wait on it while holding_
+  int held_ = 0;                  // devices waiting on hold_
+  long long jobs_in_flight_ = 0;  // transfers queued or under way
+  std::vector<Task> orphans_;     // tasks of a lost device, waiting for the recovery
   std::optional<FaultTimeline> timeline_;
-  std::vector<runtime::FaultRecord> records_;   // per fault of the setup
-  std::vector<int> pending_rebuilds_;           // per fault: rebuilds not yet done
+  std::vector<runtime::FaultRecord> records_;        // per fault of the setup
+  std::vector<int> pending_rebuilds_;                // per fault: rebuilds not yet done
   std::map<size_t, std::vector<size_t>> completes_;  // a rebalance's fault -> the earlier rejoins it completes too
-  std::optional<Error> failure_;    // a recovery that could not be carried out ends the run with this
+  std::optional<Error> failure_;                     // a recovery that could not be carried out ends the run with this
   long long progress_step_ = 1;
   std::vector<DeviceState> devices_;
   Platform platform_;

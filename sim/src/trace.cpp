@@ -44,18 +44,18 @@ void TraceWriter::slice(int pid, int tid, std::string_view name, std::string_vie
   separator();
   // Microseconds with nanosecond resolution.
   fmt::format_to(std::back_inserter(buffer_),
-                 "{{\"ph\":\"X\",\"pid\":{},\"tid\":{},\"ts\":{:.3f},\"dur\":{:.3f},\"name\":\"{}\",\"cat\":\"{}\"", pid,
-                 tid, start_s * 1e6, (end_s - start_s) * 1e6, name, category);
+                 "{{\"ph\":\"X\",\"pid\":{},\"tid\":{},\"ts\":{:.3f},\"dur\":{:.3f},\"name\":\"{}\",\"cat\":\"{}\"",
+                 pid, tid, start_s * 1e6, (end_s - start_s) * 1e6, name, category);
   if (!args.empty()) fmt::format_to(std::back_inserter(buffer_), ",\"args\":{{{}}}", args);
   buffer_.push_back('}');
   flush_buffer(false);
 }
 
 void TraceWriter::name_process(int pid, std::string_view name, int sort_index) {
-  metadata_.push_back(fmt::format(R"({{"ph":"M","pid":{},"name":"process_name","args":{{"name":{}}}}})", pid,
-                                  json_string(name)));
-  metadata_.push_back(fmt::format(R"({{"ph":"M","pid":{},"name":"process_sort_index","args":{{"sort_index":{}}}}})",
-                                  pid, sort_index));
+  metadata_.push_back(
+      fmt::format(R"({{"ph":"M","pid":{},"name":"process_name","args":{{"name":{}}}}})", pid, json_string(name)));
+  metadata_.push_back(
+      fmt::format(R"({{"ph":"M","pid":{},"name":"process_sort_index","args":{{"sort_index":{}}}}})", pid, sort_index));
 }
 
 void TraceWriter::name_thread(int pid, int tid, std::string_view name, int sort_index) {
@@ -114,8 +114,8 @@ void RunTrace::compute(int device, std::string_view kind, long long request, int
 void RunTrace::transfer(int link, int lane, long long request, std::uint64_t bytes, int from_stage, int to_stage,
                         int step, double start_s, double end_s) {
   const bool back = to_stage <= from_stage;
-  const std::string name =
-      back ? fmt::format("token r{} t{}", request, step) : fmt::format("act r{} s{}>s{}", request, from_stage, to_stage);
+  const std::string name = back ? fmt::format("token r{} t{}", request, step)
+                                : fmt::format("act r{} s{}>s{}", request, from_stage, to_stage);
   writer_.slice(TraceWriter::kLinkPid, lane_tid(link, lane), name, back ? "token" : "activation", start_s, end_s,
                 fmt::format(R"("request":{},"bytes":{},"from_stage":{},"to_stage":{},"step":{})", request, bytes,
                             from_stage, to_stage, step));

@@ -4,14 +4,14 @@
 // ("agx<->ap #2") because Perfetto needs the slices of one row to nest.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include <fmt/format.h>
 
 namespace adaptlink::sim::detail {
 

@@ -105,7 +105,8 @@ TEST(Faults, DropoutWithBackupRecoversBySwitchOverAndReplay) {
   EXPECT_GE(*rejoin.recovered_s, switch_s);
   EXPECT_GT(rejoin.recomputed_tokens, 0);
   // Drain (at most one stage task) + the KV rebuilds on nx, replays back to back.
-  const double rebuild_s = rejoin.recomputed_tokens * replay_ms_per_token(cost, pl.stages[static_cast<size_t>(lost)], nx) * 1e-3;
+  const double rebuild_s =
+      rejoin.recomputed_tokens * replay_ms_per_token(cost, pl.stages[static_cast<size_t>(lost)], nx) * 1e-3;
   EXPECT_LT(*rejoin.recovered_s, switch_s + rebuild_s + 1.0);
   EXPECT_GE(*rejoin.recovered_s, switch_s + rebuild_s - 1e-6);
 }
@@ -279,7 +280,8 @@ runtime::RunReport run_with_faults(std::vector<part::Fault> faults) {
 // The spare (nx's backup holder) drops out first: nx's later dropout falls back to a redeploy.
 TEST(Faults, BackupHolderLostBeforeItIsNeededFallsBackToRedeploy) {
   const auto backed = run_with_faults({{20, "nx", part::FaultKind::dropout, 1, 0}});
-  const auto r = run_with_faults({{10, "spare", part::FaultKind::dropout, 1, 0}, {20, "nx", part::FaultKind::dropout, 1, 0}});
+  const auto r =
+      run_with_faults({{10, "spare", part::FaultKind::dropout, 1, 0}, {20, "nx", part::FaultKind::dropout, 1, 0}});
   EXPECT_EQ(r.requests_completed, 40);
   EXPECT_EQ(r.requests_lost, 0);
   ASSERT_EQ(r.faults.size(), 2u);
@@ -291,7 +293,8 @@ TEST(Faults, BackupHolderLostBeforeItIsNeededFallsBackToRedeploy) {
 
 // nx drops out, its stage moves to the spare, then the spare drops out too: the stage moves again.
 TEST(Faults, ReplacementLostAgainMovesTheStageAgain) {
-  const auto r = run_with_faults({{20, "nx", part::FaultKind::dropout, 1, 0}, {40, "spare", part::FaultKind::dropout, 1, 0}});
+  const auto r =
+      run_with_faults({{20, "nx", part::FaultKind::dropout, 1, 0}, {40, "spare", part::FaultKind::dropout, 1, 0}});
   EXPECT_EQ(r.requests_completed, 40);
   EXPECT_EQ(r.requests_lost, 0);
   ASSERT_EQ(r.faults.size(), 2u);
@@ -301,7 +304,8 @@ TEST(Faults, ReplacementLostAgainMovesTheStageAgain) {
 
 // A device that is already lost drops out again: nothing to detect or recover (null times), the run completes.
 TEST(Faults, SameDeviceLostTwiceIsANoOp) {
-  const auto r = run_with_faults({{20, "nx", part::FaultKind::dropout, 1, 0}, {30, "nx", part::FaultKind::dropout, 1, 0}});
+  const auto r =
+      run_with_faults({{20, "nx", part::FaultKind::dropout, 1, 0}, {30, "nx", part::FaultKind::dropout, 1, 0}});
   EXPECT_EQ(r.requests_completed, 40);
   ASSERT_EQ(r.faults.size(), 2u);
   EXPECT_TRUE(r.faults[0].recovery_ms.has_value());
@@ -384,7 +388,8 @@ TEST(Faults, RejoinRebalancesBackToTheFirstPlan) {
   constexpr long long kN = 60;
   const auto clean = run_quartet({}, kN);
   const auto stays_out = run_quartet({{30, "agx", part::FaultKind::dropout, 1, 0}}, kN);
-  const auto back = run_quartet({{30, "agx", part::FaultKind::dropout, 1, 0}, {40, "agx", part::FaultKind::rejoin, 1, 0}}, kN);
+  const auto back =
+      run_quartet({{30, "agx", part::FaultKind::dropout, 1, 0}, {40, "agx", part::FaultKind::rejoin, 1, 0}}, kN);
   EXPECT_EQ(back.report.requests_completed, kN);
   EXPECT_EQ(back.report.requests_lost, 0);
   ASSERT_EQ(back.report.faults.size(), 2u);
@@ -511,6 +516,48 @@ TEST(Faults, AReplanAfterTheBackupHolderIsLostPlacesBackupsOnLiveDevicesOnly) {
   st.last_node = moved.last_layer;
   const double load_ms = part::redeploy_ms(*p3->cost, st, p3->scenario.device_index(f.moves[0].to));
   EXPECT_LT(*f.recovery_ms, 1500 + 0.5 * load_ms) << "load " << load_ms << " ms";
+}
+
+}  // namespace
+}  // namespace adaptlink::sim
+
+namespace adaptlink::sim {
+namespace {
+
+using namespace testing;
+
+// Two placements switched at one instant. jetson-quartet with backups, a fault sequence a dropout sweep drew (rate
+// 12/h): nano's dropout at 338.8 s is re-planned and cancels the rebalance of agx's rejoin; once the re-placement is
+// in place the rebalance is planned again, has nothing left to load, and switches at that same instant. The first
+// switch starts device actors that SimGrid has not run yet when the second one comes; the engine once killed them
+// there, and SimGrid runs a killed actor that had not started up to its first blocking call all the same: it took a
+// task, never finished it, and the next drain waited for it forever (the sweep hung). The run must end with every
+// request served.
+TEST(Faults, TwoSwitchesAtOneInstantFinishTheRun) {
+  auto sc = load(source_dir() / "scenarios" / "jetson-quartet.toml");
+  using K = part::FaultKind;
+  sc.faults = {{9.6770045523705246, "nx", K::dropout, 1, 0},  {122.81554424100383, "nx", K::rejoin, 1, 0},
+               {246.96576898832325, "agx", K::dropout, 1, 0}, {256.17154680477574, "agx", K::rejoin, 1, 0},
+               {281.35201509055202, "agx", K::dropout, 1, 0}, {338.82185971010955, "nano", K::dropout, 1, 0},
+               {339.19148676762802, "nano", K::rejoin, 1, 0}, {345.78113452376272, "agx", K::rejoin, 1, 0}};
+  auto p = problem(sc);
+  auto pl = plan(*p, "adaptlink");
+  ASSERT_FALSE(pl.backups.empty());
+  SimOptions o;
+  o.faults = true;
+  auto r = simulate(*p->cost, pl, o);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->requests_completed, sc.workload.requests);
+  EXPECT_EQ(r->requests_lost, 0);
+  ASSERT_EQ(r->faults.size(), 8u);
+  const auto& nano = r->faults[5];
+  ASSERT_TRUE(nano.action && nano.recovered_s);
+  EXPECT_EQ(*nano.action, runtime::RecoveryAction::replan);
+  for (const auto& f : r->faults) {
+    if (f.kind == part::FaultKind::dropout && f.action && *f.action != runtime::RecoveryAction::none) {
+      EXPECT_TRUE(f.recovered_s.has_value()) << f.device << " at " << f.at_s << " s";
+    }
+  }
 }
 
 }  // namespace

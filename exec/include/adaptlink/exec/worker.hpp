@@ -6,7 +6,7 @@
 //
 // Threads: the receiver owns the listening ROUTER socket (answers hello, ping and malformed messages at once,
 // queues steps); the compute thread runs stages; the sender delivers results, applying the testbed's link
-// emulation (latency + bytes / bandwidth, FIFO per link) when the coordinator asked for one; a route message
+// emulation (latency + bytes / bandwidth, FIFO per destination) when the coordinator asked for one; a route message
 // changes a link's shape from then on (a testbed link fault). A hello starts a new session: stages, logs, queued
 // steps and unsent results of the old one are dropped (a worker that hung and came back starts clean).
 //
