@@ -16,8 +16,8 @@
 
 #include <CLI/CLI.hpp>
 #include <atomic>
-#include <csignal>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -30,9 +30,9 @@
 #include "adaptlink/exec/generate.hpp"
 #include "adaptlink/exec/local_workers.hpp"
 #include "adaptlink/exec/serve.hpp"
-#include "adaptlink/exec/worker.hpp"
 #include "adaptlink/exec/tensor_io.hpp"
 #include "adaptlink/exec/tokenizer.hpp"
+#include "adaptlink/exec/worker.hpp"
 #include "commands.hpp"
 #include "common.hpp"
 
@@ -41,7 +41,6 @@ namespace {
 using namespace adaptlink;
 using namespace adaptlink::exec;
 using adaptlink::run::fail;
-
 
 Expected<std::vector<int64_t>> parse_ids(const std::string& text) {
   std::vector<int64_t> ids;
@@ -101,8 +100,10 @@ Expected<NamedStages> pipeline_stages(const GenerateArgs& args, const models::La
     if (!in) return Error{"cannot read the plan", *args.plan, 0, 0};
     const auto j = nlohmann::json::parse(in, nullptr, false);
     if (j.is_discarded() || !j.is_object() || !j.contains("stages") || !j["stages"].is_array() || j["stages"].empty()) {
-      return Error{"not a plan: expected a JSON object with a non-empty \"stages\" array (adaptlink-sim plan "
-                   "--format json)", *args.plan, 0, 0};
+      return Error{
+          "not a plan: expected a JSON object with a non-empty \"stages\" array (adaptlink-sim plan "
+          "--format json)",
+          *args.plan, 0, 0};
     }
     int next = 0;
     for (const auto& st : j["stages"]) {
@@ -114,7 +115,8 @@ Expected<NamedStages> pipeline_stages(const GenerateArgs& args, const models::La
       const int first = st["first_layer"].get<int>(), last = st["last_layer"].get<int>();
       if (first != next || last < first || last >= graph.size()) {
         return Error{fmt::format("stage [{}, {}] does not continue the pipeline at node {} (the model has nodes 0..{})",
-                                 first, last, next, graph.size() - 1), *args.plan, 0, 0};
+                                 first, last, next, graph.size() - 1),
+                     *args.plan, 0, 0};
       }
       out.names.push_back(st["device"].get<std::string>());
       out.ranges.emplace_back(first, last);
@@ -248,9 +250,12 @@ int run_generate(const GenerateArgs& args) {
       return fail(fmt::format("{} has no tokenizer.model: use --input-ids instead of --prompt", args.model));
     }
     const std::string text = llava_prompt_text(*args.prompt, pixels.defined());
-    ids = tokenize_with_images(*tokenizer, text, config.image_token_index,
-                               pixels.defined() ? config.image_tokens_per_image() * static_cast<int>(pixels.size(0)) : 0);
+    ids =
+        tokenize_with_images(*tokenizer, text, config.image_token_index,
+                             pixels.defined() ? config.image_tokens_per_image() * static_cast<int>(pixels.size(0)) : 0);
   }
+
+  if (auto fits = check_context(config, ids.size(), args.max_new_tokens); !fits) return fail(fits.error());
 
   GenerateOptions gen;
   gen.max_new_tokens = args.max_new_tokens;
@@ -286,7 +291,8 @@ int run_generate(const GenerateArgs& args) {
     std::cout << text << "\n";
   } else {
     std::string joined;
-    for (size_t i = 0; i < result->generated.size(); ++i) joined += fmt::format("{}{}", i ? "," : "", result->generated[i]);
+    for (size_t i = 0; i < result->generated.size(); ++i)
+      joined += fmt::format("{}{}", i ? "," : "", result->generated[i]);
     std::cout << joined << "\n";
   }
   return 0;
@@ -325,19 +331,22 @@ void add_serve_options(CLI::App* cmd, ServeArgs& a, bool testbed) {
                               "JSONL requests {id, prompt|input_ids, image|pixel_values, max_new_tokens}");
   if (!testbed) req->required();
   cmd->add_option("--out", a.out, "write DIR/{plan.json, outputs.jsonl, report.json, trace.json}");
-  cmd->add_option("--planner", a.options.planner, "override the scenario's planner: " + adaptlink::cli::planner_choices());
+  cmd->add_option("--planner", a.options.planner,
+                  "override the scenario's planner: " + adaptlink::cli::planner_choices());
   cmd->add_option("--profile", a.options.profiles, "measured per-node times for the planner (repeatable)");
   cmd->add_option("--dtype", a.options.dtype, "fp32 | bf16 | fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   cmd->add_option("--device", a.options.device, "cpu | cuda[:N] (where workers run their stages)");
   cmd->add_option("--in-flight", a.options.in_flight, "requests in the pipeline at once (default: the scenario's)");
-  cmd->add_option("--listen", a.options.listen, "where the coordinator receives tokens (reachable by the workers; a replicated plan's replica r "
+  cmd->add_option("--listen", a.options.listen,
+                  "where the coordinator receives tokens (reachable by the workers; a replicated plan's replica r "
                   "listens on the port + r, or on another free port with port *)");
   adaptlink::cli::add_heartbeat_options(cmd, a.options.heartbeat_interval_s, a.options.heartbeat_timeout_s);
   cmd->add_option("--hello-timeout-s", a.options.hello_timeout_s, "per worker: answer the handshake and load");
   cmd->add_flag("--ignore-eos", a.options.ignore_eos, "generate max_new_tokens for every request");
   cmd->add_flag("--no-backups", a.no_backups, "plan without backup sub-blocks (recovery by redeploy)");
   cmd->add_option("--format", a.format, "text | json (the summary on stdout)")->check(CLI::IsMember({"text", "json"}));
-  cmd->add_flag("--quiet", [&a](int64_t) { a.options.progress = false; }, "no progress on stderr");
+  cmd->add_flag(
+      "--quiet", [&a](int64_t) { a.options.progress = false; }, "no progress on stderr");
   if (testbed) {
     cmd->add_option("--threads", a.options.worker_threads, "CPU threads per emulating worker");
     cmd->add_option("--synthetic", a.options.synthetic_requests,
@@ -368,7 +377,8 @@ int run_serve_command(ServeArgs& a, bool testbed) {
     return 0;
   }
   std::string shape = fmt::format("{} stages", outcome->plan.stages.size());
-  if (!outcome->plan.replicas.empty()) {  // a replicated plan: its pipelines' stage counts, e.g. "2 replicas: 1+2 stages"
+  if (!outcome->plan.replicas
+           .empty()) {  // a replicated plan: its pipelines' stage counts, e.g. "2 replicas: 1+2 stages"
     std::vector<std::string> counts;
     for (const auto& rep : outcome->plan.replicas) counts.push_back(std::to_string(rep.stages.size()));
     shape = fmt::format("{} replicas: {} stages", outcome->plan.replicas.size(), fmt::join(counts, "+"));
@@ -382,13 +392,16 @@ int run_serve_command(ServeArgs& a, bool testbed) {
               r.latency_ms.p99);
   for (const auto& f : r.faults) {
     if (!f.detected_s || !f.recovery_ms) {
-      std::printf("  fault         %s %s at %.2f s\n", std::string(partition::fault_kind_name(f.kind)).c_str(), f.device.c_str(), f.at_s);
+      std::printf("  fault         %s %s at %.2f s\n", std::string(partition::fault_kind_name(f.kind)).c_str(),
+                  f.device.c_str(), f.at_s);
       continue;
     }
     std::printf("  fault         %s %s at %.2f s: detected %.2f s, recovered in %.0f ms, %lld positions recomputed\n",
-                std::string(partition::fault_kind_name(f.kind)).c_str(), f.device.c_str(), f.at_s, *f.detected_s, *f.recovery_ms, f.recomputed_tokens);
+                std::string(partition::fault_kind_name(f.kind)).c_str(), f.device.c_str(), f.at_s, *f.detected_s,
+                *f.recovery_ms, f.recomputed_tokens);
   }
-  if (!a.out.empty()) std::printf("  wrote         %s/{plan.json, outputs.jsonl, report.json, trace.json}\n", a.out.c_str());
+  if (!a.out.empty())
+    std::printf("  wrote         %s/{plan.json, outputs.jsonl, report.json, trace.json}\n", a.out.c_str());
   return 0;
 }
 
@@ -397,8 +410,9 @@ int run_serve_command(ServeArgs& a, bool testbed) {
 int main(int argc, char** argv) {
   CLI::App app{"adaptlink-run: LLaVA inference with libtorch"};
   app.require_subcommand(1);
-  app.footer("Exit status: 0 ok, 1 the run failed (a worker lost beyond recovery, unreachable, stuck), 2 bad input "
-             "(flags, files, checkpoints, requests).");
+  app.footer(
+      "Exit status: 0 ok, 1 the run failed (a worker lost beyond recovery, unreachable, stuck), 2 bad input "
+      "(flags, files, checkpoints, requests).");
   GenerateArgs g;
   auto* gen = app.add_subcommand("generate", "Greedy generation from a Hugging Face LLaVA checkpoint");
   gen->add_option("--model", g.model, "checkpoint directory (config.json, *.safetensors, ...)")->required();

@@ -5,6 +5,8 @@
 #include <set>
 #include <sstream>
 
+#include "adaptlink/read_file.hpp"
+
 namespace adaptlink::exec {
 namespace {
 
@@ -15,12 +17,10 @@ Error file_error(const std::filesystem::path& path, std::string message) {
 }
 
 Expected<nlohmann::json> read_json(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return file_error(path, "cannot open file");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
+  auto text = read_input_file(path, path.filename().string());
+  if (!text) return text.error();
   try {
-    return nlohmann::json::parse(buffer.str());
+    return nlohmann::json::parse(*text);
   } catch (const nlohmann::json::exception& e) {
     return file_error(path, fmt::format("bad JSON: {}", e.what()));
   }
@@ -151,25 +151,26 @@ Expected<models::LlavaConfig> load_checkpoint_config(const std::filesystem::path
   }
   const auto& t = config->text;
   if (t.model_type != "llama" && t.model_type != "mistral") {
-    return file_error(path, fmt::format("text_config.model_type '{}' is not supported (expected llama or mistral)",
-                                        t.model_type));
+    return file_error(
+        path, fmt::format("text_config.model_type '{}' is not supported (expected llama or mistral)", t.model_type));
   }
   if (t.hidden_act != "silu") {
     return file_error(path, fmt::format("text_config.hidden_act '{}' is not supported (expected silu)", t.hidden_act));
   }
   if (t.rope_type != "default") {
-    return file_error(path, fmt::format("text_config rope type '{}' is not supported (only default RoPE)",
-                                        t.rope_type));
+    return file_error(path,
+                      fmt::format("text_config rope type '{}' is not supported (only default RoPE)", t.rope_type));
   }
   if (config->vision.hidden_act != "quick_gelu" && config->vision.hidden_act != "gelu") {
     return file_error(path, fmt::format("vision_config.hidden_act '{}' is not supported (expected quick_gelu or gelu)",
                                         config->vision.hidden_act));
   }
   if (config->projector_hidden_act != "gelu") {
-    return file_error(path, fmt::format("projector_hidden_act '{}' is not supported (expected gelu)",
-                                        config->projector_hidden_act));
+    return file_error(
+        path, fmt::format("projector_hidden_act '{}' is not supported (expected gelu)", config->projector_hidden_act));
   }
-  if (t.head_dim % 2 != 0) return file_error(path, fmt::format("text head_dim {} is odd (RoPE needs pairs)", t.head_dim));
+  if (t.head_dim % 2 != 0)
+    return file_error(path, fmt::format("text head_dim {} is odd (RoPE needs pairs)", t.head_dim));
   if (config->vision.hidden_size % config->vision.num_attention_heads != 0) {
     return file_error(path, "vision_config.hidden_size is not a multiple of num_attention_heads");
   }
@@ -206,7 +207,8 @@ Expected<Checkpoint> Checkpoint::open(const std::filesystem::path& dir) {
       if (!file.is_string()) return file_error(index_path, fmt::format("weight_map['{}'] is not a file name", key));
       const auto name = file.get<std::string>();
       if (name.find('/') != std::string::npos || name == ".." || name.empty()) {
-        return file_error(index_path, fmt::format("weight_map['{}'] names '{}', not a file in the directory", key, name));
+        return file_error(index_path,
+                          fmt::format("weight_map['{}'] names '{}', not a file in the directory", key, name));
       }
       index_map[key] = name;
       names.insert(name);
@@ -231,8 +233,8 @@ Expected<Checkpoint> Checkpoint::open(const std::filesystem::path& dir) {
   }
   for (const auto& [key, name] : index_map) {
     if (by_name.at(name)->find(key) == nullptr) {
-      return file_error(dir / name, fmt::format("tensor '{}' is listed in the index for this shard but missing from it",
-                                                key));
+      return file_error(dir / name,
+                        fmt::format("tensor '{}' is listed in the index for this shard but missing from it", key));
     }
   }
 

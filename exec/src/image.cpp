@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
+
+#include "adaptlink/read_file.hpp"
 
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_FAILURE_USERMSG
@@ -22,9 +24,10 @@
 #endif
 
 #if defined(ADAPTLINK_HAVE_LIBJPEG)
+#include <jpeglib.h>
+
 #include <csetjmp>
 #include <cstdio>
-#include <jpeglib.h>
 #endif
 
 namespace adaptlink::exec {
@@ -32,6 +35,20 @@ namespace {
 
 // Limits against decompression bombs: LLaVA never needs more than a few thousand pixels a side.
 constexpr int kMaxSide = 16384;
+constexpr long long kMaxPixels = 50'000'000;             // a 48-megapixel phone photo fits; a 16384^2 bomb does not
+constexpr std::uintmax_t kMaxImageBytes = 256ull << 20;  // the encoded file
+
+Expected<Ok> check_image_size(long long w, long long h, const std::string& name) {
+  if (w <= 0 || h <= 0 || w > kMaxSide || h > kMaxSide) {
+    return Error{fmt::format("image size {}x{} is out of range (1..{} a side)", w, h, kMaxSide), name, 0, 0};
+  }
+  if (w * h > kMaxPixels) {
+    return Error{fmt::format("image size {}x{} is {:.1f} megapixels, more than the limit of {:.0f}", w, h,
+                             static_cast<double>(w * h) / 1e6, kMaxPixels / 1e6),
+                 name, 0, 0};
+  }
+  return Ok{};
+}
 
 #if defined(ADAPTLINK_HAVE_LIBJPEG)
 // JPEG through libjpeg(-turbo), as Pillow decodes it (islow IDCT, fancy upsampling), so that pixel values
@@ -66,10 +83,9 @@ std::optional<Expected<RgbImage>> decode_jpeg(const uint8_t* data, size_t size, 
     jpeg_destroy_decompress(&cinfo);
     return std::nullopt;  // let stb try
   }
-  if (cinfo.image_width == 0 || cinfo.image_height == 0 || cinfo.image_width > kMaxSide || cinfo.image_height > kMaxSide) {
+  if (auto fits = check_image_size(cinfo.image_width, cinfo.image_height, name); !fits) {
     jpeg_destroy_decompress(&cinfo);
-    return Expected<RgbImage>(Error{fmt::format("image size {}x{} is out of range (1..{} a side)", cinfo.image_width,
-                                                cinfo.image_height, kMaxSide), name, 0, 0});
+    return Expected<RgbImage>(fits.error());
   }
   cinfo.out_color_space = JCS_RGB;
   cinfo.dct_method = JDCT_ISLOW;
@@ -88,7 +104,6 @@ std::optional<Expected<RgbImage>> decode_jpeg(const uint8_t* data, size_t size, 
 }
 #endif
 
-
 double bicubic_filter(double x) {
   constexpr double a = -0.5;  // Pillow's (and torch's antialiased) bicubic
   if (x < 0.0) x = -x;
@@ -106,7 +121,7 @@ double bilinear_filter(double x) {
 struct Coefficients {
   int ksize = 0;
   int precision = 0;
-  std::vector<int> bounds;  // [out * 2]: xmin, xsize
+  std::vector<int> bounds;   // [out * 2]: xmin, xsize
   std::vector<int> weights;  // [out * ksize], fixed point
 };
 
@@ -229,9 +244,7 @@ Expected<RgbImage> decode_image_memory(const uint8_t* data, size_t size, const s
   if (!stbi_info_from_memory(data, static_cast<int>(size), &w, &h, &channels)) {
     return Error{fmt::format("cannot decode image: {}", stbi_failure_reason()), name, 0, 0};
   }
-  if (w <= 0 || h <= 0 || w > kMaxSide || h > kMaxSide) {
-    return Error{fmt::format("image size {}x{} is out of range (1..{} a side)", w, h, kMaxSide), name, 0, 0};
-  }
+  if (auto fits = check_image_size(w, h, name); !fits) return fits.error();
   unsigned char* pixels = stbi_load_from_memory(data, static_cast<int>(size), &w, &h, &channels, 3);
   if (pixels == nullptr) return Error{fmt::format("cannot decode image: {}", stbi_failure_reason()), name, 0, 0};
   RgbImage image{w, h, std::vector<uint8_t>(pixels, pixels + static_cast<size_t>(w) * h * 3)};
@@ -240,10 +253,9 @@ Expected<RgbImage> decode_image_memory(const uint8_t* data, size_t size, const s
 }
 
 Expected<RgbImage> decode_image(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error{"cannot open image file", path.string(), 0, 0};
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return decode_image_memory(bytes.data(), bytes.size(), path.string());
+  auto bytes = read_input_file(path, "the image file", kMaxImageBytes);
+  if (!bytes) return bytes.error();
+  return decode_image_memory(reinterpret_cast<const uint8_t*>(bytes->data()), bytes->size(), path.string());
 }
 
 RgbImage resize_image(const RgbImage& in, int width, int height, int resample, ResizeFlavour flavour) {
@@ -289,7 +301,8 @@ Expected<ImageProcessorConfig> parse_image_processor_config(const nlohmann::json
       }
     }
     if (j.contains("resample") && !j["resample"].is_null()) c.resample = j["resample"].get<int>();
-    if (j.contains("rescale_factor") && !j["rescale_factor"].is_null()) c.rescale_factor = j["rescale_factor"].get<double>();
+    if (j.contains("rescale_factor") && !j["rescale_factor"].is_null())
+      c.rescale_factor = j["rescale_factor"].get<double>();
     for (const char* key : {"image_mean", "image_std"}) {
       if (!j.contains(key) || j[key].is_null()) continue;
       auto& dst = std::string_view(key) == "image_mean" ? c.image_mean : c.image_std;
@@ -319,12 +332,10 @@ Expected<ImageProcessorConfig> parse_image_processor_config(const nlohmann::json
 }
 
 Expected<ImageProcessorConfig> load_image_processor_config(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return config_error(path.string(), "cannot open file");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
+  auto text = read_input_file(path, path.filename().string());
+  if (!text) return text.error();
   try {
-    return parse_image_processor_config(nlohmann::json::parse(buffer.str()), path.string());
+    return parse_image_processor_config(nlohmann::json::parse(*text), path.string());
   } catch (const nlohmann::json::exception& e) {
     return config_error(path.string(), fmt::format("bad JSON: {}", e.what()));
   }

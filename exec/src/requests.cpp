@@ -2,9 +2,9 @@
 #include <ATen/ATen.h>
 
 #include <fstream>
-#include <random>
-
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "adaptlink/exec/generate.hpp"
 #include "adaptlink/exec/tensor_io.hpp"
@@ -40,15 +40,16 @@ std::vector<ExecRequest> synthetic_requests(const models::LlavaConfig& config, c
     ExecRequest r;
     r.id = fmt::format("r{}", i);
     r.input_ids.push_back(1);
-    for (int k = 0; k < config.image_tokens_per_image() * shape.images; ++k) r.input_ids.push_back(config.image_token_index);
+    for (int k = 0; k < config.image_tokens_per_image() * shape.images; ++k)
+      r.input_ids.push_back(config.image_token_index);
     for (int k = 1; k < shape.prompt_tokens; ++k) {
       int64_t t = token(rng);
       if (t == config.image_token_index) t = 2;
       r.input_ids.push_back(t);
     }
     if (shape.images > 0) {
-      at::Tensor pixels = at::empty({shape.images, config.vision.num_channels, config.vision.image_size,
-                                     config.vision.image_size});
+      at::Tensor pixels =
+          at::empty({shape.images, config.vision.num_channels, config.vision.image_size, config.vision.image_size});
       std::normal_distribution<float> normal(0.0F, 1.0F);
       auto* p = pixels.data_ptr<float>();
       for (int64_t k = 0; k < pixels.numel(); ++k) p[k] = normal(rng);
@@ -58,6 +59,22 @@ std::vector<ExecRequest> synthetic_requests(const models::LlavaConfig& config, c
     out.push_back(std::move(r));
   }
   return out;
+}
+
+Expected<Ok> check_context(const models::LlavaConfig& config, size_t prompt_ids, long long max_new_tokens) {
+  const long long context = config.text.max_position_embeddings;
+  const long long prompt = static_cast<long long>(prompt_ids);
+  if (prompt + max_new_tokens <= context) return Ok{};
+  if (prompt >= context) {
+    return make_error(
+        "the prompt is {} tokens (image tokens included), the model's context is {} "
+        "(max_position_embeddings)",
+        prompt, context);
+  }
+  return make_error(
+      "{} prompt tokens (image tokens included) + {} new tokens exceed the model's context of {} "
+      "(max_position_embeddings): at most {} new tokens fit",
+      prompt, max_new_tokens, context, context - prompt);
 }
 
 Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& file, const std::filesystem::path& model,
@@ -139,15 +156,22 @@ Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& fi
         return at_line(file, number, fmt::format("{} has no tokenizer.model: use input_ids", model.string()));
       }
       const std::string text = llava_prompt_text(j["prompt"].get<std::string>(), has_image);
-      r.input_ids = tokenize_with_images(*tokenizer, text, config.image_token_index,
-                                         has_image ? config.image_tokens_per_image() * static_cast<int>(r.pixel_values.size(0)) : 0);
+      r.input_ids = tokenize_with_images(
+          *tokenizer, text, config.image_token_index,
+          has_image ? config.image_tokens_per_image() * static_cast<int>(r.pixel_values.size(0)) : 0);
     }
     r.max_new_tokens = default_max_new_tokens;
     if (j.contains("max_new_tokens")) {
       if (!j["max_new_tokens"].is_number_integer() || j["max_new_tokens"].get<int64_t>() < 0) {
         return at_line(file, number, "'max_new_tokens' must be a non-negative integer");
       }
+      if (j["max_new_tokens"].get<int64_t>() > std::numeric_limits<int>::max()) {
+        return at_line(file, number, "'max_new_tokens' is out of range");
+      }
       r.max_new_tokens = j["max_new_tokens"].get<int>();
+    }
+    if (auto fits = check_context(config, r.input_ids.size(), r.max_new_tokens); !fits) {
+      return at_line(file, number, fits.error().message);
     }
     out.push_back(std::move(r));
   }

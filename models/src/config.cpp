@@ -29,6 +29,8 @@
 #include <utility>
 #include <vector>
 
+#include "adaptlink/read_file.hpp"
+
 namespace adaptlink::models::detail {
 const std::vector<std::pair<std::string_view, std::string_view>>& embedded_presets();
 }  // namespace adaptlink::models::detail
@@ -480,11 +482,9 @@ Expected<LlavaConfig> parse_llava_config(const nlohmann::json& root, std::string
 }
 
 Expected<LlavaConfig> load_llava_config(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error{"cannot open file", path.string(), 0, 0};
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return parse_llava_text(buffer.str(), path.string());
+  auto text = read_input_file(path, "config.json");
+  if (!text) return text.error();
+  return parse_llava_text(*text, path.string());
 }
 
 // ---- presets -----------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
+#include "adaptlink/read_file.hpp"
 
 namespace adaptlink::partition {
 
@@ -51,8 +52,8 @@ Status check_shape(const nlohmann::json& obj, const CostModel& cost, const std::
   return Ok{};
 }
 
-Expected<DeviceProfile> parse_one(const nlohmann::json& obj, const CostModel& cost,
-                                  const std::string& source, const std::string& where) {
+Expected<DeviceProfile> parse_one(const nlohmann::json& obj, const CostModel& cost, const std::string& source,
+                                  const std::string& where) {
   if (!obj.is_object()) return located(source, fmt::format("{}: expected an object", where));
   for (const auto& [key, value] : obj.items()) {
     if (key != "device" && key != "kind" && key != "nodes" && key != "comment" && key != "request_shape") {
@@ -138,7 +139,8 @@ Expected<std::vector<DeviceProfile>> parse_profile(const nlohmann::json& json, c
   if (json.is_object() && json.contains("profiles")) {
     for (const auto& [key, value] : json.items()) {
       if (key != "profiles" && key != "comment" && key != "request_shape") {
-        return located(source, fmt::format("unknown key '{}' beside 'profiles' (allowed: comment, request_shape)", key));
+        return located(source,
+                       fmt::format("unknown key '{}' beside 'profiles' (allowed: comment, request_shape)", key));
       }
     }
     if (!json["profiles"].is_array()) return located(source, "'profiles' must be an array");
@@ -157,15 +159,12 @@ Expected<std::vector<DeviceProfile>> parse_profile(const nlohmann::json& json, c
   return out;
 }
 
-Expected<std::vector<DeviceProfile>> load_profile(const std::filesystem::path& path,
-                                                  const CostModel& cost) {
-  std::ifstream in(path);
-  if (!in) return located(path.string(), "cannot open the profile file");
-  std::stringstream text;
-  text << in.rdbuf();
+Expected<std::vector<DeviceProfile>> load_profile(const std::filesystem::path& path, const CostModel& cost) {
+  auto text = read_input_file(path, "the profile file");
+  if (!text) return text.error();
   nlohmann::json json;
   try {
-    json = nlohmann::json::parse(text.str());
+    json = nlohmann::json::parse(*text);
   } catch (const nlohmann::json::parse_error& e) {
     return located(path.string(), fmt::format("invalid JSON: {}", e.what()));
   }

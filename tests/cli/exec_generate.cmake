@@ -90,3 +90,31 @@ foreach(case
   message(STATUS "ok: ${err}")
 endforeach()
 file(REMOVE_RECURSE ${tmp})
+
+# 4. The model's context (max_position_embeddings, 256 in the fixture) is enforced before anything runs: too many new
+# tokens, or a prompt that alone fills it; the same for a request in a requests file (named by line).
+set(long_ids "1")
+foreach(i RANGE 1 300)
+  string(APPEND long_ids ",5")
+endforeach()
+foreach(case
+    "3 prompt tokens (image tokens included) + 1000000000 new tokens exceed the model's context of 256 (max_position_embeddings): at most 253 new tokens fit|--input-ids|1,5,6|--max-new-tokens|1000000000"
+    "the prompt is 301 tokens (image tokens included), the model's context is 256|--input-ids|${long_ids}|--max-new-tokens|2")
+  string(REPLACE "|" ";" args "${case}")
+  list(POP_FRONT args want)
+  execute_process(COMMAND ${run} generate --model ${fx} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
+                  TIMEOUT 60)
+  string(FIND "${err}" "${want}" hit)
+  if(NOT rc EQUAL 2 OR hit EQUAL -1)
+    message(FATAL_ERROR "generate past the context: expected exit 2 and '${want}', got ${rc}: '${err}'")
+  endif()
+endforeach()
+set(req ${BIN}/exec_generate_context.jsonl)
+file(WRITE ${req} "{\"id\": \"ok\", \"input_ids\": [1, 5, 6], \"max_new_tokens\": 3}\n{\"id\": \"big\", \"input_ids\": [${long_ids}], \"max_new_tokens\": 3}\n")
+execute_process(COMMAND ${run} testbed --scenario ${SRC}/tests/data/testbed/dropout.toml --model ${fx} --requests ${req}
+                --no-faults --quiet --out ${BIN}/exec_generate_context
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "exec_generate_context.jsonl:2: the prompt is 301 tokens")
+  message(FATAL_ERROR "requests past the context: expected exit 2 naming line 2, got ${rc}: '${err}'")
+endif()
+file(REMOVE ${req})

@@ -46,7 +46,8 @@ TEST_P(Preprocess, MatchesTransformersWithin002) {
   ASSERT_TRUE(image.has_value()) << image.error().to_string();
 
   // Decoding: PNG is lossless, so exact; JPEG decoders may differ by a few levels.
-  at::Tensor decoded = at::from_blob(image->pixels.data(), {image->height, image->width, 3}, at::TensorOptions().dtype(at::kByte));
+  at::Tensor decoded =
+      at::from_blob(image->pixels.data(), {image->height, image->width, 3}, at::TensorOptions().dtype(at::kByte));
   const at::Tensor want_rgb = ref->at("decoded_rgb");
   ASSERT_EQ(decoded.sizes(), want_rgb.sizes());
   const int64_t decode_diff = (decoded.to(at::kInt) - want_rgb.to(at::kInt)).abs().max().item<int64_t>();
@@ -110,6 +111,23 @@ TEST(Decode, GarbageIsAnErrorNamingTheFile) {
   ASSERT_FALSE(r.has_value());
   EXPECT_NE(r.error().to_string().find("junk.png"), std::string::npos);
   EXPECT_FALSE(decode_image("/nonexistent/file.png").has_value());
+}
+
+// A PNG header that claims 16384 x 16384 pixels (a decompression bomb is a few hundred KB of such a file): refused
+// from the header, before any pixel is decoded. Special files are refused before they are read.
+TEST(Decode, BombsAndSpecialFilesAreRefusedUpFront) {
+  std::string png = "\x89PNG\r\n\x1a\n";
+  png += std::string("\0\0\0\x0d", 4) + "IHDR";
+  png += std::string("\0\0\x40\0\0\0\x40\0", 8);  // width, height 16384 (big-endian)
+  png += std::string("\x08\x02\0\0\0", 5);        // 8-bit RGB
+  png += std::string("\0\0\0\0", 4);              // CRC (not checked by the header scan)
+  auto r = decode_image_memory(reinterpret_cast<const uint8_t*>(png.data()), png.size(), "bomb.png");
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().to_string().find("16384x16384 is 268.4 megapixels, more than the limit of 50"), std::string::npos)
+      << r.error().to_string();
+  auto zero = decode_image("/dev/zero");
+  ASSERT_FALSE(zero.has_value());
+  EXPECT_NE(zero.error().to_string().find("not a regular file"), std::string::npos) << zero.error().to_string();
 }
 
 }  // namespace

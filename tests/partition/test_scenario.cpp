@@ -549,7 +549,16 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"unknown-schedule.toml", 10, 12, "planner.schedule: unknown schedule \"lifo\""},
         BadCase{"signal-not-dropout.toml", 14, 10, "faults[0].signal: only for kind = \"dropout\""},
         BadCase{"unknown-signal.toml", 13, 10, "faults[0].signal: unknown signal \"pause\""},
-        BadCase{"replicas-not-bool.toml", 10, 12, "planner.replicas: expected a boolean (true or false), got string \"auto\""}),
+        BadCase{"replicas-not-bool.toml", 10, 12, "planner.replicas: expected a boolean (true or false), got string \"auto\""},
+        BadCase{"mem-gb-huge.toml", 8, 10, "devices[0].mem_gb: must be <= 1e+06"},
+        BadCase{"tflops-tiny.toml", 8, 10, "devices[0].tflops: must be >= 1e-06"},
+        BadCase{"bandwidth-huge.toml", 15, 18, "links[0].bandwidth_mbps: must be <= 1e+09"},
+        BadCase{"name-control-character.toml", 6, 8, "devices[0].name: must not contain control characters (found 0x1b)"},
+        BadCase{"output-past-context.toml", 12, 17,
+                "workload.output_tokens: a request needs 4640 positions (64 prompt + 576 image tokens + 4000 output "
+                "tokens), more than the model's context of 4096 (max_position_embeddings): at most 3456 output "
+                "tokens fit"},
+        BadCase{"output-tokens-billion.toml", 10, 17, "workload.output_tokens: a request needs 1000000640 positions"}),
     [](const testing::TestParamInfo<BadCase>& info) {
       std::string name = fs::path(info.param.file).stem().string();
       std::replace(name.begin(), name.end(), '-', '_');
@@ -574,7 +583,7 @@ TEST(ScenarioErrors, ExpectLinesMatchAndEveryFileIsCovered) {
     std::string expected = first.substr(prefix.size());
     EXPECT_NE(s.error().message.find(expected), std::string::npos) << s.error().to_string();
   }
-  EXPECT_EQ(files, 38);  // keep in step with the BadScenarioFile list
+  EXPECT_EQ(files, 44);  // keep in step with the BadScenarioFile list
 }
 
 TEST(ScenarioErrors, RandomBinaryGarbage) {

@@ -49,7 +49,7 @@ struct ServeOptions {
   uint64_t seed = 1;
   bool ignore_eos = false;
   bool testbed = false;
-  bool inject_faults = true;  // testbed: apply the scenario's [[faults]]
+  bool inject_faults = true;    // testbed: apply the scenario's [[faults]]
   std::optional<bool> backups;  // overrides the scenario's planner.backups
   int worker_threads = 0;
   std::filesystem::path worker_binary;  // testbed: the adaptlink-run executable
@@ -73,6 +73,10 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options);
 // The stages serve plans for options.scenario on options.model at options.dtype (a replicated plan: its first
 // replica's), as (scenario device name, DAG node range) in pipeline order: `generate --scenario`.
 Expected<std::vector<std::pair<std::string, std::pair<int, int>>>> plan_stages(const ServeOptions& options);
+
+// A request fits the model's context: its prompt ids (image tokens included) and the tokens it may generate, at most
+// max_position_embeddings positions. The error says how many new tokens would fit.
+Expected<Ok> check_context(const models::LlavaConfig& config, size_t prompt_ids, long long max_new_tokens);
 
 // Reads a requests file (JSONL: {"id", "prompt" | "input_ids", "image" | "pixel_values", "max_new_tokens"});
 // relative paths resolve against the file's folder. Errors name the file and line.
