@@ -31,6 +31,15 @@ std::string planner_choices() {
   return out;
 }
 
+int flush_output(int status, std::string_view program) {
+  std::cout.flush();
+  const bool failed = !std::cout.good() || std::fflush(stdout) != 0 || std::ferror(stdout) != 0;
+  if (!failed) return status;
+  std::fprintf(stderr, "%.*s: cannot write to standard output (full disk or closed pipe?)\n",
+               static_cast<int>(program.size()), program.data());
+  return status == kExitOk ? kExitFailure : status;
+}
+
 std::optional<int> parse_args(CLI::App& app, int argc, char** argv, std::string_view program) {
   try {
     app.parse(argc, argv);

@@ -2,12 +2,11 @@
 // output files, the planner list for help texts.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "adaptlink/error.hpp"
 
@@ -24,6 +23,10 @@ int report(const Error& error, std::string_view program);
 // Parses the command line. Returns the exit status when parsing ends the program (--help: 0; a bad
 // flag: one line on stderr, kExitBadInput), or nothing when the command should run.
 std::optional<int> parse_args(CLI::App& app, int argc, char** argv, std::string_view program);
+
+// The exit status once standard output is flushed: a command whose output could not be written (a full disk,
+// /dev/full, a closed pipe) failed, whatever it returned (one line on stderr, kExitFailure).
+int flush_output(int status, std::string_view program);
 
 // "uniform | proportional | ..." from the planner registry (partition::planner_names), for help texts.
 std::string planner_choices();

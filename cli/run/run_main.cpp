@@ -407,7 +407,14 @@ int run_serve_command(ServeArgs& a, bool testbed) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run_main(int argc, char** argv);
+}  // namespace
+
+int main(int argc, char** argv) { return adaptlink::cli::flush_output(run_main(argc, argv), "adaptlink-run"); }
+
+namespace {
+int run_main(int argc, char** argv) {
   CLI::App app{"adaptlink-run: LLaVA inference with libtorch"};
   app.require_subcommand(1);
   app.footer(
@@ -478,3 +485,4 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+}  // namespace

@@ -3,17 +3,17 @@
 //   plan SCENARIO [--planner NAME] [--profile FILE]...
 //                                      partition the model and predict its performance (measured times: --profile)
 //   run | compare | sweep              simulate with SimGrid (when built with ADAPTLINK_WITH_SIM)
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
 #include <functional>
 #include <iostream>
 #include <string>
 #include <vector>
 
-#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
 #include "adaptlink/partition/profile.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "common.hpp"
 #ifdef ADAPTLINK_WITH_SIM
 #include "sim_commands.hpp"
@@ -54,13 +54,13 @@ int cmd_validate(const std::string& file, const std::string& format) {
                      {"weight_bytes", p.cost->weight_bytes(0, p.graph.size() - 1)}};
     std::cout << j.dump(2) << "\n";
   } else {
-    std::cout << fmt::format("{}: ok: '{}', {} devices ({} active), {} {} ({:.2f} B parameters, {} nodes), "
-                             "weights {:.1f} GB\n",
-                             file, p.scenario.name, p.scenario.devices.size(), active.size(),
-                             p.scenario.model.preset.empty() ? p.scenario.model.config.string()
-                                                             : p.scenario.model.preset,
-                             al::models::to_string(p.scenario.model.dtype), p.graph.total_params() / 1e9,
-                             p.graph.size(), p.cost->weight_bytes(0, p.graph.size() - 1) / 1e9);
+    std::cout << fmt::format(
+        "{}: ok: '{}', {} devices ({} active), {} {} ({:.2f} B parameters, {} nodes), "
+        "weights {:.1f} GB\n",
+        file, p.scenario.name, p.scenario.devices.size(), active.size(),
+        p.scenario.model.preset.empty() ? p.scenario.model.config.string() : p.scenario.model.preset,
+        al::models::to_string(p.scenario.model.dtype), p.graph.total_params() / 1e9, p.graph.size(),
+        p.cost->weight_bytes(0, p.graph.size() - 1) / 1e9);
   }
   return al::cli::kExitOk;
 }
@@ -72,15 +72,20 @@ std::string plan_table(const part::Plan& plan, const part::CostModel& cost, cons
                                 plan.planner, objective, part::schedule_name(sc.planner.schedule), plan.solve_ms);
   // A replicated plan: one table row per stage of every replica, the replica in the first column.
   const bool replicated = !plan.replicas.empty();
-  std::vector<std::string> header{"stage", "device", "nodes", "layers", "prefill_ms", "decode_ms", "memory_GB", "of_GB"};
+  std::vector<std::string> header{"stage",      "device",    "nodes",     "layers",
+                                  "prefill_ms", "decode_ms", "memory_GB", "of_GB"};
   if (replicated) header.insert(header.begin(), "replica");
   al::cli::Table t(header);
   auto add_stages = [&](const std::vector<part::Stage>& stages, const std::string& replica) {
     for (size_t s = 0; s < stages.size(); ++s) {
       const auto& st = stages[s];
-      std::vector<std::string> row{std::to_string(s), sc.devices[st.device].name, node_span(cost, st),
-                                   fmt::format("{}-{}", st.first_node, st.last_node), fmt::format("{:.1f}", st.prefill_ms),
-                                   fmt::format("{:.1f}", st.decode_ms), gb(st.memory_bytes),
+      std::vector<std::string> row{std::to_string(s),
+                                   sc.devices[st.device].name,
+                                   node_span(cost, st),
+                                   fmt::format("{}-{}", st.first_node, st.last_node),
+                                   fmt::format("{:.1f}", st.prefill_ms),
+                                   fmt::format("{:.1f}", st.decode_ms),
+                                   gb(st.memory_bytes),
                                    gb(sc.devices[st.device].mem_bytes)};
       if (replicated) row.insert(row.begin(), replica);
       t.add(row);
@@ -95,8 +100,9 @@ std::string plan_table(const part::Plan& plan, const part::CostModel& cost, cons
                        rep.in_flight, rep.requests, rep.predicted.throughput_rps);
   }
   const auto& pr = plan.predicted;
-  out += fmt::format("\npredicted: {:.4f} requests/s, {:.2f} tokens/s, bottleneck {:.1f} ms/request, latency {:.1f} ms\n",
-                     pr.throughput_rps, pr.tokens_per_s, pr.bottleneck_ms, pr.latency_ms);
+  out +=
+      fmt::format("\npredicted: {:.4f} requests/s, {:.2f} tokens/s, bottleneck {:.1f} ms/request, latency {:.1f} ms\n",
+                  pr.throughput_rps, pr.tokens_per_s, pr.bottleneck_ms, pr.latency_ms);
   if (uniform) {
     out += fmt::format("vs uniform: {:.3f}x throughput (uniform {:.4f} requests/s)\n",
                        pr.throughput_rps / uniform->predicted.throughput_rps, uniform->predicted.throughput_rps);
@@ -117,7 +123,8 @@ int cmd_plan(const std::string& file, const std::string& planner, const std::str
              const std::string& format, const std::string& output, const std::vector<std::string>& profiles) {
   auto problem = part::load_problem(file);
   if (!problem) return al::cli::report(problem.error(), "adaptlink-sim");
-  if (auto st = part::apply_profiles(profiles, *(*problem)->cost); !st) return al::cli::report(st.error(), "adaptlink-sim");
+  if (auto st = part::apply_profiles(profiles, *(*problem)->cost); !st)
+    return al::cli::report(st.error(), "adaptlink-sim");
   const auto& p = **problem;
   auto obj = p.scenario.planner.objective;
   if (objective == "throughput") obj = part::Objective::throughput;
@@ -160,8 +167,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"throughput", "latency"}));
   plan->add_option("--format", format, "table | json")->check(CLI::IsMember({"table", "text", "json"}));
   plan->add_option("-o,--output", output, "Write the plan to FILE instead of stdout");
-  plan->add_option("--profile", profiles, "Measured per-node times (JSON, adaptlink-run profile; sim/README.md); "
-                                          "repeatable");
+  plan->add_option("--profile", profiles,
+                   "Measured per-node times (JSON, adaptlink-run profile; sim/README.md); "
+                   "repeatable");
   plan->callback([&] { action = [&] { return cmd_plan(file, planner, objective, format, output, profiles); }; });
 
 #ifdef ADAPTLINK_WITH_SIM
@@ -169,5 +177,5 @@ int main(int argc, char** argv) {
 #endif
 
   if (auto done = al::cli::parse_args(app, argc, argv, "adaptlink-sim")) return *done;
-  return action ? action() : al::cli::kExitBadInput;
+  return al::cli::flush_output(action ? action() : al::cli::kExitBadInput, "adaptlink-sim");
 }

@@ -1,6 +1,7 @@
 # Input files that are not regular files are refused at once, not read: a FIFO would block for ever, /dev/zero would
 # fill memory. As a scenario, as a scenario's [model] config, and as a profile: exit 2, one line naming the file.
-# And a scenario of more devices than the limit (1024) is refused before anything is built for them.
+# And a scenario of more devices than the limit (1024) is refused before anything is built for them; output that
+# cannot be written (stdout on /dev/full) fails the command (exit 1) instead of passing silently.
 set(out ${BIN}/cli-special-files)
 file(REMOVE_RECURSE ${out})
 file(MAKE_DIRECTORY ${out})
@@ -35,5 +36,16 @@ file(WRITE ${out}/many.toml "${many}")
 execute_process(COMMAND ${SIM} validate ${out}/many.toml RESULT_VARIABLE rc ERROR_VARIABLE stderr TIMEOUT 30)
 if(NOT rc EQUAL 2 OR NOT stderr MATCHES "many.toml:[0-9]+:[0-9]+: devices: at most 1024 devices in a scenario, got 1025")
   message(FATAL_ERROR "1025 devices: exit ${rc}, expected 2 and the limit named:\n${stderr}")
+endif()
+if(EXISTS /dev/full)
+  foreach(cmd "validate" "plan;--format;json")
+    execute_process(COMMAND ${SIM} ${cmd} ${SRC}/scenarios/jetson-quartet.toml OUTPUT_FILE /dev/full
+                    RESULT_VARIABLE rc ERROR_VARIABLE stderr TIMEOUT 60)
+    if(NOT rc EQUAL 1 OR NOT stderr MATCHES "cannot write to standard output")
+      message(FATAL_ERROR "${cmd} > /dev/full: exit ${rc}, expected 1 and a line saying so:\n${stderr}")
+    endif()
+  endforeach()
+else()
+  message(STATUS "no /dev/full here: the write-error check is skipped")
 endif()
 file(REMOVE_RECURSE ${out})
