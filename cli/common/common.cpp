@@ -1,6 +1,7 @@
 #include "common.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -16,13 +17,36 @@ int report(const Error& error, std::string_view program) {
   return error.kind == Error::Kind::failed ? kExitFailure : kExitBadInput;
 }
 
+const CLI::Validator& positive_seconds() {
+  static const CLI::Validator v(
+      [](std::string& text) -> std::string {
+        double x = 0;
+        try {
+          size_t used = 0;
+          x = std::stod(text, &used);
+          if (used != text.size()) return "expected a number of seconds, got " + text;
+        } catch (const std::exception&) {
+          return "expected a number of seconds, got " + text;
+        }
+        if (!std::isfinite(x) || !(x > 0)) return "must be a finite number of seconds > 0, got " + text;
+        return {};
+      },
+      "SECONDS > 0");
+  return v;
+}
+
+const CLI::Validator& thread_count() {
+  static const CLI::Validator v = CLI::Range(1, 256).description("1..256");
+  return v;
+}
+
 void add_heartbeat_options(CLI::App* cmd, std::optional<double>& interval_s, std::optional<double>& timeout_s) {
   cmd->add_option("--heartbeat-interval-s", interval_s,
                   "Heartbeat every S seconds (default: the scenario's [recovery].heartbeat_interval_s, 0.5)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_seconds());
   cmd->add_option("--heartbeat-timeout-s", timeout_s,
                   "A device silent for S seconds is lost (default: the scenario's [recovery].heartbeat_timeout_s, 1.5)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_seconds());
 }
 
 std::string planner_choices() {

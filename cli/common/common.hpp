@@ -28,6 +28,11 @@ std::optional<int> parse_args(CLI::App& app, int argc, char** argv, std::string_
 // /dev/full, a closed pipe) failed, whatever it returned (one line on stderr, kExitFailure).
 int flush_output(int status, std::string_view program);
 
+// A duration in seconds for a flag: a finite number > 0 (CLI11's PositiveNumber lets NaN through).
+const CLI::Validator& positive_seconds();
+// A thread count for a flag: 1 to 256.
+const CLI::Validator& thread_count();
+
 // "uniform | proportional | ..." from the planner registry (partition::planner_names), for help texts.
 std::string planner_choices();
 

@@ -196,6 +196,10 @@ int run_generate(const GenerateArgs& args) {
   auto probe = Checkpoint::open(args.model);
   if (!probe) return fail(probe.error());
   auto graph = models::LayerGraph::build(probe->config(), models::Dtype::fp32);
+  if (args.stages > graph.size()) {
+    return fail(fmt::format("--stages {}: the model has {} nodes, so at most {} stages", args.stages, graph.size(),
+                            graph.size()));
+  }
   const bool distributed = args.stages > 1 || args.plan || args.scenario;
   NamedStages stages;
   if (distributed) {
@@ -336,21 +340,25 @@ void add_serve_options(CLI::App* cmd, ServeArgs& a, bool testbed) {
   cmd->add_option("--profile", a.options.profiles, "measured per-node times for the planner (repeatable)");
   cmd->add_option("--dtype", a.options.dtype, "fp32 | bf16 | fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   cmd->add_option("--device", a.options.device, "cpu | cuda[:N] (where workers run their stages)");
-  cmd->add_option("--in-flight", a.options.in_flight, "requests in the pipeline at once (default: the scenario's)");
+  cmd->add_option("--in-flight", a.options.in_flight, "requests in the pipeline at once (default: the scenario's)")
+      ->check(CLI::Range(1, 100000));
   cmd->add_option("--listen", a.options.listen,
                   "where the coordinator receives tokens (reachable by the workers; a replicated plan's replica r "
                   "listens on the port + r, or on another free port with port *)");
   adaptlink::cli::add_heartbeat_options(cmd, a.options.heartbeat_interval_s, a.options.heartbeat_timeout_s);
-  cmd->add_option("--hello-timeout-s", a.options.hello_timeout_s, "per worker: answer the handshake and load");
+  cmd->add_option("--hello-timeout-s", a.options.hello_timeout_s, "per worker: answer the handshake and load")
+      ->check(adaptlink::cli::positive_seconds());
   cmd->add_flag("--ignore-eos", a.options.ignore_eos, "generate max_new_tokens for every request");
   cmd->add_flag("--no-backups", a.no_backups, "plan without backup sub-blocks (recovery by redeploy)");
   cmd->add_option("--format", a.format, "text | json (the summary on stdout)")->check(CLI::IsMember({"text", "json"}));
   cmd->add_flag(
       "--quiet", [&a](int64_t) { a.options.progress = false; }, "no progress on stderr");
   if (testbed) {
-    cmd->add_option("--threads", a.options.worker_threads, "CPU threads per emulating worker");
+    cmd->add_option("--threads", a.options.worker_threads, "CPU threads per emulating worker")
+        ->check(adaptlink::cli::thread_count());
     cmd->add_option("--synthetic", a.options.synthetic_requests,
-                    "without --requests: this many requests of the scenario's shape (default: workload.requests)");
+                    "without --requests: this many requests of the scenario's shape (default: workload.requests)")
+        ->check(CLI::Range(1, 10000000));
     cmd->add_option("--seed", a.options.seed, "seed of the synthetic requests");
     cmd->add_flag("--no-faults", a.no_faults, "ignore the scenario's [[faults]]");
   }
@@ -431,7 +439,8 @@ int run_main(int argc, char** argv) {
   image->excludes(pv);
   gen->add_option("--max-new-tokens", g.max_new_tokens, "tokens to generate at most (default 32)");
   auto* stages = gen->add_option("--stages", g.stages,
-                                 "K > 1: run the pipeline through K local worker processes over ZeroMQ (even split)");
+                                 "K > 1: run the pipeline through K local worker processes over ZeroMQ (even split)")
+                     ->check(CLI::Range(1, 64));
   auto* plan_file = gen->add_option("--plan", g.plan,
                                     "run the stages of this plan JSON (adaptlink-sim plan --format json), one local "
                                     "worker process each");
@@ -445,14 +454,15 @@ int run_main(int argc, char** argv) {
   gen->add_option("--device", g.device, "cpu | cuda[:N]");
   gen->add_option("--format", g.format, "text | json")->check(CLI::IsMember({"text", "json"}));
   gen->add_option("--dump-logits", g.dump_logits, "write the prefill logits [tokens, vocab] to this safetensors file");
-  gen->add_option("--threads", g.threads, "CPU threads (default: libtorch's)");
+  gen->add_option("--threads", g.threads, "CPU threads (default: libtorch's)")->check(adaptlink::cli::thread_count());
   WorkerOptions wo;
   std::string worker_model;
   auto* worker = app.add_subcommand("worker", "Serve pipeline stages to a coordinator over ZeroMQ");
   worker->add_option("--listen", wo.listen, "endpoint to bind, e.g. tcp://0.0.0.0:5555 (port * = any free port)")
       ->required();
   worker->add_option("--model", worker_model, "this machine's checkpoint copy (default: the coordinator's path)");
-  worker->add_option("--threads", wo.threads, "CPU threads (default: libtorch's)");
+  worker->add_option("--threads", wo.threads, "CPU threads (default: libtorch's)")
+      ->check(adaptlink::cli::thread_count());
   ServeArgs serve_args;
   auto* serve = app.add_subcommand("serve", "Plan a scenario and run requests through its devices' workers");
   add_serve_options(serve, serve_args, false);

@@ -79,6 +79,11 @@ foreach(case
     "--model;${fx};--input-ids;1,2;--image;/nonexistent.png"
     "--model;${fx};--input-ids;1,400,2;--pixel-values;${fx}/reference.safetensors"
     "--model;${fx};--input-ids;1,2;--stages;0"
+    "--model;${fx};--input-ids;1,2;--stages;100"
+    "--model;${fx};--input-ids;1,2;--stages;9"
+    "--model;${fx};--input-ids;1,2;--threads;0"
+    "--model;${fx};--input-ids;1,2;--threads;1000"
+    "--model;${fx};--input-ids;1,2;--threads;-5"
     "--model;${SRC}/tests/fixtures/llava_mistral_gqa_full;--prompt;hi"
     "--model;${tmp};--input-ids;1,2")
   execute_process(COMMAND ${run} generate ${case} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
