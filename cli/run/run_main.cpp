@@ -260,6 +260,7 @@ int run_generate(const GenerateArgs& args) {
   }
 
   if (auto fits = check_context(config, ids.size(), args.max_new_tokens); !fits) return fail(fits.error());
+  if (auto images = check_image_tokens(config, ids, pixels.defined()); !images) return fail(images.error());
 
   GenerateOptions gen;
   gen.max_new_tokens = args.max_new_tokens;

@@ -1,6 +1,7 @@
 // Requests for served runs: a requests file (JSONL) or synthetic requests of the scenario's shape.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -75,6 +76,13 @@ Expected<Ok> check_context(const models::LlavaConfig& config, size_t prompt_ids,
       "{} prompt tokens (image tokens included) + {} new tokens exceed the model's context of {} "
       "(max_position_embeddings): at most {} new tokens fit",
       prompt, max_new_tokens, context, context - prompt);
+}
+
+Expected<Ok> check_image_tokens(const models::LlavaConfig& config, const std::vector<int64_t>& ids, bool has_image) {
+  if (has_image) return Ok{};  // the model checks the count against the image's features
+  const auto n = std::count(ids.begin(), ids.end(), static_cast<int64_t>(config.image_token_index));
+  if (n == 0) return Ok{};
+  return make_error("the prompt holds {} image token(s) (id {}) but no image was given", n, config.image_token_index);
 }
 
 Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& file, const std::filesystem::path& model,
@@ -172,6 +180,9 @@ Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& fi
     }
     if (auto fits = check_context(config, r.input_ids.size(), r.max_new_tokens); !fits) {
       return at_line(file, number, fits.error().message);
+    }
+    if (auto images = check_image_tokens(config, r.input_ids, has_image); !images) {
+      return at_line(file, number, images.error().message);
     }
     out.push_back(std::move(r));
   }

@@ -91,6 +91,9 @@ void configure_socket(zmq::socket_t& socket) {
   socket.set(zmq::sockopt::sndhwm, 100000);
   socket.set(zmq::sockopt::rcvhwm, 100000);
   socket.set(zmq::sockopt::sndtimeo, 10000);
+  // A frame above the wire's limit is refused by ZeroMQ as it arrives (the peer is disconnected), before it is
+  // buffered whole: decode() would refuse it anyway, after holding it in memory.
+  socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(wire::Limits{}.max_message_bytes));
 }
 
 void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms) {

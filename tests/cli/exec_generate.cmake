@@ -78,6 +78,7 @@ foreach(case
     "--model;${fx};--input-ids;1,2;--dtype;fp64"
     "--model;${fx};--input-ids;1,2;--image;/nonexistent.png"
     "--model;${fx};--input-ids;1,400,2;--pixel-values;${fx}/reference.safetensors"
+    "--model;${fx};--input-ids;1,400,3"
     "--model;${fx};--input-ids;1,2;--stages;0"
     "--model;${fx};--input-ids;1,2;--stages;100"
     "--model;${fx};--input-ids;1,2;--stages;9"

@@ -77,6 +77,8 @@ Expected<std::vector<std::pair<std::string, std::pair<int, int>>>> plan_stages(c
 // A request fits the model's context: its prompt ids (image tokens included) and the tokens it may generate, at most
 // max_position_embeddings positions. The error says how many new tokens would fit.
 Expected<Ok> check_context(const models::LlavaConfig& config, size_t prompt_ids, long long max_new_tokens);
+// A prompt with image tokens (config.image_token_index) needs an image: without one they would embed nothing.
+Expected<Ok> check_image_tokens(const models::LlavaConfig& config, const std::vector<int64_t>& ids, bool has_image);
 
 // Reads a requests file (JSONL: {"id", "prompt" | "input_ids", "image" | "pixel_values", "max_new_tokens"});
 // relative paths resolve against the file's folder. Errors name the file and line.
