@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -100,6 +101,7 @@ Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& fi
     return path.is_absolute() ? path : base / path;
   };
   std::vector<ExecRequest> out;
+  std::map<std::string, int> first_line;  // request id -> the line that gave it
   std::string line;
   int number = 0;
   while (std::getline(in, line)) {
@@ -123,7 +125,12 @@ Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& fi
         return at_line(file, number, "'id' must be a string or an integer");
       }
     } else {
-      r.id = std::to_string(out.size());
+      r.id = std::to_string(out.size());  // its index among the requests
+    }
+    if (auto [it, fresh] = first_line.emplace(r.id, number); !fresh) {
+      return at_line(
+          file, number,
+          fmt::format("request id '{}' is used again (first at line {}); outputs are matched by id", r.id, it->second));
     }
     if (j.contains("image") && j.contains("pixel_values")) {
       return at_line(file, number, "give 'image' or 'pixel_values', not both");

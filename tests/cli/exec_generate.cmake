@@ -123,4 +123,11 @@ execute_process(COMMAND ${run} testbed --scenario ${SRC}/tests/data/testbed/drop
 if(NOT rc EQUAL 2 OR NOT err MATCHES "exec_generate_context.jsonl:2: the prompt is 301 tokens")
   message(FATAL_ERROR "requests past the context: expected exit 2 naming line 2, got ${rc}: '${err}'")
 endif()
+file(WRITE ${req} "{\"id\": \"q0\", \"input_ids\": [1, 5, 6], \"max_new_tokens\": 3}\n{\"input_ids\": [1, 5], \"max_new_tokens\": 2}\n{\"id\": \"q0\", \"input_ids\": [1, 6], \"max_new_tokens\": 2}\n")
+execute_process(COMMAND ${run} testbed --scenario ${SRC}/tests/data/testbed/dropout.toml --model ${fx} --requests ${req}
+                --no-faults --quiet --out ${BIN}/exec_generate_context
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "exec_generate_context.jsonl:3: request id 'q0' is used again \\(first at line 1\\)")
+  message(FATAL_ERROR "duplicate request ids: expected exit 2 naming line 3, got ${rc}: '${err}'")
+endif()
 file(REMOVE ${req})
