@@ -1,9 +1,7 @@
 #include "adaptlink/exec/checkpoint.hpp"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "adaptlink/read_file.hpp"
 

@@ -1,9 +1,7 @@
 #include "adaptlink/partition/profile.hpp"
 
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "adaptlink/read_file.hpp"
 

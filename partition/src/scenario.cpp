@@ -11,9 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <limits>
-#include <sstream>
 
 #include "adaptlink/read_file.hpp"
 
@@ -931,10 +929,6 @@ class ScenarioParser {
   std::filesystem::path source_;
 };
 
-Expected<std::string> read_file(const std::filesystem::path& path, std::string_view what) {
-  return read_input_file(path, what);
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -964,7 +958,7 @@ std::optional<Schedule> parse_schedule(std::string_view name) {
 }
 
 Expected<std::vector<CatalogueEntry>> load_catalogue(const std::filesystem::path& path) {
-  auto text = read_file(path, "device catalogue");
+  auto text = read_input_file(path, "device catalogue");
   if (!text) return text.error();
   Reader reader(path.string());
   try {
@@ -1000,7 +994,7 @@ Expected<Scenario> parse_scenario(std::string_view text, const std::filesystem::
 }
 
 Expected<Scenario> load_scenario(const std::filesystem::path& path) {
-  auto text = read_file(path, "scenario");
+  auto text = read_input_file(path, "scenario");
   if (!text) return text.error();
   return parse_scenario(*text, path);
 }

@@ -18,6 +18,7 @@
 //                                     time on the live cluster state: stages move or the placement switches,
 //                                     requests in flight rebuild their KV caches
 // Accounting is runtime::RunRecorder's (admissions, completions, busy intervals, fault records).
+#include <simgrid/s4u.hpp>
 #include <xbt/log.h>
 
 #include <algorithm>
@@ -27,7 +28,6 @@
 #include <exception>
 #include <map>
 #include <random>
-#include <simgrid/s4u.hpp>
 
 #include "adaptlink/runtime/report.hpp"
 #include "adaptlink/runtime/run_recorder.hpp"
@@ -79,8 +79,8 @@ struct RequestSlot {
 
 struct DeviceState {
   sg4::Host* host = nullptr;
-  sg4::SemaphorePtr
-      ready;  // a token per task pushed (a dropout or a switch re-queues tasks: tokens can outlive theirs)
+  // A token per task pushed; a dropout or a switch re-queues tasks, so a token can outlive its task.
+  sg4::SemaphorePtr ready;
   runtime::StageQueue<Task> queue;
   double speed = 1;
   double busy_since_s = 0;
