@@ -4,8 +4,10 @@
 //                          [--max-new-tokens N] [--dtype fp32|bf16|fp16] [--device cpu|cuda] [--format text|json]
 //                          [--dump-logits FILE.safetensors] [--stages K | --plan plan.json | --scenario FILE]
 //                          [--threads N]
-//   adaptlink-run worker   --listen tcp://HOST:PORT [--model DIR] [--threads N]
-//   adaptlink-run serve    --scenario FILE --model DIR --requests FILE.jsonl [--out DIR] ...
+//   adaptlink-run keygen   --out FILE                       (a CURVE key pair: FILE, FILE.pub)
+//   adaptlink-run worker   --listen tcp://HOST:PORT (--model DIR | --model-root DIR) (--key FILE --coordinator-key
+//                          KEY | --insecure) [--threads N]
+//   adaptlink-run serve    --scenario FILE --model DIR --requests FILE.jsonl (--key FILE | --insecure) [--out DIR]
 //   adaptlink-run testbed  --scenario FILE --model DIR [--requests FILE.jsonl] [--out DIR] ...
 //   adaptlink-run profile  --model DIR (--scenario FILE | --device NAME) ...
 //
@@ -32,6 +34,7 @@
 #include "adaptlink/exec/serve.hpp"
 #include "adaptlink/exec/tensor_io.hpp"
 #include "adaptlink/exec/tokenizer.hpp"
+#include "adaptlink/exec/transport.hpp"
 #include "adaptlink/exec/worker.hpp"
 #include "commands.hpp"
 #include "common.hpp"
@@ -152,16 +155,17 @@ Expected<GenerateResult> generate_distributed(const GenerateArgs& args, const Na
                                               const std::vector<int64_t>& ids, const at::Tensor& pixels,
                                               const std::vector<int64_t>& eos) {
   LocalWorkers workers;
-  std::vector<std::string> extra;
-  if (args.threads > 0) extra = {"--threads", std::to_string(args.threads)};
+  std::vector<std::string> extra = {"--model", args.model};
+  if (args.threads > 0) extra.insert(extra.end(), {"--threads", std::to_string(args.threads)});
   auto st = workers.start(self_executable(), static_cast<int>(stages.ranges.size()), extra);
   if (!st) return st.error();
   PipelineSpec spec;
   for (size_t i = 0; i < stages.ranges.size(); ++i) {
-    spec.workers.push_back({stages.names[i], workers.endpoints()[i], 1.0, {}});
+    spec.workers.push_back({stages.names[i], workers.endpoints()[i], 1.0, {}, workers.public_keys()[i]});
     spec.stages.push_back({stages.ranges[i].first, stages.ranges[i].second, static_cast<int>(i)});
   }
   CoordinatorOptions co;
+  co.transport = workers.transport();
   co.model = args.model;
   co.dtype = args.dtype;
   co.exec_device = args.device;
@@ -320,9 +324,58 @@ int run_worker_command(const WorkerOptions& options) {
   return 0;
 }
 
+int run_keygen_command(const std::string& out) {
+  auto key = generate_keypair();
+  if (!key) return fail(key.error());
+  if (auto st = write_key_file(out, *key); !st) return fail(st.error());
+  std::printf("%s\n", key->public_key.c_str());
+  std::fprintf(stderr, "adaptlink-run keygen: wrote %s (secret, mode 600) and %s.pub\n", out.c_str(), out.c_str());
+  return 0;
+}
+
+// --key FILE / --insecure of worker and serve: the Transport (an error when neither or both is given).
+Expected<Transport> transport_of(const std::optional<std::string>& key_file, bool insecure) {
+  Transport t;
+  t.insecure = insecure;
+  if (insecure && key_file) return make_error("--key and --insecure exclude each other");
+  if (insecure) return t;
+  if (!key_file) {
+    return make_error("--key FILE is required (a key pair from adaptlink-run keygen; --insecure for plain TCP on "
+                      "this machine only)");
+  }
+  auto key = read_key_file(*key_file);
+  if (!key) return key.error();
+  t.key = *key;
+  return t;
+}
+
+struct WorkerArgs {
+  WorkerOptions options;
+  std::string model, model_root;
+  std::optional<std::string> key;
+  std::vector<std::string> coordinator_keys;
+  bool insecure = false;
+};
+
+int run_worker_args(WorkerArgs& a) {
+  auto transport = transport_of(a.key, a.insecure);
+  if (!transport) return fail(transport.error());
+  a.options.transport = *transport;
+  a.options.model = a.model;
+  a.options.model_root = a.model_root;
+  for (const auto& k : a.coordinator_keys) {
+    auto key = read_public_key(k, "--coordinator-key");
+    if (!key) return fail(key.error());
+    a.options.coordinator_keys.push_back(*key);
+  }
+  return run_worker_command(a.options);
+}
+
 struct ServeArgs {
   ServeOptions options;
   std::string scenario, model, out;
+  std::optional<std::string> key, worker_keys;
+  bool insecure = false;
   std::optional<std::string> requests;
   std::string format = "text";
   bool no_faults = false;
@@ -347,6 +400,14 @@ void add_serve_options(CLI::App* cmd, ServeArgs& a, bool testbed) {
                   "where the coordinator receives tokens (reachable by the workers; a replicated plan's replica r "
                   "listens on the port + r, or on another free port with port *)");
   adaptlink::cli::add_heartbeat_options(cmd, a.options.heartbeat_interval_s, a.options.heartbeat_timeout_s);
+  if (!testbed) {
+    cmd->add_option("--key", a.key, "this coordinator's CURVE key file (adaptlink-run keygen)");
+    cmd->add_option("--worker-keys", a.worker_keys,
+                    "JSON {\"device\": \"public key\"} of the workers (instead of the scenario's public_key)");
+  }
+  cmd->add_flag("--insecure", a.insecure,
+                testbed ? "plain TCP between the local workers (default: CURVE with keys made for the run)"
+                        : "plain TCP, no authentication: only with loopback or ipc:// endpoints");
   cmd->add_option("--hello-timeout-s", a.options.hello_timeout_s, "per worker: answer the handshake and load")
       ->check(adaptlink::cli::positive_seconds());
   cmd->add_flag("--ignore-eos", a.options.ignore_eos, "generate max_new_tokens for every request");
@@ -375,6 +436,14 @@ int run_serve_command(ServeArgs& a, bool testbed) {
   o.inject_faults = !a.no_faults;
   if (a.no_backups) o.backups = false;
   o.worker_binary = self_executable();
+  if (testbed) {
+    o.transport.insecure = a.insecure;
+  } else {
+    auto transport = transport_of(a.key, a.insecure);
+    if (!transport) return fail(transport.error());
+    o.transport = *transport;
+    if (a.worker_keys) o.worker_keys = *a.worker_keys;
+  }
   auto outcome = run_serve(o);
   if (!outcome) return fail(outcome.error());
   const auto& r = outcome->report;
@@ -456,12 +525,26 @@ int run_main(int argc, char** argv) {
   gen->add_option("--format", g.format, "text | json")->check(CLI::IsMember({"text", "json"}));
   gen->add_option("--dump-logits", g.dump_logits, "write the prefill logits [tokens, vocab] to this safetensors file");
   gen->add_option("--threads", g.threads, "CPU threads (default: libtorch's)")->check(adaptlink::cli::thread_count());
-  WorkerOptions wo;
-  std::string worker_model;
+  std::string keygen_out;
+  auto* keygen = app.add_subcommand("keygen", "Make a CURVE key pair for a worker or a coordinator");
+  keygen->add_option("--out", keygen_out, "key file to write (mode 600; its public key also goes to FILE.pub and stdout)")
+      ->required();
+  WorkerArgs wa;
+  auto& wo = wa.options;
   auto* worker = app.add_subcommand("worker", "Serve pipeline stages to a coordinator over ZeroMQ");
   worker->add_option("--listen", wo.listen, "endpoint to bind, e.g. tcp://0.0.0.0:5555 (port * = any free port)")
       ->required();
-  worker->add_option("--model", worker_model, "this machine's checkpoint copy (default: the coordinator's path)");
+  auto* wmodel = worker->add_option("--model", wa.model, "this machine's checkpoint (the only model it opens)");
+  auto* wroot = worker->add_option("--model-root", wa.model_root,
+                                   "without --model: open the checkpoint a coordinator names if it lies under DIR");
+  wmodel->excludes(wroot);
+  worker->add_option("--key", wa.key, "this worker's CURVE key file (adaptlink-run keygen)");
+  worker->add_option("--coordinator-key", wa.coordinator_keys,
+                     "public key (or .pub file) of a coordinator it serves (repeatable)");
+  worker->add_flag("--insecure", wa.insecure, "plain TCP, no authentication: only on a loopback or ipc:// endpoint");
+  worker->add_option("--lease-timeout-s", wo.lease_timeout_s,
+                     "a coordinator silent this long loses this worker to the next (default 30)")
+      ->check(adaptlink::cli::positive_seconds());
   worker->add_option("--threads", wo.threads, "CPU threads (default: libtorch's)")
       ->check(adaptlink::cli::thread_count());
   ServeArgs serve_args;
@@ -476,10 +559,8 @@ int run_main(int argc, char** argv) {
   if (auto done = adaptlink::cli::parse_args(app, argc, argv, "adaptlink-run")) return *done;
   try {
     if (profile->parsed()) return adaptlink::run::run_profile_command(profile_args);
-    if (worker->parsed()) {
-      wo.model = worker_model;
-      return run_worker_command(wo);
-    }
+    if (keygen->parsed()) return run_keygen_command(keygen_out);
+    if (worker->parsed()) return run_worker_args(wa);
     if (serve->parsed()) return run_serve_command(serve_args, false);
     if (testbed->parsed()) return run_serve_command(testbed_args, true);
   } catch (const std::exception& e) {

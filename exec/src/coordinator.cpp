@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <memory>
+#include <random>
 #include <set>
 #include <thread>
 #include <utility>
@@ -14,6 +16,7 @@
 #include "adaptlink/exec/worker.hpp"
 #include "adaptlink/models/graph.hpp"
 #include "adaptlink/partition/problem.hpp"
+#include "auth.hpp"
 #include "coordinator_view.hpp"
 #include "runtime.hpp"
 
@@ -31,8 +34,10 @@ using detail::Range;
 
 struct WorkerState {
   zmq::socket_t socket;
+  std::unique_ptr<detail::HandshakeMonitor> monitor;  // CURVE: a failed handshake names the worker at once
   std::string endpoint;
   bool alive = true;
+  bool leased = false;  // it accepted a hello: its lease is released at the end
   Clock::time_point last_pong;
   std::set<Range> holds;  // node ranges loaded (active or backup)
 };
@@ -51,8 +56,26 @@ class Coordinator {
         requests_(requests),
         options_(options),
         env_(options.environment != nullptr ? *options.environment : no_environment_),
-        ret_(ctx_, zmq::socket_type::router) {
+        auth_(options.transport.insecure ? nullptr : std::make_unique<detail::Authenticator>(ctx_, refusals_)),
+        ret_(ctx_, zmq::socket_type::router),
+        lease_(new_lease()) {
     detail::configure_socket(ret_);
+    detail::secure_server(ret_, options_.transport);
+  }
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  // The run is over (done or failed): every worker's lease ends; the release gets half a second to leave.
+  ~Coordinator() {
+    Message release;
+    release.type = MsgType::release;
+    const auto frames = wire::encode(release);
+    for (auto& w : workers_) {
+      w.monitor.reset();
+      if (!w.leased) continue;
+      w.socket.set(zmq::sockopt::linger, 500);
+      detail::send_frames(w.socket, frames);
+    }
   }
 
   // Errors of prepare() are bad input (the pipeline, the checkpoint, the requests); what goes wrong once the workers
@@ -74,8 +97,29 @@ class Coordinator {
  private:
   // --- set-up ---
 
+  // A lease id: 128 random bits, hex (also the routing id of this coordinator's connections to its workers).
+  static std::string new_lease() {
+    std::random_device rd;
+    std::string out;
+    for (int i = 0; i < 4; ++i) out += fmt::format("{:08x}", rd());
+    return out;
+  }
+
   Status prepare() {
     if (spec_.stages.empty()) return make_error("the pipeline has no stages");
+    std::vector<std::string> endpoints = {options_.listen};
+    for (const auto& w : spec_.workers) endpoints.push_back(w.endpoint);
+    if (auto st = check_transport(options_.transport, endpoints, "coordinator"); !st) return st;
+    if (!options_.transport.insecure) {
+      std::set<std::string> keys;
+      for (const auto& w : spec_.workers) {
+        if (auto st = check_public_key(w.public_key, fmt::format("worker '{}': its public_key", w.name)); !st) {
+          return make_error("{} (scenario public_key, --worker-keys, or --insecure on loopback)", st.error().message);
+        }
+        keys.insert(w.public_key);
+      }
+      auth_->allow("worker", keys);
+    }
     if (options_.in_flight < 1) return make_error("in_flight must be >= 1");
     auto ck = Checkpoint::open(options_.model);
     if (!ck) return ck.error();
@@ -109,12 +153,13 @@ class Coordinator {
     for (const auto& w : spec_.workers) {
       WorkerState ws;
       try {
-        connect(ws, w.endpoint);
+        connect(ws, w.endpoint, w.public_key);
       } catch (const zmq::error_t& e) {
         return make_error("worker '{}': bad endpoint '{}': {}", w.name, w.endpoint, e.what());
       }
       workers_.push_back(std::move(ws));
     }
+    for (const auto& w : spec_.workers) slowdown_.push_back(w.slowdown);
     states_.assign(requests_.size(), RequestState{});
     run_.results.resize(requests_.size());
     for (size_t i = 0; i < requests_.size(); ++i) run_.results[i].id = requests_[i].id;
@@ -123,12 +168,22 @@ class Coordinator {
     return Ok{};
   }
 
-  // A new DEALER socket to `endpoint` for a worker (replacing its old one and whatever was queued there).
-  void connect(WorkerState& ws, const std::string& endpoint) {
+  // A new DEALER socket to `endpoint` for a worker (replacing its old one and whatever was queued there): a CURVE
+  // client of the worker's key, with the lease as its routing id.
+  void connect(WorkerState& ws, const std::string& endpoint, const std::string& key) {
+    ws.monitor.reset();
     ws.socket = zmq::socket_t(ctx_, zmq::socket_type::dealer);
     detail::configure_socket(ws.socket);
+    ws.socket.set(zmq::sockopt::routing_id, lease_);
+    if (!options_.transport.insecure) {
+      detail::secure_client(ws.socket, options_.transport, key);
+      ws.monitor = std::make_unique<detail::HandshakeMonitor>(ctx_, ws.socket, options_.transport.key.public_key);
+    }
     ws.socket.connect(endpoint);
     ws.endpoint = endpoint;
+  }
+  void reconnect(int w, const std::string& endpoint) {
+    connect(workers_[static_cast<size_t>(w)], endpoint, spec_.workers[static_cast<size_t>(w)].public_key);
   }
 
   [[nodiscard]] std::string who(int w) const {
@@ -149,6 +204,7 @@ class Coordinator {
 
   [[nodiscard]] detail::WireRoutes wire_routes() const {
     return {view_->map, [this](int w) { return workers_[static_cast<size_t>(w)].endpoint; },
+            [this](int w) { return spec_.workers[static_cast<size_t>(w)].public_key; },
             [this](int from, int to) { return env_.link(from, to); }};
   }
   [[nodiscard]] wire::StageEntry stage_entry(const runtime::Placement& p, size_t s) const {
@@ -166,11 +222,15 @@ class Coordinator {
     h.dtype = options_.dtype;
     h.exec_device = options_.exec_device;
     h.coordinator = return_endpoint_;
-    h.slowdown = std::max(1.0, spec_.workers[w].slowdown);
+    h.slowdown = std::max(1.0, slowdown_[w]);
     h.schedule = std::string(partition::schedule_name(options_.schedule));
     h.epoch = epoch();
     h.return_link = link(static_cast<int>(w), text_worker());
     h.stages = std::move(stages);
+    h.lease = lease_;
+    for (size_t o = 0; o < spec_.workers.size(); ++o) {
+      if (o != w && !spec_.workers[o].public_key.empty()) h.peer_keys.push_back(spec_.workers[o].public_key);
+    }
     return wire::make_message(MsgType::hello, h);
   }
 
@@ -201,6 +261,11 @@ class Coordinator {
       }
       for (size_t w = 0; w < workers_.size(); ++w) {
         if (ready[w]) continue;
+        if (workers_[w].monitor) {
+          if (auto failed = workers_[w].monitor->failure(); !failed.empty()) {
+            return make_error("{}: {}", who(static_cast<int>(w)), failed);
+          }
+        }
         auto m = detail::receive_message(workers_[w].socket, 20);
         if (!m) continue;
         if (m->type == MsgType::error) {
@@ -210,6 +275,7 @@ class Coordinator {
           return make_error("{} answered the hello with a {} message", who(static_cast<int>(w)), wire::to_string(m->type));
         }
         ready[w] = true;
+        workers_[w].leased = true;
         workers_[w].last_pong = Clock::now();
       }
     }
@@ -380,6 +446,14 @@ class Coordinator {
         case EnvEvent::Kind::links_changed:
           relinked.insert(w);
           break;
+        case EnvEvent::Kind::slowdown: {
+          slowdown_[static_cast<size_t>(w)] = e.factor;
+          if (!workers_[static_cast<size_t>(w)].alive) break;  // its next hello carries it
+          wire::Route r;
+          r.slowdown = e.factor;
+          if (auto st = request_ready(w, wire::make_message(MsgType::route, r)); !st) return st;
+          break;
+        }
       }
     }
     return relink(relinked);
@@ -394,11 +468,12 @@ class Coordinator {
     for (auto& w : workers_) items.push_back({w.socket.handle(), 0, ZMQ_POLLIN, 0});
     detail::poll_items(items.data(), items.size(), wait_ms);
     if (items[0].revents & ZMQ_POLLIN) {
-      while (auto frames = detail::recv_frames(ret_, false)) {
+      std::string user;
+      while (auto frames = detail::recv_frames(ret_, false, &user)) {
         if (frames->size() < 2) continue;
         const std::string identity = frames->front();
         frames->erase(frames->begin());  // ROUTER identity
-        auto m = wire::decode(*frames);
+        auto m = wire::decode(*frames, limits_);
         if (!m) {
           answer(identity, m.error());
           continue;
@@ -423,6 +498,7 @@ class Coordinator {
   }
 
   void answer(const std::string& identity, const Error& e) {
+    refusals_.log(fmt::format("a message on its return port: {}", e.message));
     detail::send_frames(ret_, wire::encode(wire::error_message("rejected message: " + e.message)), &identity);
   }
 
@@ -558,7 +634,7 @@ class Coordinator {
     ws.alive = false;
     // A fresh socket to the same endpoint: what was queued for the lost process is dropped, and only pings go
     // there from now on (a pong means the worker is back).
-    connect(ws, ws.endpoint);
+    reconnect(w, ws.endpoint);
     ws.holds.clear();
     auto rec = fault_record(w, partition::FaultKind::dropout);
     rec.cause = cause;
@@ -650,11 +726,12 @@ class Coordinator {
 
   Status on_rejoined(int w, const std::string& endpoint) {
     auto& ws = workers_[static_cast<size_t>(w)];
-    connect(ws, endpoint);
+    reconnect(w, endpoint);
     ws.holds.clear();
     auto rec = fault_record(w, partition::FaultKind::rejoin);
     if (auto st = request_ready(w, hello_for(static_cast<size_t>(w), {})); !st) return st;
     ws.alive = true;
+    ws.leased = true;
     rec.detected_s = seconds(Clock::now());
     auto plan = view_->policy->on_rejoin(view_->cluster, view_->map.device(w));
     runtime::describe(plan, *view_->scenario, rec);
@@ -759,7 +836,12 @@ class Coordinator {
   Environment no_environment_;
   Environment& env_;
   zmq::context_t ctx_;
+  detail::RefusalLog refusals_{"coordinator"};
+  std::unique_ptr<detail::Authenticator> auth_;  // CURVE: only the workers' keys reach ret_
   zmq::socket_t ret_;
+  std::string lease_;
+  wire::Limits limits_;
+  std::vector<double> slowdown_;  // per worker: its emulated slowdown now (testbed slowdown faults)
   std::string return_endpoint_;
   std::string fingerprint_;
   std::vector<WorkerState> workers_;

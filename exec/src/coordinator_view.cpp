@@ -76,10 +76,11 @@ wire::StageEntry preloaded(int first, int last) {
 
 wire::StageEntry WireRoutes::entry(const runtime::Placement& p, size_t s) const {
   const auto& st = p.stages[s];
-  wire::StageEntry e{st.first_node, st.last_node, true, "", std::nullopt, false};
+  wire::StageEntry e{st.first_node, st.last_node, true, "", "", std::nullopt, false};
   if (s + 1 < p.stages.size()) {
     const int w = map.worker(st.device), nw = map.worker(p.stages[s + 1].device);
     e.next = endpoint(nw);
+    e.next_key = public_key(nw);
     e.link = w == nw ? LinkShape{} : link(w, nw);
   }
   return e;

@@ -40,6 +40,7 @@ wire::StageEntry preloaded(int first, int last);
 struct WireRoutes {
   const runtime::WorkerMap& map;
   std::function<std::string(int worker)> endpoint;
+  std::function<std::string(int worker)> public_key;
   std::function<LinkShape(int from, int to)> link;
 
   // The entry for stage s: its range, active, where it sends and over which link.

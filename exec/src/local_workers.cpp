@@ -38,12 +38,48 @@ std::filesystem::path self_executable() {
   return ec ? std::filesystem::path() : p;
 }
 
-LocalWorkers::~LocalWorkers() { stop_all(); }
+LocalWorkers::~LocalWorkers() {
+  stop_all();
+  if (!key_dir_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(key_dir_, ec);
+  }
+}
 
-Expected<std::pair<pid_t, std::string>> LocalWorkers::spawn(double timeout_s) {
+Status LocalWorkers::make_keys(int count) {
+  transport_.insecure = insecure_;
+  if (insecure_) {
+    public_keys_.assign(static_cast<size_t>(count), "");
+    return Ok{};
+  }
+  auto coordinator = generate_keypair();
+  if (!coordinator) return coordinator.error();
+  transport_.key = *coordinator;
+  if (key_dir_.empty()) {
+    const auto tmp = std::filesystem::temp_directory_path() / "adaptlink-keys-XXXXXX";
+    std::string templ = tmp.string();
+    if (::mkdtemp(templ.data()) == nullptr) return make_error("cannot create a folder for the workers' keys in {}", tmp.parent_path().string());
+    key_dir_ = templ;
+  }
+  for (int i = static_cast<int>(public_keys_.size()); i < count; ++i) {
+    auto key = generate_keypair();
+    if (!key) return key.error();
+    if (auto st = write_key_file(key_dir_ / fmt::format("worker-{}.key", i), *key); !st) return st;
+    public_keys_.push_back(key->public_key);
+  }
+  return Ok{};
+}
+
+Expected<std::pair<pid_t, std::string>> LocalWorkers::spawn(int i, double timeout_s) {
   int fds[2];
   if (::pipe(fds) != 0) return make_error("cannot start a worker: pipe() failed");
   std::vector<std::string> args = {binary_.string(), "worker", "--listen", "tcp://127.0.0.1:*"};
+  if (insecure_) {
+    args.emplace_back("--insecure");
+  } else {
+    args.insert(args.end(), {"--key", (key_dir_ / fmt::format("worker-{}.key", i)).string(), "--coordinator-key",
+                             transport_.key.public_key});
+  }
   args.insert(args.end(), extra_args_.begin(), extra_args_.end());
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
@@ -88,8 +124,9 @@ Status LocalWorkers::start(const std::filesystem::path& binary, int count, const
   }
   binary_ = binary;
   extra_args_ = extra_args;
+  if (auto st = make_keys(count); !st) return st;
   for (int i = 0; i < count; ++i) {
-    auto w = spawn(timeout_s);
+    auto w = spawn(i, timeout_s);
     if (!w) return w.error();
     pids_.push_back(w->first);
     reaped_.push_back(false);
@@ -102,7 +139,7 @@ Status LocalWorkers::start(const std::filesystem::path& binary, int count, const
 Expected<std::string> LocalWorkers::restart(int i, double timeout_s) {
   if (i < 0 || i >= size()) return make_error("no worker {}", i);
   if (!exited(i)) return make_error("worker {} is still running", i);
-  auto w = spawn(timeout_s);
+  auto w = spawn(i, timeout_s);
   if (!w) return w.error();
   pids_[static_cast<size_t>(i)] = w->first;
   reaped_[static_cast<size_t>(i)] = false;

@@ -73,14 +73,22 @@ bool send_frames(zmq::socket_t& socket, const std::vector<std::string>& frames, 
   return true;
 }
 
-std::optional<std::vector<std::string>> recv_frames(zmq::socket_t& socket, bool wait) {
+std::optional<std::vector<std::string>> recv_frames(zmq::socket_t& socket, bool wait, std::string* user_id) {
   std::vector<std::string> frames;
   zmq::message_t part;
   auto first = socket.recv(part, wait ? zmq::recv_flags::none : zmq::recv_flags::dontwait);
   if (!first) return std::nullopt;
+  // The authenticated key travels with every frame (read from each: a ROUTER's identity frame may lack it).
+  auto take_user = [&] {
+    if (user_id == nullptr || !user_id->empty()) return;
+    if (const char* id = zmq_msg_gets(part.handle(), "User-Id")) *user_id = id;
+  };
+  if (user_id != nullptr) user_id->clear();
+  take_user();
   frames.emplace_back(static_cast<const char*>(part.data()), part.size());
   while (part.more()) {
     (void)socket.recv(part, zmq::recv_flags::none);
+    take_user();
     frames.emplace_back(static_cast<const char*>(part.data()), part.size());
   }
   return frames;

@@ -27,8 +27,10 @@ Expected<ActivationKind> parse_activation_kind(std::string_view name);
 // Sends frames (with an optional ROUTER identity first). Returns false when the socket would block
 // for longer than its send timeout.
 bool send_frames(zmq::socket_t& socket, const std::vector<std::string>& frames, const std::string* identity = nullptr);
-// Receives every frame of one message (non-blocking when `wait` is false: nullopt when nothing is queued).
-std::optional<std::vector<std::string>> recv_frames(zmq::socket_t& socket, bool wait = true);
+// Receives every frame of one message (non-blocking when `wait` is false: nullopt when nothing is queued);
+// `user_id` gets the sender's authenticated CURVE key ("" without CURVE).
+std::optional<std::vector<std::string>> recv_frames(zmq::socket_t& socket, bool wait = true,
+                                                    std::string* user_id = nullptr);
 
 // Polls `socket` for up to `wait_ms` and decodes one message; nullopt when nothing came or it does not decode
 // (for sockets whose peer only ever answers: there is nothing to answer a bad message with).

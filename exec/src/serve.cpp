@@ -56,7 +56,11 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options) {
     testbed.emplace(*served, options);
     auto st = testbed->start(options.worker_binary, static_cast<int>(served->spec.workers.size()), options.worker_threads);
     if (!st) return st.error();
-    for (size_t w = 0; w < served->spec.workers.size(); ++w) served->spec.workers[w].endpoint = testbed->endpoints()[w];
+    for (size_t w = 0; w < served->spec.workers.size(); ++w) {
+      served->spec.workers[w].endpoint = testbed->endpoints()[w];
+      served->spec.workers[w].public_key = testbed->public_keys()[w];
+    }
+    served->co.transport = testbed->transport();
     served->co.environment = &*testbed;
   }
   if (!served->plan.replicas.empty()) {

@@ -58,6 +58,8 @@ class Testbed : public Environment {
   Testbed(const ServedPlan& served, const ServeOptions& options);
   Status start(const std::filesystem::path& binary, int workers, int threads);
   [[nodiscard]] const std::vector<std::string>& endpoints() const { return local_.endpoints(); }
+  [[nodiscard]] const std::vector<std::string>& public_keys() const { return local_.public_keys(); }
+  [[nodiscard]] const Transport& transport() const { return local_.transport(); }
 
   std::vector<EnvEvent> poll(double now_s) override;
   [[nodiscard]] LinkShape link(int from_worker, int to_worker) const override;
@@ -74,7 +76,7 @@ class Testbed : public Environment {
 
   const ServedPlan& served_;
   const ServeOptions& options_;
-  LocalWorkers local_;
+  LocalWorkers local_;  // made with the options' transport (insecure, or CURVE keys of its own)
   std::mutex mutex_;                 // LocalWorkers is not thread-safe (exited() reaps)
   std::vector<bool> reported_exit_;  // per worker: its exit was reported (once per life)
   std::vector<bool> done_;           // per fault: injected

@@ -1,10 +1,16 @@
 // Planning a served run (adaptlink-run serve | testbed): the scenario for the checkpoint's model at the executor's
 // dtype, the plan, which scenario device each worker is, and the coordinator's pipeline, recovery and options.
+#include <algorithm>
+
+#include <algorithm>
+
 #include "adaptlink/exec/checkpoint.hpp"
 #include "adaptlink/exec/generate.hpp"
 #include "adaptlink/partition/profile.hpp"
 #include "adaptlink/partition/testbed.hpp"
 #include "adaptlink/planner/planner.hpp"
+#include "adaptlink/read_file.hpp"
+#include "adaptlink/read_file.hpp"
 #include "serve_internal.hpp"
 
 namespace adaptlink::exec {
@@ -40,6 +46,30 @@ Expected<partition::Scenario> scenario_for(const ServeOptions& options, const Ch
   scenario->model.llava = ck.config();
   scenario->model.dtype = model_dtype(options.dtype);
   return scenario;
+}
+
+// --worker-keys FILE: {"device name": "public key", ...} for the scenario's workers (over their public_key).
+Status apply_worker_keys(const ServeOptions& options, std::vector<WorkerSpec>& workers) {
+  if (!options.worker_keys) return Ok{};
+  const auto& path = *options.worker_keys;
+  auto text = read_input_file(path, "worker keys file", 1 << 20);
+  if (!text) return text.error();
+  const auto j = nlohmann::json::parse(*text, nullptr, false);
+  if (!j.is_object()) {
+    return Error{"a worker keys file is a JSON object {\"device name\": \"public key\", ...}", path.string(), 0, 0};
+  }
+  for (const auto& [name, key] : j.items()) {
+    auto it = std::find_if(workers.begin(), workers.end(), [&](const WorkerSpec& w) { return w.name == name; });
+    if (it == workers.end()) {
+      return Error{fmt::format("'{}' is not a device with a worker in this plan", name), path.string(), 0, 0};
+    }
+    if (!key.is_string()) return Error{fmt::format("'{}': the key must be a string", name), path.string(), 0, 0};
+    if (auto st = check_public_key(key.get<std::string>(), fmt::format("'{}'", name)); !st) {
+      return Error{st.error().message, path.string(), 0, 0};
+    }
+    it->public_key = key.get<std::string>();
+  }
+  return Ok{};
 }
 
 }  // namespace
@@ -123,7 +153,11 @@ Expected<ServedPlan> plan_served_run(const ServeOptions& options) {
     }
     served.map.worker_of_device[static_cast<size_t>(d)] = static_cast<int>(workers.size());
     served.map.device_of_worker.push_back(d);
-    workers.push_back({dev.name, dev.endpoint, options.testbed ? partition::testbed_slowdown(sc, d) : 1.0, {}});
+    workers.push_back(
+        {dev.name, dev.endpoint, options.testbed ? partition::testbed_slowdown(sc, d) : 1.0, {}, dev.public_key});
+  }
+  if (!options.testbed) {
+    if (auto st = apply_worker_keys(options, workers); !st) return st.error();
   }
   served.spec = pipeline_of(served.plan.stages, served.plan.backups, served.map, workers);
   // Recovery decides on the scenario's devices, and re-plans with the scenario's planner (runtime/recovery.hpp).
@@ -137,6 +171,7 @@ Expected<ServedPlan> plan_served_run(const ServeOptions& options) {
   co.dtype = options.dtype;
   co.exec_device = options.device;
   co.listen = options.listen;
+  co.transport = options.transport;
   co.in_flight = sc.workload.in_flight;
   co.schedule = sc.planner.schedule;  // the workers order their steps as the plan's prediction assumed
   if (!ignore_eos) co.eos_ids = read_eos_ids(options.model, ck->config());

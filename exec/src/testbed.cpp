@@ -12,29 +12,6 @@ namespace adaptlink::exec {
 
 namespace {
 
-// Testbed slowdown fault: tells a worker its new emulated slowdown (a route with only a slowdown).
-Status set_worker_slowdown(const std::string& endpoint, double factor) {
-  zmq::context_t ctx;
-  zmq::socket_t s(ctx, zmq::socket_type::dealer);
-  detail::configure_socket(s);
-  s.set(zmq::sockopt::rcvtimeo, 5000);
-  s.connect(endpoint);
-  wire::Route r;
-  r.slowdown = factor;
-  if (!detail::send_frames(s, wire::encode(wire::make_message(wire::MsgType::route, r)))) {
-    return make_error("cannot reach the worker at {}", endpoint);
-  }
-  auto frames = detail::recv_frames(s, true);
-  if (!frames) return make_error("the worker at {} did not answer", endpoint);
-  auto reply = wire::decode(*frames);
-  if (!reply) return reply.error();
-  if (reply->type != wire::MsgType::ready) {
-    auto e = wire::parse_error(*reply);
-    return make_error("{}", e ? e->message : std::string("refused"));
-  }
-  return Ok{};
-}
-
 // The links a link fault on `device` degrades: every link with the device at an end, as the simulator does. The cost
 // model's route from the device to any other starts with such a link (the direct link between the two, or the
 // device's access link of a star), and every such link starts one of those routes.
@@ -58,11 +35,12 @@ runtime::FaultRecord applied_fault(double at_s, const std::string& device, parti
 }  // namespace
 
 Testbed::Testbed(const ServedPlan& served, const ServeOptions& options)
-    : served_(served), options_(options), done_(served.scenario().faults.size(), false) {}
+    : served_(served), options_(options), local_(options.transport.insecure),
+      done_(served.scenario().faults.size(), false) {}
 
 Status Testbed::start(const std::filesystem::path& binary, int workers, int threads) {
-  std::vector<std::string> args;
-  if (threads > 0) args = {"--threads", std::to_string(threads)};
+  std::vector<std::string> args = {"--model", options_.model.string()};
+  if (threads > 0) args.insert(args.end(), {"--threads", std::to_string(threads)});
   auto st = local_.start(binary, workers, args);
   if (!st) return st.error();
   reported_exit_.assign(static_cast<size_t>(workers), false);
@@ -139,10 +117,12 @@ void Testbed::inject(size_t f, double now_s, std::vector<EnvEvent>& events) {
     }
     what = endpoint ? "restarted" : "not restarted: " + endpoint.error().to_string();
   } else if (fault.kind == partition::FaultKind::slowdown && w >= 0 && !local_.exited(w) && !local_.stopped(w)) {
-    const double factor = served_.spec.workers[static_cast<size_t>(w)].slowdown * fault.factor;
-    auto st = set_worker_slowdown(local_.endpoints()[static_cast<size_t>(w)], factor);
+    // The coordinator, the worker's owner, tells it (a route with only the slowdown).
+    EnvEvent e{EnvEvent::Kind::slowdown, fault.device, {}, "", now_s};
+    e.factor = served_.spec.workers[static_cast<size_t>(w)].slowdown * fault.factor;
+    events.push_back(e);
     applied_.push_back(applied_fault(now_s, fault.device, fault.kind));
-    what = fmt::format("slowed by {:g}x{}", fault.factor, st ? "" : " (failed: " + st.error().message + ")");
+    what = fmt::format("slowed by {:g}x", fault.factor);
   } else if (fault.kind == partition::FaultKind::link) {
     for (int link : links_of(served_.cost(), device)) link_mbps_[link] = fault.bandwidth_mbps;
     events.push_back({EnvEvent::Kind::links_changed, fault.device, {}, "", now_s});

@@ -20,6 +20,7 @@ std::string_view to_string(MsgType type) {
     case MsgType::ping: return "ping";
     case MsgType::pong: return "pong";
     case MsgType::shutdown: return "shutdown";
+    case MsgType::release: return "release";
   }
   return "unknown";
 }
@@ -251,6 +252,13 @@ class Fields {
       out.push_back(x.get<int64_t>());
     }
   }
+  void read(const char* key, const json& v, std::vector<std::string>& out) {
+    if (!v.is_array()) return wrong(key, v, "an array of strings");
+    for (const auto& x : v) {
+      if (!x.is_string()) return wrong(key, x, "an array of strings, an element");
+      out.push_back(x.get<std::string>());
+    }
+  }
   void read(const char* key, const json& v, LinkMeta& out) {
     Fields f(v, fmt::format("{}.{}", what_, key));
     f.optional("latency_ms", out.latency_ms).optional("ms_per_byte", out.ms_per_byte);
@@ -263,7 +271,7 @@ class Fields {
       StageEntry e;
       Fields f(v[i], fmt::format("{}.{}[{}]", what_, key, i));
       f.required("first", e.first).required("last", e.last).optional("active", e.active).optional("next", e.next);
-      f.optional("link", e.link).optional("drop", e.drop);
+      f.optional("next_key", e.next_key).optional("link", e.link).optional("drop", e.drop);
       f.check(e.first >= 0 && e.last >= e.first, "last", "must be >= first >= 0");
       nested(f.done());
       out.push_back(std::move(e));
@@ -301,6 +309,7 @@ json stages_json(const std::vector<StageEntry>& stages) {
     } else {
       j["active"] = e.active;
       if (!e.next.empty()) j["next"] = e.next;
+      if (!e.next_key.empty()) j["next_key"] = e.next_key;
       if (e.link) j["link"] = link_json(*e.link);
     }
     out.push_back(std::move(j));
@@ -327,7 +336,8 @@ json to_meta(const Hello& m) {
   return {{"protocol", m.protocol},       {"fingerprint", m.fingerprint}, {"model_dir", m.model_dir},
           {"device", m.device},           {"dtype", m.dtype},             {"exec_device", m.exec_device},
           {"coordinator", m.coordinator}, {"schedule", m.schedule},       {"epoch", m.epoch},
-          {"slowdown", m.slowdown},       {"return_link", link_json(m.return_link)}, {"stages", stages_json(m.stages)}};
+          {"slowdown", m.slowdown},       {"return_link", link_json(m.return_link)}, {"stages", stages_json(m.stages)},
+          {"lease", m.lease},             {"peer_keys", m.peer_keys}};
 }
 
 json to_meta(const Ready& m) {
@@ -385,6 +395,8 @@ Expected<Hello> parse_hello(const Message& m) {
   f.optional("device", h.device).optional("dtype", h.dtype).optional("exec_device", h.exec_device);
   f.optional("coordinator", h.coordinator).optional("schedule", h.schedule).optional("epoch", h.epoch);
   f.optional("slowdown", h.slowdown).optional("return_link", h.return_link).required("stages", h.stages);
+  f.required("lease", h.lease).optional("peer_keys", h.peer_keys);
+  f.check(!h.lease.empty() && h.lease.size() <= 64, "lease", "must be 1 to 64 characters");
   f.check(h.slowdown >= 1, "slowdown", "must be >= 1").check(h.epoch >= 0, "epoch", "must be >= 0");
   if (auto st = f.done(); !st) return st.error();
   return h;

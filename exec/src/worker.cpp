@@ -12,11 +12,13 @@
 #include <mutex>
 #include <optional>
 #include <queue>
+#include <set>
 #include <thread>
 #include <zmq.hpp>
 
 #include "adaptlink/exec/model.hpp"
 #include "adaptlink/runtime/stage_queue.hpp"
+#include "auth.hpp"
 #include "runtime.hpp"
 
 namespace adaptlink::exec {
@@ -49,6 +51,7 @@ struct Slot {
   std::unique_ptr<Stage> stage;
   bool active = false;
   std::string next;  // endpoint of the next stage's worker; "" when this stage ends with the head
+  std::string next_key;  // its CURVE public key
   LinkEmulation link;
 };
 
@@ -98,14 +101,25 @@ struct Outgoing {
   Clock::time_point deliver;
   uint64_t order = 0;  // FIFO among equal delivery times
   std::string endpoint;
+  std::string key;  // the receiver's CURVE public key
   std::vector<std::string> frames;
   bool operator>(const Outgoing& o) const { return deliver != o.deliver ? deliver > o.deliver : order > o.order; }
 };
 
 class Worker {
  public:
-  explicit Worker(WorkerOptions options) : options_(std::move(options)), in_(ctx_, zmq::socket_type::router) {
+  explicit Worker(WorkerOptions options)
+      : options_(std::move(options)),
+        auth_(options_.transport.insecure ? nullptr : std::make_unique<detail::Authenticator>(ctx_, refusals_)),
+        in_(ctx_, zmq::socket_type::router) {
     detail::configure_socket(in_);
+    // A coordinator that reconnects (a fresh socket after it lost this worker) keeps its routing id, the lease:
+    // the new connection takes over from the old one.
+    in_.set(zmq::sockopt::router_handover, true);
+    detail::secure_server(in_, options_.transport);
+    if (auth_) {
+      auth_->allow("coordinator", {options_.coordinator_keys.begin(), options_.coordinator_keys.end()});
+    }
   }
 
   Status bind(std::string* bound) {
@@ -126,11 +140,12 @@ class Worker {
       zmq::pollitem_t item{in_.handle(), 0, ZMQ_POLLIN, 0};
       detail::poll_items(&item, 1, 100);
       if ((item.revents & ZMQ_POLLIN) == 0) continue;
-      auto frames = detail::recv_frames(in_, false);
+      std::string user;
+      auto frames = detail::recv_frames(in_, false, &user);
       if (!frames || frames->empty()) continue;
       const std::string identity = frames->front();
       frames->erase(frames->begin());
-      receive(identity, *frames);
+      receive({identity, user}, *frames);
     }
     stopping_ = true;
     work_cv_.notify_all();
@@ -140,40 +155,88 @@ class Worker {
   }
 
  private:
-  void reply(const std::string& identity, const Message& m) { detail::send_frames(in_, wire::encode(m), &identity); }
-  void reply_error(const std::string& identity, const Error& e, int64_t request = 0, int32_t seq = 0) {
-    reply(identity, wire::error_message(fmt::format("rejected message: {}", e.message), request, seq));
+  // Who sent a message: its ROUTER routing id (a coordinator's is its lease) and its authenticated CURVE key ("":
+  // plain TCP).
+  struct Sender {
+    std::string identity;
+    std::string key;
+  };
+
+  void reply(const Sender& to, const Message& m) { detail::send_frames(in_, wire::encode(m), &to.identity); }
+  void reply_error(const Sender& to, const Error& e, int64_t request = 0, int32_t seq = 0) {
+    refusals_.log(fmt::format("a message from {}: {}", describe(to), e.message));
+    reply(to, wire::error_message(fmt::format("rejected message: {}", e.message), request, seq));
+  }
+  static std::string describe(const Sender& s) {
+    return s.key.empty() ? std::string("a peer") : fmt::format("key {}", s.key);
+  }
+
+  // --- the lease (receiver thread) ---
+
+  [[nodiscard]] bool owned() const {
+    return !lease_.empty() && std::chrono::duration<double>(Clock::now() - owner_heard_).count() <
+                                  options_.lease_timeout_s;
+  }
+  [[nodiscard]] bool from_owner(const Sender& s) const {
+    return !lease_.empty() && s.identity == lease_ && s.key == owner_key_;
+  }
+  // Steps: from the owner or, with CURVE, from a worker of its run (plain TCP cannot tell peers apart).
+  [[nodiscard]] bool may_send_steps(const Sender& s) {
+    if (from_owner(s)) return true;
+    if (options_.transport.insecure) return !lease_.empty();
+    return !s.key.empty() && peer_keys_.count(s.key) > 0;
+  }
+  void refuse_not_owner(const Sender& s, MsgType type) {
+    reply_error(s, make_error("{} refused: only the coordinator that holds this worker's lease may send it",
+                              wire::to_string(type)));
   }
 
   // The boundary: every message decoded and its meta typed before anything uses it; a bad one is answered with an
-  // error and changes nothing.
-  void receive(const std::string& identity, const std::vector<std::string>& frames) {
+  // error and changes nothing. Only the lease's owner is obeyed (worker.hpp).
+  void receive(const Sender& from, const std::vector<std::string>& frames) {
     auto m = wire::decode(frames, options_.limits);
-    if (!m) return reply_error(identity, m.error());
+    if (!m) return reply_error(from, m.error());
+    const bool owner = from_owner(from);
+    if (owner) owner_heard_ = Clock::now();
     switch (m->type) {
       case MsgType::ping: {
-        if (auto st = wire::parse_empty(*m); !st) return reply_error(identity, st.error());
+        if (auto st = wire::parse_empty(*m); !st) return reply_error(from, st.error());
         Message pong;
         pong.type = MsgType::pong;
         pong.seq = m->seq;
-        reply(identity, pong);
+        reply(from, pong);
         return;
       }
       case MsgType::hello: {
         auto h = wire::parse_hello(*m);
-        if (!h) return reply_error(identity, h.error());
-        reply(identity, hello(*h));
+        if (!h) return reply_error(from, h.error());
+        if (auto st = check_lease(from, *h); !st) return reply_error(from, st.error());
+        const Message answer = hello(*h, from);
+        if (answer.type == MsgType::ready) {  // a hello that failed leaves the lease as it was
+          lease_ = h->lease;
+          owner_key_ = from.key;
+          owner_heard_ = Clock::now();
+        }
+        reply(from, answer);
         return;
       }
       case MsgType::route: {
+        if (!owner) return refuse_not_owner(from, m->type);
         auto r = wire::parse_route(*m);
-        if (!r) return reply_error(identity, r.error());
-        reply(identity, route(*r));
+        if (!r) return reply_error(from, r.error());
+        reply(from, route(*r));
+        return;
+      }
+      case MsgType::release: {
+        if (!owner) return refuse_not_owner(from, m->type);
+        if (auto st = wire::parse_empty(*m); !st) return reply_error(from, st.error());
+        release();
         return;
       }
       case MsgType::step: {
+        if (!may_send_steps(from)) return refuse_not_owner(from, m->type);
         auto step = wire::parse_step(*m);
-        if (!step) return reply_error(identity, step.error(), m->request, m->seq);
+        if (!step) return reply_error(from, step.error(), m->request, m->seq);
         const auto kind = step->rebuild ? TaskKind::rebuild : step->prefill ? TaskKind::prefill : TaskKind::decode;
         std::lock_guard lock(work_mu_);
         queue_.push(kind, Work{StepMessage{m->request, m->seq, std::move(*step), std::move(m->tensors)}, 0, {}});
@@ -181,34 +244,81 @@ class Worker {
         return;
       }
       case MsgType::end: {
-        if (auto st = wire::parse_empty(*m); !st) return reply_error(identity, st.error(), m->request);
-        if (m->request <= 0) return reply_error(identity, make_error("end: the header names no request"));
+        if (!owner) return refuse_not_owner(from, m->type);
+        if (auto st = wire::parse_empty(*m); !st) return reply_error(from, st.error(), m->request);
+        if (m->request <= 0) return reply_error(from, make_error("end: the header names no request"));
         std::lock_guard lock(work_mu_);
         queue_.push(TaskKind::control, Work{std::nullopt, m->request, {}});
         work_cv_.notify_one();
         return;
       }
       case MsgType::shutdown:
-        if (auto st = wire::parse_empty(*m); !st) return reply_error(identity, st.error());
+        if (!owner) return refuse_not_owner(from, m->type);
+        if (auto st = wire::parse_empty(*m); !st) return reply_error(from, st.error());
         stopping_ = true;
         return;
       default:
-        reply(identity, wire::error_message(fmt::format("unexpected {} message", wire::to_string(m->type))));
+        reply_error(from, make_error("unexpected {} message", wire::to_string(m->type)));
         return;
     }
   }
 
+  // A hello may take the lease when the worker is free (never leased, released, or its owner silent for the lease
+  // timeout) or renew it (the owner again: a re-hello after a failover); it takes it once it succeeded. The
+  // coordinator's routing id is its lease. (A new owner's hello drops the old session, as every hello does.)
+  Status check_lease(const Sender& from, const wire::Hello& h) {
+    if (from.identity != h.lease) return make_error("hello: the connection's routing id is not its lease");
+    if (owned() && !from_owner(from)) {
+      return make_error("busy: owned by {} (placement epoch {}); it is free when that run ends or after {:g} s of "
+                        "silence",
+                        owner_key_.empty() ? std::string("another coordinator") : "coordinator key " + owner_key_,
+                        epoch_, options_.lease_timeout_s);
+    }
+    return Ok{};
+  }
+
+  // The lease ends (the owner's release, or a new owner after its silence): stages, logs, queued steps and unsent
+  // results go.
+  void release() {
+    {
+      std::scoped_lock lock(state_mu_, work_mu_);
+      slots_.clear();
+      logs_.clear();
+      queue_.clear();
+      coordinator_.clear();
+    }
+    {
+      std::lock_guard lock(out_mu_);
+      out_ = {};
+      link_free_.clear();
+    }
+    peer_keys_.clear();
+    if (auth_) auth_->allow("peer", {});
+    lease_.clear();
+    owner_key_.clear();
+  }
+
   // --- handshake and routing (receiver thread, under state_mu_) ---
 
+  // The worker's own --model, or the hello's model_dir when it lies under --model-root. The errors name no path of
+  // this machine.
   Expected<const Checkpoint*> checkpoint_for(const std::string& model_dir) {
     std::filesystem::path dir = options_.model;
     if (dir.empty()) {
-      if (model_dir.empty()) return make_error("this worker has no --model and the hello names no model_dir");
-      dir = model_dir;
+      if (options_.model_root.empty()) {
+        return make_error("this worker was started without --model or --model-root: it opens no model a hello names");
+      }
+      std::error_code ec;
+      const auto root = std::filesystem::weakly_canonical(options_.model_root, ec);
+      dir = std::filesystem::weakly_canonical(model_dir, ec);
+      const auto rel = dir.lexically_relative(root);
+      if (ec || model_dir.empty() || rel.empty() || *rel.begin() == "..") {
+        return make_error("the hello's model_dir is not under this worker's --model-root");
+      }
     }
     if (!checkpoint_ || checkpoint_->dir() != dir) {
       auto c = Checkpoint::open(dir);
-      if (!c) return c.error();
+      if (!c) return make_error("this worker cannot open the model it was given");
       checkpoint_ = std::make_unique<Checkpoint>(std::move(c).value());
       fingerprint_ = model_fingerprint(*checkpoint_);
     }
@@ -245,6 +355,7 @@ class Worker {
       }
       slot.active = s.active;
       slot.next = s.next;
+      slot.next_key = s.next_key;
       slot.link = s.link.value_or(LinkEmulation{});
       weight_bytes += static_cast<double>(slot.stage->weight_bytes());
     }
@@ -259,7 +370,7 @@ class Worker {
     return ready;
   }
 
-  Message hello(const wire::Hello& h) {
+  Message hello(const wire::Hello& h, const Sender& from) {
     if (h.protocol != wire::kProtocolVersion) {
       return wire::error_message(fmt::format("protocol version {} is not supported (this worker speaks {})", h.protocol,
                                              wire::kProtocolVersion));
@@ -267,9 +378,12 @@ class Worker {
     auto ck = checkpoint_for(h.model_dir);
     if (!ck) return wire::error_message(ck.error().to_string());
     if (h.fingerprint != fingerprint_) {
-      return wire::error_message(fmt::format("model fingerprint mismatch: the coordinator has {}, this worker's {} has {}",
-                                             h.fingerprint.empty() ? "none" : h.fingerprint, (*ck)->dir().string(),
-                                             fingerprint_));
+      return wire::error_message(fmt::format(
+          "model fingerprint mismatch: this worker's model is not the coordinator's (fingerprint {})",
+          h.fingerprint.empty() ? "none" : h.fingerprint));
+    }
+    for (const auto& key : h.peer_keys) {
+      if (auto st = check_public_key(key, "hello: peer_keys"); !st) return wire::error_message(st.error().message);
     }
     auto opts = parse_exec_options(h.dtype, h.exec_device);
     if (!opts) return wire::error_message(opts.error().to_string());
@@ -282,6 +396,7 @@ class Worker {
           (*ck)->config(), opts->dtype == at::kFloat ? models::Dtype::fp32 : models::Dtype::bf16));
       device_ = h.device;
       coordinator_ = h.coordinator;
+      coordinator_key_ = from.key;
       slowdown_ = h.slowdown;
       epoch_ = h.epoch;
       return_link_ = h.return_link;
@@ -291,6 +406,8 @@ class Worker {
       queue_.clear();
       queue_.set_schedule(*schedule);
     }
+    peer_keys_ = {h.peer_keys.begin(), h.peer_keys.end()};
+    if (auth_) auth_->allow("peer", peer_keys_);
     {
       // A new session (also a worker taken back after it hung, e.g. SIGSTOP then SIGCONT): nothing it produced
       // before is sent any more.
@@ -358,7 +475,9 @@ class Worker {
     }
   }
 
-  void to_coordinator(Message m, const LinkEmulation& link = {}) { enqueue(coordinator_, wire::encode(m), link); }
+  void to_coordinator(Message m, const LinkEmulation& link = {}) {
+    enqueue(coordinator_, coordinator_key_, wire::encode(m), link);
+  }
 
   void fail_step(const StepMessage& m, const std::string& text) {
     to_coordinator(wire::error_message(fmt::format("{}: {}", device_, text), m.request, m.seq));
@@ -520,7 +639,7 @@ class Worker {
     next.rebuild = rebuild;
     Message m = wire::make_message(MsgType::step, next, in.request, in.seq);
     if (out.kind != ActivationKind::none) m.tensors.push_back(detail::to_blob(out.tensor));
-    enqueue(slot.next, wire::encode(m), slot.link);
+    enqueue(slot.next, slot.next_key, wire::encode(m), slot.link);
   }
 
   void send_token(const StepMessage& in, int64_t token, const at::Tensor& logits) {
@@ -609,13 +728,15 @@ class Worker {
 
   // --- sender thread ---
 
-  void enqueue(const std::string& endpoint, std::vector<std::string> frames, const LinkEmulation& link) {
+  void enqueue(const std::string& endpoint, const std::string& key, std::vector<std::string> frames,
+               const LinkEmulation& link) {
     if (endpoint.empty()) return;
     size_t bytes = 0;
     for (const auto& f : frames) bytes += f.size();
     const auto now = Clock::now();
     Outgoing o;
     o.endpoint = endpoint;
+    o.key = key;
     o.frames = std::move(frames);
     std::lock_guard lock(out_mu_);
     o.order = next_order_++;
@@ -637,6 +758,7 @@ class Worker {
     while (true) {
       Outgoing o;
       std::string coordinator;
+      std::string coordinator_key;
       {
         std::unique_lock lock(out_mu_);
         out_cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stopping_ || !out_.empty(); });
@@ -650,33 +772,39 @@ class Worker {
         o = out_.top();
         out_.pop();
       }
-      if (detail::send_frames(peer(o.endpoint), o.frames)) continue;
+      if (detail::send_frames(peer(o.endpoint, o.key), o.frames)) continue;
       // The peer there cannot be reached: tell the coordinator at once (it marks that worker lost) instead of
       // letting the step time out.
       {
         std::lock_guard lock(state_mu_);
         coordinator = coordinator_;
+        coordinator_key = coordinator_key_;
       }
       if (o.endpoint != coordinator && !coordinator.empty()) {
         wire::ErrorMeta e{fmt::format("{}: cannot send to {}", device_, o.endpoint), o.endpoint};
-        detail::send_frames(peer(coordinator), wire::encode(wire::make_message(MsgType::error, e)));
+        detail::send_frames(peer(coordinator, coordinator_key), wire::encode(wire::make_message(MsgType::error, e)));
       }
     }
   }
 
-  zmq::socket_t& peer(const std::string& endpoint) {
-    auto it = peers_.find(endpoint);
+  // A DEALER to `endpoint`, a CURVE client of the server key it was given (one per endpoint and key).
+  zmq::socket_t& peer(const std::string& endpoint, const std::string& key) {
+    const auto id = std::make_pair(endpoint, key);
+    auto it = peers_.find(id);
     if (it == peers_.end()) {
       zmq::socket_t s(ctx_, zmq::socket_type::dealer);
       detail::configure_socket(s);
+      if (!options_.transport.insecure) detail::secure_client(s, options_.transport, key);
       s.connect(endpoint);
-      it = peers_.emplace(endpoint, std::move(s)).first;
+      it = peers_.emplace(id, std::move(s)).first;
     }
     return it->second;
   }
 
   WorkerOptions options_;
   zmq::context_t ctx_;
+  detail::RefusalLog refusals_{"worker"};
+  std::unique_ptr<detail::Authenticator> auth_;  // CURVE: which keys connect
   zmq::socket_t in_;
   std::atomic<bool> stopping_{false};
 
@@ -688,6 +816,7 @@ class Worker {
   ExecOptions exec_options_;
   std::string device_ = "worker";
   std::string coordinator_;
+  std::string coordinator_key_;  // the owner's CURVE key: the return endpoint's server key
   double slowdown_ = 1.0;
   int64_t epoch_ = 0;  // placement generation: steps of an older one are stale (dropped)
   LinkEmulation return_link_;
@@ -705,7 +834,13 @@ class Worker {
   std::priority_queue<Outgoing, std::vector<Outgoing>, std::greater<>> out_;
   std::map<std::string, Clock::time_point> link_free_;
   uint64_t next_order_ = 0;
-  std::map<std::string, zmq::socket_t> peers_;  // sender thread only
+  std::map<std::pair<std::string, std::string>, zmq::socket_t> peers_;  // sender thread only
+
+  // The lease and who may send steps (receiver thread only).
+  std::string lease_;
+  std::set<std::string> peer_keys_;  // the run's other workers
+  std::string owner_key_;
+  Clock::time_point owner_heard_{};
 };
 
 }  // namespace
@@ -723,6 +858,16 @@ std::string model_fingerprint(const Checkpoint& checkpoint) {
 
 Status run_worker(const WorkerOptions& options, const std::function<void(const std::string&)>& on_listening,
                   const std::atomic<bool>* stop) {
+  if (auto st = check_transport(options.transport, {options.listen}, "worker --listen"); !st) return st;
+  if (!options.transport.insecure && options.coordinator_keys.empty()) {
+    return make_error("a worker needs --coordinator-key: the public key of each coordinator it serves");
+  }
+  for (const auto& key : options.coordinator_keys) {
+    if (auto st = check_public_key(key, "--coordinator-key"); !st) return st;
+  }
+  if (options.model.empty() && options.model_root.empty()) {
+    return make_error("a worker needs --model (its checkpoint) or --model-root (the folder the coordinator's may lie in)");
+  }
   if (!options.model.empty()) {
     auto c = Checkpoint::open(options.model);
     if (!c) return c.error();

@@ -63,8 +63,13 @@ constexpr std::string_view kPlannerNames[] = {"uniform",    "proportional", "mem
 constexpr std::string_view kTopLevelKeys[] = {"name",     "model",   "devices", "network", "links",
                                               "workload", "planner", "faults",  "recovery"};
 constexpr std::string_view kModelKeys[] = {"preset", "config", "dtype"};
-constexpr std::string_view kDeviceKeys[] = {"name",       "kind", "tflops",   "mem_gb",
-                                            "mem_bw_gbs", "role", "endpoint", "dropout_rate"};
+constexpr std::string_view kDeviceKeys[] = {"name", "kind",     "tflops",       "mem_gb",    "mem_bw_gbs",
+                                            "role", "endpoint", "dropout_rate", "public_key"};
+// A CURVE public key as adaptlink-run keygen prints it: 40 characters of the Z85 alphabet (ZeroMQ RFC 32).
+bool is_z85_key(std::string_view key) {
+  constexpr std::string_view kZ85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+  return key.size() == 40 && key.find_first_not_of(kZ85) == std::string_view::npos;
+}
 constexpr std::string_view kNetworkKeys[] = {"topology", "bandwidth_mbps", "latency_ms"};
 constexpr std::string_view kLinkKeys[] = {"between", "bandwidth_mbps", "latency_ms"};
 constexpr std::string_view kWorkloadKeys[] = {"requests",           "arrival",       "in_flight",    "rate_per_s",
@@ -690,6 +695,12 @@ class ScenarioParser {
       if (auto v = r_.opt_number(t, "mem_bw_gbs", path)) d.mem_bw_gbs = *v;
       if (auto role = r_.opt_choice(t, "role", path, kRoles)) d.role = *role;
       d.endpoint = r_.opt_string(t, "endpoint", path).value_or("");
+      d.public_key = r_.opt_string(t, "public_key", path).value_or("");
+      if (!d.public_key.empty() && !is_z85_key(d.public_key)) {
+        r_.fail(*t.get("public_key"), fmt::format("{}.public_key: must be a CURVE public key, 40 Z85 characters "
+                                                  "(adaptlink-run keygen), got {} characters", path,
+                                                  d.public_key.size()));
+      }
       r_.require_non_negative(t, "dropout_rate", path);
       d.dropout_rate = r_.opt_number(t, "dropout_rate", path).value_or(0.0);
       s.devices.push_back(std::move(d));
@@ -1025,6 +1036,7 @@ std::string to_toml(const Scenario& s) {
     line("mem_bw_gbs", number(d.mem_bw_gbs));
     line("role", quote(to_string(d.role)));
     if (!d.endpoint.empty()) line("endpoint", quote(d.endpoint));
+    if (!d.public_key.empty()) line("public_key", quote(d.public_key));
     line("dropout_rate", number(d.dropout_rate));
   }
 

@@ -344,7 +344,7 @@ expect_exit(1 "last copy lost" "worker 'solo' .* cannot be replaced: device 'sol
 # 4. serve with a scenario whose devices name no worker endpoint: an error naming the device.
 file(WRITE ${work}/requests.jsonl "{\"id\": \"a\", \"input_ids\": [1, 5, 6], \"max_new_tokens\": 3}\n")
 expect_exit2("serve without endpoints" "device 'a' holds a stage or backup but has no endpoint"
-             serve --scenario ${data}/dropout.toml --model ${fx} --requests ${work}/requests.jsonl)
+             serve --insecure --scenario ${data}/dropout.toml --model ${fx} --requests ${work}/requests.jsonl)
 # A malformed requests file: the file and line are named.
 file(WRITE ${work}/bad.jsonl "{\"id\": \"a\", \"input_ids\": [1, 5, 6]}\n{\"id\": \"b\", \"prompt\": 3}\n")
 expect_exit2("bad requests file" "bad.jsonl:2: 'prompt' must be a string"

@@ -66,6 +66,19 @@ std::vector<ExecRequest> copies_of_text_request(int n, int tokens) {
   return out;
 }
 
+// run_pipeline over `own`'s workers, as serve runs it (CURVE): every worker spec at one of own's endpoints gets that
+// worker's public key, and the coordinator the key they serve.
+Expected<ExecRun> run_on(const LocalWorkers& own, PipelineSpec spec, const std::vector<ExecRequest>& requests,
+                         CoordinatorOptions co) {
+  for (auto& w : spec.workers) {
+    for (size_t i = 0; i < own.endpoints().size(); ++i) {
+      if (own.endpoints()[i] == w.endpoint) w.public_key = own.public_keys()[i];
+    }
+  }
+  co.transport = own.transport();
+  return run_pipeline(spec, requests, co);
+}
+
 // Two stages, the fixture's halves, on `own`'s first two workers "agx" and "nx" (nx emulated `nx_slowdown` times
 // slower).
 PipelineSpec agx_nx_spec(const std::filesystem::path& fixture, const LocalWorkers& own, double nx_slowdown) {
@@ -74,7 +87,7 @@ PipelineSpec agx_nx_spec(const std::filesystem::path& fixture, const LocalWorker
   auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
   const auto ranges = split_even(graph, 2);
   PipelineSpec spec;
-  spec.workers = {{"agx", own.endpoints()[0], 1.0, {}}, {"nx", own.endpoints()[1], nx_slowdown, {}}};
+  spec.workers = {{"agx", own.endpoints()[0], 1.0, {}, ""}, {"nx", own.endpoints()[1], nx_slowdown, {}, ""}};
   spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
   return spec;
 }
@@ -131,7 +144,7 @@ class Distributed : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     workers_ = new LocalWorkers();
-    auto st = workers_->start(kRun, 4, {"--threads", "1"});
+    auto st = workers_->start(kRun, 4, {"--threads", "1", "--model-root", kFixtures.string()});
     ASSERT_TRUE(st.has_value()) << st.error().to_string();
   }
   static void TearDownTestSuite() {
@@ -142,7 +155,7 @@ class Distributed : public ::testing::Test {
     PipelineSpec spec;
     const auto ranges = split_even(graph, stages);
     for (size_t i = 0; i < ranges.size(); ++i) {
-      spec.workers.push_back({fmt::format("w{}", i), workers_->endpoints()[i], 1.0, {}});
+      spec.workers.push_back({fmt::format("w{}", i), workers_->endpoints()[i], 1.0, {}, ""});
       spec.stages.push_back({ranges[i].first, ranges[i].second, static_cast<int>(i)});
     }
     return spec;
@@ -182,7 +195,7 @@ TEST_P(DistributedSchedule, SameTokensAndLogitsAsOneProcessForEveryFixtureWith2T
       co.keep_prefill_logits = true;
       co.hello_timeout_s = 30;
       co.schedule = GetParam();
-      auto run = run_pipeline(spec_for((*runner)->graph(), stages), requests, co);
+      auto run = run_on(*workers_, spec_for((*runner)->graph(), stages), requests, co);
       ASSERT_TRUE(run.has_value()) << name << " with " << stages << " stages: " << run.error().to_string();
       ASSERT_EQ(run->results.size(), requests.size());
       for (size_t i = 0; i < requests.size(); ++i) {
@@ -231,7 +244,7 @@ TEST_P(DistributedSchedule, ADecodeStepOvertakesARunningPrefillOnlyUnderDecodeFi
   // The slowdown stretches every node of the first worker (A's prefill: about 0.3 s); the second one answers at
   // full speed, so B's next decode step is back (about 20 ms) long before A's prefill is done, even on a loaded
   // machine.
-  spec.workers = {{"first", workers_->endpoints()[0], 200.0, {}}, {"second", workers_->endpoints()[1], 1.0, {}}};
+  spec.workers = {{"first", workers_->endpoints()[0], 200.0, {}, ""}, {"second", workers_->endpoints()[1], 1.0, {}, ""}};
   spec.stages = {{0, split, 0}, {split + 1, graph.size() - 1, 1}};
   const auto base = requests_for("llava_llama_mha_tied");
   auto b = base[1];  // text only
@@ -244,7 +257,7 @@ TEST_P(DistributedSchedule, ADecodeStepOvertakesARunningPrefillOnlyUnderDecodeFi
   co.in_flight = 2;
   co.hello_timeout_s = 30;
   co.schedule = GetParam();
-  auto run = run_pipeline(spec, requests, co);
+  auto run = run_on(*workers_, spec, requests, co);
   ASSERT_TRUE(run.has_value()) << run.error().to_string();
   expect_tokens_of_one_process(**runner, requests, *run);
   const int64_t request_b = 1;
@@ -282,13 +295,26 @@ INSTANTIATE_TEST_SUITE_P(Schedules, DistributedSchedule, kSchedules, schedule_na
 
 // --- protocol checks against a live worker ---
 
+// A coordinator made by hand: a CURVE client of worker i of `own` with the coordinator key it serves, its routing id
+// the lease its hellos name.
 struct RawClient {
+  static constexpr const char* kLease = "raw-client-lease";
   zmq::context_t ctx;
   zmq::socket_t s{ctx, zmq::socket_type::dealer};
-  explicit RawClient(const std::string& endpoint) {
+  RawClient(const LocalWorkers& own, int i) {
     s.set(zmq::sockopt::linger, 0);
     s.set(zmq::sockopt::rcvtimeo, 20000);
-    s.connect(endpoint);
+    s.set(zmq::sockopt::routing_id, std::string(kLease));
+    s.set(zmq::sockopt::curve_serverkey, own.public_keys()[static_cast<size_t>(i)]);
+    s.set(zmq::sockopt::curve_publickey, own.transport().key.public_key);
+    s.set(zmq::sockopt::curve_secretkey, own.transport().key.secret_key);
+    s.connect(own.endpoints()[static_cast<size_t>(i)]);
+  }
+  // Ends the lease its hello took, so that a coordinator may have the worker.
+  void release() {
+    wire::Message m;
+    m.type = wire::MsgType::release;
+    send(wire::encode(m));
   }
   void send(const std::vector<std::string>& frames) {
     for (size_t i = 0; i < frames.size(); ++i) {
@@ -319,11 +345,11 @@ TEST_F(Distributed, WorkerAnswersBadMessagesWithErrorsAndKeepsServing) {
   const auto fixture = kFixtures / "llava_llama_mha_tied";
   auto ck = Checkpoint::open(fixture);
   ASSERT_TRUE(ck.has_value());
-  RawClient c(workers_->endpoints()[0]);
+  RawClient c(*workers_, 0);
   wire::Message hello;
   hello.type = wire::MsgType::hello;
   hello.meta = {{"protocol", wire::kProtocolVersion}, {"fingerprint", model_fingerprint(*ck)},
-                {"model_dir", fixture.string()}, {"stages", nlohmann::json::array()}};
+                {"model_dir", fixture.string()}, {"stages", nlohmann::json::array()}, {"lease", RawClient::kLease}};
 
   // Wrong protocol version in the header.
   auto frames = wire::encode(hello);
@@ -370,11 +396,12 @@ TEST_F(Distributed, WorkerAnswersBadMessagesWithErrorsAndKeepsServing) {
   auto ready = c.reply();
   ASSERT_TRUE(ready.has_value()) << ready.error().message;
   EXPECT_EQ(ready->type, wire::MsgType::ready) << ready->meta.dump();
+  c.release();
   auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
   CoordinatorOptions co;
   co.model = fixture;
   co.eos_ids = {2};
-  auto run = run_pipeline(spec_for(graph, 2), requests_for("llava_llama_mha_tied"), co);
+  auto run = run_on(*workers_, spec_for(graph, 2), requests_for("llava_llama_mha_tied"), co);
   ASSERT_TRUE(run.has_value()) << run.error().to_string();
   EXPECT_EQ(run->results.size(), 3U);
 }
@@ -389,7 +416,7 @@ TEST_F(Distributed, EveryFieldOfEveryMessageWithAWrongTypeMissingOrExtraGetsAnEr
   ASSERT_TRUE(ck.has_value());
   auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
   const int n = graph.size();
-  RawClient c(workers_->endpoints()[1]);
+  RawClient c(*workers_, 1);
   const nlohmann::json link = {{"latency_ms", 1.0}, {"ms_per_byte", 0.0}};
   const nlohmann::json stage = {{"first", 0}, {"last", n - 1}, {"active", true}, {"next", ""}, {"link", link}};
   const nlohmann::json event = {{"device", "d"}, {"name", "prefill [0, 1]"}, {"request", 1}, {"ts_us", 5}, {"dur_us", 2}};
@@ -403,8 +430,9 @@ TEST_F(Distributed, EveryFieldOfEveryMessageWithAWrongTypeMissingOrExtraGetsAnEr
        {{"protocol", wire::kProtocolVersion}, {"fingerprint", model_fingerprint(*ck)}, {"model_dir", fixture.string()},
         {"device", "probe"}, {"dtype", "fp32"}, {"exec_device", "cpu"}, {"coordinator", "tcp://127.0.0.1:9"},
         {"schedule", "fifo"}, {"epoch", 0}, {"slowdown", 1.0}, {"return_link", link},
-        {"stages", nlohmann::json::array({stage})}},
-       {"protocol", "fingerprint", "stages"}},
+        {"stages", nlohmann::json::array({stage})}, {"lease", RawClient::kLease},
+        {"peer_keys", nlohmann::json::array({workers_->public_keys()[0]})}},
+       {"protocol", "fingerprint", "stages", "lease"}},
       {wire::MsgType::route,
        {{"stages", nlohmann::json::array({stage})}, {"load_delay_ms", 0.0}, {"epoch", 0}, {"slowdown", 1.0},
         {"return_link", link}},
@@ -417,7 +445,19 @@ TEST_F(Distributed, EveryFieldOfEveryMessageWithAWrongTypeMissingOrExtraGetsAnEr
       {wire::MsgType::end, nlohmann::json::object(), {}},
       {wire::MsgType::ping, nlohmann::json::object(), {}},
       {wire::MsgType::shutdown, nlohmann::json::object(), {}},
+      {wire::MsgType::release, nlohmann::json::object(), {}},
   };
+  // The lease first: the worker obeys only its owner (a stranger's route, step or shutdown is refused as such).
+  {
+    wire::Message hello;
+    hello.type = wire::MsgType::hello;
+    hello.meta = cases[0].meta;
+    hello.meta["stages"] = nlohmann::json::array();
+    c.send(wire::encode(hello));
+    auto ready = c.reply();
+    ASSERT_TRUE(ready.has_value()) << ready.error().message;
+    ASSERT_EQ(ready->type, wire::MsgType::ready) << ready->meta.dump();
+  }
   auto wrong = [](const nlohmann::json& v) -> nlohmann::json {
     if (v.is_string()) return 7;
     if (v.is_boolean()) return "yes";
@@ -479,10 +519,11 @@ TEST_F(Distributed, EveryFieldOfEveryMessageWithAWrongTypeMissingOrExtraGetsAnEr
   auto pong = c.reply();
   ASSERT_TRUE(pong.has_value()) << pong.error().message;
   EXPECT_EQ(pong->type, wire::MsgType::pong);
+  c.release();
   CoordinatorOptions co;
   co.model = fixture;
   co.eos_ids = {2};
-  auto run = run_pipeline(spec_for(graph, 2), requests_for("llava_llama_mha_tied"), co);
+  auto run = run_on(*workers_, spec_for(graph, 2), requests_for("llava_llama_mha_tied"), co);
   ASSERT_TRUE(run.has_value()) << run.error().to_string();
   EXPECT_EQ(run->results.size(), 3U);
 }
@@ -579,11 +620,12 @@ TEST_F(Distributed, CoordinatorNamesAnUnreachableWorkerAndDoesNotHang) {
   }
   spec.workers[1].name = "nano";
   spec.workers[1].endpoint = dead;
+  spec.workers[1].public_key = generate_keypair()->public_key;
   CoordinatorOptions co;
   co.model = fixture;
   co.hello_timeout_s = 1.5;
   const auto start = std::chrono::steady_clock::now();
-  auto run = run_pipeline(spec, requests_for("llava_llama_mha_tied"), co);
+  auto run = run_on(*workers_, spec, requests_for("llava_llama_mha_tied"), co);
   ASSERT_FALSE(run.has_value());
   EXPECT_NE(run.error().message.find("worker 'nano'"), std::string::npos) << run.error().message;
   EXPECT_NE(run.error().message.find("did not answer"), std::string::npos) << run.error().message;
@@ -601,9 +643,11 @@ TEST_F(Distributed, CoordinatorNamesAWorkerThatRefusesTheModel) {
   auto spec = spec_for(graph, 2);
   spec.workers[0].name = "agx";
   spec.workers[0].endpoint = own.endpoints()[0];
+  spec.workers.resize(1);  // both stages on it
+  for (auto& st : spec.stages) st.worker = 0;
   CoordinatorOptions co;
   co.model = fixture;
-  auto run = run_pipeline(spec, requests_for("llava_llama_mha_tied"), co);
+  auto run = run_on(own, spec, requests_for("llava_llama_mha_tied"), co);
   ASSERT_FALSE(run.has_value());
   EXPECT_NE(run.error().message.find("worker 'agx'"), std::string::npos) << run.error().message;
   EXPECT_NE(run.error().message.find("fingerprint mismatch"), std::string::npos) << run.error().message;
@@ -612,13 +656,13 @@ TEST_F(Distributed, CoordinatorNamesAWorkerThatRefusesTheModel) {
 TEST_F(Distributed, CoordinatorReportsALostWorkerWithoutRecoveryInsteadOfHanging) {
   const auto fixture = kFixtures / "llava_llama_mha_tied";
   LocalWorkers own;
-  ASSERT_TRUE(own.start(kRun, 2, {}).has_value());
+  ASSERT_TRUE(own.start(kRun, 2, {"--model-root", kFixtures.string()}).has_value());
   const PipelineSpec spec = agx_nx_spec(fixture, own, 30.0);  // nx is slow
   const auto many = copies_of_text_request(6, 40);
   TestEnvironment env(own, {"agx", "nx"});
   const auto co = without_recovery(fixture, env, SIGKILL, 0.3, 2);
   const auto start = std::chrono::steady_clock::now();
-  auto run = run_pipeline(spec, many, co);
+  auto run = run_on(own, spec, many, co);
   ASSERT_FALSE(run.has_value());
   EXPECT_NE(run.error().message.find("worker 'nx'"), std::string::npos) << run.error().message;
   EXPECT_NE(run.error().message.find("lost"), std::string::npos) << run.error().message;
@@ -631,14 +675,14 @@ TEST_F(Distributed, CoordinatorReportsALostWorkerWithoutRecoveryInsteadOfHanging
 TEST_F(Distributed, AStoppedWorkerIsLostByTheHeartbeatTimeoutAndStopAllEndsIt) {
   const auto fixture = kFixtures / "llava_llama_mha_tied";
   LocalWorkers own;
-  ASSERT_TRUE(own.start(kRun, 2, {"--threads", "1"}).has_value());
+  ASSERT_TRUE(own.start(kRun, 2, {"--threads", "1", "--model-root", kFixtures.string()}).has_value());
   PipelineSpec spec = agx_nx_spec(fixture, own, 1.0);
   const auto many = copies_of_text_request(6, 40);
   TestEnvironment env(own, {"agx", "nx"});
   env.hop = LinkShape{4.0, 0.0};  // requests stay in flight at the stop
   const auto co = without_recovery(fixture, env, SIGSTOP, 0.2, 1);
   const auto start = std::chrono::steady_clock::now();
-  auto run = run_pipeline(spec, many, co);
+  auto run = run_on(own, spec, many, co);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ASSERT_FALSE(run.has_value());
   EXPECT_NE(run.error().message.find("worker 'nx'"), std::string::npos) << run.error().message;
@@ -659,17 +703,17 @@ TEST_F(Distributed, AStoppedWorkerIsLostByTheHeartbeatTimeoutAndStopAllEndsIt) {
 TEST(DistributedFailover, BackupTakesOverBehindAVisionOnlyStageWithIdenticalOutputs) {
   const auto fixture = kFixtures / "llava_llama_mha_tied";
   LocalWorkers own;
-  ASSERT_TRUE(own.start(kRun, 4, {"--threads", "1"}).has_value());
+  ASSERT_TRUE(own.start(kRun, 4, {"--threads", "1", "--model-root", kFixtures.string()}).has_value());
   auto runner = LlavaRunner::load(fixture, *parse_exec_options("fp32", "cpu"));
   ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
   const auto& graph = (*runner)->graph();
   const int n = graph.size();
   ASSERT_TRUE(graph.node(1).is_vision());
   PipelineSpec spec;
-  spec.workers = {{"vision", own.endpoints()[0], 1.0, {}},
-                  {"middle", own.endpoints()[1], 1.0, {}},
-                  {"tail", own.endpoints()[2], 1.0, {}},
-                  {"spare", own.endpoints()[3], 1.0, {{2, n - 3}}}};
+  spec.workers = {{"vision", own.endpoints()[0], 1.0, {}, ""},
+                  {"middle", own.endpoints()[1], 1.0, {}, ""},
+                  {"tail", own.endpoints()[2], 1.0, {}, ""},
+                  {"spare", own.endpoints()[3], 1.0, {{2, n - 3}}, ""}};
   spec.stages = {{0, 1, 0}, {2, n - 3, 1}, {n - 2, n - 1, 2}};
   auto base = requests_for("llava_llama_mha_tied")[0];
   std::vector<ExecRequest> requests;
@@ -690,7 +734,7 @@ TEST(DistributedFailover, BackupTakesOverBehindAVisionOnlyStageWithIdenticalOutp
   env.signal = SIGKILL;
   env.at_s = 0.12;  // the first four requests are decoding (about 8 ms a token)
   co.environment = &env;
-  auto run = run_pipeline(spec, requests, co);
+  auto run = run_on(own, spec, requests, co);
   ASSERT_TRUE(run.has_value()) << run.error().to_string();
   ASSERT_GE(env.fired_at, 0);
   ASSERT_EQ(run->faults.size(), 1U);

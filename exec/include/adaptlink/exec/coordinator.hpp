@@ -10,6 +10,10 @@
 // placement takes over. A lost worker that was only hung (SIGSTOP, found by the heartbeat timeout) and goes on is
 // taken back the same way: its hello drops its old stages, logs, queued steps and unsent results, and carries the
 // epoch the recovery raised, so that steps of the old placement still reaching it are dropped too.
+//
+// Security (transport.hpp): the coordinator reaches each worker as a CURVE client of that worker's public key and
+// takes results only from its workers' keys; it holds every worker's lease for the run (its hello's lease, which
+// is also its routing id) and releases them when the run ends, whether it succeeded or failed.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -24,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adaptlink/error.hpp"
+#include "adaptlink/exec/transport.hpp"
 #include "adaptlink/exec/wire.hpp"
 #include "adaptlink/partition/cost_model.hpp"
 #include "adaptlink/partition/scenario.hpp"
@@ -43,6 +48,7 @@ struct WorkerSpec {
   std::string endpoint;  // where its worker listens
   double slowdown = 1;   // testbed: compute time multiplier (1: no emulation)
   std::vector<std::pair<int, int>> backups;  // node ranges it preloads as backups
+  std::string public_key;  // its CURVE public key (transport.hpp; "" only with an insecure transport)
 };
 
 struct StageSpec {
@@ -74,12 +80,14 @@ struct EnvEvent {
     worker_back,     // `device`'s worker is back at `endpoint` (restarted, or continued after a stop)
     links_changed,   // the emulated links with `device` at an end changed (Environment::link gives them)
     fault_injected,  // a fault of `device` was injected at `at_s` (its report entry's at_s)
+    slowdown,        // `device`'s emulated compute slowdown is `factor` from now on (a testbed slowdown fault)
   };
   Kind kind = Kind::worker_lost;
   std::string device;
   runtime::LossCause cause = runtime::LossCause::process_exit;
   std::string endpoint;
   double at_s = 0;
+  double factor = 1;  // slowdown
 };
 
 // The coordinator's surroundings: a testbed that starts the workers, emulates the scenario's network and injects its
@@ -128,6 +136,7 @@ struct CoordinatorOptions {
   std::string dtype = "fp32";
   std::string exec_device = "cpu";
   std::string listen = "tcp://127.0.0.1:*";  // where the last stage returns tokens (must be reachable by workers)
+  Transport transport;                       // CURVE key pair, or insecure (loopback only); see transport.hpp
   int in_flight = 4;
   std::vector<int64_t> eos_ids;
   bool keep_prefill_logits = false;

@@ -1,5 +1,8 @@
 // Worker processes on this machine (`generate --stages K`, `testbed`, tests): each is `adaptlink-run worker
 // --listen tcp://127.0.0.1:*` started with fork/exec; its first stdout line names the port it bound.
+// Security (transport.hpp): by default each worker gets a fresh CURVE key pair (a key file in a private temporary
+// folder, removed with this object) and serves only a coordinator key made for this set of workers (transport());
+// insecure: every worker is started with --insecure.
 // The destructor stops them (SIGCONT for a stopped one, SIGTERM, then SIGKILL) and reaps them; a worker also dies
 // with this process (PR_SET_PDEATHSIG: with the thread that started it, so start and restart them on a thread that
 // outlives them), so none is left behind, stopped or not.
@@ -13,12 +16,13 @@
 
 #include "adaptlink/error.hpp"
 #include "adaptlink/exec/coordinator.hpp"
+#include "adaptlink/exec/transport.hpp"
 
 namespace adaptlink::exec {
 
 class LocalWorkers {
  public:
-  LocalWorkers() = default;
+  explicit LocalWorkers(bool insecure = false) : insecure_(insecure) {}
   LocalWorkers(const LocalWorkers&) = delete;
   LocalWorkers& operator=(const LocalWorkers&) = delete;
   ~LocalWorkers();
@@ -33,6 +37,10 @@ class LocalWorkers {
 
   [[nodiscard]] int size() const { return static_cast<int>(pids_.size()); }
   [[nodiscard]] const std::vector<std::string>& endpoints() const { return endpoints_; }
+  // Worker i's CURVE public key ("" when insecure).
+  [[nodiscard]] const std::vector<std::string>& public_keys() const { return public_keys_; }
+  // What a coordinator of these workers uses: the coordinator key they serve, or insecure.
+  [[nodiscard]] const Transport& transport() const { return transport_; }
   // Sends a signal to worker i (SIGKILL, SIGSTOP, SIGCONT, ...).
   void signal(int i, int sig);
   // Whether worker i has exited (reaps it).
@@ -42,8 +50,10 @@ class LocalWorkers {
   void stop_all();
 
  private:
-  // fork/exec of one worker; its endpoint once it reports it.
-  Expected<std::pair<pid_t, std::string>> spawn(double timeout_s);
+  // fork/exec of worker i; its endpoint once it reports it.
+  Expected<std::pair<pid_t, std::string>> spawn(int i, double timeout_s);
+  // The key pairs (CURVE): the coordinator's and one per worker, in key_dir_.
+  Status make_keys(int count);
 
   std::filesystem::path binary_;
   std::vector<std::string> extra_args_;
@@ -51,6 +61,10 @@ class LocalWorkers {
   std::vector<bool> reaped_;
   std::vector<bool> stopped_;
   std::vector<std::string> endpoints_;
+  bool insecure_ = false;
+  Transport transport_;
+  std::filesystem::path key_dir_;
+  std::vector<std::string> public_keys_;
 };
 
 // The coordinator's surroundings when it runs on LocalWorkers it started (generate --stages, tests): a worker

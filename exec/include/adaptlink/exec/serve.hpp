@@ -54,6 +54,10 @@ struct ServeOptions {
   int worker_threads = 0;
   std::filesystem::path worker_binary;  // testbed: the adaptlink-run executable
   std::string listen = "tcp://127.0.0.1:*";
+  // CURVE (transport.hpp): serve uses transport.key and each worker's public key (the scenario's public_key, or
+  // worker_keys: a JSON object device name -> public key); the testbed makes its own keys. insecure: plain TCP.
+  Transport transport;
+  std::optional<std::filesystem::path> worker_keys;
   std::optional<double> heartbeat_interval_s;  // unset: the scenario's [recovery]
   std::optional<double> heartbeat_timeout_s;
   double hello_timeout_s = 120;

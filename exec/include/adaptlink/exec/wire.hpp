@@ -29,6 +29,8 @@
 //             elsewhere; "drop": true unloads one), load_delay_ms, epoch, slowdown, return_link)
 //   ping/pong heartbeats (pong answers at once, even while the worker computes; no meta)
 //   shutdown  coordinator -> worker: exit (no meta)
+//   release   coordinator -> worker: the run is over, the lease ends (no meta); the worker drops its stages
+// Only the lease's owner is obeyed (worker.hpp); steps come from it or from the run's other workers.
 // Type number 11 is reserved (it once named a "resend" message that was never sent).
 #pragma once
 
@@ -45,7 +47,7 @@
 namespace adaptlink::exec::wire {
 
 constexpr uint32_t kMagic = 0x4B4E4C41;  // "ALNK" read as little-endian
-constexpr uint16_t kProtocolVersion = 1;
+constexpr uint16_t kProtocolVersion = 2;  // 2: leases, peer keys (CURVE transport), release
 
 enum class MsgType : uint16_t {
   hello = 1,
@@ -59,8 +61,9 @@ enum class MsgType : uint16_t {
   pong = 9,
   shutdown = 10,
   // 11: reserved
+  release = 12,
 };
-inline constexpr uint16_t kLastMsgType = 10;
+inline constexpr uint16_t kLastMsgType = 12;
 static_assert(static_cast<uint16_t>(MsgType::hello) == 1, "the handshake's message type never moves");
 std::string_view to_string(MsgType type);
 
@@ -124,6 +127,7 @@ struct StageEntry {
   int last = 0;
   bool active = false;
   std::string next;
+  std::string next_key;  // the next worker's CURVE public key ("" : plain TCP)
   std::optional<LinkMeta> link;
   bool drop = false;
 };
@@ -150,6 +154,8 @@ struct Hello {
   double slowdown = 1;
   LinkMeta return_link;
   std::vector<StageEntry> stages;
+  std::string lease;                   // the coordinator's run: the worker is its own until release (worker.hpp)
+  std::vector<std::string> peer_keys;  // CURVE public keys of the run's other workers (they send it steps)
 };
 
 struct Ready {
@@ -207,7 +213,7 @@ Expected<ErrorMeta> parse_error(const Message& m);
 Expected<Step> parse_step(const Message& m);
 Expected<Token> parse_token(const Message& m);
 Expected<Route> parse_route(const Message& m);
-// end, ping, pong, shutdown: the meta must be empty.
+// end, ping, pong, shutdown, release: the meta must be empty.
 Expected<Ok> parse_empty(const Message& m);
 
 // A message of `type` with `meta` (and tensors, for steps and tokens).

@@ -10,6 +10,15 @@
 // changes a link's shape from then on (a testbed link fault). A hello starts a new session: stages, logs, queued
 // steps and unsent results of the old one are dropped (a worker that hung and came back starts clean).
 //
+// Who is obeyed (transport.hpp): the worker listens as a CURVE server and lets in only the coordinators it was
+// started for (WorkerOptions::coordinator_keys) and the run's other workers (the hello's peer_keys). A worker
+// belongs to one coordinator at a time, the lease: the hello names a lease id (the coordinator's ZeroMQ routing id
+// too) and, once accepted, only that coordinator's connection (its key and routing id) may send hello, route, end,
+// release and shutdown; steps come from it or from the peers. Another coordinator's hello is refused ("busy")
+// until the owner releases the worker (the end of its run) or has been silent for lease_timeout_s (it died). A
+// worker loads only its own --model, or a checkpoint under its --model-root that the hello names; its error
+// replies name nothing of this machine (no fingerprint, no paths).
+//
 // Per request and stage the worker logs what it produced (and the step sequence numbers it has seen), so that
 //   * a step that arrives again (the coordinator re-issues in-flight steps after a failover) is answered from
 //     the log instead of being computed twice (idempotent replay);
@@ -25,19 +34,25 @@
 
 #include "adaptlink/error.hpp"
 #include "adaptlink/exec/checkpoint.hpp"
+#include "adaptlink/exec/transport.hpp"
 #include "adaptlink/exec/wire.hpp"
 
 namespace adaptlink::exec {
 
 struct WorkerOptions {
   std::string listen = "tcp://127.0.0.1:*";  // "*" as the port: any free port (reported via on_listening)
-  std::filesystem::path model;                // this machine's checkpoint copy; empty: the coordinator's path
+  std::filesystem::path model;                // this machine's checkpoint copy
+  std::filesystem::path model_root;           // without --model: a hello's model_dir must lie under it
   int threads = 0;                            // CPU threads for libtorch (0: its default)
   wire::Limits limits;
+  Transport transport;                        // CURVE key (or insecure: loopback only)
+  std::vector<std::string> coordinator_keys;  // public keys of the coordinators it serves (CURVE)
+  double lease_timeout_s = 30;                // an owner silent this long has lost the worker
 };
 
 // Binds `listen`, calls on_listening with the bound endpoint, then serves until a shutdown message or until
-// *stop becomes true. Errors: an endpoint that cannot be bound, a --model that is not a checkpoint.
+// *stop becomes true. Errors: an endpoint that cannot be bound, a --model that is not a checkpoint, no model source
+// (--model or --model-root), no key or no coordinator key (CURVE), --insecure on an address that is not loopback.
 Status run_worker(const WorkerOptions& options, const std::function<void(const std::string&)>& on_listening,
                   const std::atomic<bool>* stop = nullptr);
 

@@ -27,6 +27,7 @@ struct Device {
   double mem_bw_gbs = 0;    // memory bandwidth, GB/s (1e9 bytes/s)
   Role role = Role::active;
   std::string endpoint;     // adaptlink-run only
+  std::string public_key;   // adaptlink-run only: its worker's CURVE public key (40 Z85 characters)
   double dropout_rate = 0;  // expected dropouts per hour
 };
 
