@@ -4,7 +4,8 @@
 // queue -> compute thread -> sender thread -> a DEALER to the coordinator's ROUTER. The step names a stage the
 // worker does not hold, so the answer is the error message and no model compute is timed. The round trip thus
 // holds one 4 KiB hop, one small hop and the worker's thread hand-offs: its p50 bounds the per-hop overhead
-// from above. A raw ZeroMQ echo of the same frames (no worker) is timed for comparison.
+// from above. It is timed with CURVE (the default transport) and with plain TCP (--insecure), in alternating
+// rounds of one run, and a raw ZeroMQ echo of the same frames (no worker, no CURVE) for comparison.
 //
 //   bench_exec_hop [--model DIR] [--iterations N] [--out FILE.json]
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adaptlink/exec/checkpoint.hpp"
+#include "adaptlink/exec/transport.hpp"
 #include "adaptlink/exec/wire.hpp"
 #include "adaptlink/exec/worker.hpp"
 
@@ -58,6 +61,98 @@ nlohmann::json summary(const std::vector<double>& us) {
           {"samples", us.size()}};
 }
 
+
+// One live worker (its own threads, as `adaptlink-run worker` runs them) and `iterations` step round trips through it
+// after 200 of warm-up; with CURVE (the default transport: keys made here, the worker serving this coordinator key)
+// or plain TCP (--insecure).
+std::optional<std::vector<double>> worker_round_trips(const std::string& model, const adaptlink::exec::Checkpoint& ck,
+                                                      Message step, int iterations, bool curve) {
+  adaptlink::exec::Transport coordinator;
+  adaptlink::exec::WorkerOptions wo;
+  wo.model = model;
+  if (curve) {
+    coordinator.key = *adaptlink::exec::generate_keypair();
+    wo.transport.key = *adaptlink::exec::generate_keypair();
+    wo.coordinator_keys = {coordinator.key.public_key};
+  } else {
+    coordinator.insecure = wo.transport.insecure = true;
+  }
+  std::atomic<bool> stop{false};
+  std::string endpoint;
+  std::atomic<bool> listening{false};
+  std::thread worker([&] {
+    auto st = adaptlink::exec::run_worker(
+        wo,
+        [&](const std::string& e) {
+          endpoint = e;
+          listening = true;
+        },
+        &stop);
+    if (!st) std::fprintf(stderr, "bench_exec_hop: worker: %s\n", st.error().to_string().c_str());
+  });
+  while (!listening) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+
+  zmq::context_t ctx;
+  zmq::socket_t ret(ctx, zmq::socket_type::router);
+  ret.set(zmq::sockopt::linger, 0);
+  ret.set(zmq::sockopt::rcvtimeo, 5000);
+  if (curve) {
+    ret.set(zmq::sockopt::curve_server, true);
+    ret.set(zmq::sockopt::curve_secretkey, coordinator.key.secret_key);
+  }
+  ret.bind("tcp://127.0.0.1:*");
+  const std::string ret_endpoint = ret.get(zmq::sockopt::last_endpoint);
+  zmq::socket_t to_worker(ctx, zmq::socket_type::dealer);
+  to_worker.set(zmq::sockopt::linger, 0);
+  to_worker.set(zmq::sockopt::rcvtimeo, 30000);
+  to_worker.set(zmq::sockopt::routing_id, std::string("bench-lease"));
+  if (curve) {
+    to_worker.set(zmq::sockopt::curve_serverkey, wo.transport.key.public_key);
+    to_worker.set(zmq::sockopt::curve_publickey, coordinator.key.public_key);
+    to_worker.set(zmq::sockopt::curve_secretkey, coordinator.key.secret_key);
+  }
+  to_worker.connect(endpoint);
+
+  auto finish = [&] {
+    stop = true;
+    worker.join();
+  };
+  Message hello;
+  hello.type = MsgType::hello;
+  hello.meta = {{"protocol", adaptlink::exec::wire::kProtocolVersion},
+                {"fingerprint", adaptlink::exec::model_fingerprint(ck)},
+                {"model_dir", model},
+                {"device", "bench"},
+                {"coordinator", ret_endpoint},
+                {"stages", nlohmann::json::array()},
+                {"lease", "bench-lease"}};
+  send(to_worker, adaptlink::exec::wire::encode(hello));
+  auto ready = adaptlink::exec::wire::decode(recv(to_worker));
+  if (!ready || ready->type != MsgType::ready) {
+    std::fprintf(stderr, "bench_exec_hop: the worker did not accept the hello\n");
+    finish();
+    return std::nullopt;
+  }
+  std::vector<double> out;
+  for (int i = 0; i < iterations + 200; ++i) {
+    step.request = i + 1;
+    const auto t0 = Clock::now();
+    send(to_worker, adaptlink::exec::wire::encode(step));
+    auto frames = recv(ret);
+    frames.erase(frames.begin());
+    auto reply = adaptlink::exec::wire::decode(frames);
+    const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+    if (!reply || reply->type != MsgType::error || reply->request != i + 1) {
+      std::fprintf(stderr, "bench_exec_hop: unexpected reply\n");
+      finish();
+      return std::nullopt;
+    }
+    if (i >= 200) out.push_back(us);  // after warm-up
+  }
+  finish();
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -76,74 +171,23 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  // The worker, on its own threads.
-  std::atomic<bool> stop{false};
-  std::string endpoint;
-  std::atomic<bool> listening{false};
-  std::thread worker([&] {
-    adaptlink::exec::WorkerOptions wo;
-    wo.model = model;
-    (void)adaptlink::exec::run_worker(
-        wo,
-        [&](const std::string& e) {
-          endpoint = e;
-          listening = true;
-        },
-        &stop);
-  });
-  while (!listening) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-
-  zmq::context_t ctx;
-  zmq::socket_t ret(ctx, zmq::socket_type::router);
-  ret.set(zmq::sockopt::linger, 0);
-  ret.set(zmq::sockopt::rcvtimeo, 5000);
-  ret.bind("tcp://127.0.0.1:*");
-  const std::string ret_endpoint = ret.get(zmq::sockopt::last_endpoint);
-  zmq::socket_t to_worker(ctx, zmq::socket_type::dealer);
-  to_worker.set(zmq::sockopt::linger, 0);
-  to_worker.set(zmq::sockopt::rcvtimeo, 30000);
-  to_worker.connect(endpoint);
-
-  Message hello;
-  hello.type = MsgType::hello;
-  hello.meta = {{"protocol", adaptlink::exec::wire::kProtocolVersion},
-                {"fingerprint", adaptlink::exec::model_fingerprint(*ck)},
-                {"model_dir", model},
-                {"device", "bench"},
-                {"coordinator", ret_endpoint},
-                {"stages", nlohmann::json::array()}};
-  send(to_worker, adaptlink::exec::wire::encode(hello));
-  auto ready = adaptlink::exec::wire::decode(recv(to_worker));
-  if (!ready || ready->type != MsgType::ready) {
-    std::fprintf(stderr, "bench_exec_hop: the worker did not accept the hello\n");
-    stop = true;
-    worker.join();
-    return 1;
-  }
-
   Message step;
   step.type = MsgType::step;
-  step.meta = {{"first", 1 << 20}, {"prefill", false}, {"input_ids", {1}}, {"kind", "text_hidden"}};
+  step.meta = {{"first", 1 << 20}, {"epoch", 0}, {"prefill", false}, {"input_ids", {1}}, {"kind", "text_hidden"}};
   step.tensors.push_back({"f32", {1, 1, 1024}, std::string(4096, '\1')});
-  std::vector<double> worker_us;
-  for (int i = 0; i < iterations + 200; ++i) {
-    step.request = i + 1;
-    const auto t0 = Clock::now();
-    send(to_worker, adaptlink::exec::wire::encode(step));
-    auto frames = recv(ret);
-    frames.erase(frames.begin());
-    auto reply = adaptlink::exec::wire::decode(frames);
-    const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
-    if (!reply || reply->type != MsgType::error || reply->request != i + 1) {
-      std::fprintf(stderr, "bench_exec_hop: unexpected reply\n");
-      return 1;
+  std::vector<double> curve_us;
+  std::vector<double> plain_us;
+  // Alternating rounds of both transports in this one run: the ratio is what the machine's noise leaves alone.
+  for (int round = 0; round < 4; ++round) {
+    for (bool curve : {true, false}) {
+      auto us = worker_round_trips(model, *ck, step, iterations / 4, curve);
+      if (!us) return 1;
+      auto& all = curve ? curve_us : plain_us;
+      all.insert(all.end(), us->begin(), us->end());
     }
-    if (i >= 200) worker_us.push_back(us);  // after warm-up
   }
-  stop = true;
-  worker.join();
-
   // Raw ZeroMQ echo of the same frames: DEALER -> ROUTER -> back, one thread each side.
+  zmq::context_t ctx;
   zmq::socket_t echo(ctx, zmq::socket_type::router);
   echo.set(zmq::sockopt::linger, 0);
   echo.bind("tcp://127.0.0.1:*");
@@ -172,7 +216,9 @@ int main(int argc, char** argv) {
       {"benchmark", "exec_hop_loopback"},
       {"activation_bytes", 4096},
       {"iterations", iterations},
-      {"worker_round_trip", summary(worker_us)},
+      {"worker_round_trip", summary(curve_us)},
+      {"worker_round_trip_insecure", summary(plain_us)},
+      {"curve_over_insecure_p50", percentile(curve_us, 0.5) / percentile(plain_us, 0.5)},
       {"raw_zmq_round_trip", summary(raw_us)},
       {"target", "per-hop overhead p50 < 200 us (issue 6); the worker round trip bounds it from above"}};
   std::printf("%s\n", result.dump(2).c_str());

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -72,12 +73,15 @@ void secure_client(zmq::socket_t& socket, const Transport& transport, const std:
 class HandshakeMonitor {
  public:
   HandshakeMonitor(zmq::context_t& ctx, zmq::socket_t& socket, std::string own_public_key);
-  // A failed handshake since the last call ("the security handshake failed: ..."), or "".
+  // A failed handshake as text ("it refused this coordinator's key ...", or "the security handshake failed: ..."
+  // once no refusal followed a failure for 300 ms), or "" while there is none.
   std::string failure();
 
  private:
   zmq::socket_t pair_;
   std::string own_public_key_;
+  std::string auth_;  // a refusal of this coordinator's key, once seen
+  std::optional<std::chrono::steady_clock::time_point> failed_since_;  // the first other failure
 };
 
 }  // namespace adaptlink::exec::detail

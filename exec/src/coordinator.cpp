@@ -60,7 +60,6 @@ class Coordinator {
         ret_(ctx_, zmq::socket_type::router),
         lease_(new_lease()) {
     detail::configure_socket(ret_);
-    detail::secure_server(ret_, options_.transport);
   }
   Coordinator(const Coordinator&) = delete;
   Coordinator& operator=(const Coordinator&) = delete;
@@ -110,6 +109,7 @@ class Coordinator {
     std::vector<std::string> endpoints = {options_.listen};
     for (const auto& w : spec_.workers) endpoints.push_back(w.endpoint);
     if (auto st = check_transport(options_.transport, endpoints, "coordinator"); !st) return st;
+    detail::secure_server(ret_, options_.transport);
     if (!options_.transport.insecure) {
       std::set<std::string> keys;
       for (const auto& w : spec_.workers) {

@@ -276,26 +276,30 @@ HandshakeMonitor::HandshakeMonitor(zmq::context_t& ctx, zmq::socket_t& socket, s
 }
 
 std::string HandshakeMonitor::failure() {
-  std::string found;
   while (true) {
     zmq::message_t event;
     if (!pair_.recv(event, zmq::recv_flags::dontwait)) break;
     zmq::message_t address;
     if (event.more()) (void)pair_.recv(address, zmq::recv_flags::none);
-    if (event.size() < 6 || !found.empty()) continue;
+    if (event.size() < 6) continue;
     uint16_t id = 0;
     uint32_t value = 0;
     std::memcpy(&id, event.data(), 2);
     std::memcpy(&value, static_cast<const char*>(event.data()) + 2, 4);
-    if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
-      found = fmt::format("it refused this coordinator's key (ZAP status {}): start it with --coordinator-key {}",
+    if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH && auth_.empty()) {
+      auth_ = fmt::format("it refused this coordinator's key (ZAP status {}): start it with --coordinator-key {}",
                           value, own_public_key_);
-    } else {
-      found = "the security handshake failed: its key is not the one given for it (scenario public_key, "
-              "--worker-keys), or it does not speak CURVE (--insecure on one side only)";
+    } else if (!failed_since_) {
+      failed_since_ = std::chrono::steady_clock::now();
     }
   }
-  return found;
+  if (!auth_.empty()) return auth_;
+  // A refusal can come with a protocol failure first: a key mismatch is named once no refusal followed it.
+  if (failed_since_ && std::chrono::steady_clock::now() - *failed_since_ > std::chrono::milliseconds(300)) {
+    return "the security handshake failed: its key is not the one given for it (scenario public_key, "
+           "--worker-keys), or it does not speak CURVE (--insecure on one side only)";
+  }
+  return {};
 }
 
 }  // namespace detail

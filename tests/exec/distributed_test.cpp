@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <atomic>
 #include <set>
 #include <thread>
 #include <zmq.hpp>
@@ -20,6 +21,7 @@
 #include "adaptlink/exec/generate.hpp"
 #include "adaptlink/exec/local_workers.hpp"
 #include "adaptlink/exec/tensor_io.hpp"
+#include "adaptlink/exec/transport.hpp"
 #include "adaptlink/exec/wire.hpp"
 #include "adaptlink/exec/worker.hpp"
 
@@ -301,14 +303,22 @@ struct RawClient {
   static constexpr const char* kLease = "raw-client-lease";
   zmq::context_t ctx;
   zmq::socket_t s{ctx, zmq::socket_type::dealer};
-  RawClient(const LocalWorkers& own, int i) {
+  RawClient(const LocalWorkers& own, int i)
+      : RawClient(own.endpoints()[static_cast<size_t>(i)], own.public_keys()[static_cast<size_t>(i)],
+                  own.transport().key) {}
+  // Any client: `key` its CURVE key pair (empty: plain TCP), `lease` its routing id; replies wait `wait_ms`.
+  RawClient(const std::string& endpoint, const std::string& server_key, const KeyPair& key,
+            const std::string& lease = kLease, int wait_ms = 20000) {
     s.set(zmq::sockopt::linger, 0);
-    s.set(zmq::sockopt::rcvtimeo, 20000);
-    s.set(zmq::sockopt::routing_id, std::string(kLease));
-    s.set(zmq::sockopt::curve_serverkey, own.public_keys()[static_cast<size_t>(i)]);
-    s.set(zmq::sockopt::curve_publickey, own.transport().key.public_key);
-    s.set(zmq::sockopt::curve_secretkey, own.transport().key.secret_key);
-    s.connect(own.endpoints()[static_cast<size_t>(i)]);
+    s.set(zmq::sockopt::rcvtimeo, wait_ms);
+    s.set(zmq::sockopt::sndtimeo, wait_ms);  // a send with no connection (a refused client) gives up
+    s.set(zmq::sockopt::routing_id, lease);
+    if (!key.public_key.empty()) {
+      s.set(zmq::sockopt::curve_serverkey, server_key);
+      s.set(zmq::sockopt::curve_publickey, key.public_key);
+      s.set(zmq::sockopt::curve_secretkey, key.secret_key);
+    }
+    s.connect(endpoint);
   }
   // Ends the lease its hello took, so that a coordinator may have the worker.
   void release() {
@@ -744,6 +754,250 @@ TEST(DistributedFailover, BackupTakesOverBehindAVisionOnlyStageWithIdenticalOutp
       << "no request was decoding at the kill";
   EXPECT_TRUE(run->faults[0].recovered_s.has_value());
   expect_tokens_of_one_process(**runner, requests, *run);
+}
+
+// --- who is obeyed (transport.hpp): CURVE keys, the lease ---
+
+// A free TCP port on the loopback (bound, then closed).
+std::string free_endpoint() {
+  zmq::context_t ctx;
+  zmq::socket_t s(ctx, zmq::socket_type::router);
+  s.bind("tcp://127.0.0.1:*");
+  return s.get(zmq::sockopt::last_endpoint);
+}
+
+KeyPair stranger_key() {
+  auto key = generate_keypair();
+  EXPECT_TRUE(key.has_value());
+  return *key;
+}
+
+// A process that is not one of the run's workers floods the coordinator's return port with tokens for every step of
+// every request, with a key of its own and without CURVE: no connection is let in, so nothing changes: every
+// request gets the single-process tokens.
+TEST_F(Distributed, ForgedTokensFromAStrangerChangeNothing) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  auto runner = LlavaRunner::load(fixture, *parse_exec_options("fp32", "cpu"));
+  ASSERT_TRUE(runner.has_value());
+  const auto requests = copies_of_text_request(4, 20);
+  CoordinatorOptions co;
+  co.model = fixture;
+  co.in_flight = 2;
+  co.listen = free_endpoint();
+  std::atomic<bool> stop{false};
+  std::atomic<long> sent{0};
+  std::thread forger([&] {
+    RawClient curve(co.listen, workers_->transport().key.public_key, stranger_key(), "forger", 10);
+    RawClient plain(co.listen, "", KeyPair{}, "forger-plain", 10);
+    while (!stop) {
+      for (int64_t r = 1; r <= 4; ++r) {
+        for (int seq = 0; seq < 20; ++seq) {
+          const auto m = wire::make_message(wire::MsgType::token, wire::Token{7, {}}, r, seq);
+          curve.send(wire::encode(m));
+          plain.send(wire::encode(m));
+          sent += 2;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  auto run = run_on(*workers_, spec_for((*runner)->graph(), 2), requests, co);
+  stop = true;
+  forger.join();
+  ASSERT_TRUE(run.has_value()) << run.error().to_string();
+  EXPECT_GT(sent.load(), 100);
+  expect_tokens_of_one_process(**runner, requests, *run);
+}
+
+// A stranger's key is refused during the handshake: its hello, route and shutdown get no answer at all, and the
+// worker goes on serving (a run through it completes).
+TEST_F(Distributed, AStrangerIsNeverAnsweredNorObeyed) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  auto ck = Checkpoint::open(fixture);
+  ASSERT_TRUE(ck.has_value());
+  RawClient c(workers_->endpoints()[0], workers_->public_keys()[0], stranger_key(), "stranger", 1000);
+  wire::Message hello;
+  hello.type = wire::MsgType::hello;
+  hello.meta = {{"protocol", wire::kProtocolVersion}, {"fingerprint", ""}, {"model_dir", fixture.string()},
+                {"stages", nlohmann::json::array()}, {"lease", "stranger"}};
+  c.send(wire::encode(hello));
+  auto reply = c.reply();
+  EXPECT_FALSE(reply.has_value()) << "a stranger got an answer: " << reply->meta.dump();
+  wire::Message shutdown;
+  shutdown.type = wire::MsgType::shutdown;
+  c.send(wire::encode(shutdown));
+  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
+  CoordinatorOptions co;
+  co.model = fixture;
+  auto run = run_on(*workers_, spec_for(graph, 2), requests_for("llava_llama_mha_tied"), co);
+  ASSERT_TRUE(run.has_value()) << run.error().to_string();
+  EXPECT_EQ(run->results.size(), 3U);
+}
+
+// The coordinator key a worker serves, but not its lease: a shutdown, route or step from it is refused by name and
+// changes nothing; a hello with a wrong fingerprint names neither the worker's model path nor its fingerprint; a
+// model_dir outside the worker's --model-root is refused.
+TEST_F(Distributed, OnlyTheLeaseOwnerIsObeyedAndErrorsNameNothingOfTheWorker) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  auto ck = Checkpoint::open(fixture);
+  ASSERT_TRUE(ck.has_value());
+  RawClient c(*workers_, 2);
+  for (auto type : {wire::MsgType::shutdown, wire::MsgType::route, wire::MsgType::end, wire::MsgType::release}) {
+    wire::Message m;
+    m.type = type;
+    m.request = 1;
+    if (type == wire::MsgType::route) m.meta = {{"slowdown", 1000.0}};
+    c.send(wire::encode(m));
+    EXPECT_NE(reply_error(c).find("only the coordinator that holds this worker's lease"), std::string::npos)
+        << wire::to_string(type);
+  }
+  wire::Message hello;
+  hello.type = wire::MsgType::hello;
+  hello.meta = {{"protocol", wire::kProtocolVersion}, {"fingerprint", "0123456789abcdef"},
+                {"model_dir", fixture.string()}, {"stages", nlohmann::json::array()}, {"lease", RawClient::kLease}};
+  c.send(wire::encode(hello));
+  const std::string mismatch = reply_error(c);
+  EXPECT_NE(mismatch.find("fingerprint mismatch"), std::string::npos) << mismatch;
+  EXPECT_EQ(mismatch.find(fixture.string()), std::string::npos) << mismatch;
+  EXPECT_EQ(mismatch.find(model_fingerprint(*ck)), std::string::npos) << mismatch;
+  hello.meta["fingerprint"] = model_fingerprint(*ck);
+  hello.meta["model_dir"] = "/etc";
+  c.send(wire::encode(hello));
+  EXPECT_NE(reply_error(c).find("not under this worker's --model-root"), std::string::npos);
+  hello.meta["model_dir"] = (kFixtures / ".." / "..").string();
+  c.send(wire::encode(hello));
+  EXPECT_NE(reply_error(c).find("not under this worker's --model-root"), std::string::npos);
+  // Nothing was obeyed: the worker runs a pipeline at full speed (the route's slowdown of 1000 was refused).
+  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
+  auto spec = spec_for(graph, 3);
+  CoordinatorOptions co;
+  co.model = fixture;
+  co.step_timeout_s = 20;
+  auto run = run_on(*workers_, spec, requests_for("llava_llama_mha_tied"), co);
+  ASSERT_TRUE(run.has_value()) << run.error().to_string();
+  EXPECT_LT(run->wall_s, 10.0);
+}
+
+// A second coordinator (a key the workers serve, another run) while the first runs: its hello is refused with
+// "busy"; the first run completes with the single-process tokens.
+TEST_F(Distributed, ASecondCoordinatorIsRefusedWhileTheFirstRuns) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  auto runner = LlavaRunner::load(fixture, *parse_exec_options("fp32", "cpu"));
+  ASSERT_TRUE(runner.has_value());
+  const auto requests = copies_of_text_request(6, 40);
+  const auto spec = spec_for((*runner)->graph(), 2);
+  TestEnvironment env(*workers_, {"w0", "w1"});
+  env.hop = LinkShape{4.0, 0.0};  // the first run lasts a second or more
+  CoordinatorOptions first;
+  first.model = fixture;
+  first.in_flight = 2;
+  first.environment = &env;
+  Expected<ExecRun> run = make_error("not run");
+  std::thread a([&] { run = run_on(*workers_, spec, requests, first); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  CoordinatorOptions second;
+  second.model = fixture;
+  second.hello_timeout_s = 5;
+  auto refused = run_on(*workers_, spec, requests_for("llava_llama_mha_tied"), second);
+  a.join();
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_NE(refused.error().message.find("busy: owned by coordinator key"), std::string::npos)
+      << refused.error().message;
+  ASSERT_TRUE(run.has_value()) << run.error().to_string();
+  expect_tokens_of_one_process(**runner, requests, *run);
+}
+
+// Keys that do not match are named at once, not after the hello timeout: a worker whose key is not the one given for
+// it, and a coordinator key the workers do not serve.
+TEST_F(Distributed, AKeyMismatchIsNamedAtOnce) {
+  const auto fixture = kFixtures / "llava_llama_mha_tied";
+  auto ck = Checkpoint::open(fixture);
+  auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
+  CoordinatorOptions co;
+  co.model = fixture;
+  co.transport = workers_->transport();
+  co.hello_timeout_s = 30;
+  auto spec = spec_for(graph, 2);
+  spec.workers[0].public_key = workers_->public_keys()[0];
+  spec.workers[1].public_key = stranger_key().public_key;  // not worker 1's
+  const auto start = std::chrono::steady_clock::now();
+  auto wrong_worker_key = run_pipeline(spec, requests_for("llava_llama_mha_tied"), co);
+  ASSERT_FALSE(wrong_worker_key.has_value());
+  EXPECT_NE(wrong_worker_key.error().message.find("worker 'w1'"), std::string::npos);
+  EXPECT_NE(wrong_worker_key.error().message.find("security handshake failed"), std::string::npos)
+      << wrong_worker_key.error().message;
+  spec.workers[1].public_key = workers_->public_keys()[1];
+  co.transport.key = stranger_key();  // a coordinator the workers were not started for
+  auto wrong_coordinator = run_pipeline(spec, requests_for("llava_llama_mha_tied"), co);
+  ASSERT_FALSE(wrong_coordinator.has_value());
+  EXPECT_NE(wrong_coordinator.error().message.find("refused this coordinator's key"), std::string::npos)
+      << wrong_coordinator.error().message;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 15.0);
+  // Without keys at all: refused before anything is sent.
+  co.transport = Transport{};
+  auto no_key = run_pipeline(spec, requests_for("llava_llama_mha_tied"), co);
+  ASSERT_FALSE(no_key.has_value());
+  EXPECT_NE(no_key.error().message.find("no CURVE key"), std::string::npos) << no_key.error().message;
+}
+
+TEST(Transport, InsecureOnlyOnThisMachine) {
+  for (const char* ok : {"tcp://127.0.0.1:5555", "tcp://127.0.0.2:*", "tcp://localhost:9", "tcp://[::1]:5",
+                         "ipc:///tmp/a", "inproc://x"}) {
+    EXPECT_TRUE(check_insecure_endpoint(ok, "worker").has_value()) << ok;
+  }
+  for (const char* bad : {"tcp://0.0.0.0:5555", "tcp://10.0.0.7:5555", "tcp://eth0:5555", "tcp://[::]:5",
+                          "tcp://lo;10.0.0.1:5", "udp://127.0.0.1:5"}) {
+    auto st = check_insecure_endpoint(bad, "worker");
+    ASSERT_FALSE(st.has_value()) << bad;
+    EXPECT_NE(st.error().message.find("only allowed on this machine"), std::string::npos);
+  }
+  WorkerOptions w;
+  w.listen = "tcp://0.0.0.0:*";
+  w.transport.insecure = true;
+  w.model = kFixtures / "llava_llama_mha_tied";
+  auto st = run_worker(w, nullptr);
+  ASSERT_FALSE(st.has_value());
+  EXPECT_NE(st.error().message.find("--insecure"), std::string::npos);
+  w.listen = "tcp://127.0.0.1:*";
+  w.model.clear();
+  st = run_worker(w, nullptr);
+  ASSERT_FALSE(st.has_value());
+  EXPECT_NE(st.error().message.find("--model-root"), std::string::npos);
+  w.transport.insecure = false;
+  w.transport.key = stranger_key();
+  w.model = kFixtures / "llava_llama_mha_tied";
+  st = run_worker(w, nullptr);
+  ASSERT_FALSE(st.has_value());
+  EXPECT_NE(st.error().message.find("--coordinator-key"), std::string::npos);
+}
+
+TEST(Transport, KeyFilesRoundTripAndAreRefusedWhenReadableOrMismatched) {
+  const auto dir = std::filesystem::path(ADAPTLINK_BINARY_DIR) / "tests" / "transport_keys";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const auto key = stranger_key();
+  ASSERT_TRUE(write_key_file(dir / "a.key", key).has_value());
+  EXPECT_FALSE(write_key_file(dir / "a.key", key).has_value());  // never replaced
+  auto back = read_key_file(dir / "a.key");
+  ASSERT_TRUE(back.has_value()) << back.error().to_string();
+  EXPECT_EQ(back->public_key, key.public_key);
+  EXPECT_EQ(back->secret_key, key.secret_key);
+  auto pub = read_public_key((dir / "a.key.pub").string(), "--coordinator-key");
+  ASSERT_TRUE(pub.has_value()) << pub.error().to_string();
+  EXPECT_EQ(*pub, key.public_key);
+  EXPECT_EQ(*read_public_key(key.public_key, "k"), key.public_key);
+  EXPECT_FALSE(read_public_key("not-a-key", "k").has_value());
+  std::filesystem::permissions(dir / "a.key", std::filesystem::perms::others_read, std::filesystem::perm_options::add);
+  auto readable = read_key_file(dir / "a.key");
+  ASSERT_FALSE(readable.has_value());
+  EXPECT_NE(readable.error().message.find("readable by others"), std::string::npos);
+  // A pair whose public key is another's.
+  const auto other = stranger_key();
+  ASSERT_TRUE(write_key_file(dir / "b.key", KeyPair{other.public_key, key.secret_key}).has_value());
+  auto mixed = read_key_file(dir / "b.key");
+  ASSERT_FALSE(mixed.has_value());
+  EXPECT_NE(mixed.error().message.find("not its secret key's"), std::string::npos);
+  EXPECT_FALSE(check_public_key(std::string(40, '"'), "k").has_value());
 }
 
 }  // namespace
