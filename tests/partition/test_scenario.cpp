@@ -89,6 +89,7 @@ void expect_same(const Scenario& a, const Scenario& b) {
     EXPECT_EQ(a.devices[i].mem_bw_gbs, b.devices[i].mem_bw_gbs);
     EXPECT_EQ(a.devices[i].role, b.devices[i].role);
     EXPECT_EQ(a.devices[i].endpoint, b.devices[i].endpoint);
+    EXPECT_EQ(a.devices[i].public_key, b.devices[i].public_key);
     EXPECT_EQ(a.devices[i].dropout_rate, b.devices[i].dropout_rate);
   }
   EXPECT_EQ(a.network.topology, b.network.topology);
@@ -354,6 +355,7 @@ dtype = "int4"
 name = "a"
 kind = "jetson-orin-nano-8gb"
 endpoint = "tcp://127.0.0.1:6000"
+public_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
 dropout_rate = 0.25
 [[devices]]
 name = "b"
@@ -558,7 +560,8 @@ INSTANTIATE_TEST_SUITE_P(
                 "workload.output_tokens: a request needs 4640 positions (64 prompt + 576 image tokens + 4000 output "
                 "tokens), more than the model's context of 4096 (max_position_embeddings): at most 3456 output "
                 "tokens fit"},
-        BadCase{"output-tokens-billion.toml", 10, 17, "workload.output_tokens: a request needs 1000000640 positions"}),
+        BadCase{"output-tokens-billion.toml", 10, 17, "workload.output_tokens: a request needs 1000000640 positions"},
+        BadCase{"public-key-short.toml", 9, 14, "devices[0].public_key: must be a CURVE public key, 40 Z85 characters"}),
     [](const testing::TestParamInfo<BadCase>& info) {
       std::string name = fs::path(info.param.file).stem().string();
       std::replace(name.begin(), name.end(), '-', '_');
@@ -583,7 +586,7 @@ TEST(ScenarioErrors, ExpectLinesMatchAndEveryFileIsCovered) {
     std::string expected = first.substr(prefix.size());
     EXPECT_NE(s.error().message.find(expected), std::string::npos) << s.error().to_string();
   }
-  EXPECT_EQ(files, 44);  // keep in step with the BadScenarioFile list
+  EXPECT_EQ(files, 45);  // keep in step with the BadScenarioFile list
 }
 
 TEST(ScenarioErrors, RandomBinaryGarbage) {
