@@ -19,6 +19,19 @@ Status write_text(const std::filesystem::path& path, const std::string& text) {
   return Ok{};
 }
 
+constexpr const char* kOutputFiles[] = {"outputs.jsonl", "report.json", "trace.json", "plan.json"};
+
+// A run's own files of an earlier run in `out` go before it starts: a run that then fails leaves none of them
+// looking current. Other files there are left alone.
+Status clear_previous_outputs(const std::filesystem::path& out) {
+  for (const char* file : kOutputFiles) {
+    std::error_code ec;
+    std::filesystem::remove(out / file, ec);
+    if (ec) return make_error("cannot remove the earlier run's {}: {}", (out / file).string(), ec.message());
+  }
+  return Ok{};
+}
+
 }  // namespace
 
 // DIR/{outputs.jsonl, report.json, trace.json, plan.json}.
@@ -51,6 +64,9 @@ Status write_outputs(const ServeOptions& options, const std::vector<ExecResult>&
 Expected<ServeOutcome> run_serve(const ServeOptions& options) {
   auto served = plan_served_run(options);
   if (!served) return served.error();
+  if (!options.out.empty()) {
+    if (auto st = clear_previous_outputs(options.out); !st) return st.error();
+  }
   std::optional<Testbed> testbed;
   if (options.testbed) {
     testbed.emplace(*served, options);

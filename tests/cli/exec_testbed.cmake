@@ -338,8 +338,16 @@ endfunction()
 
 # 3. The last copy of the model lost: the run failed (exit 1) with an error naming the device and the nodes, within
 # seconds.
+# Its --out held an earlier run's files: they are gone (a failed run leaves nothing looking current); others stay.
+file(MAKE_DIRECTORY ${work}/lost)
+file(WRITE ${work}/lost/outputs.jsonl "{\"id\": \"stale\"}\n")
+file(WRITE ${work}/lost/report.json "{}\n")
+file(WRITE ${work}/lost/notes.txt "mine\n")
 expect_exit(1 "last copy lost" "worker 'solo' .* cannot be replaced: device 'solo' held stage 0 \\(nodes 0\\.\\.7\\) and no surviving device"
-            testbed --scenario ${data}/last-copy.toml --model ${fx} --quiet --heartbeat-timeout-s 2)
+            testbed --scenario ${data}/last-copy.toml --model ${fx} --quiet --heartbeat-timeout-s 2 --out ${work}/lost)
+if(EXISTS ${work}/lost/outputs.jsonl OR EXISTS ${work}/lost/report.json OR NOT EXISTS ${work}/lost/notes.txt)
+  message(FATAL_ERROR "a failed run left the earlier run's outputs in --out (or removed a file not its own)")
+endif()
 
 # 4. serve with a scenario whose devices name no worker endpoint: an error naming the device.
 file(WRITE ${work}/requests.jsonl "{\"id\": \"a\", \"input_ids\": [1, 5, 6], \"max_new_tokens\": 3}\n")

@@ -1,6 +1,7 @@
 // `adaptlink-run serve` and `adaptlink-run testbed`: plan a scenario with the core for the checkpoint's model,
 // hand the stages to workers (the scenario's endpoints, or local emulating workers), run the requests, write
-// DIR/{plan.json, outputs.jsonl, report.json, trace.json}. A replicated plan (plan.replicas) is served as the
+// DIR/{plan.json, outputs.jsonl, report.json, trace.json} (those files of an earlier run there are removed first, so
+// that a run that fails leaves none of them looking current). A replicated plan (plan.replicas) is served as the
 // simulator runs it: one pipeline per replica on its own devices' workers, with its in_flight and its share of the
 // requests (dealt out in request order), all at once; the report merges them as the simulator's does. Recoveries
 // are runtime::RecoveryPolicy's decisions on the scenario's devices, as in the simulator (exec/src/serve_internal.hpp
