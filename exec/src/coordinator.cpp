@@ -468,12 +468,11 @@ class Coordinator {
     for (auto& w : workers_) items.push_back({w.socket.handle(), 0, ZMQ_POLLIN, 0});
     detail::poll_items(items.data(), items.size(), wait_ms);
     if (items[0].revents & ZMQ_POLLIN) {
-      std::string user;
-      while (auto frames = detail::recv_frames(ret_, false, &user)) {
+      while (auto frames = detail::recv_frames(ret_, false)) {
         if (frames->size() < 2) continue;
         const std::string identity = frames->front();
         frames->erase(frames->begin());  // ROUTER identity
-        auto m = wire::decode(*frames, limits_);
+        auto m = wire::decode(*frames);
         if (!m) {
           answer(identity, m.error());
           continue;
@@ -840,7 +839,6 @@ class Coordinator {
   std::unique_ptr<detail::Authenticator> auth_;  // CURVE: only the workers' keys reach ret_
   zmq::socket_t ret_;
   std::string lease_;
-  wire::Limits limits_;
   std::vector<double> slowdown_;  // per worker: its emulated slowdown now (testbed slowdown faults)
   std::string return_endpoint_;
   std::string fingerprint_;

@@ -58,13 +58,15 @@ Status LocalWorkers::make_keys(int count) {
   if (key_dir_.empty()) {
     const auto tmp = std::filesystem::temp_directory_path() / "adaptlink-keys-XXXXXX";
     std::string templ = tmp.string();
-    if (::mkdtemp(templ.data()) == nullptr) return make_error("cannot create a folder for the workers' keys in {}", tmp.parent_path().string());
+    if (::mkdtemp(templ.data()) == nullptr) {
+      return make_error("cannot create a folder for the workers' keys in {}", tmp.parent_path().string());
+    }
     key_dir_ = templ;
   }
   for (int i = static_cast<int>(public_keys_.size()); i < count; ++i) {
     auto key = generate_keypair();
     if (!key) return key.error();
-    if (auto st = write_key_file(key_dir_ / fmt::format("worker-{}.key", i), *key); !st) return st;
+    if (auto st = write_key_file(key_file(i), *key); !st) return st;
     public_keys_.push_back(key->public_key);
   }
   return Ok{};
@@ -77,8 +79,7 @@ Expected<std::pair<pid_t, std::string>> LocalWorkers::spawn(int i, double timeou
   if (insecure_) {
     args.emplace_back("--insecure");
   } else {
-    args.insert(args.end(), {"--key", (key_dir_ / fmt::format("worker-{}.key", i)).string(), "--coordinator-key",
-                             transport_.key.public_key});
+    args.insert(args.end(), {"--key", key_file(i).string(), "--coordinator-key", transport_.key.public_key});
   }
   args.insert(args.end(), extra_args_.begin(), extra_args_.end());
   std::vector<char*> argv;

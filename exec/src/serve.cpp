@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 
 #include "serve_internal.hpp"
 
@@ -19,6 +20,7 @@ Status write_text(const std::filesystem::path& path, const std::string& text) {
   return Ok{};
 }
 
+// What a run writes into --out (write_outputs), in that order.
 constexpr const char* kOutputFiles[] = {"outputs.jsonl", "report.json", "trace.json", "plan.json"};
 
 // A run's own files of an earlier run in `out` go before it starts: a run that then fails leaves none of them
@@ -50,12 +52,10 @@ Status write_outputs(const ServeOptions& options, const std::vector<ExecResult>&
   }
   auto report_json = runtime::to_json(report);
   report_json["predicted_throughput_rps"] = predicted_rps;
-  for (const auto& [file, text] :
-       std::vector<std::pair<std::string, std::string>>{{"outputs.jsonl", lines},
-                                                        {"report.json", report_json.dump(2) + "\n"},
-                                                        {"trace.json", trace.dump() + "\n"},
-                                                        {"plan.json", plan.dump(2) + "\n"}}) {
-    auto st = write_text(options.out / file, text);
+  const std::string texts[] = {lines, report_json.dump(2) + "\n", trace.dump() + "\n", plan.dump(2) + "\n"};
+  static_assert(std::size(texts) == std::size(kOutputFiles));
+  for (size_t i = 0; i < std::size(kOutputFiles); ++i) {
+    auto st = write_text(options.out / kOutputFiles[i], texts[i]);
     if (!st) return st.error();
   }
   return Ok{};

@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <set>
 
-#include "runtime.hpp"
 #include "serve_internal.hpp"
 
 namespace adaptlink::exec {

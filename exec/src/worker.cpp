@@ -287,15 +287,21 @@ class Worker {
       queue_.clear();
       coordinator_.clear();
     }
-    {
-      std::lock_guard lock(out_mu_);
-      out_ = {};
-      link_free_.clear();
-    }
-    peer_keys_.clear();
-    if (auth_) auth_->allow("peer", {});
+    drop_unsent_results();
+    set_peer_keys({});
     lease_.clear();
     owner_key_.clear();
+  }
+
+  // The run's other workers, whose steps this worker takes (and, with CURVE, lets connect).
+  void set_peer_keys(std::set<std::string> keys) {
+    peer_keys_ = std::move(keys);
+    if (auth_) auth_->allow("peer", peer_keys_);
+  }
+  void drop_unsent_results() {
+    std::lock_guard lock(out_mu_);
+    out_ = {};
+    link_free_.clear();
   }
 
   // --- handshake and routing (receiver thread, under state_mu_) ---
@@ -406,15 +412,10 @@ class Worker {
       queue_.clear();
       queue_.set_schedule(*schedule);
     }
-    peer_keys_ = {h.peer_keys.begin(), h.peer_keys.end()};
-    if (auth_) auth_->allow("peer", peer_keys_);
-    {
-      // A new session (also a worker taken back after it hung, e.g. SIGSTOP then SIGCONT): nothing it produced
-      // before is sent any more.
-      std::lock_guard lock(out_mu_);
-      out_ = {};
-      link_free_.clear();
-    }
+    set_peer_keys({h.peer_keys.begin(), h.peer_keys.end()});
+    // A new session (also a worker taken back after it hung, e.g. SIGSTOP then SIGCONT): nothing it produced before
+    // is sent any more.
+    drop_unsent_results();
     auto loaded = apply_stages(h.stages, 0, /*reset=*/true);
     if (!loaded) return wire::error_message(loaded.error().to_string());
     loaded->fingerprint = fingerprint_;
@@ -794,7 +795,7 @@ class Worker {
     if (it == peers_.end()) {
       zmq::socket_t s(ctx_, zmq::socket_type::dealer);
       detail::configure_socket(s);
-      if (!options_.transport.insecure) detail::secure_client(s, options_.transport, key);
+      detail::secure_client(s, options_.transport, key);
       s.connect(endpoint);
       it = peers_.emplace(id, std::move(s)).first;
     }

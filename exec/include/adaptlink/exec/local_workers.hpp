@@ -54,6 +54,7 @@ class LocalWorkers {
   Expected<std::pair<pid_t, std::string>> spawn(int i, double timeout_s);
   // The key pairs (CURVE): the coordinator's and one per worker, in key_dir_.
   Status make_keys(int count);
+  [[nodiscard]] std::filesystem::path key_file(int i) const { return key_dir_ / fmt::format("worker-{}.key", i); }
 
   std::filesystem::path binary_;
   std::vector<std::string> extra_args_;
