@@ -181,6 +181,7 @@ Expected<GenerateResult> generate_distributed(const GenerateArgs& args, const Na
   const auto start = std::chrono::steady_clock::now();
   auto run = run_pipeline(spec, {request}, co);
   if (!run) return run.error();
+  if (!run->results[0].error.empty()) return as_failure(make_error("{}", run->results[0].error));
   GenerateResult result;
   result.generated = run->results[0].generated;
   result.prefill_logits = run->results[0].prefill_logits;
@@ -426,8 +427,18 @@ void add_serve_options(CLI::App* cmd, ServeArgs& a, bool testbed) {
   }
 }
 
+std::atomic<int> g_interrupt{0};
+// The first SIGINT/SIGTERM stops the run cleanly (workers stopped, what ended on disk); a second one kills.
+extern "C" void on_interrupt_signal(int sig) {
+  g_interrupt = sig;
+  std::signal(sig, SIG_DFL);
+}
+
 int run_serve_command(ServeArgs& a, bool testbed) {
+  std::signal(SIGTERM, on_interrupt_signal);
+  std::signal(SIGINT, on_interrupt_signal);
   auto& o = a.options;
+  o.interrupt = &g_interrupt;
   o.scenario = a.scenario;
   o.model = a.model;
   o.out = a.out;
@@ -463,7 +474,12 @@ int run_serve_command(ServeArgs& a, bool testbed) {
   }
   std::printf("%s on %s (%s, %s plan, %s)\n", testbed ? "testbed" : "serve", r.scenario.c_str(), a.model.c_str(),
               r.planner.c_str(), shape.c_str());
-  std::printf("  requests      %lld completed, %lld lost\n", r.requests_completed, r.requests_lost);
+  std::printf("  requests      %lld completed, %lld failed, %lld lost\n", r.requests_completed, r.requests_failed,
+              r.requests_lost);
+  for (size_t i = 0; i < outcome->results.size(); ++i) {
+    const auto& res = outcome->results[i];
+    if (!res.error.empty()) std::printf("  failed        %s: %s\n", res.id.c_str(), res.error.c_str());
+  }
   std::printf("  throughput    %.4f req/s measured, %.4f predicted (%.1f tokens/s)\n", r.throughput_rps,
               outcome->predicted_rps, r.tokens_per_s);
   std::printf("  latency       p50 %.0f ms, p95 %.0f ms, p99 %.0f ms\n", r.latency_ms.p50, r.latency_ms.p95,

@@ -23,7 +23,8 @@ class RefusalLog {
  public:
   explicit RefusalLog(std::string who, int burst = 5, std::chrono::seconds window = std::chrono::seconds(10))
       : who_(std::move(who)), burst_(burst), window_(window) {}
-  void log(const std::string& line);
+  void log(const std::string& line);   // "adaptlink WHO: refused LINE"
+  void note(const std::string& line);  // "adaptlink WHO: LINE" (the same limit)
 
  private:
   std::mutex mu_;

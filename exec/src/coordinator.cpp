@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <random>
@@ -13,6 +14,7 @@
 #include <zmq.hpp>
 
 #include "adaptlink/exec/checkpoint.hpp"
+#include "adaptlink/exec/serve.hpp"
 #include "adaptlink/exec/worker.hpp"
 #include "adaptlink/models/graph.hpp"
 #include "adaptlink/partition/problem.hpp"
@@ -45,6 +47,8 @@ struct WorkerState {
 struct RequestState {
   int outstanding = -1;  // sequence number of the step in flight, -1 before admission
   bool finished = false;
+  bool rebuilding = false;  // a rebuild of its state is on its way (its ready counts towards the fault's recovery)
+  int losses = 0;           // worker losses (not injected by the environment) it was in flight at
   std::vector<int64_t> generated;
   Clock::time_point admitted;
 };
@@ -83,14 +87,28 @@ class Coordinator {
     auto st = prepare();
     if (!st) return st.error();
     st = handshake();
-    if (!st) return as_failure(st.error());
-    st = env_.ready();
-    if (!st) return as_failure(st.error());
-    st = serve();
-    if (!st) return as_failure(st.error());
+    if (st) st = env_.ready();
+    if (st) st = serve();
     run_.wall_s = seconds(Clock::now());
     run_.start_wall_us = start_wall_us_;
+    if (!st) {
+      if (options_.failed_run != nullptr) *options_.failed_run = ended();
+      return as_failure(st.error());
+    }
     return std::move(run_);
+  }
+
+  // The run so far, with only the requests that ended (completed or failed), in completion order.
+  ExecRun ended() const {
+    ExecRun out = run_;
+    out.results.clear();
+    for (size_t i : ended_order_) out.results.push_back(run_.results[i]);
+    return out;
+  }
+
+  [[nodiscard]] Status interrupted() const {
+    if (options_.interrupt == nullptr || options_.interrupt->load() == 0) return Ok{};
+    return make_error("interrupted by signal {} ({})", options_.interrupt->load(), strsignal(options_.interrupt->load()));
   }
 
  private:
@@ -124,6 +142,8 @@ class Coordinator {
     auto ck = Checkpoint::open(options_.model);
     if (!ck) return ck.error();
     fingerprint_ = model_fingerprint(*ck);
+    limits_ = detail::message_limits(ck->config());
+    detail::configure_socket(ret_, limits_);
     const auto graph = models::LayerGraph::build(ck->config(), models::Dtype::fp32);
     int expect = 0;
     for (size_t s = 0; s < spec_.stages.size(); ++s) {
@@ -138,9 +158,6 @@ class Coordinator {
       expect = st.last + 1;
     }
     if (expect != graph.size()) return make_error("stages end at node {}, the model has {}", expect - 1, graph.size());
-    for (const auto& r : requests_) {
-      if (r.input_ids.empty()) return make_error("request '{}' has no input ids", r.id);
-    }
     auto view = detail::recovery_view(spec_, ck->config());
     if (!view) return view.error();
     view_.emplace(std::move(*view));
@@ -165,7 +182,29 @@ class Coordinator {
     for (size_t i = 0; i < requests_.size(); ++i) run_.results[i].id = requests_[i].id;
     start_ = Clock::now();
     start_wall_us_ = detail::wall_us();
+    for (size_t i = 0; i < requests_.size(); ++i) {
+      if (auto refused = admission_error(requests_[i], ck->config()); !refused.empty()) fail_request(i, refused);
+    }
     return Ok{};
+  }
+
+  // Why a request cannot run on this model ("" if it can): it fails alone, before any worker sees it.
+  static std::string admission_error(const ExecRequest& r, const models::LlavaConfig& config) {
+    if (!r.refused.empty()) return r.refused;
+    if (r.input_ids.empty()) return "refused: it has no input ids";
+    for (int64_t id : r.input_ids) {
+      if (id < 0 || id >= config.text.vocab_size) {
+        return fmt::format("refused: input id {} is outside the vocabulary [0, {})", id, config.text.vocab_size);
+      }
+    }
+    if (r.max_new_tokens < 0) return "refused: max_new_tokens is negative";
+    if (auto fits = check_context(config, r.input_ids.size(), r.max_new_tokens); !fits) {
+      return "refused: " + fits.error().message;
+    }
+    if (auto images = check_image_tokens(config, r.input_ids, r.pixel_values.defined()); !images) {
+      return "refused: " + images.error().message;
+    }
+    return "";
   }
 
   // A new DEALER socket to `endpoint` for a worker (replacing its old one and whatever was queued there): a CURVE
@@ -173,7 +212,7 @@ class Coordinator {
   void connect(WorkerState& ws, const std::string& endpoint, const std::string& key) {
     ws.monitor.reset();
     ws.socket = zmq::socket_t(ctx_, zmq::socket_type::dealer);
-    detail::configure_socket(ws.socket);
+    detail::configure_socket(ws.socket, limits_);
     ws.socket.set(zmq::sockopt::routing_id, lease_);
     if (!options_.transport.insecure) {
       detail::secure_client(ws.socket, options_.transport, key);
@@ -246,6 +285,7 @@ class Coordinator {
     const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(options_.hello_timeout_s));
     while (std::count(ready.begin(), ready.end(), true) < static_cast<long>(ready.size())) {
+      if (auto st = interrupted(); !st) return st;
       if (Clock::now() > deadline) {
         for (size_t w = 0; w < ready.size(); ++w) {
           if (!ready[w]) {
@@ -321,6 +361,7 @@ class Coordinator {
     return send_to(stage_worker(entry), m);
   }
 
+  // Request `index` is done: its result is final, every stage drops its state.
   void finish(size_t index) {
     auto& state = states_[index];
     state.finished = true;
@@ -328,16 +369,29 @@ class Coordinator {
     result.generated = state.generated;
     result.done_s = seconds(Clock::now());
     result.latency_ms = (result.done_s - result.admitted_s) * 1e3;
-    Message end;
-    end.type = MsgType::end;
-    end.request = static_cast<int64_t>(index) + 1;
-    const auto frames = wire::encode(end);
-    for (auto& w : workers_) {
-      if (w.alive) detail::send_frames(w.socket, frames);  // a lost one's cache is gone anyway
+    if (state.rebuilding) rebuilt_one(index);
+    if (state.outstanding >= 0) {  // admitted: the stages hold its state
+      Message end;
+      end.type = MsgType::end;
+      end.request = static_cast<int64_t>(index) + 1;
+      const auto frames = wire::encode(end);
+      for (auto& w : workers_) {
+        if (w.alive) detail::send_frames(w.socket, frames);  // a lost one's cache is gone anyway
+      }
     }
     ++done_;
-    --active_;
+    ended_order_.push_back(index);
+    if (state.outstanding >= 0) --active_;
+    if (options_.on_result) options_.on_result(result);
     if (options_.progress) options_.progress(done_, requests_.size());
+  }
+
+  // Request `index` fails alone with `error` (refused, failed by a worker, or a likely poison): it is not retried.
+  void fail_request(size_t index, const std::string& error) {
+    auto& result = run_.results[index];
+    result.error = error;
+    refusals_.note(fmt::format("request '{}' failed: {}", result.id, error));
+    finish(index);
   }
 
   void record_events(const std::vector<wire::TraceEvent>& events) {
@@ -375,6 +429,7 @@ class Coordinator {
     if (view_->cluster.pending && view_->cluster.pending->stages_changed) return Ok{};  // draining to a rebalance's safe point
     while (active_ < options_.in_flight && next_ < requests_.size()) {
       const size_t i = next_++;
+      if (states_[i].finished) continue;  // refused at admission
       states_[i].admitted = Clock::now();
       run_.results[i].admitted_s = seconds(states_[i].admitted);
       ++active_;
@@ -393,6 +448,7 @@ class Coordinator {
     const auto interval = std::chrono::duration<double>(options_.heartbeat_interval_s);
     while (done_ < requests_.size()) {
       if (env_.cancelled()) return make_error("cancelled");
+      if (auto st = interrupted(); !st) return st;
       if (auto st = admit(); !st) return st;
       const auto now = Clock::now();
       auto events = std::exchange(deferred_, {});
@@ -434,6 +490,7 @@ class Coordinator {
       switch (e.kind) {
         case EnvEvent::Kind::fault_injected:
           fired_[e.device] = e.at_s;
+          injected_.insert(w);  // the loss (or return) that follows is the environment's doing
           break;
         case EnvEvent::Kind::worker_lost:
           if (auto st = on_lost(w, e.cause); !st) return st;
@@ -472,7 +529,7 @@ class Coordinator {
         if (frames->size() < 2) continue;
         const std::string identity = frames->front();
         frames->erase(frames->begin());  // ROUTER identity
-        auto m = wire::decode(*frames);
+        auto m = wire::decode(*frames, limits_);
         if (!m) {
           answer(identity, m.error());
           continue;
@@ -526,9 +583,12 @@ class Coordinator {
           return Ok{};
         }
         if (m.request > 0 && m.request <= static_cast<int64_t>(requests_.size())) {
-          return make_error("request '{}' failed: {}", requests_[static_cast<size_t>(m.request - 1)].id, e->message);
+          const auto index = static_cast<size_t>(m.request - 1);  // a worker refused or failed one of its steps
+          if (!states_[index].finished && states_[index].outstanding >= 0) fail_request(index, e->message);
+          return Ok{};
         }
-        return make_error("a worker reported: {}", e->message);
+        refusals_.note(fmt::format("a worker reported: {}", e->message));
+        return Ok{};
       }
       case MsgType::ready: {  // a rebuild finished
         auto ready = wire::parse_ready(m);
@@ -536,7 +596,7 @@ class Coordinator {
           answer(identity, ready.error());
           return Ok{};
         }
-        on_rebuilt(*ready);
+        on_rebuilt(m.request, *ready);
         return Ok{};
       }
       default:
@@ -631,6 +691,7 @@ class Coordinator {
     auto& ws = workers_[static_cast<size_t>(w)];
     if (!ws.alive) return Ok{};
     ws.alive = false;
+    const bool injected = injected_.erase(w) > 0;
     // A fresh socket to the same endpoint: what was queued for the lost process is dropped, and only pings go
     // there from now on (a pong means the worker is back).
     reconnect(w, ws.endpoint);
@@ -661,6 +722,7 @@ class Coordinator {
     // Steps of the old placement still on their way are dropped by the workers told the new epoch (the requests in
     // flight are re-issued below). A lost worker that was only hung (SIGSTOP, a partition) and comes back may still
     // send or hold such steps: its hello carries the new epoch, so it drops them too.
+    if (!injected) give_up_poison(w);
     if (plan->action == RecoveryAction::replan) {
       if (auto st = preload(plan->placement, plan->load_ms); !st) return st;
       if (auto st = apply_placement(plan->placement); !st) return st;
@@ -670,6 +732,20 @@ class Coordinator {
     if (auto st = route_moves(*plan); !st) return st;
     if (auto st = rebuild_in_flight(std::move(rec), /*full=*/false); !st) return st;
     return plan->rebalance_after ? plan_rebalance_again() : Status(Ok{});
+  }
+
+  // Worker w, holding a stage, was lost by no doing of the environment (it crashed, hung, or its connection went):
+  // every request in flight may be why. One in flight at `poison_losses` such losses fails instead of being replayed
+  // onto the next worker, so that a request that crashes workers takes down at most that many.
+  void give_up_poison(int w) {
+    for (size_t i = 0; i < requests_.size(); ++i) {
+      auto& state = states_[i];
+      if (state.finished || state.outstanding < 0) continue;
+      if (++state.losses < options_.poison_losses) continue;
+      fail_request(i, fmt::format("it was in flight at {} worker losses (the last: {}) and is not replayed again: it "
+                                  "may be what makes the workers fail",
+                                  state.losses, who(w)));
+    }
   }
 
   // Moves: the new holders (loading if needed) first, so that a step their upstream neighbours send once re-routed
@@ -704,6 +780,7 @@ class Coordinator {
       if (state.finished || state.outstanding < 0) continue;
       if (state.outstanding > 0) {
         if (auto st = send_rebuild(i, full); !st) return st;
+        states_[i].rebuilding = true;
         ++pending_rebuilds_;
       }
       if (auto st = send_step(i, state.outstanding); !st) return st;
@@ -713,18 +790,28 @@ class Coordinator {
     return Ok{};
   }
 
-  void on_rebuilt(const wire::Ready& ready) {
+  void on_rebuilt(int64_t request, const wire::Ready& ready) {
     record_events(ready.events);
     if (rebuild_fault_ >= run_.faults.size()) return;
-    auto& rec = run_.faults[rebuild_fault_];
-    rec.recomputed_tokens += ready.rebuilt_positions.value_or(0);
-    if (pending_rebuilds_ > 0 && --pending_rebuilds_ == 0) recovered_now(rec, seconds(Clock::now()));
+    run_.faults[rebuild_fault_].recomputed_tokens += ready.rebuilt_positions.value_or(0);
+    if (request > 0 && request <= static_cast<int64_t>(requests_.size()) &&
+        states_[static_cast<size_t>(request - 1)].rebuilding) {
+      rebuilt_one(static_cast<size_t>(request - 1));
+    }
+  }
+  // Request `index`'s rebuild is over (done, or the request finished or failed): the fault is recovered with the last.
+  void rebuilt_one(size_t index) {
+    states_[index].rebuilding = false;
+    if (pending_rebuilds_ > 0 && --pending_rebuilds_ == 0 && rebuild_fault_ < run_.faults.size()) {
+      recovered_now(run_.faults[rebuild_fault_], seconds(Clock::now()));
+    }
   }
 
   // --- rejoin and rebalance ---
 
   Status on_rejoined(int w, const std::string& endpoint) {
     auto& ws = workers_[static_cast<size_t>(w)];
+    injected_.erase(w);
     reconnect(w, endpoint);
     ws.holds.clear();
     auto rec = fault_record(w, partition::FaultKind::rejoin);
@@ -842,6 +929,7 @@ class Coordinator {
   std::vector<double> slowdown_;  // per worker: its emulated slowdown now (testbed slowdown faults)
   std::string return_endpoint_;
   std::string fingerprint_;
+  wire::Limits limits_;  // the model's (prepare)
   std::vector<WorkerState> workers_;
   std::optional<detail::RecoveryView> view_;  // the policy's view of the cluster in scenario devices; which device each worker is
   std::vector<size_t> pending_faults_;    // the rejoins (faults[] entries) the pending rebalance completes
@@ -849,7 +937,9 @@ class Coordinator {
   std::map<std::string, double> fired_;   // device -> when its latest fault was injected (Environment)
   std::vector<EnvEvent> deferred_;        // environment events seen while waiting for a route's ready
   std::set<int> returned_;  // lost workers that answered a ping again
+  std::set<int> injected_;  // workers the environment injected a fault into that was not handled yet
   std::vector<RequestState> states_;
+  std::vector<size_t> ended_order_;  // requests in the order they completed or failed
   size_t next_ = 0;
   size_t done_ = 0;
   int active_ = 0;

@@ -9,6 +9,10 @@ namespace adaptlink::exec {
 runtime::RunRecorder record_exec_run(const ExecRun& run, const std::vector<std::string>& device_names, int in_flight) {
   runtime::RunRecorder rec(device_names, static_cast<long long>(run.results.size()), in_flight, true);
   for (const auto& res : run.results) {
+    if (!res.error.empty()) {
+      rec.fail();
+      continue;
+    }
     rec.admit(res.admitted_s);
     rec.complete(res.admitted_s, res.done_s, static_cast<long long>(res.generated.size()));
   }

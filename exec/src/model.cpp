@@ -359,6 +359,10 @@ Status Stage::check_input(const StepInput& step, const Activation& cur, int from
       return make_error("pixel_values have shape {}, expected [crops, {}, {}, {}]", shape_string(s.vec()),
                         v.num_channels, v.image_size, v.image_size);
     }
+    if (s[0] < 1 || s[0] > graph_.config().max_crops()) {
+      return make_error("pixel_values hold {} crops: a request fits 1 to {} in the model's context of {}", s[0],
+                        graph_.config().max_crops(), text.max_position_embeddings);
+    }
   }
   if (cur.kind == ActivationKind::text_hidden &&
       (cur.tensor.dim() != 3 || cur.tensor.size(0) != 1 || cur.tensor.size(2) != text.hidden_size)) {
@@ -415,6 +419,14 @@ Expected<Activation> Stage::forward(const StepInput& step, const Activation& inp
     if (cache == nullptr && (node.kind == NodeKind::text_embed || node.kind == NodeKind::decoder_layer)) {
       cache = cache_for(step, n);
       past = cache->length;
+      // Checked before anything is allocated for them: the step's positions must fit the model's context.
+      const int64_t incoming = node.kind == NodeKind::text_embed ? step.input_ids.numel() : cur.tensor.size(1);
+      const int64_t context = graph_.config().text.max_position_embeddings;
+      if (past + incoming > context) {
+        return make_error("the step would take the request to {} positions ({} cached + {} new), past the model's "
+                          "context of {} (max_position_embeddings)",
+                          past + incoming, past, incoming, context);
+      }
     }
     switch (node.kind) {
       case NodeKind::text_embed: {

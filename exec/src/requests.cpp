@@ -100,6 +100,65 @@ Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& fi
     std::filesystem::path path(p);
     return path.is_absolute() ? path : base / path;
   };
+  // The fields of one request after its id (the error is the request's alone).
+  auto parse_request = [&](const nlohmann::json& j, ExecRequest& r) -> Status {
+    for (const auto& [key, value] : j.items()) {
+      if (key != "id" && key != "prompt" && key != "input_ids" && key != "image" && key != "pixel_values" &&
+          key != "max_new_tokens") {
+        return make_error("unknown key '{}'", key);
+      }
+    }
+    if (j.contains("image") && j.contains("pixel_values")) return make_error("give 'image' or 'pixel_values', not both");
+    if (j.contains("image")) {
+      if (!j["image"].is_string()) return make_error("'image' must be a path");
+      if (!processor) {
+        auto p = checkpoint_image_processor(model, config);
+        if (!p) return p.error();
+        processor = *p;
+      }
+      auto pv = pixel_values_for_image(resolve(j["image"].get<std::string>()), *processor);
+      if (!pv) return make_error("{}", pv.error().to_string());
+      r.pixel_values = *pv;
+    } else if (j.contains("pixel_values")) {
+      if (!j["pixel_values"].is_string()) return make_error("'pixel_values' must be a path");
+      auto pv = read_safetensors_tensor(resolve(j["pixel_values"].get<std::string>()), "pixel_values");
+      if (!pv) return make_error("{}", pv.error().to_string());
+      r.pixel_values = pv->dim() == 3 ? pv->unsqueeze(0) : *pv;
+    }
+    const bool has_image = r.pixel_values.defined();
+    if (j.contains("prompt") == j.contains("input_ids")) return make_error("give exactly one of 'prompt' and 'input_ids'");
+    if (j.contains("input_ids")) {
+      if (!j["input_ids"].is_array() || j["input_ids"].empty()) {
+        return make_error("'input_ids' must be a non-empty array of token ids");
+      }
+      for (const auto& id : j["input_ids"]) {
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= config.text.vocab_size) {
+          return make_error("'input_ids' must be ids in [0, {})", config.text.vocab_size);
+        }
+        r.input_ids.push_back(id.get<int64_t>());
+      }
+    } else {
+      if (!j["prompt"].is_string()) return make_error("'prompt' must be a string");
+      if (!tokenizer) return make_error("{} has no tokenizer.model: use input_ids", model.string());
+      const std::string text = llava_prompt_text(j["prompt"].get<std::string>(), has_image);
+      r.input_ids = tokenize_with_images(
+          *tokenizer, text, config.image_token_index,
+          has_image ? config.image_tokens_per_image() * static_cast<int>(r.pixel_values.size(0)) : 0);
+    }
+    r.max_new_tokens = default_max_new_tokens;
+    if (j.contains("max_new_tokens")) {
+      if (!j["max_new_tokens"].is_number_integer() || j["max_new_tokens"].get<int64_t>() < 0) {
+        return make_error("'max_new_tokens' must be a non-negative integer");
+      }
+      if (j["max_new_tokens"].get<int64_t>() > std::numeric_limits<int>::max()) {
+        return make_error("'max_new_tokens' is out of range");
+      }
+      r.max_new_tokens = j["max_new_tokens"].get<int>();
+    }
+    if (auto fits = check_context(config, r.input_ids.size(), r.max_new_tokens); !fits) return fits.error();
+    if (auto images = check_image_tokens(config, r.input_ids, has_image); !images) return images.error();
+    return Ok{};
+  };
   std::vector<ExecRequest> out;
   std::map<std::string, int> first_line;  // request id -> the line that gave it
   std::string line;
@@ -109,12 +168,6 @@ Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& fi
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     auto j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.is_object()) return at_line(file, number, "not a JSON object");
-    for (const auto& [key, value] : j.items()) {
-      if (key != "id" && key != "prompt" && key != "input_ids" && key != "image" && key != "pixel_values" &&
-          key != "max_new_tokens") {
-        return at_line(file, number, fmt::format("unknown key '{}'", key));
-      }
-    }
     ExecRequest r;
     if (j.contains("id")) {
       if (j["id"].is_string()) {
@@ -132,64 +185,9 @@ Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& fi
           file, number,
           fmt::format("request id '{}' is used again (first at line {}); outputs are matched by id", r.id, it->second));
     }
-    if (j.contains("image") && j.contains("pixel_values")) {
-      return at_line(file, number, "give 'image' or 'pixel_values', not both");
-    }
-    if (j.contains("image")) {
-      if (!j["image"].is_string()) return at_line(file, number, "'image' must be a path");
-      if (!processor) {
-        auto p = checkpoint_image_processor(model, config);
-        if (!p) return p.error();
-        processor = *p;
-      }
-      auto pv = pixel_values_for_image(resolve(j["image"].get<std::string>()), *processor);
-      if (!pv) return at_line(file, number, pv.error().to_string());
-      r.pixel_values = *pv;
-    } else if (j.contains("pixel_values")) {
-      if (!j["pixel_values"].is_string()) return at_line(file, number, "'pixel_values' must be a path");
-      auto pv = read_safetensors_tensor(resolve(j["pixel_values"].get<std::string>()), "pixel_values");
-      if (!pv) return at_line(file, number, pv.error().to_string());
-      r.pixel_values = pv->dim() == 3 ? pv->unsqueeze(0) : *pv;
-    }
-    const bool has_image = r.pixel_values.defined();
-    if (j.contains("prompt") == j.contains("input_ids")) {
-      return at_line(file, number, "give exactly one of 'prompt' and 'input_ids'");
-    }
-    if (j.contains("input_ids")) {
-      if (!j["input_ids"].is_array() || j["input_ids"].empty()) {
-        return at_line(file, number, "'input_ids' must be a non-empty array of token ids");
-      }
-      for (const auto& id : j["input_ids"]) {
-        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= config.text.vocab_size) {
-          return at_line(file, number, fmt::format("'input_ids' must be ids in [0, {})", config.text.vocab_size));
-        }
-        r.input_ids.push_back(id.get<int64_t>());
-      }
-    } else {
-      if (!j["prompt"].is_string()) return at_line(file, number, "'prompt' must be a string");
-      if (!tokenizer) {
-        return at_line(file, number, fmt::format("{} has no tokenizer.model: use input_ids", model.string()));
-      }
-      const std::string text = llava_prompt_text(j["prompt"].get<std::string>(), has_image);
-      r.input_ids = tokenize_with_images(
-          *tokenizer, text, config.image_token_index,
-          has_image ? config.image_tokens_per_image() * static_cast<int>(r.pixel_values.size(0)) : 0);
-    }
-    r.max_new_tokens = default_max_new_tokens;
-    if (j.contains("max_new_tokens")) {
-      if (!j["max_new_tokens"].is_number_integer() || j["max_new_tokens"].get<int64_t>() < 0) {
-        return at_line(file, number, "'max_new_tokens' must be a non-negative integer");
-      }
-      if (j["max_new_tokens"].get<int64_t>() > std::numeric_limits<int>::max()) {
-        return at_line(file, number, "'max_new_tokens' is out of range");
-      }
-      r.max_new_tokens = j["max_new_tokens"].get<int>();
-    }
-    if (auto fits = check_context(config, r.input_ids.size(), r.max_new_tokens); !fits) {
-      return at_line(file, number, fits.error().message);
-    }
-    if (auto images = check_image_tokens(config, r.input_ids, has_image); !images) {
-      return at_line(file, number, images.error().message);
+    // From here on a bad request is refused alone: its outputs line is its error, the others run.
+    if (auto st = parse_request(j, r); !st) {
+      r = ExecRequest{r.id, {}, {}, 0, at_line(file, number, st.error().message).to_string()};
     }
     out.push_back(std::move(r));
   }

@@ -94,14 +94,30 @@ std::optional<std::vector<std::string>> recv_frames(zmq::socket_t& socket, bool 
   return frames;
 }
 
-void configure_socket(zmq::socket_t& socket) {
+void configure_socket(zmq::socket_t& socket, const wire::Limits& limits) {
   socket.set(zmq::sockopt::linger, 0);
   socket.set(zmq::sockopt::sndhwm, 100000);
   socket.set(zmq::sockopt::rcvhwm, 100000);
   socket.set(zmq::sockopt::sndtimeo, 10000);
   // A frame above the wire's limit is refused by ZeroMQ as it arrives (the peer is disconnected), before it is
   // buffered whole: decode() would refuse it anyway, after holding it in memory.
-  socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(wire::Limits{}.max_message_bytes));
+  socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(limits.max_message_bytes));
+}
+
+wire::Limits message_limits(const models::LlavaConfig& config) {
+  const auto& t = config.text;
+  const auto& v = config.vision;
+  const int64_t ctx = t.max_position_embeddings;
+  const int64_t crops = config.max_crops();
+  const int64_t largest = std::max({
+      crops * v.num_channels * v.image_size * v.image_size,  // pixel_values
+      crops * v.num_positions() * v.hidden_size,              // vision hidden states
+      ctx * std::max<int64_t>(t.hidden_size, t.vocab_size),   // image features / text hidden states / all logits
+  });
+  wire::Limits limits;
+  const auto bytes = static_cast<size_t>(largest) * sizeof(float) + limits.max_meta_bytes;
+  limits.max_message_bytes = std::min(limits.max_message_bytes, bytes);
+  return limits;
 }
 
 void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms) {

@@ -38,8 +38,13 @@ std::optional<wire::Message> receive_message(zmq::socket_t& socket, int wait_ms)
 // An error message's text, or a note that its meta does not parse.
 std::string error_text(const wire::Message& m);
 
-// Linger 0, large high-water marks, a send timeout (a send that cannot go out fails instead of blocking).
-void configure_socket(zmq::socket_t& socket);
+// Linger 0, large high-water marks, a send timeout (a send that cannot go out fails instead of blocking), and
+// ZMQ_MAXMSGSIZE at the limits' message size (set before bind/connect: it applies to the connections made after).
+void configure_socket(zmq::socket_t& socket, const wire::Limits& limits = {});
+// The wire limits for a model: the largest activation a step of it can carry (pixel_values of the most crops a
+// request can bring, CLIP hidden states, or context x max(hidden, vocab) floats: text states or every prefill
+// logit) plus the meta limit; at most the wire's default (1 GiB).
+wire::Limits message_limits(const models::LlavaConfig& config);
 // zmq::poll that treats an interrupted call (a signal) as "nothing ready".
 void poll_items(zmq::pollitem_t* items, size_t count, int timeout_ms);
 

@@ -9,6 +9,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -87,9 +88,38 @@ class Testbed : public Environment {
 // A replicated plan (replicas.hpp), served as the simulator runs it (serve_replicated.cpp).
 Expected<ServeOutcome> serve_replicated(const ServeOptions& options, ServedPlan& served, Testbed* testbed);
 
+// One outputs.jsonl line: {"id", "generated", "latency_ms"[, "text"]}, or {"id", "error"} for a failed request.
+std::string output_line(const ExecResult& r, const std::optional<Tokenizer>& tokenizer);
+
+// DIR/outputs.jsonl as requests end (completion order; each line flushed, so a killed coordinator leaves every
+// request that ended before on disk). open() clears the run's own files of an earlier run first. Thread-safe (the
+// replicas of a replicated run add from their own threads).
+class ResultStream {
+ public:
+  ResultStream() = default;
+  ResultStream(const ResultStream&) = delete;
+  ResultStream& operator=(const ResultStream&) = delete;
+  ~ResultStream();
+  Status open(const std::filesystem::path& out, const std::filesystem::path& model);
+  void add(const ExecResult& r);
+  [[nodiscard]] std::vector<ExecResult> results() const;  // those added, in that order
+  [[nodiscard]] Status status() const;                    // an error once a write failed
+ private:
+  mutable std::mutex mu_;
+  std::filesystem::path out_;
+  std::optional<Tokenizer> tokenizer_;
+  std::FILE* file_ = nullptr;
+  bool failed_ = false;
+  std::vector<ExecResult> results_;
+};
+
 // DIR/{outputs.jsonl, report.json, trace.json, plan.json}.
 Status write_outputs(const ServeOptions& options, const std::vector<ExecResult>& results,
                      const runtime::RunReport& report, double predicted_rps, const nlohmann::json& trace,
                      const nlohmann::json& plan);
+// After a failed run: outputs.jsonl with what ended, report.json with "status": "failed", "error", "completed".
+void write_failed_outputs(const ServeOptions& options, const ExecRun& partial, const std::vector<ExecRequest>& requests,
+                          const std::string& scenario, const std::string& planner,
+                          const std::vector<std::string>& device_names, int in_flight, const Error& why);
 
 }  // namespace adaptlink::exec

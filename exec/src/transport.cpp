@@ -157,7 +157,9 @@ Status check_transport(const Transport& transport, const std::vector<std::string
 
 namespace detail {
 
-void RefusalLog::log(const std::string& line) {
+void RefusalLog::log(const std::string& line) { note("refused " + line); }
+
+void RefusalLog::note(const std::string& line) {
   std::lock_guard lock(mu_);
   const auto now = std::chrono::steady_clock::now();
   if (now - window_start_ >= window_) {
@@ -170,11 +172,10 @@ void RefusalLog::log(const std::string& line) {
   }
   ++printed_;
   if (suppressed_ > 0) {
-    std::fprintf(stderr, "adaptlink %s: refused %s (and %ld more refusals not shown)\n", who_.c_str(), line.c_str(),
-                 suppressed_);
+    std::fprintf(stderr, "adaptlink %s: %s (and %ld more lines not shown)\n", who_.c_str(), line.c_str(), suppressed_);
     suppressed_ = 0;
   } else {
-    std::fprintf(stderr, "adaptlink %s: refused %s\n", who_.c_str(), line.c_str());
+    std::fprintf(stderr, "adaptlink %s: %s\n", who_.c_str(), line.c_str());
   }
   std::fflush(stderr);
 }

@@ -459,7 +459,8 @@ Expected<Route> parse_route(const Message& m) {
   Fields f(m.meta, "route");
   f.optional("stages", r.stages).optional("load_delay_ms", r.load_delay_ms).optional("epoch", r.epoch);
   f.optional("slowdown", r.slowdown).optional("return_link", r.return_link);
-  f.check(r.load_delay_ms >= 0, "load_delay_ms", "must be >= 0");
+  f.check(r.load_delay_ms >= 0 && r.load_delay_ms <= kMaxLoadDelayMs, "load_delay_ms",
+          fmt::format("must be 0 to {:g} (an hour)", kMaxLoadDelayMs));
   f.check(!r.slowdown || *r.slowdown >= 1, "slowdown", "must be >= 1");
   f.check(!r.epoch || *r.epoch >= 0, "epoch", "must be >= 0");
   if (auto st = f.done(); !st) return st.error();

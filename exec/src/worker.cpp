@@ -109,10 +109,10 @@ struct Outgoing {
 class Worker {
  public:
   explicit Worker(WorkerOptions options)
-      : options_(std::move(options)),
+      : options_(with_model_limits(std::move(options))),
         auth_(options_.transport.insecure ? nullptr : std::make_unique<detail::Authenticator>(ctx_, refusals_)),
         in_(ctx_, zmq::socket_type::router) {
-    detail::configure_socket(in_);
+    detail::configure_socket(in_, options_.limits);
     // A coordinator that reconnects (a fresh socket after it lost this worker) keeps its routing id, the lease:
     // the new connection takes over from the old one.
     in_.set(zmq::sockopt::router_handover, true);
@@ -120,6 +120,16 @@ class Worker {
     if (auth_) {
       auth_->allow("coordinator", {options_.coordinator_keys.begin(), options_.coordinator_keys.end()});
     }
+  }
+
+  // With its own --model a worker knows the largest message a step can be: no frame above that is buffered.
+  static WorkerOptions with_model_limits(WorkerOptions options) {
+    if (options.model.empty()) return options;
+    if (auto config = load_checkpoint_config(options.model)) {
+      const auto model = detail::message_limits(*config);
+      options.limits.max_message_bytes = std::min(options.limits.max_message_bytes, model.max_message_bytes);
+    }
+    return options;
   }
 
   Status bind(std::string* bound) {
@@ -132,7 +142,10 @@ class Worker {
     return Ok{};
   }
 
+  [[nodiscard]] bool stop_requested() const { return stopping_ || (stop_ != nullptr && stop_->load()); }
+
   void serve(const std::atomic<bool>* stop) {
+    stop_ = stop;
     std::thread compute([this] { compute_loop(); });
     std::thread sender([this] { send_loop(); });
     while (!stopping_) {
@@ -367,8 +380,11 @@ class Worker {
     }
     const double load_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
     // Emulated weight transfer (redeploy over the link in the testbed): the load takes at least this long.
-    if (load_delay_ms > load_ms) {
-      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(load_delay_ms - load_ms));
+    // The wait ends early when the worker is told to stop (SIGTERM, SIGINT).
+    const auto until = start + std::chrono::duration_cast<Clock::duration>(
+                                   std::chrono::duration<double, std::milli>(load_delay_ms));
+    while (load_delay_ms > load_ms && Clock::now() < until && !stop_requested()) {
+      std::this_thread::sleep_for(std::min<Clock::duration>(until - Clock::now(), std::chrono::milliseconds(50)));
     }
     wire::Ready ready;
     ready.weight_bytes = weight_bytes;
@@ -453,14 +469,33 @@ class Worker {
         if (!work) continue;
       }
       std::lock_guard lock(state_mu_);
-      if (work->parked) {
-        resume_prefill(std::move(*work->parked));
-      } else if (work->end > 0) {
-        end_request(work->end);
-      } else {
-        handle_step(std::move(*work->step));
+      // A step that throws (an allocation the machine cannot give, a libtorch error) fails alone: its request gets
+      // the error and loses its state here, the worker serves on.
+      const StepMessage* m = work->parked ? &work->parked->run.m : work->step ? &*work->step : nullptr;
+      const int64_t request = m != nullptr ? m->request : 0;
+      const int32_t seq = m != nullptr ? m->seq : 0;
+      try {
+        if (work->parked) {
+          resume_prefill(std::move(*work->parked));
+        } else if (work->end > 0) {
+          end_request(work->end);
+        } else {
+          handle_step(std::move(*work->step));
+        }
+      } catch (const c10::Error& e) {
+        step_threw(request, seq, e.what_without_backtrace());
+      } catch (const std::exception& e) {
+        step_threw(request, seq, e.what());
       }
     }
+  }
+
+  void step_threw(int64_t request, int32_t seq, const std::string& what) {
+    if (request <= 0) return;
+    end_request(request);
+    const auto line = what.substr(0, what.find('\n'));
+    refusals_.note(fmt::format("request {} step {} failed: {}", request, seq, line));
+    to_coordinator(wire::error_message(fmt::format("{}: the step failed: {}", device_, line), request, seq));
   }
 
   // Under decode-first, whether a running prefill yields now (a decode step or a rebuild waits).
@@ -481,6 +516,7 @@ class Worker {
   }
 
   void fail_step(const StepMessage& m, const std::string& text) {
+    refusals_.log(fmt::format("request {} step {} refused: {}", m.request, m.seq, text));
     to_coordinator(wire::error_message(fmt::format("{}: {}", device_, text), m.request, m.seq));
   }
 
@@ -794,7 +830,7 @@ class Worker {
     auto it = peers_.find(id);
     if (it == peers_.end()) {
       zmq::socket_t s(ctx_, zmq::socket_type::dealer);
-      detail::configure_socket(s);
+      detail::configure_socket(s, options_.limits);
       detail::secure_client(s, options_.transport, key);
       s.connect(endpoint);
       it = peers_.emplace(id, std::move(s)).first;
@@ -805,6 +841,7 @@ class Worker {
   WorkerOptions options_;
   zmq::context_t ctx_;
   detail::RefusalLog refusals_{"worker"};
+  const std::atomic<bool>* stop_ = nullptr;  // serve()'s: set by the signal handler of the process
   std::unique_ptr<detail::Authenticator> auth_;  // CURVE: which keys connect
   zmq::socket_t in_;
   std::atomic<bool> stopping_{false};

@@ -389,6 +389,11 @@ int LlavaConfig::vision_features_per_crop() const {
   return vision_feature_select_strategy == "full" ? vision.num_positions() : vision.num_patches();
 }
 
+int LlavaConfig::max_crops() const {
+  const int per_crop = std::max(1, vision_features_per_crop());
+  return std::max(vision_crops_per_image(), text.max_position_embeddings / per_crop + 1);
+}
+
 int LlavaConfig::vision_crops_per_image() const {
   if (model_type != "llava_next") return 1;
   return 1 + worst_anyres_grid(*this).tiles;

@@ -123,17 +123,19 @@ nlohmann::json to_json(const RunReport& report) {
       }
     }
   }
-  return json{{"scenario", report.scenario},
-              {"backend", report.backend},
-              {"planner", report.planner},
-              {"requests_completed", report.requests_completed},
-              {"requests_lost", report.requests_lost},
-              {"throughput_rps", report.throughput_rps},
-              {"tokens_per_s", report.tokens_per_s},
-              {"latency_ms", {{"p50", report.latency_ms.p50}, {"p95", report.latency_ms.p95}, {"p99", report.latency_ms.p99}}},
-              {"device_utilization", utilization},
-              {"bubble_fraction", report.bubble_fraction},
-              {"faults", faults}};
+  json out{{"scenario", report.scenario},
+           {"backend", report.backend},
+           {"planner", report.planner},
+           {"requests_completed", report.requests_completed},
+           {"requests_lost", report.requests_lost},
+           {"throughput_rps", report.throughput_rps},
+           {"tokens_per_s", report.tokens_per_s},
+           {"latency_ms", {{"p50", report.latency_ms.p50}, {"p95", report.latency_ms.p95}, {"p99", report.latency_ms.p99}}},
+           {"device_utilization", utilization},
+           {"bubble_fraction", report.bubble_fraction},
+           {"faults", faults}};
+  if (report.backend == "exec" || report.requests_failed != 0) out["requests_failed"] = report.requests_failed;
+  return out;
 }
 
 Expected<RunReport> report_from_json(const nlohmann::json& json, std::string_view source) {
@@ -153,6 +155,11 @@ Expected<RunReport> report_from_json(const nlohmann::json& json, std::string_vie
     auto n = number_at(json, key, source);
     if (!n) return n.error();
     *target = static_cast<long long>(std::llround(*n));
+  }
+  if (json.contains("requests_failed")) {  // optional: exec reports, and reports written before it existed lack it
+    auto n = number_at(json, "requests_failed", source);
+    if (!n) return n.error();
+    r.requests_failed = static_cast<long long>(std::llround(*n));
   }
   for (auto [key, target] : {std::pair{"throughput_rps", &r.throughput_rps}, std::pair{"tokens_per_s", &r.tokens_per_s},
                              std::pair{"bubble_fraction", &r.bubble_fraction}}) {

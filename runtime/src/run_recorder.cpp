@@ -24,6 +24,8 @@ void RunRecorder::complete(double admitted_s, double done_s, long long tokens) {
   tokens_ += tokens;
 }
 
+void RunRecorder::fail() { ++failed_; }
+
 void RunRecorder::busy(int device, double start_s, double end_s) {
   if (device < 0 || static_cast<size_t>(device) >= busy_.size() || !(end_s > start_s)) return;
   auto& list = busy_[static_cast<size_t>(device)];
@@ -46,7 +48,7 @@ RunRecorder::Window RunRecorder::window() const {
   std::sort(done.begin(), done.end());
   const auto n = static_cast<long long>(done.size());
   const double start = first_admission_s_ < 0 ? 0.0 : first_admission_s_;
-  const auto steady = steady_window(requests_, in_flight_, closed_loop_);
+  const auto steady = steady_window(std::max<long long>(0, requests_ - failed_), in_flight_, closed_loop_);
   if (n >= steady.last && steady.last > steady.first) {
     w.first_s = steady.first == 0 ? (closed_loop_ ? 0.0 : start) : done[static_cast<size_t>(steady.first - 1)];
     w.last_s = done[static_cast<size_t>(steady.last - 1)];
@@ -73,7 +75,8 @@ RunReport RunRecorder::report(std::string scenario, std::string backend, std::st
   r.backend = std::move(backend);
   r.planner = std::move(planner);
   r.requests_completed = completed();
-  r.requests_lost = std::max<long long>(0, requests_ - r.requests_completed);
+  r.requests_failed = failed_;
+  r.requests_lost = std::max<long long>(0, requests_ - r.requests_completed - failed_);
   const auto w = window();
   const double span = w.last_s - w.first_s;
   if (span > 0) r.throughput_rps = static_cast<double>(w.completions) / span;
@@ -110,6 +113,7 @@ RunReport merge_replicas(const partition::Scenario& scenario, const std::vector<
     in_flight += replicas[r].in_flight;
     merged.requests_completed += run.report.requests_completed;
     merged.requests_lost += run.report.requests_lost;
+    merged.requests_failed += run.report.requests_failed;
     done.insert(done.end(), run.completions_s.begin(), run.completions_s.end());
     latencies.insert(latencies.end(), run.latencies_ms.begin(), run.latencies_ms.end());
     tokens += run.tokens;

@@ -117,11 +117,23 @@ foreach(case
 endforeach()
 set(req ${BIN}/exec_generate_context.jsonl)
 file(WRITE ${req} "{\"id\": \"ok\", \"input_ids\": [1, 5, 6], \"max_new_tokens\": 3}\n{\"id\": \"big\", \"input_ids\": [${long_ids}], \"max_new_tokens\": 3}\n")
+# A request past the context is refused alone (its outputs line is the error, naming the file and line); the others
+# run.
 execute_process(COMMAND ${run} testbed --scenario ${SRC}/tests/data/testbed/dropout.toml --model ${fx} --requests ${req}
                 --no-faults --quiet --out ${BIN}/exec_generate_context
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
-if(NOT rc EQUAL 2 OR NOT err MATCHES "exec_generate_context.jsonl:2: the prompt is 301 tokens")
-  message(FATAL_ERROR "requests past the context: expected exit 2 naming line 2, got ${rc}: '${err}'")
+file(STRINGS ${BIN}/exec_generate_context/outputs.jsonl lines)
+list(LENGTH lines count)
+if(count EQUAL 2)
+  list(GET lines 0 ok_line)
+  list(GET lines 1 big_line)
+  string(JSON ok_tokens ERROR_VARIABLE ok_err LENGTH "${ok_line}" generated)
+  string(JSON big_error ERROR_VARIABLE big_err GET "${big_line}" error)
+endif()
+if(NOT rc EQUAL 0 OR NOT count EQUAL 2 OR NOT ok_tokens EQUAL 3 OR NOT big_error MATCHES
+   "exec_generate_context.jsonl:2: the prompt is 301 tokens" OR NOT err MATCHES "request 'big' failed")
+  message(FATAL_ERROR "requests past the context: expected exit 0, 'ok' with 3 tokens and 'big' refused naming line 2, "
+                      "got ${rc}: '${out}' '${err}' ${lines}")
 endif()
 file(WRITE ${req} "{\"id\": \"q0\", \"input_ids\": [1, 5, 6], \"max_new_tokens\": 3}\n{\"input_ids\": [1, 5], \"max_new_tokens\": 2}\n{\"id\": \"q0\", \"input_ids\": [1, 6], \"max_new_tokens\": 2}\n")
 execute_process(COMMAND ${run} testbed --scenario ${SRC}/tests/data/testbed/dropout.toml --model ${fx} --requests ${req}

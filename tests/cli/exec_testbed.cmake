@@ -338,22 +338,34 @@ endfunction()
 
 # 3. The last copy of the model lost: the run failed (exit 1) with an error naming the device and the nodes, within
 # seconds.
-# Its --out held an earlier run's files: they are gone (a failed run leaves nothing looking current); others stay.
+# Its --out held an earlier run's files: they are replaced by this run's (a failed run leaves nothing of the earlier
+# one looking current): outputs.jsonl holds what ended, report.json says "failed", why, and what completed; the
+# earlier trace.json is gone; a file not the run's own stays.
 file(MAKE_DIRECTORY ${work}/lost)
 file(WRITE ${work}/lost/outputs.jsonl "{\"id\": \"stale\"}\n")
 file(WRITE ${work}/lost/report.json "{}\n")
+file(WRITE ${work}/lost/trace.json "{}\n")
 file(WRITE ${work}/lost/notes.txt "mine\n")
 expect_exit(1 "last copy lost" "worker 'solo' .* cannot be replaced: device 'solo' held stage 0 \\(nodes 0\\.\\.7\\) and no surviving device"
             testbed --scenario ${data}/last-copy.toml --model ${fx} --quiet --heartbeat-timeout-s 2 --out ${work}/lost)
-if(EXISTS ${work}/lost/outputs.jsonl OR EXISTS ${work}/lost/report.json OR NOT EXISTS ${work}/lost/notes.txt)
-  message(FATAL_ERROR "a failed run left the earlier run's outputs in --out (or removed a file not its own)")
+file(READ ${work}/lost/outputs.jsonl lost_outputs)
+file(READ ${work}/lost/report.json lost_report)
+string(JSON lost_status GET "${lost_report}" status)
+string(JSON lost_error GET "${lost_report}" error)
+string(JSON lost_completed LENGTH "${lost_report}" completed)
+string(JSON lost_done GET "${lost_report}" requests_completed)
+if(lost_outputs MATCHES "stale" OR EXISTS ${work}/lost/trace.json OR NOT EXISTS ${work}/lost/notes.txt OR
+   NOT lost_status STREQUAL "failed" OR NOT lost_error MATCHES "cannot be replaced" OR
+   NOT lost_completed EQUAL lost_done)
+  message(FATAL_ERROR "a failed run: --out must hold this run's outputs and a failed report, and keep notes.txt:\n"
+                      "${lost_outputs}\n${lost_report}")
 endif()
 
 # 4. serve with a scenario whose devices name no worker endpoint: an error naming the device.
 file(WRITE ${work}/requests.jsonl "{\"id\": \"a\", \"input_ids\": [1, 5, 6], \"max_new_tokens\": 3}\n")
 expect_exit2("serve without endpoints" "device 'a' holds a stage or backup but has no endpoint"
              serve --insecure --scenario ${data}/dropout.toml --model ${fx} --requests ${work}/requests.jsonl)
-# A malformed requests file: the file and line are named.
-file(WRITE ${work}/bad.jsonl "{\"id\": \"a\", \"input_ids\": [1, 5, 6]}\n{\"id\": \"b\", \"prompt\": 3}\n")
-expect_exit2("bad requests file" "bad.jsonl:2: 'prompt' must be a string"
+# A malformed requests file (a line that is not a JSON object): the file and line are named.
+file(WRITE ${work}/bad.jsonl "{\"id\": \"a\", \"input_ids\": [1, 5, 6]}\n{\"id\": \"b\", \"prompt\": 3\n")
+expect_exit2("bad requests file" "bad.jsonl:2: not a JSON object"
              testbed --scenario ${data}/dropout.toml --model ${fx} --requests ${work}/bad.jsonl)

@@ -18,6 +18,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -120,8 +121,11 @@ struct ExecRequest {
   std::vector<int64_t> input_ids;
   at::Tensor pixel_values;  // [crops, 3, H, W] float, or undefined
   int max_new_tokens = 32;
+  std::string refused = {};  // not "": refused before the run (e.g. a requests file's line); its result is this error
 };
 
+// One request's outcome: its tokens, or an error (refused at admission, refused or failed by a worker, or given up as
+// the likely cause of worker crashes); either way the run goes on with the others.
 struct ExecResult {
   std::string id;
   std::vector<int64_t> generated;
@@ -129,7 +133,10 @@ struct ExecResult {
   double done_s = 0;
   double latency_ms = 0;
   at::Tensor prefill_logits;  // [tokens, vocab] when asked for
+  std::string error = {};     // not "": the request failed (`generated` holds what it had produced)
 };
+
+struct ExecRun;
 
 struct CoordinatorOptions {
   std::filesystem::path model;  // the coordinator's checkpoint (fingerprint, and the path workers fall back to)
@@ -151,6 +158,15 @@ struct CoordinatorOptions {
   bool recover = true;          // on a lost worker: fail over (else: error)
   Environment* environment = nullptr;  // not owned; none: real workers, nothing emulated
   std::function<void(size_t done, size_t total)> progress;
+  // Called once per request as it completes or fails (completion order; admission times relative to the start).
+  std::function<void(const ExecResult&)> on_result;
+  // Not owned; set: a failed run leaves what it had done here (the requests that ended, stage events, faults).
+  ExecRun* failed_run = nullptr;
+  // Not owned; set and not 0 (a signal number, SIGINT/SIGTERM): the run stops with an error naming it.
+  const std::atomic<int>* interrupt = nullptr;
+  // Poison requests: a request in flight at this many worker losses the environment did not inject (crashes,
+  // heartbeat or connection losses) fails instead of being replayed again; the cluster keeps its other workers.
+  int poison_losses = 2;
 };
 
 struct StageTiming {
@@ -169,8 +185,10 @@ struct ExecRun {
   int64_t start_wall_us = 0;  // time 0 (the first admission), microseconds since the Unix epoch
 };
 
-// Connects to the workers, sends them their stages, runs the requests. Errors name the worker (unreachable,
-// refused the handshake, failed a step, lost without a way to recover) and never hang.
+// Connects to the workers, sends them their stages, runs the requests. A request that a worker refuses or fails, or
+// that the coordinator refuses (no input ids, longer than the model's context, image tokens without an image), ends
+// with its error in its ExecResult and the run goes on. Errors of the run name the worker (unreachable, refused the
+// handshake, lost without a way to recover) and never hang.
 Expected<ExecRun> run_pipeline(const PipelineSpec& spec, const std::vector<ExecRequest>& requests,
                                const CoordinatorOptions& options);
 

@@ -1,7 +1,11 @@
 // `adaptlink-run serve` and `adaptlink-run testbed`: plan a scenario with the core for the checkpoint's model,
 // hand the stages to workers (the scenario's endpoints, or local emulating workers), run the requests, write
 // DIR/{plan.json, outputs.jsonl, report.json, trace.json} (those files of an earlier run there are removed first, so
-// that a run that fails leaves none of them looking current). A replicated plan (plan.replicas) is served as the
+// that a run that fails leaves none of them looking current). outputs.jsonl grows as requests end (a line each,
+// flushed: a killed coordinator leaves every request that ended before) and is rewritten in request order at the
+// end; a request that failed alone has the line {"id", "error"}. A run that fails still writes outputs.jsonl (what
+// ended) and report.json with "status": "failed", "error" and "completed" (ids); a run that completes writes
+// "status": "completed". A replicated plan (plan.replicas) is served as the
 // simulator runs it: one pipeline per replica on its own devices' workers, with its in_flight and its share of the
 // requests (dealt out in request order), all at once; the report merges them as the simulator's does. Recoveries
 // are runtime::RecoveryPolicy's decisions on the scenario's devices, as in the simulator (exec/src/serve_internal.hpp
@@ -63,6 +67,7 @@ struct ServeOptions {
   std::optional<double> heartbeat_timeout_s;
   double hello_timeout_s = 120;
   bool progress = true;
+  const std::atomic<int>* interrupt = nullptr;  // not owned; not 0 (a signal number): the run stops (CoordinatorOptions)
 };
 
 struct ServeOutcome {
@@ -86,7 +91,10 @@ Expected<Ok> check_context(const models::LlavaConfig& config, size_t prompt_ids,
 Expected<Ok> check_image_tokens(const models::LlavaConfig& config, const std::vector<int64_t>& ids, bool has_image);
 
 // Reads a requests file (JSONL: {"id", "prompt" | "input_ids", "image" | "pixel_values", "max_new_tokens"});
-// relative paths resolve against the file's folder. Errors name the file and line.
+// relative paths resolve against the file's folder. A line that is not a JSON object, an id that is not a string
+// or an integer, and an id used twice make the whole file an error (file and line); any other problem of a request
+// (unknown key, image, ids, context) refuses that request alone (ExecRequest::refused names the file and line):
+// its outputs line is its error and the others run.
 Expected<std::vector<ExecRequest>> read_requests(const std::filesystem::path& file, const std::filesystem::path& model,
                                                  int default_max_new_tokens);
 

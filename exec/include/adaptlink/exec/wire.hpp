@@ -97,6 +97,9 @@ struct Message {
   std::vector<TensorBlob> tensors;
 };
 
+// A route's emulated weight transfer (load_delay_ms) is at most an hour.
+inline constexpr double kMaxLoadDelayMs = 3600e3;
+
 struct Limits {
   size_t max_message_bytes = size_t{1} << 30;  // all frames together
   size_t max_meta_bytes = size_t{16} << 20;

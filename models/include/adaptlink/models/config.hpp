@@ -79,6 +79,9 @@ struct LlavaConfig {
   [[nodiscard]] int vision_crops_per_image() const;
   // Tokens per CLIP crop after the select strategy (576 default, 577 full).
   [[nodiscard]] int vision_features_per_crop() const;
+  // The most CLIP crops one request can bring: one image's, or as many as the context has room for the features of
+  // (one more for rounding). Bounds pixel_values on the wire and in a stage.
+  [[nodiscard]] int max_crops() const;
 };
 
 // Parses a LLaVA / LLaVA-NeXT config. `source` names the file in error messages.

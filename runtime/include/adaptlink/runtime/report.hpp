@@ -2,7 +2,7 @@
 // (sim/ and exec/). Torch-free and SimGrid-free so that every tool can read and write it.
 //
 //   {"scenario", "backend": "sim"|"exec", "planner", "requests_completed", "requests_lost",
-//    "throughput_rps", "tokens_per_s", "latency_ms": {"p50","p95","p99"},
+//    ["requests_failed",] "throughput_rps", "tokens_per_s", "latency_ms": {"p50","p95","p99"},
 //    "device_utilization": {name: 0..1}, "bubble_fraction",
 //    "faults": [{"at_s","device","kind","detected_s","recovered_s","recovery_ms","recomputed_tokens"}]}
 //
@@ -11,6 +11,9 @@
 // "action" (none | switch-over | redeploy | re-plan | rebalance), "moves" ([{"stage", "from", "to", "backup"}]:
 // the stages that changed device, switch-over and redeploy) and "placement" ([{"device", "first_layer",
 // "last_layer"}]: the stages after a re-plan or a rebalance that moved them).
+//
+// "requests_failed" (exec reports, and any report where it is not 0): requests that ended with an error record
+// instead of tokens (refused at admission, or refused or failed by a worker); they are neither completed nor lost.
 //
 // Definitions (both back-ends use them):
 //   throughput_rps      completed requests per second in steady state (see steady_window())
@@ -78,6 +81,7 @@ struct RunReport {
   std::string planner;
   long long requests_completed = 0;
   long long requests_lost = 0;
+  long long requests_failed = 0;  // ended with an error record (exec)
   double throughput_rps = 0;
   double tokens_per_s = 0;
   LatencySummary latency_ms;

@@ -23,6 +23,9 @@ class RunRecorder {
 
   void admit(double t_s);  // a request entered (a Poisson run's window starts at the first)
   void complete(double admitted_s, double done_s, long long tokens);
+  // A request that ended with an error record (exec): neither completed nor lost; the steady window is counted on
+  // the requests that did not fail.
+  void fail();
   void busy(int device, double start_s, double end_s);
   void holds_stage(int device);  // it held a stage at some time of the run (the bubble fraction's devices)
   void fault(FaultRecord record);
@@ -49,6 +52,7 @@ class RunRecorder {
  private:
   std::vector<std::string> names_;
   long long requests_;
+  long long failed_ = 0;
   long long in_flight_;
   bool closed_loop_;
   double first_admission_s_ = -1;
