@@ -87,6 +87,7 @@ Status write_output(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
   if (!out) return make_error("{}: cannot open for writing", path);
   out << text;
+  out.close();  // the buffered bytes go out here: a full device fails now, not silently in the destructor
   if (!out) return make_error("{}: write failed", path);
   return Ok{};
 }

@@ -116,8 +116,15 @@ int main(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   if (ec) return fail(fmt::format("{}: {}", out_dir, ec.message()));
+  // A small file of the checkpoint, checked once closed (a full disk fails there).
+  auto write_json = [&](const char* file, const nlohmann::json& j) {
+    std::ofstream out(std::filesystem::path(out_dir) / file);
+    out << j.dump(2) << "\n";
+    out.close();
+    return static_cast<bool>(out);
+  };
   {
-    std::ofstream(std::filesystem::path(out_dir) / "config.json") << raw.dump(2) << "\n";
+    if (!write_json("config.json", raw)) return fail(fmt::format("{}/config.json: write failed", out_dir));
     const int size = config->vision.image_size;
     nlohmann::json pre = {{"crop_size", {{"height", size}, {"width", size}}},
                           {"do_center_crop", true},
@@ -131,7 +138,9 @@ int main(int argc, char** argv) {
                           {"resample", 3},
                           {"rescale_factor", 1.0 / 255.0},
                           {"size", {{"shortest_edge", size}}}};
-    std::ofstream(std::filesystem::path(out_dir) / "preprocessor_config.json") << pre.dump(2) << "\n";
+    if (!write_json("preprocessor_config.json", pre)) {
+      return fail(fmt::format("{}/preprocessor_config.json: write failed", out_dir));
+    }
   }
 
   // Group tensors into shards.
@@ -204,11 +213,14 @@ int main(int argc, char** argv) {
       }
       out.write(buffer.data(), static_cast<std::streamsize>(buffer.size()));
     }
+    out.close();
     if (!out) return fail(fmt::format("{}: write failed (disk full?)", name));
     std::fprintf(stderr, "wrote %s (%zu tensors)\n", name.c_str(), shards[s].size());
   }
   nlohmann::json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
-  std::ofstream(std::filesystem::path(out_dir) / "model.safetensors.index.json") << index.dump(2) << "\n";
+  if (!write_json("model.safetensors.index.json", index)) {
+    return fail(fmt::format("{}/model.safetensors.index.json: write failed", out_dir));
+  }
   std::printf("%s: %zu tensors, %llu bytes in %zu shards\n", out_dir.c_str(), tensors.size(),
               static_cast<unsigned long long>(total_bytes), shards.size());
   return 0;

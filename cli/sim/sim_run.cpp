@@ -6,7 +6,6 @@
 #include <ctime>
 #include <filesystem>
 #include <numeric>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -158,13 +157,7 @@ al::Expected<fs::path> make_run_dir(const std::string& requested, const std::str
   return dir;
 }
 
-al::Status write_file(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  if (!out) return al::make_error("{}: cannot open for writing", path.string());
-  out << text;
-  if (!out) return al::make_error("{}: write failed", path.string());
-  return al::Ok{};
-}
+al::Status write_file(const fs::path& path, const std::string& text) { return al::cli::write_output(path.string(), text); }
 
 std::string summary_table(const part::Plan& plan, const part::CostModel& cost, const al::sim::SimResult& result,
                           const std::string& model, long long requests) {

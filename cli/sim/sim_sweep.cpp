@@ -230,10 +230,8 @@ int cmd_sweep(const SweepCliOptions& o) {
     return al::cli::kExitFailure;
   }
   const auto json = al::sim::to_json(*result, options);
-  {
-    std::ofstream out(*dir / "sweep.json", std::ios::binary);
-    out << json.dump(2) << "\n";
-    if (!out) return al::cli::report(al::make_error("{}: write failed", (*dir / "sweep.json").string()), "adaptlink-sim");
+  if (auto st = al::cli::write_output((*dir / "sweep.json").string(), json.dump(2) + "\n"); !st) {
+    return al::cli::report(st.error(), "adaptlink-sim");
   }
   std::string plotted = "not plotted (--no-plot)";
   if (!o.no_plot) {

@@ -517,8 +517,8 @@ class Coordinator {
   }
 
   // One round of receiving: tokens, rebuild ends and step errors on the return socket, pongs and errors from each
-  // worker. A message that does not decode, or whose meta does not parse, is answered with an error and changes
-  // nothing: the run goes on.
+  // worker. A message that does not decode, or whose meta does not parse, is logged and dropped and changes nothing:
+  // the run goes on.
   Status poll_once(int wait_ms) {
     std::vector<zmq::pollitem_t> items;
     items.push_back({ret_.handle(), 0, ZMQ_POLLIN, 0});
@@ -527,14 +527,13 @@ class Coordinator {
     if (items[0].revents & ZMQ_POLLIN) {
       while (auto frames = detail::recv_frames(ret_, false)) {
         if (frames->size() < 2) continue;
-        const std::string identity = frames->front();
         frames->erase(frames->begin());  // ROUTER identity
         auto m = wire::decode(*frames, limits_);
         if (!m) {
-          answer(identity, m.error());
+          drop(m.error());
           continue;
         }
-        if (auto st = on_return(identity, *m); !st) return st;
+        if (auto st = on_return(*m); !st) return st;
       }
     }
     for (size_t w = 0; w < workers_.size(); ++w) {
@@ -553,17 +552,16 @@ class Coordinator {
     return Ok{};
   }
 
-  void answer(const std::string& identity, const Error& e) {
-    refusals_.log(fmt::format("a message on its return port: {}", e.message));
-    detail::send_frames(ret_, wire::encode(wire::error_message("rejected message: " + e.message)), &identity);
-  }
+  // A message on the return port that does not decode or parse: logged (rate-limited) and dropped, never answered
+  // (the sender gets nothing to probe with) and nothing changes.
+  void drop(const Error& e) { refusals_.log(fmt::format("a message on its return port: {}", e.message)); }
 
-  Status on_return(const std::string& identity, const Message& m) {
+  Status on_return(const Message& m) {
     switch (m.type) {
       case MsgType::token: {
         auto token = wire::parse_token(m);
         if (!token) {
-          answer(identity, token.error());
+          drop(token.error());
           return Ok{};
         }
         return on_token(m, *token);
@@ -571,7 +569,7 @@ class Coordinator {
       case MsgType::error: {
         auto e = wire::parse_error(m);
         if (!e) {
-          answer(identity, e.error());
+          drop(e.error());
           return Ok{};
         }
         if (!e->unreachable.empty()) {  // a worker could not send to this endpoint: its worker is lost
@@ -593,14 +591,14 @@ class Coordinator {
       case MsgType::ready: {  // a rebuild finished
         auto ready = wire::parse_ready(m);
         if (!ready) {
-          answer(identity, ready.error());
+          drop(ready.error());
           return Ok{};
         }
         on_rebuilt(m.request, *ready);
         return Ok{};
       }
       default:
-        answer(identity, make_error("unexpected {} message on the coordinator's return socket", wire::to_string(m.type)));
+        drop(make_error("unexpected {} message on the coordinator's return socket", wire::to_string(m.type)));
         return Ok{};
     }
   }
@@ -672,12 +670,18 @@ class Coordinator {
 
   // --- failover ---
 
-  [[nodiscard]] runtime::FaultRecord fault_record(int w, partition::FaultKind kind) {
+  // A fault of worker w seen now. It happened when the environment injected it (that injection is used up), or, for
+  // a loss found by the heartbeat timeout, when the worker last answered: the time it went silent.
+  [[nodiscard]] runtime::FaultRecord fault_record(int w, partition::FaultKind kind, bool injected,
+                                                  std::optional<Clock::time_point> silent_since = std::nullopt) {
     runtime::FaultRecord rec;
     rec.device = spec_.workers[static_cast<size_t>(w)].name;
     rec.kind = kind;
-    rec.at_s = seconds(Clock::now());
-    if (auto it = fired_.find(rec.device); it != fired_.end()) rec.at_s = it->second;
+    rec.at_s = seconds(silent_since.value_or(Clock::now()));
+    if (auto it = fired_.find(rec.device); it != fired_.end()) {
+      if (injected) rec.at_s = it->second;
+      fired_.erase(it);
+    }
     rec.detected_s = seconds(Clock::now());
     return rec;
   }
@@ -696,7 +700,8 @@ class Coordinator {
     // there from now on (a pong means the worker is back).
     reconnect(w, ws.endpoint);
     ws.holds.clear();
-    auto rec = fault_record(w, partition::FaultKind::dropout);
+    auto rec = fault_record(w, partition::FaultKind::dropout, injected,
+                            cause == runtime::LossCause::heartbeat_timeout ? std::optional(ws.last_pong) : std::nullopt);
     rec.cause = cause;
     const int device = view_->map.device(w);
     const bool held_stage = !view_->cluster.placement.stages_on(device).empty();
@@ -811,10 +816,10 @@ class Coordinator {
 
   Status on_rejoined(int w, const std::string& endpoint) {
     auto& ws = workers_[static_cast<size_t>(w)];
-    injected_.erase(w);
+    const bool injected = injected_.erase(w) > 0;
     reconnect(w, endpoint);
     ws.holds.clear();
-    auto rec = fault_record(w, partition::FaultKind::rejoin);
+    auto rec = fault_record(w, partition::FaultKind::rejoin, injected);
     if (auto st = request_ready(w, hello_for(static_cast<size_t>(w), {})); !st) return st;
     ws.alive = true;
     ws.leased = true;

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <set>
 #include <nlohmann/json.hpp>
 
 namespace adaptlink::exec {
@@ -86,12 +87,17 @@ std::string shape_string(std::span<const int64_t> shape) {
 }
 
 Expected<std::shared_ptr<SafetensorsFile>> SafetensorsFile::open(const std::filesystem::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below, as every non-regular file is).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return file_error(path, fmt::format("cannot open: {}", std::strerror(errno)));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     ::close(fd);
     return file_error(path, fmt::format("cannot stat: {}", std::strerror(errno)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return file_error(path, "not a regular file");
   }
   const auto size = static_cast<uint64_t>(st.st_size);
   if (size < 8) {
@@ -121,12 +127,22 @@ Expected<std::shared_ptr<SafetensorsFile>> SafetensorsFile::open(const std::file
   const uint64_t data_size = size - file->data_start_;
 
   nlohmann::json header;
+  std::set<std::string> names;  // top-level keys: a tensor named twice is an error, not "the last one wins"
+  std::string duplicate;
   try {
-    header = nlohmann::json::parse(reinterpret_cast<const char*>(file->map_ + 8),
-                                   reinterpret_cast<const char*>(file->map_ + 8 + header_len));
+    header = nlohmann::json::parse(
+        reinterpret_cast<const char*>(file->map_ + 8), reinterpret_cast<const char*>(file->map_ + 8 + header_len),
+        [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+          if (depth == 1 && event == nlohmann::json::parse_event_t::key && duplicate.empty() &&
+              !names.insert(parsed.get<std::string>()).second) {
+            duplicate = parsed.get<std::string>();
+          }
+          return true;
+        });
   } catch (const nlohmann::json::exception& e) {
     return file_error(path, fmt::format("bad JSON header: {}", e.what()));
   }
+  if (!duplicate.empty()) return file_error(path, fmt::format("bad JSON header: tensor '{}' is listed twice", duplicate));
   if (!header.is_object()) return file_error(path, "bad JSON header: not an object");
 
   std::vector<const TensorInfo*> by_offset;
@@ -233,6 +249,7 @@ Status write_safetensors(const std::filesystem::path& path, const std::vector<Te
   out.write(reinterpret_cast<const char*>(&len), 8);
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
   for (const auto& t : tensors) out.write(static_cast<const char*>(t.data), static_cast<std::streamsize>(t.nbytes));
+  out.close();  // a full device fails here, not silently in the destructor
   if (!out) return file_error(path, "write failed");
   return Ok{};
 }

@@ -20,6 +20,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -158,6 +159,10 @@ class ObjectReader {
   void require_positive(std::string_view key, int value) {
     if (value <= 0) fail(key, fmt::format("must be positive, got {}", value));
   }
+  // A positive, finite number (an epsilon, a RoPE base): 0, a negative or an infinite one makes every output NaN.
+  void require_positive(std::string_view key, double value) {
+    if (!(value > 0) || !std::isfinite(value)) fail(key, fmt::format("must be a positive finite number, got {}", value));
+  }
 
  private:
   const json& object_;
@@ -232,6 +237,9 @@ Expected<TextConfig> parse_text_config(const json* object, std::string_view sour
   reader.require_positive("num_attention_heads", text.num_attention_heads);
   reader.require_positive("num_key_value_heads", text.num_key_value_heads);
   reader.require_positive("vocab_size", text.vocab_size);
+  reader.require_positive("max_position_embeddings", text.max_position_embeddings);
+  reader.require_positive("rms_norm_eps", text.rms_norm_eps);
+  reader.require_positive("rope_theta", text.rope_theta);
   if (reader.failed()) return *error;
   if (text.num_attention_heads % text.num_key_value_heads != 0) {
     reader.fail("num_key_value_heads", fmt::format("{} does not divide num_attention_heads {}",
@@ -292,6 +300,7 @@ Expected<VisionConfig> parse_vision_config(const json* object, std::string_view 
   reader.require_positive("num_channels", vision.num_channels);
   reader.require_positive("image_size", vision.image_size);
   reader.require_positive("patch_size", vision.patch_size);
+  reader.require_positive("layer_norm_eps", vision.layer_norm_eps);
   if (reader.failed()) return *error;
   if (vision.hidden_size % vision.num_attention_heads != 0) {
     reader.fail("hidden_size", fmt::format("{} is not a multiple of num_attention_heads {}", vision.hidden_size,

@@ -923,13 +923,22 @@ class ScenarioParser {
       } else if (const toml::node* signal = t.get("signal")) {
         r_.fail(*signal, fmt::format("{}.signal: only for kind = \"dropout\", not {}", path, quote(kind_text)));
       }
-      if (f.kind == FaultKind::rejoin) {
-        bool dropped = std::any_of(s.faults.begin(), s.faults.end(), [&](const Fault& o) {
-          return o.kind == FaultKind::dropout && o.device == f.device && o.at_s < f.at_s;
-        });
-        if (!dropped) {
+      if (f.kind == FaultKind::rejoin || f.kind == FaultKind::dropout) {
+        // The device's state just before: its latest dropout or rejoin listed earlier that comes before in time.
+        const Fault* before = nullptr;
+        for (const auto& o : s.faults) {
+          if (o.device != f.device || o.at_s >= f.at_s || (o.kind != FaultKind::dropout && o.kind != FaultKind::rejoin))
+            continue;
+          if (before == nullptr || o.at_s >= before->at_s) before = &o;
+        }
+        const bool down = before != nullptr && before->kind == FaultKind::dropout;
+        if (f.kind == FaultKind::rejoin && !down) {
           r_.fail(*t.get("kind"), fmt::format("{}.kind: rejoin of {} at {} s without an earlier dropout of it", path,
                                               quote(f.device), f.at_s));
+        } else if (f.kind == FaultKind::dropout && down) {
+          r_.fail(*t.get("kind"), fmt::format("{}.kind: dropout of {} at {} s while it is down (dropped at {} s, "
+                                              "no rejoin between)",
+                                              path, quote(f.device), f.at_s, before->at_s));
         }
       }
       s.faults.push_back(std::move(f));
