@@ -516,7 +516,7 @@ class Worker {
   }
 
   void fail_step(const StepMessage& m, const std::string& text) {
-    refusals_.log(fmt::format("request {} step {} refused: {}", m.request, m.seq, text));
+    refusals_.note(fmt::format("refused request {} step {}: {}", m.request, m.seq, text));
     to_coordinator(wire::error_message(fmt::format("{}: {}", device_, text), m.request, m.seq));
   }
 

@@ -43,6 +43,8 @@ class LocalWorkers {
   [[nodiscard]] const Transport& transport() const { return transport_; }
   // Sends a signal to worker i (SIGKILL, SIGSTOP, SIGCONT, ...).
   void signal(int i, int sig);
+  // Worker i's process id (e.g. to read its /proc entry).
+  [[nodiscard]] pid_t pid(int i) const { return pids_[static_cast<size_t>(i)]; }
   // Whether worker i has exited (reaps it).
   bool exited(int i);
   // Whether worker i is stopped (SIGSTOP sent, no SIGCONT since) and has not exited.
