@@ -307,7 +307,10 @@ class Worker {
   }
 
   // The run's other workers, whose steps this worker takes (and, with CURVE, lets connect).
+  // The run's other workers, and this one: a worker that holds consecutive stages (after a recovery moved one to
+  // it) sends the activation on to itself, over its own port.
   void set_peer_keys(std::set<std::string> keys) {
+    if (!options_.transport.insecure) keys.insert(options_.transport.key.public_key);
     peer_keys_ = std::move(keys);
     if (auth_) auth_->allow("peer", peer_keys_);
   }

@@ -353,6 +353,61 @@ TEST(HostileInput, GarbageOnTheCoordinatorsPortIsDroppedAndTheRunCompletes) {
   }
 }
 
+// Workers that die by no doing of the environment (no fault is reported injected: as if a request crashed them),
+// `kills[k].second` at `kills[k].first` seconds; every hop `latency_ms` long so that a request stays in flight.
+class CrashingWorkers : public LocalWorkersEnvironment {
+ public:
+  CrashingWorkers(LocalWorkers& own, std::vector<std::string> names, std::vector<std::pair<double, int>> kills)
+      : LocalWorkersEnvironment(own, std::move(names)), kills_(std::move(kills)) {}
+  std::vector<EnvEvent> poll(double now_s) override {
+    while (next_ < kills_.size() && now_s >= kills_[next_].first) workers_.signal(kills_[next_++].second, SIGKILL);
+    return LocalWorkersEnvironment::poll(now_s);
+  }
+  [[nodiscard]] LinkShape link(int, int) const override { return {5.0, 0.0}; }
+
+ private:
+  std::vector<std::pair<double, int>> kills_;
+  size_t next_ = 0;
+};
+
+// A request in flight while two workers in turn die unexplained (probe #4: a request that makes every worker abort
+// as failover replays it onto the next) is given up at the second loss instead of being replayed onto a third
+// worker; the cluster keeps its last worker, and the requests after it complete with the tokens of one process.
+TEST(HostileInput, ARequestInFlightAtTwoUnexplainedWorkerLossesIsGivenUpAndTheRestComplete) {
+  LocalWorkers own;
+  ASSERT_TRUE(own.start(kRun, 3, {"--threads", "1", "--model", kFixture.string()}).has_value());
+  auto runner = LlavaRunner::load(kFixture, *parse_exec_options("fp32", "cpu"));
+  ASSERT_TRUE(runner.has_value());
+  const auto ranges = split_even((*runner)->graph(), 2);
+  PipelineSpec spec;
+  spec.workers = {{"a", own.endpoints()[0], 1.0, {}, ""},
+                  {"b", own.endpoints()[1], 1.0, {}, ""},
+                  {"c", own.endpoints()[2], 1.0, {}, ""}};
+  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
+  // b holds stage 1 and dies; c (idle) takes it over and dies too; a is left with both stages.
+  CrashingWorkers env(own, {"a", "b", "c"}, {{0.4, 1}, {1.2, 2}});
+  std::vector<ExecRequest> requests = {{"suspect", {1, 5, 6}, {}, 240}, {"after-1", {1, 7, 8}, {}, 12},
+                                       {"after-2", {1, 9}, {}, 12}};
+  CoordinatorOptions co;
+  co.model = kFixture;
+  co.in_flight = 1;
+  co.environment = &env;
+  auto run = run_on(own, spec, requests, co);
+  ASSERT_TRUE(run.has_value()) << run.error().to_string();
+  EXPECT_NE(run->results[0].error.find("in flight at 2 worker losses"), std::string::npos) << run->results[0].error;
+  EXPECT_FALSE(own.exited(0)) << "the last worker was lost too";
+  ASSERT_EQ(run->faults.size(), 2U);
+  for (size_t i = 1; i < requests.size(); ++i) {
+    EXPECT_EQ(run->results[i].error, "") << requests[i].id;
+    GenerateOptions opt;
+    opt.max_new_tokens = requests[i].max_new_tokens;
+    opt.eos_ids = std::vector<int64_t>{};
+    auto clean = (*runner)->generate(requests[i].input_ids, at::Tensor(), opt);
+    ASSERT_TRUE(clean.has_value());
+    EXPECT_EQ(run->results[i].generated, clean->generated) << requests[i].id;
+  }
+}
+
 // `adaptlink-run testbed ... --out DIR` as a child process (stdout and stderr to files in DIR's parent).
 pid_t start_testbed(const std::filesystem::path& out, int requests) {
   const std::string scenario = (kFixtures / ".." / "data" / "testbed" / "dropout.toml").string();
