@@ -11,7 +11,7 @@
 //   adaptlink-run testbed  --scenario FILE --model DIR [--requests FILE.jsonl] [--out DIR] ...
 //   adaptlink-run profile  --model DIR (--scenario FILE | --device NAME) ...
 //
-// Exit status: 0 ok; 1 the run failed (a worker lost beyond recovery, unreachable, stuck); 2 bad input (flags, files,
+// Exit status: 0 ok; 1 the run failed (a worker lost beyond recovery, unreachable, stuck, interrupted); 2 bad input (flags, files,
 // checkpoints, requests), with one line "adaptlink-run: error: ..." on stderr.
 #include <ATen/Parallel.h>
 #include <ATen/ops/tensor.h>
@@ -512,8 +512,9 @@ int run_main(int argc, char** argv) {
   CLI::App app{"adaptlink-run: LLaVA inference with libtorch"};
   app.require_subcommand(1);
   app.footer(
-      "Exit status: 0 ok, 1 the run failed (a worker lost beyond recovery, unreachable, stuck), 2 bad input "
-      "(flags, files, checkpoints, requests).");
+      "Exit status: 0 ok (requests that failed alone have their error in outputs.jsonl), 1 the run failed (a "
+      "worker lost beyond recovery, unreachable, stuck, interrupted), 2 bad input (flags, files, checkpoints, "
+      "a malformed requests file).");
   GenerateArgs g;
   auto* gen = app.add_subcommand("generate", "Greedy generation from a Hugging Face LLaVA checkpoint");
   gen->add_option("--model", g.model, "checkpoint directory (config.json, *.safetensors, ...)")->required();

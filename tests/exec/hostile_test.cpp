@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
+#include <tuple>
 #include <zmq.hpp>
 
 #include "adaptlink/exec/coordinator.hpp"
@@ -238,6 +239,17 @@ TEST(HostileInput, AWorkerRefusesHostileStepsFramesAndDelaysAndKeepsServing) {
   hello.meta = {{"protocol", wire::kProtocolVersion}, {"fingerprint", model_fingerprint(*ck)},
                 {"model_dir", kFixture.string()},       {"coordinator", port.endpoint},
                 {"lease", RawClient::kLease},           {"stages", {{{"first", 0}, {"last", nodes - 1}, {"active", true}}}}};
+  // Numbers that do not fit their field are refused, not truncated (probe #22: "last": 2^40 became [0, 0],
+  // "protocol": 1.5 was taken as 1).
+  for (const auto& [key, value, why] :
+       {std::tuple{"protocol", nlohmann::json(1.5), "'protocol' must be an integer, not a number"},
+        std::tuple{"stages", nlohmann::json{{{"first", 0}, {"last", int64_t{1} << 40}}}, "1099511627776 is out of range"},
+        std::tuple{"epoch", nlohmann::json(-1), "'epoch' must be >= 0"}}) {
+    auto bad = hello;
+    bad.meta[key] = value;
+    c.send(wire::encode(bad));
+    EXPECT_NE(reply_error(c).find(why), std::string::npos) << key;
+  }
   c.send(wire::encode(hello));
   auto ready = c.reply();
   ASSERT_TRUE(ready.has_value()) << ready.error().message;
@@ -357,18 +369,70 @@ TEST(HostileInput, GarbageOnTheCoordinatorsPortIsDroppedAndTheRunCompletes) {
 // `kills[k].second` at `kills[k].first` seconds; every hop `latency_ms` long so that a request stays in flight.
 class CrashingWorkers : public LocalWorkersEnvironment {
  public:
-  CrashingWorkers(LocalWorkers& own, std::vector<std::string> names, std::vector<std::pair<double, int>> kills)
-      : LocalWorkersEnvironment(own, std::move(names)), kills_(std::move(kills)) {}
+  CrashingWorkers(LocalWorkers& own, std::vector<std::string> names, std::vector<std::pair<double, int>> kills,
+                  int signal = SIGKILL)
+      : LocalWorkersEnvironment(own, std::move(names)), kills_(std::move(kills)), signal_(signal) {}
   std::vector<EnvEvent> poll(double now_s) override {
-    while (next_ < kills_.size() && now_s >= kills_[next_].first) workers_.signal(kills_[next_++].second, SIGKILL);
+    while (next_ < kills_.size() && now_s >= kills_[next_].first) {
+      workers_.signal(kills_[next_].second, signal_);
+      fired_at.push_back(now_s);
+      ++next_;
+    }
     return LocalWorkersEnvironment::poll(now_s);
   }
+  std::vector<double> fired_at;
   [[nodiscard]] LinkShape link(int, int) const override { return {5.0, 0.0}; }
 
  private:
   std::vector<std::pair<double, int>> kills_;
+  int signal_;
   size_t next_ = 0;
 };
+
+// A worker stopped from outside (SIGSTOP, not by the environment) is found by the heartbeat timeout; its fault is
+// dated when it last answered, not when it was found (probe #24: at_s = detected_s, "recovered in 15 ms"). The run
+// completes with the tokens of one process.
+TEST(HostileInput, AnExternallyStoppedWorkerIsDatedWhenItWentSilent) {
+  LocalWorkers own;
+  ASSERT_TRUE(own.start(kRun, 3, {"--threads", "1", "--model", kFixture.string()}).has_value());
+  auto runner = LlavaRunner::load(kFixture, *parse_exec_options("fp32", "cpu"));
+  ASSERT_TRUE(runner.has_value());
+  const auto ranges = split_even((*runner)->graph(), 2);
+  PipelineSpec spec;
+  spec.workers = {{"a", own.endpoints()[0], 1.0, {}, ""},
+                  {"b", own.endpoints()[1], 1.0, {}, ""},
+                  {"c", own.endpoints()[2], 1.0, {}, ""}};
+  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
+  CrashingWorkers env(own, {"a", "b", "c"}, {{0.5, 1}}, SIGSTOP);
+  std::vector<ExecRequest> requests = {{"r0", {1, 5, 6}, {}, 150}, {"r1", {1, 7, 8}, {}, 150}};
+  CoordinatorOptions co;
+  co.model = kFixture;
+  co.in_flight = 2;
+  co.heartbeat_interval_s = 0.2;
+  co.heartbeat_timeout_s = 1.5;
+  co.environment = &env;
+  auto run = run_on(own, spec, requests, co);
+  own.signal(1, SIGCONT);
+  ASSERT_TRUE(run.has_value()) << run.error().to_string();
+  ASSERT_EQ(run->faults.size(), 1U);
+  const auto& f = run->faults[0];
+  ASSERT_EQ(env.fired_at.size(), 1U);
+  ASSERT_TRUE(f.detected_s.has_value() && f.recovery_ms.has_value());
+  std::printf("stopped at %.2f s, fault at_s %.2f, detected %.2f s, recovered in %.0f ms\n", env.fired_at[0], f.at_s,
+              *f.detected_s, *f.recovery_ms);
+  EXPECT_LE(f.at_s, env.fired_at[0] + 0.05);  // its last pong came before the stop
+  EXPECT_GE(f.at_s, env.fired_at[0] - co.heartbeat_interval_s - 0.25);
+  EXPECT_GE(*f.detected_s - f.at_s, co.heartbeat_timeout_s - 0.05);
+  EXPECT_GE(*f.recovery_ms, co.heartbeat_timeout_s * 1e3 - 50);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    GenerateOptions opt;
+    opt.max_new_tokens = requests[i].max_new_tokens;
+    opt.eos_ids = std::vector<int64_t>{};
+    auto clean = (*runner)->generate(requests[i].input_ids, at::Tensor(), opt);
+    ASSERT_TRUE(clean.has_value());
+    EXPECT_EQ(run->results[i].generated, clean->generated) << requests[i].id;
+  }
+}
 
 // A request in flight while two workers in turn die unexplained (probe #4: a request that makes every worker abort
 // as failover replays it onto the next) is given up at the second loss instead of being replayed onto a third
