@@ -45,6 +45,12 @@ if(EXISTS /dev/full)
       message(FATAL_ERROR "${cmd} > /dev/full: exit ${rc}, expected 1 and a line saying so:\n${stderr}")
     endif()
   endforeach()
+  # -o onto a full device: an error naming the file, not exit 0 (probe #17).
+  execute_process(COMMAND ${SIM} plan ${SRC}/scenarios/jetson-quartet.toml -o /dev/full RESULT_VARIABLE rc
+                  ERROR_VARIABLE stderr TIMEOUT 60)
+  if(NOT rc EQUAL 2 OR NOT stderr MATCHES "/dev/full: write failed")
+    message(FATAL_ERROR "plan -o /dev/full: exit ${rc}, expected 2 (as compare -o) and the file named:\n${stderr}")
+  endif()
 else()
   message(STATUS "no /dev/full here: the write-error check is skipped")
 endif()

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <dirent.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -202,6 +203,31 @@ TEST(LoaderCorrupt, BadJsonHeader) {
   bytes[8] = 'x';  // the header's opening brace
   spit(p, bytes);
   expect_error(open_and_check(c.dir()), {"bad JSON header", "model.safetensors"});
+}
+
+// A tensor named twice in the header (JSON lets a key repeat; the last one would win silently) is an error naming it.
+TEST(LoaderCorrupt, TensorListedTwice) {
+  TempCopy c(kSingle);
+  const auto p = c.dir() / "model.safetensors";
+  std::string bytes = slurp(p);
+  uint64_t len = 0;
+  std::memcpy(&len, bytes.data(), 8);
+  auto header = nlohmann::json::parse(bytes.substr(8, len));
+  std::string text = header.dump();
+  const std::string entry = "\"" + kUp + "\":" + header[kUp].dump();
+  text.insert(1, entry + ",");  // the same key again, first
+  const uint64_t new_len = text.size();
+  spit(p, std::string(reinterpret_cast<const char*>(&new_len), 8) + text + bytes.substr(8 + len));
+  expect_error(open_and_check(c.dir()), {"tensor '" + kUp + "' is listed twice", "model.safetensors"});
+}
+
+// A FIFO as model.safetensors is refused at once (it blocked for ever: probe #28).
+TEST(LoaderCorrupt, FifoIsNotARegularFile) {
+  TempCopy c(kSingle);
+  const auto p = c.dir() / "model.safetensors";
+  fs::remove(p);
+  ASSERT_EQ(::mkfifo(p.c_str(), 0600), 0);
+  expect_error(open_and_check(c.dir()), {"model.safetensors", "not a regular file"});
 }
 
 TEST(LoaderCorrupt, MissingShard) {

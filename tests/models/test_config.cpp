@@ -333,6 +333,15 @@ TEST(Errors, BadValues) {
   EXPECT_NE(message_of({{"model_type", "llava_next"}, {"image_grid_pinpoints", {{672}}}}).find("image_grid_pinpoints"),
             std::string::npos);
   EXPECT_NE(message_of({{"text_config", {{"hidden_size", 1LL << 40}}}}).find("out of range"), std::string::npos);
+  // Degenerate numbers that made every token NaN (probe #27).
+  EXPECT_NE(message_of({{"text_config", {{"rope_theta", 0}}}}).find("text_config.rope_theta: must be a positive finite"),
+            std::string::npos);
+  EXPECT_NE(message_of({{"text_config", {{"rms_norm_eps", -1}}}}).find("text_config.rms_norm_eps: must be a positive"),
+            std::string::npos);
+  EXPECT_NE(message_of({{"vision_config", {{"layer_norm_eps", 0}}}}).find("vision_config.layer_norm_eps"),
+            std::string::npos);
+  EXPECT_NE(message_of({{"text_config", {{"max_position_embeddings", 0}}}}).find("max_position_embeddings"),
+            std::string::npos);
 }
 
 class TempFile {
