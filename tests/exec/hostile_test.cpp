@@ -78,6 +78,34 @@ std::string png_bomb() {
   return png;
 }
 
+// Two stages, the model's halves, on own's workers 0 and 1; every worker of `own` is in the spec ("a", "b", "c", ...),
+// the others idle.
+PipelineSpec two_stages_on(const LocalWorkers& own, const models::LayerGraph& graph) {
+  const auto ranges = split_even(graph, 2);
+  PipelineSpec spec;
+  for (int w = 0; w < own.size(); ++w) {
+    spec.workers.push_back({std::string(1, static_cast<char>('a' + w)), own.endpoints()[static_cast<size_t>(w)], 1.0,
+                            {}, ""});
+  }
+  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
+  return spec;
+}
+
+// Requests from[i], from[i+1], ... have the single process's greedy tokens (no end-of-sequence stop).
+void expect_tokens_of_one_process(LlavaRunner& runner, const std::vector<ExecRequest>& requests, const ExecRun& run,
+                                  size_t from = 0) {
+  ASSERT_EQ(run.results.size(), requests.size());
+  for (size_t i = from; i < requests.size(); ++i) {
+    EXPECT_EQ(run.results[i].error, "") << requests[i].id;
+    GenerateOptions opt;
+    opt.max_new_tokens = requests[i].max_new_tokens;
+    opt.eos_ids = std::vector<int64_t>{};
+    auto clean = runner.generate(requests[i].input_ids, requests[i].pixel_values, opt);
+    ASSERT_TRUE(clean.has_value());
+    EXPECT_EQ(run.results[i].generated, clean->generated) << requests[i].id;
+  }
+}
+
 // Every kind of bad request at once, between good ones, through two CURVE workers: each bad one ends with its own
 // error (refused before any worker sees it, or refused by the worker at run time), the good ones complete with the
 // tokens of one process, every request is reported once as it ends, and neither the coordinator (this process) nor
@@ -132,12 +160,7 @@ TEST(HostileInput, EveryBadRequestFailsAloneAndTheOthersMatchOneProcess) {
       {"typo", "requests.jsonl:4: unknown key 'max_tokens'"},
   };
 
-  auto ck = Checkpoint::open(kFixture);
-  ASSERT_TRUE(ck.has_value());
-  const auto ranges = split_even(models::LayerGraph::build(ck->config(), models::Dtype::fp32), 2);
-  PipelineSpec spec;
-  spec.workers = {{"a", own.endpoints()[0], 1.0, {}, ""}, {"b", own.endpoints()[1], 1.0, {}, ""}};
-  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
+  const auto spec = two_stages_on(own, (*runner)->graph());
   CoordinatorOptions co;
   co.model = kFixture;
   co.in_flight = 3;
@@ -323,10 +346,7 @@ TEST(HostileInput, GarbageOnTheCoordinatorsPortIsDroppedAndTheRunCompletes) {
   ASSERT_TRUE(own.start(kRun, 2, {"--threads", "1", "--model", kFixture.string()}).has_value());
   auto runner = LlavaRunner::load(kFixture, *parse_exec_options("fp32", "cpu"));
   ASSERT_TRUE(runner.has_value());
-  const auto ranges = split_even((*runner)->graph(), 2);
-  PipelineSpec spec;
-  spec.workers = {{"a", own.endpoints()[0], 1.0, {}, ""}, {"b", own.endpoints()[1], 1.0, {}, ""}};
-  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
+  const auto spec = two_stages_on(own, (*runner)->graph());
   std::vector<ExecRequest> requests;
   for (int i = 0; i < 4; ++i) requests.push_back({fmt::format("r{}", i), {1, 5, static_cast<int64_t>(6 + i)}, {}, 20});
   CoordinatorOptions co;
@@ -355,14 +375,7 @@ TEST(HostileInput, GarbageOnTheCoordinatorsPortIsDroppedAndTheRunCompletes) {
   ASSERT_TRUE(run.has_value()) << run.error().to_string();
   EXPECT_GT(sent.load(), 30);
   EXPECT_EQ(answered.load(), 0) << "a malformed frame was answered";
-  for (size_t i = 0; i < requests.size(); ++i) {
-    GenerateOptions opt;
-    opt.max_new_tokens = requests[i].max_new_tokens;
-    opt.eos_ids = std::vector<int64_t>{};
-    auto clean = (*runner)->generate(requests[i].input_ids, at::Tensor(), opt);
-    ASSERT_TRUE(clean.has_value());
-    EXPECT_EQ(run->results[i].generated, clean->generated) << requests[i].id;
-  }
+  expect_tokens_of_one_process(**runner, requests, *run);
 }
 
 // Workers that die by no doing of the environment (no fault is reported injected: as if a request crashed them),
@@ -397,12 +410,7 @@ TEST(HostileInput, AnExternallyStoppedWorkerIsDatedWhenItWentSilent) {
   ASSERT_TRUE(own.start(kRun, 3, {"--threads", "1", "--model", kFixture.string()}).has_value());
   auto runner = LlavaRunner::load(kFixture, *parse_exec_options("fp32", "cpu"));
   ASSERT_TRUE(runner.has_value());
-  const auto ranges = split_even((*runner)->graph(), 2);
-  PipelineSpec spec;
-  spec.workers = {{"a", own.endpoints()[0], 1.0, {}, ""},
-                  {"b", own.endpoints()[1], 1.0, {}, ""},
-                  {"c", own.endpoints()[2], 1.0, {}, ""}};
-  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
+  const auto spec = two_stages_on(own, (*runner)->graph());
   CrashingWorkers env(own, {"a", "b", "c"}, {{0.5, 1}}, SIGSTOP);
   std::vector<ExecRequest> requests = {{"r0", {1, 5, 6}, {}, 150}, {"r1", {1, 7, 8}, {}, 150}};
   CoordinatorOptions co;
@@ -424,14 +432,7 @@ TEST(HostileInput, AnExternallyStoppedWorkerIsDatedWhenItWentSilent) {
   EXPECT_GE(f.at_s, env.fired_at[0] - co.heartbeat_interval_s - 0.25);
   EXPECT_GE(*f.detected_s - f.at_s, co.heartbeat_timeout_s - 0.05);
   EXPECT_GE(*f.recovery_ms, co.heartbeat_timeout_s * 1e3 - 50);
-  for (size_t i = 0; i < requests.size(); ++i) {
-    GenerateOptions opt;
-    opt.max_new_tokens = requests[i].max_new_tokens;
-    opt.eos_ids = std::vector<int64_t>{};
-    auto clean = (*runner)->generate(requests[i].input_ids, at::Tensor(), opt);
-    ASSERT_TRUE(clean.has_value());
-    EXPECT_EQ(run->results[i].generated, clean->generated) << requests[i].id;
-  }
+  expect_tokens_of_one_process(**runner, requests, *run);
 }
 
 // A request in flight while two workers in turn die unexplained (probe #4: a request that makes every worker abort
@@ -442,12 +443,7 @@ TEST(HostileInput, ARequestInFlightAtTwoUnexplainedWorkerLossesIsGivenUpAndTheRe
   ASSERT_TRUE(own.start(kRun, 3, {"--threads", "1", "--model", kFixture.string()}).has_value());
   auto runner = LlavaRunner::load(kFixture, *parse_exec_options("fp32", "cpu"));
   ASSERT_TRUE(runner.has_value());
-  const auto ranges = split_even((*runner)->graph(), 2);
-  PipelineSpec spec;
-  spec.workers = {{"a", own.endpoints()[0], 1.0, {}, ""},
-                  {"b", own.endpoints()[1], 1.0, {}, ""},
-                  {"c", own.endpoints()[2], 1.0, {}, ""}};
-  spec.stages = {{ranges[0].first, ranges[0].second, 0}, {ranges[1].first, ranges[1].second, 1}};
+  const auto spec = two_stages_on(own, (*runner)->graph());
   // b holds stage 1 and dies; c (idle) takes it over and dies too; a is left with both stages.
   CrashingWorkers env(own, {"a", "b", "c"}, {{0.4, 1}, {1.2, 2}});
   std::vector<ExecRequest> requests = {{"suspect", {1, 5, 6}, {}, 240}, {"after-1", {1, 7, 8}, {}, 12},
@@ -461,15 +457,7 @@ TEST(HostileInput, ARequestInFlightAtTwoUnexplainedWorkerLossesIsGivenUpAndTheRe
   EXPECT_NE(run->results[0].error.find("in flight at 2 worker losses"), std::string::npos) << run->results[0].error;
   EXPECT_FALSE(own.exited(0)) << "the last worker was lost too";
   ASSERT_EQ(run->faults.size(), 2U);
-  for (size_t i = 1; i < requests.size(); ++i) {
-    EXPECT_EQ(run->results[i].error, "") << requests[i].id;
-    GenerateOptions opt;
-    opt.max_new_tokens = requests[i].max_new_tokens;
-    opt.eos_ids = std::vector<int64_t>{};
-    auto clean = (*runner)->generate(requests[i].input_ids, at::Tensor(), opt);
-    ASSERT_TRUE(clean.has_value());
-    EXPECT_EQ(run->results[i].generated, clean->generated) << requests[i].id;
-  }
+  expect_tokens_of_one_process(**runner, requests, *run, /*from=*/1);
 }
 
 // `adaptlink-run testbed ... --out DIR` as a child process (stdout and stderr to files in DIR's parent).
