@@ -489,8 +489,7 @@ class Coordinator {
       if (w < 0) continue;
       switch (e.kind) {
         case EnvEvent::Kind::fault_injected:
-          fired_[e.device] = e.at_s;
-          injected_.insert(w);  // the loss (or return) that follows is the environment's doing
+          fired_[e.device] = e.at_s;  // the loss (or return) that follows is the environment's doing
           break;
         case EnvEvent::Kind::worker_lost:
           if (auto st = on_lost(w, e.cause); !st) return st;
@@ -670,6 +669,9 @@ class Coordinator {
 
   // --- failover ---
 
+  // Whether the environment injected the fault of worker w being handled now (fault_record uses the injection up).
+  [[nodiscard]] bool injected_fault(int w) const { return fired_.count(spec_.workers[static_cast<size_t>(w)].name) > 0; }
+
   // A fault of worker w seen now. It happened when the environment injected it (that injection is used up), or, for
   // a loss found by the heartbeat timeout, when the worker last answered: the time it went silent.
   [[nodiscard]] runtime::FaultRecord fault_record(int w, partition::FaultKind kind, bool injected,
@@ -695,7 +697,7 @@ class Coordinator {
     auto& ws = workers_[static_cast<size_t>(w)];
     if (!ws.alive) return Ok{};
     ws.alive = false;
-    const bool injected = injected_.erase(w) > 0;
+    const bool injected = injected_fault(w);
     // A fresh socket to the same endpoint: what was queued for the lost process is dropped, and only pings go
     // there from now on (a pong means the worker is back).
     reconnect(w, ws.endpoint);
@@ -816,7 +818,7 @@ class Coordinator {
 
   Status on_rejoined(int w, const std::string& endpoint) {
     auto& ws = workers_[static_cast<size_t>(w)];
-    const bool injected = injected_.erase(w) > 0;
+    const bool injected = injected_fault(w);
     reconnect(w, endpoint);
     ws.holds.clear();
     auto rec = fault_record(w, partition::FaultKind::rejoin, injected);
@@ -939,10 +941,9 @@ class Coordinator {
   std::optional<detail::RecoveryView> view_;  // the policy's view of the cluster in scenario devices; which device each worker is
   std::vector<size_t> pending_faults_;    // the rejoins (faults[] entries) the pending rebalance completes
   std::vector<size_t> cancelled_faults_;  // those of a rebalance a dropout cancelled
-  std::map<std::string, double> fired_;   // device -> when its latest fault was injected (Environment)
+  std::map<std::string, double> fired_;   // device -> when its fault not handled yet was injected (Environment)
   std::vector<EnvEvent> deferred_;        // environment events seen while waiting for a route's ready
   std::set<int> returned_;  // lost workers that answered a ping again
-  std::set<int> injected_;  // workers the environment injected a fault into that was not handled yet
   std::vector<RequestState> states_;
   std::vector<size_t> ended_order_;  // requests in the order they completed or failed
   size_t next_ = 0;
