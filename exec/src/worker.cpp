@@ -109,7 +109,7 @@ struct Outgoing {
 class Worker {
  public:
   explicit Worker(WorkerOptions options)
-      : options_(with_model_limits(std::move(options))),
+      : options_(std::move(options)),
         auth_(options_.transport.insecure ? nullptr : std::make_unique<detail::Authenticator>(ctx_, refusals_)),
         in_(ctx_, zmq::socket_type::router) {
     detail::configure_socket(in_, options_.limits);
@@ -120,16 +120,6 @@ class Worker {
     if (auth_) {
       auth_->allow("coordinator", {options_.coordinator_keys.begin(), options_.coordinator_keys.end()});
     }
-  }
-
-  // With its own --model a worker knows the largest message a step can be: no frame above that is buffered.
-  static WorkerOptions with_model_limits(WorkerOptions options) {
-    if (options.model.empty()) return options;
-    if (auto config = load_checkpoint_config(options.model)) {
-      const auto model = detail::message_limits(*config);
-      options.limits.max_message_bytes = std::min(options.limits.max_message_bytes, model.max_message_bytes);
-    }
-    return options;
   }
 
   Status bind(std::string* bound) {
@@ -909,11 +899,15 @@ Status run_worker(const WorkerOptions& options, const std::function<void(const s
   if (options.model.empty() && options.model_root.empty()) {
     return make_error("a worker needs --model (its checkpoint) or --model-root (the folder the coordinator's may lie in)");
   }
+  WorkerOptions own = options;
   if (!options.model.empty()) {
     auto c = Checkpoint::open(options.model);
     if (!c) return c.error();
+    // With its own --model a worker knows the largest message a step can be: no frame above that is buffered.
+    const auto model = detail::message_limits(c->config());
+    own.limits.max_message_bytes = std::min(own.limits.max_message_bytes, model.max_message_bytes);
   }
-  Worker worker(options);
+  Worker worker(own);
   std::string bound;
   auto st = worker.bind(&bound);
   if (!st) return st.error();
