@@ -8,9 +8,12 @@ pkgs=(
   libboost-graph-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libtomlplusplus-dev
   libsimgrid-dev
-  libtorch-dev libjpeg-dev libzmq3-dev cppzmq-dev libsentencepiece-dev sentencepiece libstb-dev
+  libtorch-dev libopenblas0-openmp libjpeg-dev libzmq3-dev cppzmq-dev libsentencepiece-dev sentencepiece libstb-dev
   python3 python3-matplotlib
 )
+# libopenblas0-openmp: libtorch's fp32 matmuls go through libblas.so.3, which is the reference BLAS unless an
+# optimised one is installed (bench/results/blas_choice.json: OpenBLAS's OpenMP build is the fastest at batch 1 and
+# at batch 16-32 on this machine, and it shares libtorch's OpenMP threads, so --threads limits both).
 # Lean set for a core-only build: ADAPTLINK_DEPS=core scripts/install-deps.sh
 if [[ "${ADAPTLINK_DEPS:-all}" == core ]]; then
   pkgs=(build-essential cmake ninja-build ccache pkg-config libboost-graph-dev libcli11-dev

@@ -7,6 +7,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "adaptlink/exec/blas.hpp"
 #include "adaptlink/exec/checkpoint.hpp"
 #include "adaptlink/exec/profile.hpp"
 #include "adaptlink/partition/scenario.hpp"
@@ -110,6 +111,7 @@ int run_profile_command(const ProfileArgs& args) {
   options.repeats = args.repeats;
   options.exec = *exec_options;
   options.progress = [](const exec::NodeProfile& n, int i, int count) {
+    if (i == 0) std::fprintf(stderr, "profile: %s\n", exec::blas_line().c_str());
     std::fprintf(stderr, "profile: [%d/%d] %s: prefill %.3f ms, decode %.4f ms + %.3g ms/token\n", i + 1, count,
                  n.name.c_str(), n.prefill_ms, n.decode_ms_at_zero, n.decode_ms_per_token);
   };

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "adaptlink/exec/blas.hpp"
 #include "adaptlink/exec/coordinator.hpp"
 #include "adaptlink/exec/generate.hpp"
 #include "adaptlink/exec/local_workers.hpp"
@@ -273,6 +274,10 @@ int run_generate(const GenerateArgs& args) {
   auto result = runner ? runner->generate(ids, pixels, gen)
                        : generate_distributed(args, stages, ids, pixels, read_eos_ids(args.model, config));
   if (!result) return fail(result.error());
+  // Which BLAS the fp32 matmuls ran on: in the JSON (the warning for the reference one on stderr too), else a line
+  // on stderr (after the run: bad input stays one line).
+  const BlasInfo blas = blas_info();
+  if (args.format != "json" || blas.reference) std::fprintf(stderr, "adaptlink-run: %s\n", blas_line().c_str());
 
   if (args.dump_logits) {
     auto st = write_safetensors(*args.dump_logits, {{"logits", result->prefill_logits}});
@@ -284,6 +289,7 @@ int run_generate(const GenerateArgs& args) {
   if (args.format == "json") {
     nlohmann::json out = {
         {"model", args.model},
+        {"blas", {{"name", blas.name}, {"path", blas.path}, {"reference", blas.reference}}},
         {"dtype", args.dtype},
         {"device", args.device},
         {"prompt_tokens", result->prompt_tokens},
@@ -319,6 +325,8 @@ int run_worker_command(const WorkerOptions& options) {
       [](const std::string& endpoint) {
         std::printf("adaptlink-run worker: listening on %s\n", endpoint.c_str());
         std::fflush(stdout);
+        // Only the warning: a testbed starts one worker per device, and says which BLAS itself.
+        if (adaptlink::exec::blas_info().reference) std::fprintf(stderr, "adaptlink-run worker: %s\n", adaptlink::exec::blas_line().c_str());
       },
       &g_stop);
   if (!st) return fail(st.error());
@@ -455,6 +463,7 @@ int run_serve_command(ServeArgs& a, bool testbed) {
     o.transport = *transport;
     if (a.worker_keys) o.worker_keys = *a.worker_keys;
   }
+  if (testbed) std::fprintf(stderr, "adaptlink-run: %s\n", blas_line().c_str());  // its local workers' BLAS
   auto outcome = run_serve(o);
   if (!outcome) return fail(outcome.error());
   const auto& r = outcome->report;

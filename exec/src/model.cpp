@@ -164,6 +164,23 @@ int64_t Stage::cached_tokens(int64_t request) const {
 
 void Stage::drop_request(int64_t request) { caches_.erase(request); }
 
+namespace {
+// x [..., in] times w [out, in]^T (+ bias). One row of fp32 on the CPU goes through BLAS's matrix-vector product:
+// OpenBLAS's gemm with one row is about 3x slower than its gemv (bench/results/blas_choice.json), and a decode step
+// of one request is one row.
+at::Tensor affine(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = at::Tensor()) {
+  const int64_t in = x.size(-1);
+  if (x.numel() == in && x.is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat) {
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = w.size(0);
+    at::Tensor y = at::mv(w, x.reshape({in}));
+    if (bias.defined()) y = y + bias;
+    return y.view(shape);
+  }
+  return bias.defined() ? at::linear(x, w, bias) : at::linear(x, w);
+}
+}  // namespace
+
 // ---- vision ------------------------------------------------------------------------------------
 
 at::Tensor Stage::run_vision_embed(const at::Tensor& pixels) const {
@@ -198,7 +215,7 @@ at::Tensor Stage::run_vision_layer(int layer, const at::Tensor& x) const {
 
   at::Tensor h = at::layer_norm(x, {x.size(2)}, w(p + "layer_norm1.weight"), w(p + "layer_norm1.bias"), eps);
   auto proj = [&](const char* name) {
-    return at::linear(h, w(p + "self_attn." + name + ".weight"), w(p + "self_attn." + name + ".bias"))
+    return affine(h, w(p + "self_attn." + name + ".weight"), w(p + "self_attn." + name + ".bias"))
         .view({crops, n, heads, hd})
         .transpose(1, 2);  // [crops, heads, n, hd]
   };
@@ -208,17 +225,17 @@ at::Tensor Stage::run_vision_layer(int layer, const at::Tensor& x) const {
   at::Tensor scores = at::matmul(q, k.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(hd)));
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   at::Tensor attn = at::matmul(probs, vv).transpose(1, 2).reshape({crops, n, heads * hd});
-  attn = at::linear(attn, w(p + "self_attn.out_proj.weight"), w(p + "self_attn.out_proj.bias"));
+  attn = affine(attn, w(p + "self_attn.out_proj.weight"), w(p + "self_attn.out_proj.bias"));
   at::Tensor r = x + attn;
 
   h = at::layer_norm(r, {r.size(2)}, w(p + "layer_norm2.weight"), w(p + "layer_norm2.bias"), eps);
-  h = at::linear(h, w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"));
+  h = affine(h, w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"));
   if (v.hidden_act == "quick_gelu") {
     h = h * at::sigmoid(h * 1.702);
   } else {
     h = at::gelu(h);
   }
-  h = at::linear(h, w(p + "mlp.fc2.weight"), w(p + "mlp.fc2.bias"));
+  h = affine(h, w(p + "mlp.fc2.weight"), w(p + "mlp.fc2.bias"));
   return r + h;
 }
 
@@ -228,11 +245,11 @@ at::Tensor Stage::run_projector(const at::Tensor& vision_hidden) const {
   if (config.vision_feature_select_strategy == "default") x = x.narrow(1, 1, x.size(1) - 1);  // drop CLS
   x = x.reshape({-1, x.size(2)});  // [crops * features, hv]
   const bool bias = config.multimodal_projector_bias;
-  at::Tensor h = bias ? at::linear(x, w("projector.linear_1.weight"), w("projector.linear_1.bias"))
-                      : at::linear(x, w("projector.linear_1.weight"));
+  at::Tensor h = bias ? affine(x, w("projector.linear_1.weight"), w("projector.linear_1.bias"))
+                      : affine(x, w("projector.linear_1.weight"));
   h = at::gelu(h);
-  return bias ? at::linear(h, w("projector.linear_2.weight"), w("projector.linear_2.bias"))
-              : at::linear(h, w("projector.linear_2.weight"));
+  return bias ? affine(h, w("projector.linear_2.weight"), w("projector.linear_2.bias"))
+              : affine(h, w("projector.linear_2.weight"));
 }
 
 // ---- text --------------------------------------------------------------------------------------
@@ -282,14 +299,14 @@ at::Tensor Stage::run_decoder_layer(int layer, const at::Tensor& x, KvCache& cac
   const int64_t kvh = t.num_key_value_heads;
   const int64_t hd = t.head_dim;
   const int64_t rep = nh / kvh;
-  auto linear = [&](const at::Tensor& in, const std::string& name, bool bias) {
-    return bias ? at::linear(in, w(p + name + ".weight"), w(p + name + ".bias")) : at::linear(in, w(p + name + ".weight"));
+  auto dense = [&](const at::Tensor& in, const std::string& name, bool bias) {
+    return bias ? affine(in, w(p + name + ".weight"), w(p + name + ".bias")) : affine(in, w(p + name + ".weight"));
   };
 
   at::Tensor h = rms_norm(x, w(p + "input_layernorm.weight"));
-  at::Tensor q = linear(h, "self_attn.q_proj", t.attention_bias).view({1, T, nh, hd}).transpose(1, 2);
-  at::Tensor k = linear(h, "self_attn.k_proj", t.attention_bias).view({1, T, kvh, hd}).transpose(1, 2);
-  at::Tensor v = linear(h, "self_attn.v_proj", t.attention_bias).view({1, T, kvh, hd}).transpose(1, 2);
+  at::Tensor q = dense(h, "self_attn.q_proj", t.attention_bias).view({1, T, nh, hd}).transpose(1, 2);
+  at::Tensor k = dense(h, "self_attn.k_proj", t.attention_bias).view({1, T, kvh, hd}).transpose(1, 2);
+  at::Tensor v = dense(h, "self_attn.v_proj", t.attention_bias).view({1, T, kvh, hd}).transpose(1, 2);
 
   // RoPE (transformers' rotate_half form), cos/sin computed in float32 then cast.
   at::Tensor pos = at::arange(past, past + T, at::TensorOptions().dtype(at::kFloat).device(options_.device));
@@ -318,12 +335,12 @@ at::Tensor Stage::run_decoder_layer(int layer, const at::Tensor& x, KvCache& cac
                         .view({1, nh, T, hd})
                         .transpose(1, 2)
                         .reshape({1, T, nh * hd});
-  at::Tensor r = x + linear(attn, "self_attn.o_proj", t.attention_bias);
+  at::Tensor r = x + dense(attn, "self_attn.o_proj", t.attention_bias);
 
   h = rms_norm(r, w(p + "post_attention_layernorm.weight"));
-  at::Tensor gate = linear(h, "mlp.gate_proj", t.mlp_bias);
-  at::Tensor up = linear(h, "mlp.up_proj", t.mlp_bias);
-  return r + linear(at::silu(gate) * up, "mlp.down_proj", t.mlp_bias);
+  at::Tensor gate = dense(h, "mlp.gate_proj", t.mlp_bias);
+  at::Tensor up = dense(h, "mlp.up_proj", t.mlp_bias);
+  return r + dense(at::silu(gate) * up, "mlp.down_proj", t.mlp_bias);
 }
 
 at::Tensor Stage::run_head(const at::Tensor& x, bool all_logits) const {
@@ -331,7 +348,7 @@ at::Tensor Stage::run_head(const at::Tensor& x, bool all_logits) const {
   h = rms_norm(h, w("text.norm.weight"));
   const auto& config = graph_.config();
   const at::Tensor& head = config.tie_word_embeddings ? w("text.embed_tokens.weight") : w("lm_head.weight");
-  return at::linear(h, head).to(at::kFloat);
+  return affine(h, head).to(at::kFloat);
 }
 
 // ---- stage -------------------------------------------------------------------------------------
