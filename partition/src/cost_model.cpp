@@ -140,6 +140,50 @@ double CostModel::node_decode_step_ms(int device, int node, int past_tokens) con
   return ms * slowdown_[device];
 }
 
+double CostModel::node_decode_batch_ms(int device, int node, std::span<const int> pasts) const {
+  if (pasts.size() == 1) return node_decode_step_ms(device, node, pasts[0]);
+  if (pasts.empty() || graph_->node(node).is_vision()) return 0;
+  const auto& dev = scenario_->devices[device];
+  const double weights = graph_->node(node).weight_read_bytes;
+  const double others = static_cast<double>(pasts.size() - 1);
+  if (const auto& p = profile_[device]) {
+    // The measured step at an empty cache, scaled as the roofline scales it; each member's cache growth as measured.
+    const auto one = graph_->decode_cost(node, 0);
+    const double batch = roofline_ms({one.flops * static_cast<double>(pasts.size()), one.bytes * (others + 1) - others * weights}, dev);
+    const double single = roofline_ms(one, dev);
+    double ms = p->decode_ms_at_zero[node] * (single > 0 ? batch / single : 1);
+    for (int past : pasts) ms += p->decode_ms_per_token[node] * past;
+    return ms * slowdown_[device];
+  }
+  models::Cost sum;
+  for (int past : pasts) {
+    const auto c = graph_->decode_cost(node, past);
+    sum.flops += c.flops;
+    sum.bytes += c.bytes;
+  }
+  sum.bytes -= others * weights;
+  return roofline_ms(sum, dev) * slowdown_[device];
+}
+
+double CostModel::decode_batch_ms(int device, int first, int last, std::span<const int> pasts) const {
+  if (pasts.size() == 1) return decode_step_ms(device, first, last, pasts[0]);
+  double ms = 0;
+  for (int i = first; i <= last; ++i) ms += node_decode_batch_ms(device, i, pasts);
+  return ms;
+}
+
+double CostModel::decode_total_share_ms(int device, int first, int last, int batch) const {
+  if (batch <= 1) return decode_total_ms(device, first, last);
+  const int prefill_tokens = graph_->prefill_tokens(shape());
+  std::vector<int> pasts(static_cast<size_t>(batch));
+  double ms = 0;
+  for (int k = 0; k < shape().output_tokens; ++k) {
+    std::fill(pasts.begin(), pasts.end(), prefill_tokens + k);
+    ms += decode_batch_ms(device, first, last, pasts);
+  }
+  return ms / batch;
+}
+
 void CostModel::rebuild_device(int device) {
   const int nodes = num_nodes();
   const int prefill_tokens = graph_->prefill_tokens(shape());

@@ -57,14 +57,18 @@ Prediction evaluate(const CostModel& cost, std::vector<Stage>& stages) {
   double alone_ms = 0;
   double bottleneck_ms = 0;
   p.feasible = true;
+  // Batches of decode steps (planner.max_batch): at most as many as are in flight; a stage's busy time per request
+  // falls to its share of full batches (the bound), while a request alone still takes the batch-1 times.
+  const int batch = std::min(effective_max_batch(cost.scenario().planner, workload.in_flight), std::max(1, workload.in_flight));
   for (auto& st : stages) {
     st.prefill_ms = cost.prefill_ms(st.device, st.first_node, st.last_node);
     st.decode_ms = cost.decode_total_ms(st.device, st.first_node, st.last_node);
     st.memory_bytes = cost.memory_bytes(st.first_node, st.last_node);
     if (st.memory_bytes > cost.scenario().devices[st.device].mem_bytes) p.feasible = false;
-    const double busy = st.prefill_ms + st.decode_ms;
-    alone_ms += busy;
-    bottleneck_ms = std::max(bottleneck_ms, busy);
+    alone_ms += st.prefill_ms + st.decode_ms;
+    const double decode_busy =
+        batch > 1 ? cost.decode_total_share_ms(st.device, st.first_node, st.last_node, batch) : st.decode_ms;
+    bottleneck_ms = std::max(bottleneck_ms, st.prefill_ms + decode_busy);
   }
   for (size_t s = 0; s + 1 < stages.size(); ++s) {
     const int cut = stages[s].last_node;

@@ -74,7 +74,7 @@ constexpr std::string_view kNetworkKeys[] = {"topology", "bandwidth_mbps", "late
 constexpr std::string_view kLinkKeys[] = {"between", "bandwidth_mbps", "latency_ms"};
 constexpr std::string_view kWorkloadKeys[] = {"requests",           "arrival",       "in_flight",    "rate_per_s",
                                               "images_per_request", "prompt_tokens", "output_tokens"};
-constexpr std::string_view kPlannerKeys[] = {"name", "objective", "backups", "schedule", "replicas"};
+constexpr std::string_view kPlannerKeys[] = {"name", "objective", "backups", "schedule", "replicas", "max_batch"};
 constexpr std::string_view kFaultKeys[] = {"at_s", "device", "kind", "factor", "bandwidth_mbps", "signal"};
 constexpr std::string_view kRecoveryKeys[] = {"heartbeat_interval_s", "heartbeat_timeout_s"};
 constexpr std::string_view kCatalogueTopKeys[] = {"device"};
@@ -855,6 +855,16 @@ class ScenarioParser {
     if (auto v = r_.opt_bool(t, "backups", "planner")) s.planner.backups = *v;
     if (auto v = r_.opt_choice(t, "schedule", "planner", kSchedules)) s.planner.schedule = *v;
     if (auto v = r_.opt_bool(t, "replicas", "planner")) s.planner.replicas = *v;
+    if (const toml::node* batch = t.get("max_batch")) {
+      if (auto* text = batch->as_string(); text != nullptr && text->get() == "auto") {
+        s.planner.max_batch = kAutoBatch;
+      } else if (batch->is_string()) {
+        r_.fail(*batch, fmt::format("planner.max_batch: expected an integer >= 1 or \"auto\", got {}", literal(*batch)));
+      } else {
+        r_.require_at_least(t, "max_batch", "planner", 1);
+        s.planner.max_batch = *r_.opt_int(t, "max_batch", "planner");
+      }
+    }
   }
 
   void parse_recovery(const toml::table& root, Scenario& s) {
@@ -953,6 +963,10 @@ class ScenarioParser {
 
 // ---------------------------------------------------------------------------------------------
 // Public API
+
+int effective_max_batch(const PlannerSettings& planner, int in_flight) {
+  return planner.max_batch == kAutoBatch ? std::max(1, in_flight) : std::max(1, planner.max_batch);
+}
 
 std::string_view schedule_name(Schedule schedule) {
   for (const auto& [name, value] : kSchedules) {
@@ -1081,6 +1095,7 @@ std::string to_toml(const Scenario& s) {
   line("backups", s.planner.backups ? "true" : "false");
   line("schedule", quote(schedule_name(s.planner.schedule)));
   line("replicas", s.planner.replicas ? "true" : "false");
+  line("max_batch", s.planner.max_batch == kAutoBatch ? quote("auto") : fmt::format("{}", s.planner.max_batch));
 
   out += "\n[recovery]\n";
   line("heartbeat_interval_s", number(s.recovery.heartbeat_interval_s));

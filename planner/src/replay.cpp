@@ -8,7 +8,9 @@
 //     next task from a runtime::StageQueue under the scenario's planner.schedule (fifo: arrival order, a
 //     prefill holds the stage for its whole node range; decode-first: waiting decode steps go first, a
 //     prefill runs node by node and yields to a decode step that waits when a node ends, then resumes
-//     before any other prefill);
+//     before any other prefill); with planner.max_batch > 1 the waiting decode steps the queue hands out
+//     together run as one batch (CostModel::decode_batch_ms) and travel on as one message of their summed
+//     bytes;
 //   * a transfer crosses its route hop by hop (store and forward); each hop waits its latency,
 //     then shares the link's bandwidth equally with the other flows on it;
 //   * a request: prefill through every stage, then output_tokens decode steps from the stage with
@@ -43,6 +45,7 @@ struct Event {
   int step = 0;   // -1 prefill, k >= 0 decode step k
   int hop = 0;    // join: which hop of the route
   int from = 0;   // join: the sending stage
+  int batch = -1;  // join of a batch's message: its members (Replay::batches_); task: -1
   double bytes = 0;
   int link = 0;  // check: which link
   long long version = 0;
@@ -132,6 +135,7 @@ class Replay {
  public:
   Replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests, const ReplayOptions& options)
       : cost_(cost),
+        max_batch_(effective_max_batch(cost.scenario().planner, cost.scenario().workload.in_flight)),
         stages_(stages),
         k_(static_cast<int>(stages.size())),
         requests_(requests),
@@ -146,6 +150,7 @@ class Replay {
     const auto& graph = cost.graph();
     const auto& shape = cost.shape();
     const int prefill_tokens = graph.prefill_tokens(shape);
+    prefill_tokens_ = prefill_tokens;
     // Compute times per stage: prefill, and each decode step (context grows by one per step).
     prefill_ms_.resize(static_cast<size_t>(k_));
     decode_ms_.resize(static_cast<size_t>(k_));
@@ -177,6 +182,7 @@ class Replay {
     for (int s = 0; s < k_; ++s) {
       StageState q;
       q.queue.set_schedule(cost.scenario().planner.schedule);
+      q.queue.set_max_batch(max_batch_);
       queues_.push_back(std::move(q));
     }
     if (options.busy) recorder_ = runtime::RunRecorder(std::vector<std::string>(cost.scenario().devices.size()), 0, 1, true);
@@ -238,14 +244,21 @@ class Replay {
 
   // Sends `bytes` from stage a to stage b at time t: each hop waits its latency, then shares its link's bandwidth
   // with the flows already on it (store and forward between hops).
-  void start_hop(int request, int a, int b, int step, int hop, double bytes, double t) {
+  // A batch's message (batch >= 0) carries its members' steps; they arrive together.
+  void start_hop(int request, int a, int b, int step, int hop, double bytes, double t, int batch = -1) {
     const auto& route = route_of(a, b);
     if (hop >= static_cast<int>(route.size())) {
-      events_.push({t, seq_++, Kind::task, request, b, step});
+      if (batch < 0) {
+        events_.push({t, seq_++, Kind::task, request, b, step});
+        return;
+      }
+      for (const auto& m : batches_[static_cast<size_t>(batch)]) events_.push({t, seq_++, Kind::task, m.request, b, m.step});
+      free_batches_.push_back(batch);
       return;
     }
     const auto& h = route[static_cast<size_t>(hop)];
-    events_.push({t + h.spec.latency_ms, seq_++, Kind::join, request, b, step, hop, a, bytes});
+    Event join{t + h.spec.latency_ms, seq_++, Kind::join, request, b, step, hop, a, batch, bytes};
+    events_.push(join);
   }
 
   void schedule_check(int l) {
@@ -288,7 +301,7 @@ class Replay {
       const Event f = flows_[static_cast<size_t>(id)];
       link.finish.pop();
       free_flows_.push_back(id);
-      start_hop(f.request, f.from, f.stage, f.step, f.hop + 1, f.bytes, e.t);
+      start_hop(f.request, f.from, f.stage, f.step, f.hop + 1, f.bytes, e.t, f.batch);
     }
     ++link.version;
     schedule_check(e.link);
@@ -337,6 +350,11 @@ class Replay {
       wake_at(s, q.busy_until);
       return false;
     }
+    // Batching: steps that land at this instant join the pick (a wake goes after this instant's arrivals).
+    if (max_batch_ > 1 && decode) {
+      wake_at(s, e.t);
+      return false;
+    }
     return start_next(s, e.t);
   }
 
@@ -362,9 +380,10 @@ class Replay {
   // Starts the stage's next waiting task at t. Returns true when it completed the steady window.
   bool start_next(int s, double t) {
     auto& q = queues_[s];
-    const auto next = q.queue.next();
-    if (!next) return false;
-    const Waiting w = *next;
+    auto next = q.queue.next_batch([](const Waiting&, const Waiting&) { return true; });  // a stage's own queue
+    if (next.empty()) return false;
+    const Waiting w = next.front();
+    if (next.size() > 1) return start_batch(s, t, std::move(next));
     if (w.step >= 0 || !decode_first_) {  // a decode step, or a fifo prefill over the whole range: its end is known
       q.busy_until = t + (w.step >= 0 ? decode_ms_[s][w.step] : prefill_ms_[s]);
       if (options_.busy) recorder_.busy(stages_[s].device, t, q.busy_until);
@@ -381,6 +400,51 @@ class Replay {
     q.busy_until = end;
     wake_at(s, end);
     return false;
+  }
+
+  // A batch of decode steps as one forward; it goes on as one message (to the next stage, or the tokens back).
+  bool start_batch(int s, double t, std::vector<Waiting> batch) {
+    auto& q = queues_[s];
+    const auto& st = stages_[s];
+    pasts_.clear();
+    for (const auto& m : batch) pasts_.push_back(prefill_tokens_ + m.step);
+    q.busy_until = t + cost_.decode_batch_ms(st.device, st.first_node, st.last_node, pasts_);
+    if (options_.busy) recorder_.busy(st.device, t, q.busy_until);
+    if (!q.queue.empty()) wake_at(s, q.busy_until);
+    const double end = q.busy_until;
+    const double b = static_cast<double>(batch.size());
+    if (s + 1 < k_) {
+      start_hop(-1, s, s + 1, -1, 0, b * out_decode_bytes_[s], end, new_batch(std::move(batch)));
+      return false;
+    }
+    // The last stage: the members that go on send their tokens back together; the others complete.
+    std::vector<Waiting> back;
+    bool window_ended = false;
+    for (const auto& m : batch) {
+      if (m.step + 1 < steps_) {
+        back.push_back({m.request, m.step + 1, 0});
+      } else {
+        window_ended = pass_on(m.request, s, m.step, end) || window_ended;
+      }
+    }
+    if (back.size() == 1) {
+      start_hop(back[0].request, s, entry_, back[0].step, 0, kTokenBytes, end);
+    } else if (!back.empty()) {
+      const double bytes = static_cast<double>(back.size()) * kTokenBytes;
+      start_hop(-1, s, entry_, -1, 0, bytes, end, new_batch(std::move(back)));
+    }
+    return window_ended;
+  }
+
+  int new_batch(std::vector<Waiting> members) {
+    if (free_batches_.empty()) {
+      batches_.push_back(std::move(members));
+      return static_cast<int>(batches_.size()) - 1;
+    }
+    const int id = free_batches_.back();
+    free_batches_.pop_back();
+    batches_[static_cast<size_t>(id)] = std::move(members);
+    return id;
   }
 
   // Sends a finished step on (next stage, the token back, or the request's completion); true when it completed
@@ -408,6 +472,7 @@ class Replay {
   }
 
   const CostModel& cost_;
+  const int max_batch_;
   const std::vector<Stage>& stages_;
   const int k_;
   const long long requests_;
@@ -423,6 +488,10 @@ class Replay {
   const std::vector<Hop>* back_route_ = nullptr;
   std::vector<double> out_prefill_bytes_, out_decode_bytes_;
   std::vector<SharedLink> links_;
+  std::vector<std::vector<Waiting>> batches_;  // members of the batch messages in transit, by id (slots are reused)
+  std::vector<int> free_batches_;
+  std::vector<int> pasts_;  // scratch: a batch's cached tokens per member
+  int prefill_tokens_ = 0;
   std::vector<Event> flows_;  // the join event of each flow in transit, by flow id (slots are reused)
   std::vector<int> free_flows_;
   EventQueue events_;

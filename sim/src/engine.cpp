@@ -4,10 +4,12 @@
 //   device  (one per device, daemon)  takes its next task from its runtime::StageQueue (the pipeline's one
 //                                     scheduling rule: a recovery's KV rebuilds first; then, under fifo, arrival
 //                                     order; under decode-first, decode steps, and a prefill yields to a waiting
-//                                     decode step after each of its nodes): occupies the device for the task's
-//                                     exact compute time (sleep_for on the device's host: one task at a time, so
-//                                     no CPU sharing to model, and 20 % faster than an Exec), then hands the
-//                                     request to its next step
+//                                     decode step after each of its nodes; with planner.max_batch > 1, the
+//                                     decode steps of one stage it hands out together run as one batch):
+//                                     occupies the device for the task's exact compute time (sleep_for on the
+//                                     device's host: one task at a time, so no CPU sharing to model, and 20 %
+//                                     faster than an Exec), then hands the requests to their next steps (a
+//                                     batch's as one transfer of their summed bytes)
 //   courier (pool, daemon)            carries one transfer along its route, hop by hop (store and forward),
 //                                     then queues the task at the receiving device; the pool grows so that a
 //                                     transfer never waits for a courier
@@ -65,7 +67,7 @@ struct Job {
   const std::vector<HopSpec>* route = nullptr;
   std::uint64_t bytes = 0;
   int from_stage = 0;
-  Task next;
+  std::vector<Task> next;  // one task, or a batch's members (one message)
 };
 
 struct RequestSlot {
@@ -88,7 +90,7 @@ struct DeviceState {
   sg4::ActorPtr actor;
   bool dead = false;
   double slowdown = 1;
-  Task current;
+  std::vector<Task> current;  // the task (or batch) running
   bool running = false;
 };
 
@@ -156,6 +158,7 @@ class Simulation {
       dev.speed = spec_.device_speed_flops[d];
       dev.host = platform_.hosts[d];
       dev.queue.set_schedule(spec_.schedule);
+      dev.queue.set_max_batch(spec_.max_batch);
       dev.ready = sg4::Semaphore::create(0);
     }
     jobs_ready_ = sg4::Semaphore::create(0);
@@ -232,18 +235,20 @@ class Simulation {
       }
       // Steps that land at this very instant are seen by the pick (the replay's rule for simultaneous events).
       sg4::this_actor::yield();
-      auto next = dev.queue.next();
-      if (!next) continue;  // a token whose task was re-queued elsewhere (a dropout, a switch)
-      const Task task = *next;
+      auto batch = dev.queue.next_batch([](const Task& a, const Task& b) { return a.stage == b.stage; });
+      // Empty: a token whose task was re-queued elsewhere (a dropout, a switch) or ran in a batch.
+      if (batch.empty()) continue;
+      const Task task = batch.front();
       const auto& stage = flat_.stages[static_cast<size_t>(task.stage)];
       const double start = sg4::Engine::get_clock();
       dev.busy = true;
       dev.busy_since_s = start;
-      dev.current = task;
+      dev.current = batch;
       dev.running = true;
       const bool finished = task.kind == TaskKind::prefill && spec_.schedule == partition::Schedule::decode_first
                                 ? run_prefill_nodes(dev, task, stage)
-                                : (sleep_task(dev, task, stage), true);
+                            : batch.size() > 1 ? (sleep_batch(dev, batch, stage), true)
+                                               : (sleep_task(dev, task, stage), true);
       const double end = sg4::Engine::get_clock();
       dev.running = false;
       dev.busy = false;
@@ -260,9 +265,17 @@ class Simulation {
       if (task.kind == TaskKind::rebuild) {
         rebuild_done(task.fault);
       } else {
-        after_compute(task);
+        after_compute(batch);
       }
     }
+  }
+
+  void sleep_batch(const DeviceState& dev, const std::vector<Task>& batch, const StageSpec& stage) {
+    pasts_.clear();
+    for (const auto& t : batch) pasts_.push_back(spec_.prefill_tokens + t.step);
+    const double duration =
+        spec_.cost->decode_batch_ms(stage.device, stage.first_node, stage.last_node, pasts_) * 1e-3 * dev.slowdown;
+    if (duration > 0) sg4::this_actor::sleep_for(duration);
   }
 
   void sleep_task(const DeviceState& dev, const Task& task, const StageSpec& stage) {
@@ -307,8 +320,9 @@ class Simulation {
         ++out_.transfers;
         if (trace_.enabled()) {
           if (trace_.wants(start)) {
-            trace_.transfer(hop.link, lane, slots_[static_cast<size_t>(job.next.slot)].id, job.bytes, job.from_stage,
-                            job.next.stage, job.next.step, start, end);
+            const Task& first = job.next.front();
+            trace_.transfer(hop.link, lane, slots_[static_cast<size_t>(first.slot)].id, job.bytes, job.from_stage,
+                            first.stage, first.step, start, end);
           }
           trace_.free_lane(hop.link, lane);
         }
@@ -354,24 +368,34 @@ class Simulation {
     enqueue(Task{slot, 0, TaskKind::prefill});
   }
 
-  void enqueue(const Task& task) {
-    auto& dev = devices_[static_cast<size_t>(flat_.stages[static_cast<size_t>(task.stage)].device)];
-    if (dev.dead) {  // lost with the device: re-queued at the stage's new device once recovered
-      orphans_.push_back(task);
-      return;
+  void enqueue(const Task& task) { enqueue(std::vector<Task>{task}); }
+
+  // Tasks that arrive together (a batch's message) are all queued before the device is told: a release is a
+  // simcall, and the device would pick in the middle of the insertions.
+  void enqueue(const std::vector<Task>& tasks) {
+    std::vector<DeviceState*> told;
+    for (const auto& task : tasks) {
+      auto& dev = devices_[static_cast<size_t>(flat_.stages[static_cast<size_t>(task.stage)].device)];
+      if (dev.dead) {  // lost with the device: re-queued at the stage's new device once recovered
+        orphans_.push_back(task);
+        continue;
+      }
+      dev.queue.push(task.kind, task);
+      told.push_back(&dev);
     }
-    dev.queue.push(task.kind, task);
-    dev.ready->release();
+    for (auto* dev : told) dev->ready->release();
   }
 
-  void send(const TransferSpec& transfer, const Task& next, int from_stage) {
+  // Sends `next` (one task, or a batch's members as one message of `count` times the transfer's bytes).
+  void send(const TransferSpec& transfer, std::vector<Task> next, int from_stage) {
     if (transfer.route < 0) {
       enqueue(next);
       return;
     }
     ++jobs_in_flight_;
+    const double bytes = transfer.bytes * static_cast<double>(next.size());
     jobs_.push_back(Job{&spec_.routes[static_cast<size_t>(transfer.route)],
-                        static_cast<std::uint64_t>(std::llround(transfer.bytes)), from_stage, next});
+                        static_cast<std::uint64_t>(std::llround(bytes)), from_stage, std::move(next)});
     if (idle_couriers_ > 0) {
       --idle_couriers_;  // reserved: that courier takes this job (a job never waits for a courier)
     } else {
@@ -383,23 +407,33 @@ class Simulation {
     jobs_ready_->release();
   }
 
-  void after_compute(const Task& task) {
+  // A task or a batch (decode steps of one stage) ran: its requests go on, a batch's as one message.
+  void after_compute(const std::vector<Task>& done) {
     const int last = static_cast<int>(flat_.stages.size()) - 1;
-    const auto& stage = flat_.stages[static_cast<size_t>(task.stage)];
-    auto& slot = slots_[static_cast<size_t>(task.slot)];
-    if (task.kind == TaskKind::prefill) {
-      slot.prefill_nodes_done = stage.last_node + 1;
-    } else {
-      slot.last_node = stage.last_node;
-      slot.last_step = task.step;
+    const Task& first = done.front();
+    const auto& stage = flat_.stages[static_cast<size_t>(first.stage)];
+    std::vector<Task> on;
+    for (const auto& task : done) {
+      auto& slot = slots_[static_cast<size_t>(task.slot)];
+      if (task.kind == TaskKind::prefill) {
+        slot.prefill_nodes_done = stage.last_node + 1;
+      } else {
+        slot.last_node = stage.last_node;
+        slot.last_step = task.step;
+      }
+      if (task.stage < last) {
+        on.push_back(Task{task.slot, task.stage + 1, task.kind, task.step});
+      } else if (task.step + 1 >= spec_.output_tokens) {
+        complete(task.slot);
+      } else {
+        on.push_back(Task{task.slot, flat_.text_stage, TaskKind::decode, task.step + 1});
+      }
     }
-    if (task.stage < last) {
-      const auto& transfer = task.kind == TaskKind::prefill ? stage.prefill_out : stage.decode_out;
-      send(transfer, Task{task.slot, task.stage + 1, task.kind, task.step}, task.stage);
-    } else if (task.step + 1 >= spec_.output_tokens) {
-      complete(task.slot);
+    if (on.empty()) return;
+    if (first.stage < last) {
+      send(first.kind == TaskKind::prefill ? stage.prefill_out : stage.decode_out, std::move(on), first.stage);
     } else {
-      send(flat_.back_edge, Task{task.slot, flat_.text_stage, TaskKind::decode, task.step + 1}, task.stage);
+      send(flat_.back_edge, std::move(on), first.stage);
     }
   }
 
@@ -503,7 +537,9 @@ class Simulation {
       recorder_.busy(d, dev.busy_since_s, now);
       dev.busy = false;
     }
-    if (dev.running) orphans_.push_back(restarted(dev.current));
+    if (dev.running) {
+      for (const auto& t : dev.current) orphans_.push_back(restarted(t));
+    }
     dev.running = false;
     for (const auto& t : dev.queue.take_all()) orphans_.push_back(restarted(t));
   }
@@ -675,6 +711,7 @@ class Simulation {
   int idle_couriers_ = 0;
   std::vector<RequestSlot> slots_;
   std::vector<int> free_slots_;
+  std::vector<int> pasts_;  // scratch: a batch's cached tokens per member
   long long admitted_ = 0;
   RunTrace trace_;
   runtime::RunRecorder recorder_;

@@ -150,6 +150,7 @@ Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const pa
   spec.placement = runtime::Placement::of(plan);
   spec.prefill_tokens = graph.prefill_tokens(shape);
   spec.schedule = scenario.planner.schedule;
+  spec.cost = &cost;
   spec.output_tokens = shape.output_tokens;
   auto registering = [&](int from, int to) { return register_route(cost, spec, from, to); };
   auto flat = make_flat(cost, plan.stages, registering);
@@ -176,6 +177,7 @@ Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const pa
   spec.arrival = workload.arrival == partition::Arrival::closed ? ArrivalKind::closed : ArrivalKind::poisson;
   spec.requests = max_requests > 0 ? max_requests : workload.requests;
   spec.in_flight = std::max(1, workload.in_flight);
+  spec.max_batch = partition::effective_max_batch(scenario.planner, spec.in_flight);
   spec.rate_per_s = workload.rate_per_s;
   spec.seed = seed;
   if (spec.requests <= 0) return make_error("workload.requests must be positive (got {})", spec.requests);

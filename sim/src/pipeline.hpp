@@ -94,6 +94,8 @@ struct PipelineSpec {
 
   int prefill_tokens = 0;  // tokens of a request's prefill (prompt + image features)
   partition::Schedule schedule = partition::Schedule::decode_first;
+  int max_batch = 1;                           // decode steps of one stage run as one forward (planner.max_batch)
+  const partition::CostModel* cost = nullptr;  // a batch's compute time (CostModel::decode_batch_ms); not owned
   std::optional<FaultSetup> faults;  // none: a fault-free run
 };
 

@@ -83,5 +83,61 @@ TEST(StageQueue, TakeAllEmptiesInNextOrderAndScheduleCanBeSet) {
   EXPECT_FALSE(q.next().has_value());
 }
 
+// Batches as next_batch() forms them, written "a+b" per batch; decode steps are named <stage><letter> ("1a": stage 1)
+// and join when their stages are equal.
+std::string batches(StageQueue<std::string>& q) {
+  std::string out;
+  for (;;) {
+    const auto batch = q.next_batch([](const std::string& a, const std::string& b) { return a[0] == b[0]; });
+    if (batch.empty()) return out;
+    std::string one;
+    for (const auto& t : batch) one += (one.empty() ? "" : "+") + t;
+    out += (out.empty() ? "" : " ") + one;
+  }
+}
+
+const std::vector<Arrival> kBatchable = {{TaskKind::decode, "1a"},  {TaskKind::decode, "1b"}, {TaskKind::prefill, "p1"},
+                                         {TaskKind::decode, "2a"},  {TaskKind::decode, "1c"}, {TaskKind::rebuild, "r1"},
+                                         {TaskKind::decode, "1d"},  {TaskKind::control, "e"}, {TaskKind::decode, "1e"}};
+
+TEST(StageQueue, MaxBatchOneIsNextExactly) {
+  for (auto schedule : {Schedule::fifo, Schedule::decode_first}) {
+    auto a = queue_of(schedule, kBatchable);
+    auto b = queue_of(schedule, kBatchable);
+    std::string one_by_one = order(a);
+    EXPECT_EQ(batches(b), one_by_one);
+  }
+}
+
+TEST(StageQueue, DecodeFirstBatchesTheOldestDecodeStepsOfOneStageAfterTheRebuilds) {
+  auto q = queue_of(Schedule::decode_first, kBatchable);
+  q.set_max_batch(3);
+  // The rebuild alone first; then stage 1's three oldest, stage 2's, stage 1's rest; prefills and control alone.
+  EXPECT_EQ(batches(q), "r1 1a+1b+1c 2a 1d+1e p1 e");
+  auto big = queue_of(Schedule::decode_first, kBatchable);
+  big.set_max_batch(16);
+  EXPECT_EQ(batches(big), "r1 1a+1b+1c+1d+1e 2a p1 e");
+}
+
+TEST(StageQueue, FifoBatchesOnlyConsecutiveDecodeStepsOfOneStage) {
+  auto q = queue_of(Schedule::fifo, kBatchable);
+  q.set_max_batch(8);
+  // Nothing overtakes an earlier arrival: a prefill, another stage's step or a control task ends a batch.
+  EXPECT_EQ(batches(q), "r1 1a+1b p1 2a 1c+1d e 1e");
+}
+
+TEST(StageQueue, ABatchTakesWhatWaitsWithoutWaitingToFill) {
+  StageQueue<std::string> q(Schedule::decode_first, 8);
+  EXPECT_EQ(q.max_batch(), 8);
+  q.push(TaskKind::decode, "1a");
+  EXPECT_EQ(batches(q), "1a");
+  q.push(TaskKind::decode, "1b");
+  q.push(TaskKind::decode, "1c");
+  EXPECT_EQ(batches(q), "1b+1c");
+  EXPECT_TRUE(q.empty());
+  StageQueue<std::string> zero(Schedule::fifo, 0);  // a limit below 1 means 1
+  EXPECT_EQ(zero.max_batch(), 1);
+}
+
 }  // namespace
 }  // namespace adaptlink::runtime

@@ -11,9 +11,16 @@
 //
 // Per request: one prefill (vision over all crops, text over prompt + image tokens), then
 // `output_tokens` decode steps, the k-th with prefill_tokens + k tokens already in the KV cache.
+//
+// A batch of b decode steps (of different requests, past_1..past_b cached tokens) as one forward, per node:
+//   time = max(sum_i flops(past_i) / peak, (weights + sum_i (KV read_i + activations_i)) / bandwidth)
+// i.e. the weights are read once for the batch. b = 1 is the single step exactly. With a profile, the
+// measured batch-1 time at an empty cache is scaled by the roofline's batch factor at an empty cache, plus
+// the measured growth per cached token for each member.
 #pragma once
 
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "adaptlink/models/graph.hpp"
@@ -65,6 +72,12 @@ class CostModel {
   [[nodiscard]] double decode_step_ms(int device, int first, int last, int past_tokens) const;
   [[nodiscard]] double node_prefill_ms(int device, int node) const;
   [[nodiscard]] double node_decode_step_ms(int device, int node, int past_tokens) const;
+  // A batch of decode steps (one per request, `pasts` its cached tokens) over nodes [first, last] as one forward.
+  [[nodiscard]] double decode_batch_ms(int device, int first, int last, std::span<const int> pasts) const;
+  [[nodiscard]] double node_decode_batch_ms(int device, int node, std::span<const int> pasts) const;
+  // A request's share of all its decode steps when every step runs in a batch of `batch` alike requests
+  // (decode_total_ms for batch 1): what a stage's busy time per request falls to at that batch size.
+  [[nodiscard]] double decode_total_share_ms(int device, int first, int last, int batch) const;
 
   // Route between two devices (empty when from == to) and the time to send `bytes` along it.
   [[nodiscard]] const std::vector<Hop>& route(int from, int to) const;

@@ -85,7 +85,13 @@ struct PlannerSettings {
   // groups, each with its own share of the requests in flight, when that beats one pipeline (throughput
   // objective, no backups, no faults; see partition/src/replicas.cpp).
   bool replicas = true;
+  // Up to how many waiting decode steps of one stage run as one forward (runtime::StageQueue::next_batch).
+  // kAutoBatch ("auto"): as many as wait (every request in flight may join). 1: one step at a time.
+  int max_batch = 1;
 };
+inline constexpr int kAutoBatch = 0;
+// The batch limit a stage applies: max_batch, or the requests in flight for "auto".
+int effective_max_batch(const PlannerSettings& planner, int in_flight);
 
 enum class FaultKind { dropout, rejoin, slowdown, link };
 // The names of the scenario's `kind` key and of report.json's faults[].kind: "dropout" | "rejoin" | ...

@@ -17,12 +17,20 @@
 //               node (not its stage's last) when a rebuild or a decode step waits: the back-end hands the rest
 //               back with park() and runs next() instead. So no request holds a device for a whole prefill
 //               while the others' decode steps queue behind it.
+//
+// Batches (planner.max_batch > 1): next_batch() takes a rebuild alone, or up to max_batch decode steps that can run
+// as one forward (the back-end says which may join the first: the same stage), or a prefill or control task alone.
+// Which decode steps join: decode-first, the oldest waiting ones of the first's stage, wherever they are in the
+// queue; fifo, the decode steps of the first's stage that follow it in arrival order without a prefill, rebuild or
+// control task between them (nothing overtakes a task that arrived earlier). A device does not wait for a batch to
+// fill: it takes what waits. max_batch 1 is next() exactly.
 #pragma once
 
 #include <cstddef>
 #include <deque>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "adaptlink/partition/scenario.hpp"
 
@@ -33,10 +41,13 @@ enum class TaskKind { rebuild, decode, prefill, control };
 template <class T>
 class StageQueue {
  public:
-  explicit StageQueue(partition::Schedule schedule = partition::Schedule::decode_first) : schedule_(schedule) {}
+  explicit StageQueue(partition::Schedule schedule = partition::Schedule::decode_first, int max_batch = 1)
+      : schedule_(schedule), max_batch_(max_batch < 1 ? 1 : max_batch) {}
 
   [[nodiscard]] partition::Schedule schedule() const { return schedule_; }
   void set_schedule(partition::Schedule schedule) { schedule_ = schedule; }
+  [[nodiscard]] int max_batch() const { return max_batch_; }
+  void set_max_batch(int max_batch) { max_batch_ = max_batch < 1 ? 1 : max_batch; }
 
   // A task that arrived.
   void push(TaskKind kind, T task) {
@@ -45,12 +56,12 @@ class StageQueue {
     } else if (kind == TaskKind::decode && schedule_ == partition::Schedule::decode_first) {
       decodes_.push_back(std::move(task));
     } else {
-      others_.push_back(std::move(task));
+      others_.push_back({kind, std::move(task)});
     }
   }
 
   // The rest of a prefill that yielded after a node: it goes on before every other prefill.
-  void park(T rest) { others_.push_front(std::move(rest)); }
+  void park(T rest) { others_.push_front({TaskKind::prefill, std::move(rest)}); }
 
   // Whether a running prefill yields after its current node (when that is not its stage's last).
   [[nodiscard]] bool prefill_yields() const {
@@ -59,13 +70,50 @@ class StageQueue {
 
   // Takes the task that runs next; nullopt when none waits.
   std::optional<T> next() {
-    for (auto* from : {&rebuilds_, &decodes_, &others_}) {
+    for (auto* from : {&rebuilds_, &decodes_}) {
       if (from->empty()) continue;
       T task = std::move(from->front());
       from->pop_front();
       return task;
     }
-    return std::nullopt;
+    if (others_.empty()) return std::nullopt;
+    T task = std::move(others_.front().task);
+    others_.pop_front();
+    return task;
+  }
+
+  // Takes what runs next as one batch (see the top): empty when nothing waits. `joins(first, other)` says whether
+  // the decode step `other` may run in one forward with the decode step `first` (the same stage).
+  template <class Joins>
+  std::vector<T> next_batch(Joins joins) {
+    std::vector<T> batch;
+    if (!rebuilds_.empty() || max_batch_ == 1) {
+      if (auto t = next()) batch.push_back(std::move(*t));
+      return batch;
+    }
+    if (!decodes_.empty()) {  // decode-first: the oldest decode steps of the first's stage
+      batch.push_back(std::move(decodes_.front()));
+      decodes_.pop_front();
+      for (auto it = decodes_.begin(); it != decodes_.end() && static_cast<int>(batch.size()) < max_batch_;) {
+        if (joins(batch.front(), *it)) {
+          batch.push_back(std::move(*it));
+          it = decodes_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      return batch;
+    }
+    if (others_.empty()) return batch;
+    const bool decode = others_.front().kind == TaskKind::decode;
+    batch.push_back(std::move(others_.front().task));
+    others_.pop_front();
+    while (decode && !others_.empty() && static_cast<int>(batch.size()) < max_batch_ &&
+           others_.front().kind == TaskKind::decode && joins(batch.front(), others_.front().task)) {
+      batch.push_back(std::move(others_.front().task));
+      others_.pop_front();
+    }
+    return batch;
   }
 
   [[nodiscard]] bool empty() const { return rebuilds_.empty() && decodes_.empty() && others_.empty(); }
@@ -84,8 +132,14 @@ class StageQueue {
   }
 
  private:
+  struct Other {
+    TaskKind kind;
+    T task;
+  };
   partition::Schedule schedule_;
-  std::deque<T> rebuilds_, decodes_, others_;
+  int max_batch_ = 1;
+  std::deque<T> rebuilds_, decodes_;
+  std::deque<Other> others_;  // prefills, control tasks (and fifo's decode steps), with their kinds
 };
 
 }  // namespace adaptlink::runtime
