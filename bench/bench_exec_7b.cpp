@@ -25,6 +25,7 @@
 
 #include "adaptlink/exec/checkpoint.hpp"
 #include "adaptlink/exec/model.hpp"
+#include "stream_bandwidth.hpp"
 
 namespace {
 
@@ -66,58 +67,6 @@ std::pair<double, double> child_peak_rss(const std::string& dir, int first, int 
   wait4(pid, &status, 0, &usage);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return {-1, -1};
   return {static_cast<double>(usage.ru_maxrss) * 1024.0, load_s};
-}
-
-// STREAM-like read and triad bandwidth (GB/s) over `bytes`-sized float arrays, best of `reps`.
-std::pair<double, double> stream_bandwidth(int64_t bytes, int reps) {
-  const int64_t n = bytes / 4;
-  at::Tensor a = at::empty({n}, at::kFloat).fill_(1.0f);
-  at::Tensor b = at::empty({n}, at::kFloat).fill_(2.0f);
-  at::Tensor c = at::empty({n}, at::kFloat).fill_(0.0f);
-  float* pa = a.data_ptr<float>();
-  float* pb = b.data_ptr<float>();
-  float* pc = c.data_ptr<float>();
-  double best_read = 0;
-  double best_triad = 0;
-  volatile double sink = 0;
-  for (int r = 0; r < reps; ++r) {
-    std::vector<double> partial(static_cast<size_t>(at::get_num_threads()) * 16, 0.0);
-    auto t = Clock::now();
-    at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
-      float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
-      int64_t i = begin;
-      for (; i + 8 <= end; i += 8) {
-        s0 += pa[i];
-        s1 += pa[i + 1];
-        s2 += pa[i + 2];
-        s3 += pa[i + 3];
-        s4 += pa[i + 4];
-        s5 += pa[i + 5];
-        s6 += pa[i + 6];
-        s7 += pa[i + 7];
-      }
-      for (; i < end; ++i) s0 += pa[i];
-      partial[static_cast<size_t>(at::get_thread_num()) * 16] += s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
-    });
-    const double dt = seconds_since(t);
-    for (double p : partial) sink = sink + p;
-    best_read = std::max(best_read, static_cast<double>(bytes) / dt / 1e9);
-    t = Clock::now();
-    at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) pc[i] = pa[i] + 3.0f * pb[i];
-    });
-    const double dt2 = seconds_since(t);
-    best_triad = std::max(best_triad, 3.0 * static_cast<double>(bytes) / dt2 / 1e9);
-    // ATen's own vectorised kernels (the hand loops above may be compute-bound on some CPUs).
-    t = Clock::now();
-    sink = sink + a.sum().item<double>();
-    best_read = std::max(best_read, static_cast<double>(bytes) / seconds_since(t) / 1e9);
-    t = Clock::now();
-    at::add_out(c, a, b, 3.0);
-    best_triad = std::max(best_triad, 3.0 * static_cast<double>(bytes) / seconds_since(t) / 1e9);
-  }
-  (void)sink;
-  return {best_read, best_triad};
 }
 
 }  // namespace
@@ -171,7 +120,7 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   // ---- bandwidth ----
-  const auto [read_gbs, triad_gbs] = stream_bandwidth(int64_t{1} << 30, 5);
+  const auto [read_gbs, triad_gbs] = adaptlink::bench::stream_bandwidth(int64_t{1} << 30, 5);
   result["bandwidth"] = {{"read_gbs", read_gbs}, {"triad_gbs", triad_gbs}, {"array_bytes", int64_t{1} << 30}};
   std::printf("bandwidth: read %.1f GB/s, triad %.1f GB/s\n", read_gbs, triad_gbs);
   std::fflush(stdout);

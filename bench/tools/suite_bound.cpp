@@ -3,7 +3,13 @@
 //   bound_rps      the aggregate-compute upper bound: the sum over active devices of the throughput
 //                  each would reach running the whole model alone, with free communication and
 //                  unlimited memory, i.e. sum_d 1000 / (prefill_ms(d, all) + decode_total_ms(d, all))
-//   devices        each active device's alone_rps (the terms of that sum)
+//   devices        each active device's alone_rps (the terms of that sum), and its batched_alone_rps at best_batch
+//   batched_bound_rps  the same with batched decode: each device serving the whole model alone with its decode
+//                  steps in batches of the largest size its memory holds (weights + that many requests' KV cache
+//                  at full context; at most 256; 1 when the model does not fit), prefills one at a time, free
+//                  communication: sum_d 1000 / (prefill_ms(d, all) + decode_total_share_ms(d, all, b_d))
+//   arithmetic_bound_rps  sum_d tflops_d / FLOPs per request (prefill and every decode step): no plan, batch or
+//                  memory gets past it
 //   min_link_mbps  the slowest link an activation may cross (access links in a star, pair links in a mesh)
 //   comm_share     how long one request's activations at a decoder cut (prefill + one per decode step)
 //                  keep the slowest link busy, relative to the bound's time per request 1000 / bound_rps;
@@ -19,6 +25,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <iostream>
 #include <limits>
@@ -52,12 +59,30 @@ nlohmann::json describe(const std::string& file, const std::vector<std::string>&
   const int last = cost.num_nodes() - 1;
   const auto active = part::active_devices(sc);
 
-  double bound_rps = 0;
+  double bound_rps = 0, batched_bound_rps = 0, arithmetic_bound_rps = 0;
+  const auto& graph = cost.graph();
+  const int prefill_tokens = graph.prefill_tokens(cost.shape());
+  double request_flops = 0;
+  for (int i = 0; i <= last; ++i) {
+    request_flops += graph.prefill_cost(i, cost.shape()).flops;
+    for (int k = 0; k < cost.shape().output_tokens; ++k) request_flops += graph.decode_cost(i, prefill_tokens + k).flops;
+  }
+  const double kv_per_request = cost.kv_bytes(0, last) / std::max(1, sc.workload.in_flight);
   nlohmann::json devices = nlohmann::json::array();
   for (int d : active) {
     const double alone_ms = cost.prefill_ms(d, 0, last) + cost.decode_total_ms(d, 0, last);
     bound_rps += 1e3 / alone_ms;
-    devices.push_back({{"name", sc.devices[d].name}, {"alone_rps", 1e3 / alone_ms}});
+    const double free = sc.devices[d].mem_bytes - cost.weight_bytes(0, last) - cost.buffer_bytes(0, last);
+    const int batch = free <= 0 || kv_per_request <= 0
+                          ? 1
+                          : static_cast<int>(std::clamp(std::floor(free / kv_per_request), 1.0, 256.0));
+    const double batched_ms = cost.prefill_ms(d, 0, last) + cost.decode_total_share_ms(d, 0, last, batch);
+    batched_bound_rps += 1e3 / batched_ms;
+    arithmetic_bound_rps += sc.devices[d].tflops * 1e12 / request_flops;
+    devices.push_back({{"name", sc.devices[d].name},
+                       {"alone_rps", 1e3 / alone_ms},
+                       {"batched_alone_rps", 1e3 / batched_ms},
+                       {"best_batch", batch}});
   }
 
   double min_mbps = std::numeric_limits<double>::infinity();
@@ -78,6 +103,8 @@ nlohmann::json describe(const std::string& file, const std::vector<std::string>&
   nlohmann::json out{{"file", file},
                      {"name", sc.name},
                      {"bound_rps", bound_rps},
+                     {"batched_bound_rps", batched_bound_rps},
+                     {"arithmetic_bound_rps", arithmetic_bound_rps},
                      {"devices", devices},
                      {"min_link_mbps", min_mbps},
                      {"comm_share", comm_share},

@@ -37,6 +37,7 @@ struct ProfileArgs {
   std::string dtype = "fp32";
   std::string out;                      // profile file; empty: none (use --format json for stdout)
   std::string format = "text";
+  std::string batch_sizes = "2,4,8,16";  // decode batches to measure; "none": none
 };
 
 CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args);

@@ -67,6 +67,8 @@ CLI::App* add_profile_command(CLI::App& app, ProfileArgs& a) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", a.threads, "CPU threads (default: libtorch's)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--dtype", a.dtype, "fp32 | bf16")->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--batch-sizes", a.batch_sizes,
+                  "decode batches to measure, ascending, comma-separated (default 2,4,8,16; none: batch 1 only)");
   cmd->add_option("--out", a.out, "write the profile (JSON) to FILE");
   cmd->add_option("--format", a.format, "text (a table) | json (the profile) on stdout")
       ->check(CLI::IsMember({"text", "json"}));
@@ -109,11 +111,37 @@ int run_profile_command(const ProfileArgs& args) {
   exec::ProfileOptions options;
   options.shape = shape;
   options.repeats = args.repeats;
+  options.batch_sizes.clear();
+  if (args.batch_sizes != "none") {
+    size_t at = 0;
+    while (at <= args.batch_sizes.size()) {
+      const size_t comma = std::min(args.batch_sizes.find(',', at), args.batch_sizes.size());
+      const std::string item = args.batch_sizes.substr(at, comma - at);
+      size_t used = 0;
+      int b = 0;
+      try {
+        b = std::stoi(item, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != item.size() || b < 2 || b > 4096 ||
+          (!options.batch_sizes.empty() && b <= options.batch_sizes.back())) {
+        return fail(fmt::format("--batch-sizes: expected ascending integers from 2 to 4096 separated by commas (or "
+                                "none), got '{}'",
+                                args.batch_sizes));
+      }
+      options.batch_sizes.push_back(b);
+      at = comma + 1;
+    }
+  }
   options.exec = *exec_options;
   options.progress = [](const exec::NodeProfile& n, int i, int count) {
     if (i == 0) std::fprintf(stderr, "profile: %s\n", exec::blas_line().c_str());
-    std::fprintf(stderr, "profile: [%d/%d] %s: prefill %.3f ms, decode %.4f ms + %.3g ms/token\n", i + 1, count,
-                 n.name.c_str(), n.prefill_ms, n.decode_ms_at_zero, n.decode_ms_per_token);
+    std::string batches;
+    for (double ms : n.decode_batch_ms_at_zero) batches += fmt::format("{}{:.4f}", batches.empty() ? "" : " ", ms);
+    std::fprintf(stderr, "profile: [%d/%d] %s: prefill %.3f ms, decode %.4f ms + %.3g ms/token%s%s\n", i + 1, count,
+                 n.name.c_str(), n.prefill_ms, n.decode_ms_at_zero, n.decode_ms_per_token,
+                 batches.empty() ? "" : ", batches (ms): ", batches.c_str());
   };
   auto measured = exec::measure_profile(args.model, options);
   if (!measured) return fail(measured.error());

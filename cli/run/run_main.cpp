@@ -389,6 +389,7 @@ struct ServeArgs {
   std::string format = "text";
   bool no_faults = false;
   bool no_backups = false;
+  std::optional<std::string> max_batch;
 };
 
 void add_serve_options(CLI::App* cmd, ServeArgs& a, bool testbed) {
@@ -405,6 +406,19 @@ void add_serve_options(CLI::App* cmd, ServeArgs& a, bool testbed) {
   cmd->add_option("--device", a.options.device, "cpu | cuda[:N] (where workers run their stages)");
   cmd->add_option("--in-flight", a.options.in_flight, "requests in the pipeline at once (default: the scenario's)")
       ->check(CLI::Range(1, 100000));
+  cmd->add_option("--max-batch", a.max_batch,
+                  "N | auto: up to N waiting decode steps of a stage run as one forward; auto: every request in "
+                  "flight (default: the scenario's planner.max_batch)")
+      ->check([](const std::string& v) -> std::string {
+        if (v == "auto") return "";
+        try {
+          size_t used = 0;
+          const int n = std::stoi(v, &used);
+          if (used == v.size() && n >= 1 && n <= 1024) return "";
+        } catch (const std::exception&) {
+        }
+        return "expected an integer from 1 to 1024 or auto, got " + v;
+      });
   cmd->add_option("--listen", a.options.listen,
                   "where the coordinator receives tokens (reachable by the workers; a replicated plan's replica r "
                   "listens on the port + r, or on another free port with port *)");
@@ -454,6 +468,7 @@ int run_serve_command(ServeArgs& a, bool testbed) {
   o.testbed = testbed;
   o.inject_faults = !a.no_faults;
   if (a.no_backups) o.backups = false;
+  if (a.max_batch) o.max_batch = *a.max_batch == "auto" ? adaptlink::partition::kAutoBatch : std::stoi(*a.max_batch);
   o.worker_binary = self_executable();
   if (testbed) {
     o.transport.insecure = a.insecure;

@@ -181,6 +181,11 @@ std::string summary_table(const part::Plan& plan, const part::CostModel& cost, c
   t.add({"latency p50 (ms)", fmt::format("{:.1f}", r.latency_ms.p50), "", ""});
   t.add({"latency p95 (ms)", fmt::format("{:.1f}", r.latency_ms.p95), "", ""});
   t.add({"latency p99 (ms)", fmt::format("{:.1f}", r.latency_ms.p99), "", ""});
+  for (auto [what, summary] : {std::pair{"time to first token", &r.ttft_ms}, std::pair{"time per output token", &r.tpot_ms}}) {
+    if (!*summary) continue;
+    t.add({fmt::format("{} p50 (ms)", what), fmt::format("{:.1f}", (*summary)->p50), "", ""});
+    t.add({fmt::format("{} p99 (ms)", what), fmt::format("{:.1f}", (*summary)->p99), "", ""});
+  }
   t.add({"bubble fraction", fmt::format("{:.3f}", r.bubble_fraction), "", ""});
   t.add({"requests completed", std::to_string(r.requests_completed), "", ""});
   out += t.str() + "\n";
@@ -363,10 +368,10 @@ int cmd_compare(const CompareOptions& o) {
     text = fmt::format("scenario {}: {}, network model {}\n\n", problem.scenario.name,
                        workload_text(problem.scenario, o.requests), o.network_model);
     al::cli::Table t({"planner", "stages", "pred_rps", "sim_rps", "sim/pred", "tokens/s", "p50_ms", "p95_ms", "util",
-                      "bubble", "x_uniform"});
+                      "bubble", "x_uniform", "ttft_p50_ms", "tpot_p50_ms"});
     for (const auto& r : rows) {
       if (!r.report) {
-        t.add({r.planner, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"});
+        t.add({r.planner, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"});
         continue;
       }
       const auto& rep = *r.report;
@@ -376,7 +381,9 @@ int cmd_compare(const CompareOptions& o) {
              fmt::format("{:.5f}", rep.throughput_rps), pred > 0 ? fmt::format("{:.4f}", rep.throughput_rps / pred) : "-",
              fmt::format("{:.2f}", rep.tokens_per_s), fmt::format("{:.0f}", rep.latency_ms.p50),
              fmt::format("{:.0f}", rep.latency_ms.p95), fmt::format("{:.3f}", 1.0 - rep.bubble_fraction),
-             fmt::format("{:.3f}", rep.bubble_fraction), ratio ? fmt::format("{:.3f}", *ratio) : "-"});
+             fmt::format("{:.3f}", rep.bubble_fraction), ratio ? fmt::format("{:.3f}", *ratio) : "-",
+             rep.ttft_ms ? fmt::format("{:.0f}", rep.ttft_ms->p50) : "-",
+             rep.tpot_ms ? fmt::format("{:.1f}", rep.tpot_ms->p50) : "-"});
     }
     text += t.str();
     for (const auto& r : rows) {

@@ -263,6 +263,7 @@ class Coordinator {
     h.coordinator = return_endpoint_;
     h.slowdown = std::max(1.0, slowdown_[w]);
     h.schedule = std::string(partition::schedule_name(options_.schedule));
+    h.max_batch = std::clamp(options_.max_batch, 1, wire::kMaxBatchMembers);
     h.epoch = epoch();
     h.return_link = link(static_cast<int>(w), text_worker());
     h.stages = std::move(stages);

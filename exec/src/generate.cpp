@@ -4,6 +4,7 @@
 #include <c10/core/GradMode.h>
 
 #include <chrono>
+#include <deque>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -119,67 +120,108 @@ Expected<at::Tensor> LlavaRunner::pixel_values_for_image(const std::filesystem::
 
 Expected<GenerateResult> LlavaRunner::generate(const std::vector<int64_t>& input_ids, const at::Tensor& pixel_values,
                                                const GenerateOptions& options) {
-  c10::AutoGradMode no_grad(false);
-  if (input_ids.empty()) return make_error("empty prompt (no input ids)");
-  if (options.max_new_tokens < 0) return make_error("max_new_tokens must be >= 0");
-  const auto& eos = options.eos_ids ? *options.eos_ids : eos_ids_;
-  const int64_t request = next_request_++;
-  GenerateResult result;
-  result.prompt_tokens = static_cast<int>(input_ids.size());
+  auto results = generate_batch({GenerateRequest{input_ids, pixel_values}}, options, 1);
+  if (!results) return results.error();
+  return std::move(results->front());
+}
 
-  auto run_chain = [&](const StepInput& step, Activation act) -> Expected<Activation> {
+Expected<std::vector<GenerateResult>> LlavaRunner::generate_batch(const std::vector<GenerateRequest>& requests,
+                                                                  const GenerateOptions& options, int max_batch) {
+  c10::AutoGradMode no_grad(false);
+  for (const auto& r : requests) {
+    if (r.input_ids.empty()) return make_error("empty prompt (no input ids)");
+  }
+  if (options.max_new_tokens < 0) return make_error("max_new_tokens must be >= 0");
+  if (max_batch < 1) return make_error("max_batch must be >= 1");
+  const auto& eos = options.eos_ids ? *options.eos_ids : eos_ids_;
+  const size_t n = requests.size();
+  std::vector<int64_t> ids(n);
+  for (auto& id : ids) id = next_request_++;
+  std::vector<GenerateResult> results(n);
+  auto drop = [&] {
+    for (auto& stage : stages_) {
+      for (int64_t id : ids) stage->drop_request(id);
+    }
+  };
+
+  // Prefills, one request at a time.
+  std::vector<at::Tensor> last(n);  // each request's logits row for its next token
+  for (size_t i = 0; i < n; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    StepInput step;
+    step.request = ids[i];
+    step.input_ids = at::tensor(requests[i].input_ids, at::TensorOptions().dtype(at::kLong));
+    step.all_logits = options.keep_prefill_logits;
+    Activation act;
+    if (requests[i].pixel_values.defined()) act = {ActivationKind::pixels, requests[i].pixel_values.to(at::kFloat)};
     for (auto& stage : stages_) {
       auto out = stage->forward(step, act);
-      if (!out) return out.error();
+      if (!out) {
+        drop();
+        return out.error();
+      }
       act = std::move(out).value();
     }
-    return act;
-  };
-  auto drop = [&] {
-    for (auto& stage : stages_) stage->drop_request(request);
-  };
-
-  auto start = std::chrono::steady_clock::now();
-  StepInput step;
-  step.request = request;
-  step.input_ids = at::tensor(input_ids, at::TensorOptions().dtype(at::kLong));
-  step.prefill = true;
-  step.all_logits = options.keep_prefill_logits;
-  Activation act;
-  if (pixel_values.defined()) act = {ActivationKind::pixels, pixel_values.to(at::kFloat)};
-  auto out = run_chain(step, act);
-  if (!out) {
-    drop();
-    return out.error();
-  }
-  if (out->kind != ActivationKind::logits) {
-    drop();
-    return make_error("the last stage did not produce logits");
-  }
-  at::Tensor logits = out->tensor;  // [1, T or 1, V]
-  if (options.keep_prefill_logits) result.prefill_logits = logits[0].to(at::kCPU).contiguous();
-  result.prefill_ms = ms_since(start);
-
-  start = std::chrono::steady_clock::now();
-  at::Tensor last = logits[0][logits.size(1) - 1];
-  for (int i = 0; i < options.max_new_tokens; ++i) {
-    const int64_t next = last.argmax().item<int64_t>();
-    result.generated.push_back(next);
-    if (std::find(eos.begin(), eos.end(), next) != eos.end()) break;
-    if (i + 1 == options.max_new_tokens) break;
-    step.input_ids = at::tensor(std::vector<int64_t>{next}, at::TensorOptions().dtype(at::kLong));
-    step.prefill = false;
-    step.all_logits = false;
-    auto o = run_chain(step, Activation{});
-    if (!o) {
+    if (act.kind != ActivationKind::logits) {
       drop();
-      return o.error();
+      return make_error("the last stage did not produce logits");
     }
-    last = o->tensor[0][o->tensor.size(1) - 1];
+    const at::Tensor& logits = act.tensor;  // [1, T or 1, V]
+    if (options.keep_prefill_logits) results[i].prefill_logits = logits[0].to(at::kCPU).contiguous();
+    results[i].prompt_tokens = static_cast<int>(requests[i].input_ids.size());
+    results[i].prefill_ms = ms_since(start);
+    last[i] = logits[0][logits.size(1) - 1];
   }
-  result.decode_ms = ms_since(start);
+
+  // Decode: a request takes its next token from `last`; it goes on (waits for a batch) unless that was its EOS or
+  // its max_new_tokens-th.
+  const auto start = std::chrono::steady_clock::now();
+  std::deque<size_t> waiting;
+  auto take_token = [&](size_t i) {
+    const int64_t next = last[i].argmax().item<int64_t>();
+    results[i].generated.push_back(next);
+    const bool stop = std::find(eos.begin(), eos.end(), next) != eos.end() ||
+                      static_cast<int>(results[i].generated.size()) >= options.max_new_tokens;
+    if (stop) {
+      results[i].decode_ms = ms_since(start);
+    } else {
+      waiting.push_back(i);
+    }
+  };
+  for (size_t i = 0; i < n; ++i) {
+    if (options.max_new_tokens > 0) take_token(i);
+  }
+  std::vector<StepInput> steps;
+  std::vector<size_t> members;
+  while (!waiting.empty()) {
+    steps.clear();
+    members.clear();
+    while (!waiting.empty() && static_cast<int>(members.size()) < max_batch) {
+      const size_t i = waiting.front();
+      waiting.pop_front();
+      StepInput step;
+      step.request = ids[i];
+      step.input_ids = at::tensor(std::vector<int64_t>{results[i].generated.back()}, at::TensorOptions().dtype(at::kLong));
+      step.prefill = false;
+      steps.push_back(std::move(step));
+      members.push_back(i);
+    }
+    Activation act;
+    for (auto& stage : stages_) {
+      auto out = stage->forward_batch(steps, act);
+      if (!out) {
+        drop();
+        return out.error();
+      }
+      act = std::move(out).value();
+    }
+    for (size_t b = 0; b < members.size(); ++b) {
+      last[members[b]] = act.tensor[static_cast<int64_t>(b)][act.tensor.size(1) - 1];
+      take_token(members[b]);
+    }
+  }
   drop();
-  return result;
+  return results;
 }
 
 }  // namespace adaptlink::exec

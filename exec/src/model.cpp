@@ -292,8 +292,16 @@ at::Tensor rotate_half(const at::Tensor& x) {
 }  // namespace
 
 at::Tensor Stage::run_decoder_layer(int layer, const at::Tensor& x, KvCache& cache, int64_t past) const {
+  KvCache* one[] = {&cache};
+  const int64_t pasts[] = {past};
+  return run_decoder_layer(layer, x, one, pasts);
+}
+
+at::Tensor Stage::run_decoder_layer(int layer, const at::Tensor& x, std::span<KvCache* const> caches,
+                                    std::span<const int64_t> pasts) const {
   const auto& t = graph_.config().text;
   const std::string p = fmt::format("text.layers.{}.", layer);
+  const int64_t B = x.size(0);
   const int64_t T = x.size(1);
   const int64_t nh = t.num_attention_heads;
   const int64_t kvh = t.num_key_value_heads;
@@ -304,37 +312,56 @@ at::Tensor Stage::run_decoder_layer(int layer, const at::Tensor& x, KvCache& cac
   };
 
   at::Tensor h = rms_norm(x, w(p + "input_layernorm.weight"));
-  at::Tensor q = dense(h, "self_attn.q_proj", t.attention_bias).view({1, T, nh, hd}).transpose(1, 2);
-  at::Tensor k = dense(h, "self_attn.k_proj", t.attention_bias).view({1, T, kvh, hd}).transpose(1, 2);
-  at::Tensor v = dense(h, "self_attn.v_proj", t.attention_bias).view({1, T, kvh, hd}).transpose(1, 2);
+  at::Tensor q = dense(h, "self_attn.q_proj", t.attention_bias).view({B, T, nh, hd}).transpose(1, 2);
+  at::Tensor k = dense(h, "self_attn.k_proj", t.attention_bias).view({B, T, kvh, hd}).transpose(1, 2);
+  at::Tensor v = dense(h, "self_attn.v_proj", t.attention_bias).view({B, T, kvh, hd}).transpose(1, 2);
 
-  // RoPE (transformers' rotate_half form), cos/sin computed in float32 then cast.
-  at::Tensor pos = at::arange(past, past + T, at::TensorOptions().dtype(at::kFloat).device(options_.device));
-  at::Tensor freqs = at::outer(pos, inv_freq_);  // [T, hd/2]
+  // RoPE (transformers' rotate_half form), cos/sin computed in float32 then cast: positions past .. past + T - 1 of
+  // one request, or each request's own position (batch > 1, one token each).
+  const auto fopts = at::TensorOptions().dtype(at::kFloat).device(options_.device);
+  at::Tensor pos;
+  if (B == 1) {
+    pos = at::arange(pasts[0], pasts[0] + T, fopts);
+  } else {
+    pos = at::tensor(std::vector<int64_t>(pasts.begin(), pasts.end()), at::TensorOptions().dtype(at::kLong))
+              .to(fopts);
+  }
+  at::Tensor freqs = at::outer(pos, inv_freq_);  // [T or B, hd/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);
   at::Tensor cos = emb.cos().to(q.scalar_type());
   at::Tensor sin = emb.sin().to(q.scalar_type());
+  if (B > 1) {
+    cos = cos.view({B, 1, 1, hd});
+    sin = sin.view({B, 1, 1, hd});
+  }
   q = q * cos + rotate_half(q) * sin;
   k = k * cos + rotate_half(k) * sin;
 
-  auto [keys, values] = cache.append(layer, k, v, past);  // [1, kvh, S, hd]
-  const int64_t S = keys.size(2);
-  // GQA without copying the cache: group the query heads that share a KV head.
-  at::Tensor qg = q.reshape({1, kvh, rep * T, hd});
-  at::Tensor scores = at::matmul(qg, keys.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(hd)));
-  if (T > 1) {
-    // Causal: query i (absolute position past + i) sees keys j <= past + i.
-    at::Tensor qpos = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(options_.device));
-    at::Tensor kpos = at::arange(0, S, at::TensorOptions().dtype(at::kLong).device(options_.device));
-    at::Tensor masked = kpos.unsqueeze(0).gt(qpos.unsqueeze(1));  // [T, S]
-    scores = scores.view({1, kvh, rep, T, S}).masked_fill(masked, -std::numeric_limits<float>::infinity());
-    scores = scores.view({1, kvh, rep * T, S});
+  // Attention per request, against its own cache.
+  std::vector<at::Tensor> rows;
+  rows.reserve(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t past = pasts[static_cast<size_t>(b)];
+    auto [keys, values] = caches[static_cast<size_t>(b)]->append(layer, k.narrow(0, b, 1), v.narrow(0, b, 1), past);
+    const int64_t S = keys.size(2);  // [1, kvh, S, hd]
+    // GQA without copying the cache: group the query heads that share a KV head.
+    at::Tensor qg = q.narrow(0, b, 1).reshape({1, kvh, rep * T, hd});
+    at::Tensor scores = at::matmul(qg, keys.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(hd)));
+    if (T > 1) {
+      // Causal: query i (absolute position past + i) sees keys j <= past + i.
+      at::Tensor qpos = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(options_.device));
+      at::Tensor kpos = at::arange(0, S, at::TensorOptions().dtype(at::kLong).device(options_.device));
+      at::Tensor masked = kpos.unsqueeze(0).gt(qpos.unsqueeze(1));  // [T, S]
+      scores = scores.view({1, kvh, rep, T, S}).masked_fill(masked, -std::numeric_limits<float>::infinity());
+      scores = scores.view({1, kvh, rep * T, S});
+    }
+    at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+    rows.push_back(at::matmul(probs, values)  // [1, kvh, rep*T, hd]
+                       .view({1, nh, T, hd})
+                       .transpose(1, 2)
+                       .reshape({1, T, nh * hd}));
   }
-  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-  at::Tensor attn = at::matmul(probs, values)  // [1, kvh, rep*T, hd]
-                        .view({1, nh, T, hd})
-                        .transpose(1, 2)
-                        .reshape({1, T, nh * hd});
+  at::Tensor attn = B == 1 ? rows.front() : at::cat(rows, 0);
   at::Tensor r = x + dense(attn, "self_attn.o_proj", t.attention_bias);
 
   h = rms_norm(r, w(p + "post_attention_layernorm.weight"));
@@ -468,6 +495,74 @@ Expected<Activation> Stage::forward(const StepInput& step, const Activation& inp
   if (cache != nullptr && to >= last_text_) cache->length = past + tokens;
   // A decode step through vision nodes only carries nothing.
   if (!step.prefill && graph_.node(to).is_vision()) cur = {ActivationKind::none, at::Tensor()};
+  return cur;
+}
+
+Expected<Activation> Stage::forward_batch(std::span<const StepInput> steps, const Activation& input) {
+  if (steps.empty()) return make_error("an empty batch");
+  if (steps.size() == 1) return forward(steps.front(), input);
+  c10::AutoGradMode no_grad(false);
+  const auto& text = graph_.config().text;
+  const auto batch = static_cast<int64_t>(steps.size());
+  // Checked before any cache changes: decode steps of distinct requests with their caches, one token each.
+  std::vector<KvCache*> caches;
+  std::vector<int64_t> pasts, ids;
+  for (const auto& step : steps) {
+    if (step.prefill) return make_error("a batch runs decode steps only (request {} is a prefill)", step.request);
+    for (size_t i = 0; i < caches.size(); ++i) {
+      if (steps[i].request == step.request) return make_error("request {} appears twice in one batch", step.request);
+    }
+    KvCache* cache = nullptr;
+    if (first_text_ >= 0) {
+      auto it = caches_.find(step.request);
+      if (it == caches_.end() || !it->second) {
+        return make_error("request {} has no KV cache on stage [{}, {}] (no prefill ran here)", step.request, first_,
+                          last_);
+      }
+      cache = it->second.get();
+      if (cache->length + 1 > text.max_position_embeddings) {
+        return make_error("request {} would reach {} positions, past the model's context of {}", step.request,
+                          cache->length + 1, text.max_position_embeddings);
+      }
+    }
+    caches.push_back(cache);
+    pasts.push_back(cache != nullptr ? cache->length : 0);
+    if (step.input_ids.numel() != 1) {
+      return make_error("a decode step carries one token id, request {} has {}", step.request, step.input_ids.numel());
+    }
+    ids.push_back(step.input_ids.to(at::kLong).reshape({1}).item<int64_t>());
+  }
+  int from = first_;
+  while (from <= last_ && graph_.node(from).is_vision()) ++from;  // a decode step skips the vision nodes
+  if (from > last_) return Activation{};
+  Activation cur = input;
+  if (cur.tensor.defined() && cur.tensor.device() != options_.device) cur.tensor = cur.tensor.to(options_.device);
+  if (graph_.node(from).kind == NodeKind::text_embed) {
+    for (int64_t id : ids) {
+      if (id < 0 || id >= text.vocab_size) {
+        return make_error("token ids must lie in [0, {}) (the vocabulary), got {}", text.vocab_size, id);
+      }
+    }
+    at::Tensor t = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).to(options_.device);
+    cur = {ActivationKind::text_hidden, at::embedding(w("text.embed_tokens.weight"), t).unsqueeze(1)};  // [B, 1, H]
+    ++from;
+  } else if (cur.kind != ActivationKind::text_hidden || cur.tensor.dim() != 3 || cur.tensor.size(0) != batch ||
+             cur.tensor.size(1) != 1 || cur.tensor.size(2) != text.hidden_size) {
+    return make_error("a batch of {} decode steps expects text_hidden [{}, 1, {}], got {} {}", batch, batch,
+                      text.hidden_size, to_string(cur.kind),
+                      cur.tensor.defined() ? shape_string(cur.tensor.sizes().vec()) : std::string("(none)"));
+  }
+  for (int n = from; n <= last_; ++n) {
+    const auto& node = graph_.node(n);
+    if (node.kind == NodeKind::decoder_layer) {
+      cur = {ActivationKind::text_hidden, run_decoder_layer(node.layer, cur.tensor, caches, pasts)};
+    } else if (node.kind == NodeKind::head) {
+      cur = {ActivationKind::logits, run_head(cur.tensor, false)};
+    }
+  }
+  if (last_text_ >= 0) {
+    for (auto* cache : caches) cache->length += 1;
+  }
   return cur;
 }
 

@@ -80,6 +80,14 @@ partition::NodeTimes MeasuredProfile::times() const {
     t.decode_ms_at_zero.push_back(n.decode_ms_at_zero);
     t.decode_ms_per_token.push_back(n.decode_ms_per_token);
   }
+  if (!batch_sizes.empty()) {
+    t.batch_sizes = batch_sizes;
+    for (const auto& n : nodes) {
+      t.decode_batch_ms_at_zero.push_back(n.decode_batch_ms_at_zero.empty()
+                                              ? std::vector<double>(batch_sizes.size(), 0.0)
+                                              : n.decode_batch_ms_at_zero);
+    }
+  }
   return t;
 }
 
@@ -125,18 +133,25 @@ Expected<MeasuredProfile> measure_profile(const std::filesystem::path& model_dir
                       shape.images, shape.prompt_tokens, shape.output_tokens);
   }
   if (options.exec.device.type() != c10::DeviceType::CPU) return make_error("profiling runs on the CPU only");
+  for (size_t k = 0; k < options.batch_sizes.size(); ++k) {
+    if (options.batch_sizes[k] < 2 || options.batch_sizes[k] > 4096 ||
+        (k > 0 && options.batch_sizes[k] <= options.batch_sizes[k - 1])) {
+      return make_error("batch sizes must be ascending integers from 2 to 4096");
+    }
+  }
   auto checkpoint = Checkpoint::open(model_dir);
   if (!checkpoint) return checkpoint.error();
   const auto& config = checkpoint->config();
   MeasuredProfile result{models::LayerGraph::build(
                              config, options.exec.dtype == at::kFloat ? models::Dtype::fp32 : models::Dtype::bf16),
-                         {}, 0, 0, {}, {}, {}};
+                         {}, 0, 0, {}, {}, {}, {}};
   const auto& graph = result.graph;
   result.shape = shape;
   result.repeats = options.repeats;
   result.threads = at::get_num_threads();
   result.dtype = options.exec.dtype == at::kFloat ? "fp32" : "bf16";
   result.model_dir = model_dir;
+  result.batch_sizes = options.batch_sizes;
 
   // Token ids: one text token, the image slots, the rest of the prompt (where LLaVA's template puts <image>).
   const int image_tokens = shape.images * config.image_tokens_per_image();
@@ -240,6 +255,40 @@ Expected<MeasuredProfile> measure_profile(const std::filesystem::path& model_dir
       } else {
         np.decode_ms_at_zero = np.decode_samples.front().second;
         np.decode_ms_per_token = 0;
+      }
+      // Batches: b requests, one cached token each (the cache a batch member needs), one step together.
+      for (int b : options.batch_sizes) {
+        const bool cached = node.kind != NodeKind::head;  // text_embed and decoder layers keep a cache per request
+        std::vector<StepInput> steps(static_cast<size_t>(b));
+        for (auto& s : steps) {
+          s.request = request++;
+          s.prefill = false;
+          s.input_ids = one_token;
+          if (!cached) continue;
+          StepInput fill;
+          fill.request = s.request;
+          fill.input_ids = one_token;
+          const Activation fill_in = node.kind == NodeKind::text_embed
+                                         ? Activation{}
+                                         : Activation{ActivationKind::text_hidden, prefill_in.tensor.narrow(1, 0, 1)};
+          auto filled = stage.forward(fill, fill_in);
+          if (!filled) return filled.error();
+        }
+        const Activation batch_in = node.kind == NodeKind::text_embed
+                                        ? Activation{}
+                                        : Activation{ActivationKind::text_hidden, step_input.tensor.expand({b, 1, -1}).contiguous()};
+        std::vector<double> batch_ms;
+        for (int r = 0; r <= options.repeats; ++r) {
+          evict_caches();
+          const auto start = std::chrono::steady_clock::now();
+          auto out = stage.forward_batch(steps, batch_in);
+          const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+          if (!out) return out.error();
+          // Member i had 1 + r cached tokens (decoder layers; the others read no cache).
+          if (r > 0) batch_ms.push_back(ms - (reads_cache ? np.decode_ms_per_token * b * (1 + r) : 0.0));
+        }
+        for (const auto& s : steps) stage.drop_request(s.request);
+        np.decode_batch_ms_at_zero.push_back(std::max(0.0, median(batch_ms)));
       }
       decode_in = step_out;
     }

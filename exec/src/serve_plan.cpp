@@ -96,6 +96,7 @@ Expected<ServedPlan> plan_served_run(const ServeOptions& options) {
   auto scenario = scenario_for(options, *ck);
   if (!scenario) return scenario.error();
   if (options.in_flight) scenario->workload.in_flight = *options.in_flight;
+  if (options.max_batch) scenario->planner.max_batch = *options.max_batch;
   if (options.backups) scenario->planner.backups = *options.backups;
   if (options.planner) scenario->planner.name = *options.planner;
   if (options.heartbeat_interval_s) scenario->recovery.heartbeat_interval_s = *options.heartbeat_interval_s;
@@ -174,6 +175,7 @@ Expected<ServedPlan> plan_served_run(const ServeOptions& options) {
   co.transport = options.transport;
   co.in_flight = sc.workload.in_flight;
   co.schedule = sc.planner.schedule;  // the workers order their steps as the plan's prediction assumed
+  co.max_batch = partition::effective_max_batch(sc.planner, sc.workload.in_flight);  // and batch them so
   if (!ignore_eos) co.eos_ids = read_eos_ids(options.model, ck->config());
   co.hello_timeout_s = options.hello_timeout_s;
   co.heartbeat_interval_s = sc.recovery.heartbeat_interval_s;

@@ -223,7 +223,8 @@ Expected<ServeOutcome> serve_replicated(const ServeOptions& options, ServedPlan&
     for (size_t i : indices[p]) part.results.push_back(merged.results[i]);
     part.faults.clear();
     const auto rec = record_exec_run(part, served.device_names, replicas[r].in_flight);
-    own[r] = {rec.report(sc.name, "exec", plan.planner), rec.completions_s(), rec.latencies_ms(), rec.tokens()};
+    own[r] = {rec.report(sc.name, "exec", plan.planner), rec.completions_s(), rec.latencies_ms(), rec.tokens(),
+              rec.ttfts_ms(), rec.tpots_ms()};
   }
   ServeOutcome outcome;
   outcome.report = runtime::merge_replicas(sc, replicas, own, "exec", plan.planner);

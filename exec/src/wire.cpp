@@ -21,6 +21,7 @@ std::string_view to_string(MsgType type) {
     case MsgType::pong: return "pong";
     case MsgType::shutdown: return "shutdown";
     case MsgType::release: return "release";
+    case MsgType::batch: return "batch";
   }
   return "unknown";
 }
@@ -51,6 +52,63 @@ std::vector<std::string> encode(const Message& message) {
   frames.push_back(std::move(meta_text));
   for (const auto& t : message.tensors) frames.push_back(t.data);
   return frames;
+}
+
+std::vector<std::string> encode_batch(const std::vector<Message>& members) {
+  Message head;
+  head.type = MsgType::batch;
+  head.meta["frames"] = nlohmann::json::array();
+  std::vector<std::string> rest;
+  for (const auto& m : members) {
+    auto frames = encode(m);
+    head.meta["frames"].push_back(frames.size());
+    for (auto& f : frames) rest.push_back(std::move(f));
+  }
+  auto frames = encode(head);
+  for (auto& f : rest) frames.push_back(std::move(f));
+  return frames;
+}
+
+bool is_batch(const std::vector<std::string>& frames) {
+  if (frames.empty() || frames[0].size() != sizeof(Header)) return false;
+  Header header;
+  std::memcpy(&header, frames[0].data(), sizeof header);
+  return header.magic == kMagic && header.type == static_cast<uint16_t>(MsgType::batch);
+}
+
+Expected<std::vector<Message>> decode_batch(const std::vector<std::string>& frames, const Limits& limits) {
+  if (frames.size() < 2) return make_error("batch: {} frame(s), expected a header and a meta first", frames.size());
+  size_t total = 0;
+  for (const auto& f : frames) total += f.size();
+  if (total > limits.max_message_bytes) {
+    return make_error("batch of {} bytes exceeds the limit of {} bytes", total, limits.max_message_bytes);
+  }
+  auto head = decode({frames[0], frames[1]}, limits);
+  if (!head) return make_error("batch: {}", head.error().message);
+  if (head->type != MsgType::batch) return make_error("expected a batch message, got {}", to_string(head->type));
+  const auto it = head->meta.find("frames");
+  if (head->meta.size() != 1 || it == head->meta.end() || !it->is_array()) {
+    return make_error("batch: meta must be {{\"frames\": [frame counts of its members]}}");
+  }
+  if (it->size() < 2 || it->size() > static_cast<size_t>(kMaxBatchMembers)) {
+    return make_error("batch: {} members (2 to {})", it->size(), kMaxBatchMembers);
+  }
+  std::vector<Message> members;
+  size_t at = 2;
+  for (size_t i = 0; i < it->size(); ++i) {
+    const auto& count = (*it)[i];
+    if (!count.is_number_unsigned() || count.get<uint64_t>() < 2 || count.get<uint64_t>() > frames.size() - at) {
+      return make_error("batch: member {} announces {} frames, {} remain", i, count.dump(), frames.size() - at);
+    }
+    const auto n = static_cast<size_t>(count.get<uint64_t>());
+    auto m = decode(std::vector<std::string>(frames.begin() + static_cast<long>(at), frames.begin() + static_cast<long>(at + n)), limits);
+    if (!m) return make_error("batch: member {}: {}", i, m.error().message);
+    if (m->type == MsgType::batch) return make_error("batch: member {} is itself a batch", i);
+    members.push_back(std::move(*m));
+    at += n;
+  }
+  if (at != frames.size()) return make_error("batch: {} frames after its last member", frames.size() - at);
+  return members;
 }
 
 Expected<Message> decode(const std::vector<std::string>& frames, const Limits& limits) {
@@ -336,6 +394,7 @@ json to_meta(const Hello& m) {
   return {{"protocol", m.protocol},       {"fingerprint", m.fingerprint}, {"model_dir", m.model_dir},
           {"device", m.device},           {"dtype", m.dtype},             {"exec_device", m.exec_device},
           {"coordinator", m.coordinator}, {"schedule", m.schedule},       {"epoch", m.epoch},
+          {"max_batch", m.max_batch},
           {"slowdown", m.slowdown},       {"return_link", link_json(m.return_link)}, {"stages", stages_json(m.stages)},
           {"lease", m.lease},             {"peer_keys", m.peer_keys}};
 }
@@ -394,6 +453,8 @@ Expected<Hello> parse_hello(const Message& m) {
   f.required("protocol", h.protocol).required("fingerprint", h.fingerprint).optional("model_dir", h.model_dir);
   f.optional("device", h.device).optional("dtype", h.dtype).optional("exec_device", h.exec_device);
   f.optional("coordinator", h.coordinator).optional("schedule", h.schedule).optional("epoch", h.epoch);
+  f.optional("max_batch", h.max_batch);
+  f.check(h.max_batch >= 1 && h.max_batch <= kMaxBatchMembers, "max_batch", "must be 1 to 1024");
   f.optional("slowdown", h.slowdown).optional("return_link", h.return_link).required("stages", h.stages);
   f.required("lease", h.lease).optional("peer_keys", h.peer_keys);
   f.check(!h.lease.empty() && h.lease.size() <= 64, "lease", "must be 1 to 64 characters");

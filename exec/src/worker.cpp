@@ -197,6 +197,7 @@ class Worker {
   // The boundary: every message decoded and its meta typed before anything uses it; a bad one is answered with an
   // error and changes nothing. Only the lease's owner is obeyed (worker.hpp).
   void receive(const Sender& from, const std::vector<std::string>& frames) {
+    if (wire::is_batch(frames)) return receive_batch(from, frames);
     auto m = wire::decode(frames, options_.limits);
     if (!m) return reply_error(from, m.error());
     const bool owner = from_owner(from);
@@ -264,6 +265,33 @@ class Worker {
         reply_error(from, make_error("unexpected {} message", wire::to_string(m->type)));
         return;
     }
+  }
+
+  // A batch of decode steps another worker ran as one forward: its members are queued together (so this stage's
+  // next pick sees them all), each checked as a step message is; a bad member is answered alone.
+  void receive_batch(const Sender& from, const std::vector<std::string>& frames) {
+    auto members = wire::decode_batch(frames, options_.limits);
+    if (!members) return reply_error(from, members.error());
+    if (!may_send_steps(from)) return refuse_not_owner(from, MsgType::batch);
+    std::vector<StepMessage> steps;
+    for (auto& m : *members) {
+      if (m.type != MsgType::step) {
+        reply_error(from, make_error("batch: a {} message among its members (only steps)", wire::to_string(m.type)));
+        continue;
+      }
+      auto step = wire::parse_step(m);
+      if (!step) {
+        reply_error(from, step.error(), m.request, m.seq);
+        continue;
+      }
+      steps.push_back(StepMessage{m.request, m.seq, std::move(*step), std::move(m.tensors)});
+    }
+    std::lock_guard lock(work_mu_);
+    for (auto& step : steps) {
+      const auto kind = step.step.rebuild ? TaskKind::rebuild : step.step.prefill ? TaskKind::prefill : TaskKind::decode;
+      queue_.push(kind, Work{std::move(step), 0, {}});
+    }
+    work_cv_.notify_one();
   }
 
   // A hello may take the lease when the worker is free (never leased, released, or its owner silent for the lease
@@ -420,6 +448,7 @@ class Worker {
       std::scoped_lock lock(state_mu_, work_mu_);
       queue_.clear();
       queue_.set_schedule(*schedule);
+      queue_.set_max_batch(h.max_batch);
     }
     set_peer_keys({h.peer_keys.begin(), h.peer_keys.end()});
     // A new session (also a worker taken back after it hung, e.g. SIGSTOP then SIGCONT): nothing it produced before
@@ -458,8 +487,18 @@ class Worker {
         std::unique_lock lock(work_mu_);
         work_cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stopping_ || !queue_.empty(); });
         if (stopping_) return;
-        work = queue_.next();
-        if (!work) continue;
+        // Decode steps for the same stage run as one batch (runtime::StageQueue::next_batch).
+        auto batch = queue_.next_batch([](const Work& a, const Work& b) {
+          return a.step && b.step && a.step->step.first == b.step->step.first;
+        });
+        if (batch.empty()) continue;
+        if (batch.size() > 1) {
+          lock.unlock();
+          std::lock_guard state(state_mu_);
+          handle_batch(std::move(batch));
+          continue;
+        }
+        work = std::move(batch.front());
       }
       std::lock_guard lock(state_mu_);
       // A step that throws (an allocation the machine cannot give, a libtorch error) fails alone: its request gets
@@ -481,6 +520,106 @@ class Worker {
         step_threw(request, seq, e.what());
       }
     }
+  }
+
+  // Runs one step as compute_loop does: a step that throws fails alone.
+  void guarded(StepMessage m) {
+    const int64_t request = m.request;
+    const int32_t seq = m.seq;
+    try {
+      handle_step(std::move(m));
+    } catch (const c10::Error& e) {
+      step_threw(request, seq, e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      step_threw(request, seq, e.what());
+    }
+  }
+
+  // Decode steps of one stage, as one forward. A member that is not the next step of its request here (stale, seen
+  // before, ahead of its predecessor) or whose stage is missing takes the single-step path; so does every member
+  // when the batch cannot run (an input that does not stack, a libtorch error): each then fails or succeeds alone.
+  // The outputs are logged per request and passed on as one batch message (the next stage's members arrive together).
+  void handle_batch(std::vector<Work> works) {
+    std::vector<StepMessage> members;
+    for (auto& w : works) {
+      StepMessage& m = *w.step;
+      Slot* slot = m.step.epoch < epoch_ ? nullptr : active_slot(m.step.first);
+      const bool in_order = slot != nullptr && !m.step.prefill && !m.step.rebuild &&
+                            m.seq == logs_[{m.step.first, m.request}].last_seq + 1;
+      if (in_order) {
+        members.push_back(std::move(m));
+      } else {
+        guarded(std::move(m));
+      }
+    }
+    if (members.size() < 2) {
+      for (auto& m : members) guarded(std::move(m));
+      return;
+    }
+    const int first = members.front().step.first;
+    Slot& slot = *active_slot(first);
+    std::vector<StepInput> inputs;
+    std::vector<at::Tensor> rows;
+    bool stackable = true;
+    for (const auto& m : members) {
+      auto parsed = model_input(m);
+      if (!parsed) {
+        stackable = false;
+        break;
+      }
+      inputs.push_back(parsed->step);
+      if (parsed->input.kind == ActivationKind::text_hidden) {
+        rows.push_back(parsed->input.tensor);
+      } else if (parsed->input.kind != ActivationKind::none) {
+        stackable = false;
+      }
+    }
+    stackable = stackable && (rows.empty() || rows.size() == members.size());
+    Expected<Activation> out = make_error("not stackable");
+    const int64_t started_us = detail::wall_us();
+    const auto start = Clock::now();
+    if (stackable) {
+      try {
+        Activation in;
+        if (!rows.empty()) in = {ActivationKind::text_hidden, at::cat(rows, 0)};
+        out = slot.stage->forward_batch(inputs, in);
+      } catch (const std::exception&) {
+        out = make_error("the batch threw");
+      }
+    }
+    if (!out) {  // each alone: its own error, or its own result
+      for (auto& m : members) guarded(std::move(m));
+      return;
+    }
+    emulate_compute(start);
+    const int64_t ended_us = detail::wall_us();
+    std::vector<Message> onward;
+    for (size_t b = 0; b < members.size(); ++b) {
+      StepMessage& m = members[b];
+      add_event(m.step, "decode", slot.stage->first(), slot.stage->last(), started_us, ended_us, m.request);
+      const Activation row{out->kind, out->tensor.defined() ? out->tensor.narrow(0, static_cast<int64_t>(b), 1)
+                                                            : at::Tensor()};
+      RequestLog& log = logs_[{first, m.request}];
+      log.last_seq = m.seq;
+      Logged& entry = log.steps[m.seq];
+      if (row.kind == ActivationKind::logits) {
+        entry.token = row.tensor[0][row.tensor.size(1) - 1].argmax().item<int64_t>();
+        send_token(m, entry.token, m.step.want_logits ? row.tensor[0].to(at::kFloat) : at::Tensor());
+        continue;
+      }
+      entry.out = row;
+      if (slot.next.empty()) {
+        fail_step(m, "stage has no next worker but does not end with the head");
+        continue;
+      }
+      onward.push_back(forward_message(slot, m, row, false));
+    }
+    if (onward.size() == 1) {
+      enqueue(slot.next, slot.next_key, wire::encode(onward.front()), slot.link);
+    } else if (!onward.empty()) {
+      enqueue(slot.next, slot.next_key, wire::encode_batch(onward), slot.link);
+    }
+    for (const auto& m : members) run_parked_steps(slot, logs_[{first, m.request}]);
   }
 
   void step_threw(int64_t request, int32_t seq, const std::string& what) {
@@ -663,13 +802,18 @@ class Worker {
 
   void forward(const Slot& slot, const StepMessage& in, const Activation& out, bool rebuild) {
     if (slot.next.empty()) return fail_step(in, "stage has no next worker but does not end with the head");
+    enqueue(slot.next, slot.next_key, wire::encode(forward_message(slot, in, out, rebuild)), slot.link);
+  }
+
+  // The step message that carries `out` to the next stage.
+  Message forward_message(const Slot& slot, const StepMessage& in, const Activation& out, bool rebuild) {
     wire::Step next = in.step;
     next.first = slot.stage->last() + 1;
     next.kind = std::string(to_string(out.kind));
     next.rebuild = rebuild;
     Message m = wire::make_message(MsgType::step, next, in.request, in.seq);
     if (out.kind != ActivationKind::none) m.tensors.push_back(detail::to_blob(out.tensor));
-    enqueue(slot.next, slot.next_key, wire::encode(m), slot.link);
+    return m;
   }
 
   void send_token(const StepMessage& in, int64_t token, const at::Tensor& logits) {

@@ -109,6 +109,11 @@ void CostModel::set_profile(int device, const NodeTimes& times) {
                       static_cast<int>(times.decode_ms_at_zero.size()) == num_nodes() &&
                       static_cast<int>(times.decode_ms_per_token.size()) == num_nodes(),
                   "profile size mismatch");
+  ADAPTLINK_CHECK(times.batch_sizes.empty() ||
+                      (static_cast<int>(times.decode_batch_ms_at_zero.size()) == num_nodes() &&
+                       std::all_of(times.decode_batch_ms_at_zero.begin(), times.decode_batch_ms_at_zero.end(),
+                                   [&](const auto& row) { return row.size() == times.batch_sizes.size(); })),
+                  "profile batch table size mismatch");
   profile_.at(static_cast<size_t>(device)) = times;
   rebuild_device(device);
 }
@@ -140,6 +145,22 @@ double CostModel::node_decode_step_ms(int device, int node, int past_tokens) con
   return ms * slowdown_[device];
 }
 
+double NodeTimes::batch_at_zero(int node, int batch) const {
+  const auto n = static_cast<size_t>(node);
+  if (batch <= 1 || batch_sizes.empty()) return decode_ms_at_zero[n];
+  const auto& row = decode_batch_ms_at_zero[n];
+  double b0 = 1, t0 = decode_ms_at_zero[n];
+  for (size_t k = 0; k < batch_sizes.size(); ++k) {
+    const double b1 = batch_sizes[k], t1 = row[k];
+    if (batch <= b1 || k + 1 == batch_sizes.size()) {
+      return std::max(0.0, t0 + (t1 - t0) * (batch - b0) / (b1 - b0));  // past the largest: its segment's slope
+    }
+    b0 = b1;
+    t0 = t1;
+  }
+  return t0;
+}
+
 double CostModel::node_decode_batch_ms(int device, int node, std::span<const int> pasts) const {
   if (pasts.size() == 1) return node_decode_step_ms(device, node, pasts[0]);
   if (pasts.empty() || graph_->node(node).is_vision()) return 0;
@@ -147,11 +168,18 @@ double CostModel::node_decode_batch_ms(int device, int node, std::span<const int
   const double weights = graph_->node(node).weight_read_bytes;
   const double others = static_cast<double>(pasts.size() - 1);
   if (const auto& p = profile_[device]) {
-    // The measured step at an empty cache, scaled as the roofline scales it; each member's cache growth as measured.
-    const auto one = graph_->decode_cost(node, 0);
-    const double batch = roofline_ms({one.flops * static_cast<double>(pasts.size()), one.bytes * (others + 1) - others * weights}, dev);
-    const double single = roofline_ms(one, dev);
-    double ms = p->decode_ms_at_zero[node] * (single > 0 ? batch / single : 1);
+    // The measured batch at an empty cache (or the single step scaled as the roofline scales it); each member's
+    // cache growth as measured.
+    double ms = 0;
+    if (!p->batch_sizes.empty()) {
+      ms = p->batch_at_zero(node, static_cast<int>(pasts.size()));
+    } else {
+      const auto one = graph_->decode_cost(node, 0);
+      const double batch =
+          roofline_ms({one.flops * static_cast<double>(pasts.size()), one.bytes * (others + 1) - others * weights}, dev);
+      const double single = roofline_ms(one, dev);
+      ms = p->decode_ms_at_zero[node] * (single > 0 ? batch / single : 1);
+    }
     for (int past : pasts) ms += p->decode_ms_per_token[node] * past;
     return ms * slowdown_[device];
   }

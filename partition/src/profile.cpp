@@ -54,7 +54,8 @@ Expected<DeviceProfile> parse_one(const nlohmann::json& obj, const CostModel& co
                                   const std::string& where) {
   if (!obj.is_object()) return located(source, fmt::format("{}: expected an object", where));
   for (const auto& [key, value] : obj.items()) {
-    if (key != "device" && key != "kind" && key != "nodes" && key != "comment" && key != "request_shape") {
+    if (key != "device" && key != "kind" && key != "nodes" && key != "comment" && key != "request_shape" &&
+        key != "batch_sizes") {
       return located(source, fmt::format("{}: unknown key '{}'", where, key));
     }
   }
@@ -80,6 +81,20 @@ Expected<DeviceProfile> parse_one(const nlohmann::json& obj, const CostModel& co
       return located(source, fmt::format("{}: no device of kind '{}' in scenario '{}'", where, kind, scenario.name));
     }
   }
+  auto& t = profile.times;
+  if (auto b = obj.find("batch_sizes"); b != obj.end()) {
+    if (!b->is_array() || b->empty()) {
+      return located(source, fmt::format("{}: 'batch_sizes' must be a non-empty array of integers > 1", where));
+    }
+    for (const auto& v : *b) {
+      if (!v.is_number_integer() || v.get<long long>() < 2 || v.get<long long>() > 4096 ||
+          (!t.batch_sizes.empty() && v.get<long long>() <= t.batch_sizes.back())) {
+        return located(source, fmt::format("{}: 'batch_sizes' must be ascending integers from 2 to 4096, got {}",
+                                           where, b->dump()));
+      }
+      t.batch_sizes.push_back(v.get<int>());
+    }
+  }
   auto nodes_it = obj.find("nodes");
   if (nodes_it == obj.end() || !nodes_it->is_array()) {
     return located(source, fmt::format("{}: 'nodes' must be an array", where));
@@ -88,8 +103,8 @@ Expected<DeviceProfile> parse_one(const nlohmann::json& obj, const CostModel& co
   std::map<std::string, int, std::less<>> index;
   for (int i = 0; i < graph.size(); ++i) index[graph.node(i).name] = i;
   const auto n = static_cast<size_t>(graph.size());
-  auto& t = profile.times;
   t.prefill_ms.assign(n, 0.0);
+  if (!t.batch_sizes.empty()) t.decode_batch_ms_at_zero.assign(n, std::vector<double>(t.batch_sizes.size(), 0.0));
   t.decode_ms_at_zero.assign(n, 0.0);
   t.decode_ms_per_token.assign(n, 0.0);
   std::vector<bool> seen(n, false);
@@ -100,7 +115,8 @@ Expected<DeviceProfile> parse_one(const nlohmann::json& obj, const CostModel& co
       return located(source, fmt::format("{}: expected an object with a string 'name'", at));
     }
     for (const auto& [key, value] : node.items()) {
-      if (key != "name" && key != "prefill_ms" && key != "decode_ms_at_zero" && key != "decode_ms_per_token") {
+      if (key != "name" && key != "prefill_ms" && key != "decode_ms_at_zero" && key != "decode_ms_per_token" &&
+          key != "decode_batch_ms_at_zero") {
         return located(source, fmt::format("{}: unknown key '{}'", at, key));
       }
     }
@@ -119,6 +135,32 @@ Expected<DeviceProfile> parse_one(const nlohmann::json& obj, const CostModel& co
     t.prefill_ms[i] = *prefill;
     t.decode_ms_at_zero[i] = *zero;
     t.decode_ms_per_token[i] = *per_token;
+    // Batches: with the entry's batch_sizes, one time per size for every node that decodes (optional where the
+    // node's decode step is 0: the vision tower).
+    auto batch = node.find("decode_batch_ms_at_zero");
+    if (batch != node.end() && t.batch_sizes.empty()) {
+      return located(source, fmt::format("{}: 'decode_batch_ms_at_zero' needs the entry's 'batch_sizes'", at));
+    }
+    if (!t.batch_sizes.empty()) {
+      if (batch == node.end()) {
+        if (*zero > 0) {
+          return located(source, fmt::format("{}: 'decode_batch_ms_at_zero' is missing (the entry measured batches "
+                                             "of {})", at, nlohmann::json(t.batch_sizes).dump()));
+        }
+      } else {
+        if (!batch->is_array() || batch->size() != t.batch_sizes.size()) {
+          return located(source, fmt::format("{}: 'decode_batch_ms_at_zero' must hold {} times (one per batch size)",
+                                             at, t.batch_sizes.size()));
+        }
+        for (size_t k = 0; k < batch->size(); ++k) {
+          const auto& v = (*batch)[k];
+          if (!v.is_number() || !(v.get<double>() >= 0)) {
+            return located(source, fmt::format("{}: 'decode_batch_ms_at_zero'[{}] must be a number >= 0", at, k));
+          }
+          t.decode_batch_ms_at_zero[i][k] = v.get<double>();
+        }
+      }
+    }
   }
   for (size_t i = 0; i < n; ++i) {
     if (!seen[i]) {
@@ -194,12 +236,15 @@ nlohmann::json profile_to_json(const models::LayerGraph& graph, const std::vecto
     ADAPTLINK_CHECK(e.times.prefill_ms.size() == n && e.times.decode_ms_at_zero.size() == n &&
                         e.times.decode_ms_per_token.size() == n,
                     "profile entry has times for a graph of another size");
+    const bool batches = !e.times.batch_sizes.empty();
+    ADAPTLINK_CHECK(!batches || e.times.decode_batch_ms_at_zero.size() == n, "profile entry's batch table size");
     nlohmann::json nodes = nlohmann::json::array();
     for (size_t i = 0; i < n; ++i) {
       nodes.push_back({{"name", graph.node(static_cast<int>(i)).name},
                        {"prefill_ms", e.times.prefill_ms[i]},
                        {"decode_ms_at_zero", e.times.decode_ms_at_zero[i]},
                        {"decode_ms_per_token", e.times.decode_ms_per_token[i]}});
+      if (batches) nodes.back()["decode_batch_ms_at_zero"] = e.times.decode_batch_ms_at_zero[i];
     }
     nlohmann::json j = nlohmann::json::object();
     if (!e.device.empty()) {
@@ -207,6 +252,7 @@ nlohmann::json profile_to_json(const models::LayerGraph& graph, const std::vecto
     } else {
       j["kind"] = e.kind;
     }
+    if (batches) j["batch_sizes"] = e.times.batch_sizes;
     j["nodes"] = std::move(nodes);
     return j;
   };

@@ -20,6 +20,9 @@ NodeTimes scaled(const NodeTimes& times, double factor) {
   for (auto* v : {&out.prefill_ms, &out.decode_ms_at_zero, &out.decode_ms_per_token}) {
     for (double& x : *v) x *= factor;
   }
+  for (auto& row : out.decode_batch_ms_at_zero) {
+    for (double& x : row) x *= factor;
+  }
   return out;
 }
 

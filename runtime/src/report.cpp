@@ -135,6 +135,9 @@ nlohmann::json to_json(const RunReport& report) {
            {"bubble_fraction", report.bubble_fraction},
            {"faults", faults}};
   if (report.backend == "exec" || report.requests_failed != 0) out["requests_failed"] = report.requests_failed;
+  for (auto [key, summary] : {std::pair{"ttft_ms", &report.ttft_ms}, std::pair{"tpot_ms", &report.tpot_ms}}) {
+    if (*summary) out[key] = {{"p50", (*summary)->p50}, {"p95", (*summary)->p95}, {"p99", (*summary)->p99}};
+  }
   return out;
 }
 
@@ -174,6 +177,18 @@ Expected<RunReport> report_from_json(const nlohmann::json& json, std::string_vie
     auto n = number_at(*lat, key, source);
     if (!n) return n.error();
     *target = *n;
+  }
+  for (auto [name, target] : {std::pair{"ttft_ms", &r.ttft_ms}, std::pair{"tpot_ms", &r.tpot_ms}}) {
+    auto it = json.find(name);
+    if (it == json.end()) continue;  // optional
+    if (!it->is_object()) return missing(source, name, "expected an object");
+    LatencySummary s;
+    for (auto [key, value] : {std::pair{"p50", &s.p50}, std::pair{"p95", &s.p95}, std::pair{"p99", &s.p99}}) {
+      auto n = number_at(*it, key, source);
+      if (!n) return n.error();
+      *value = *n;
+    }
+    *target = s;
   }
   auto util = json.find("device_utilization");
   if (util == json.end() || !util->is_object()) return missing(source, "device_utilization", "expected an object");

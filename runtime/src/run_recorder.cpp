@@ -24,6 +24,12 @@ void RunRecorder::complete(double admitted_s, double done_s, long long tokens) {
   tokens_ += tokens;
 }
 
+void RunRecorder::complete(double admitted_s, double done_s, long long tokens, double first_token_s, long long steps) {
+  complete(admitted_s, done_s, tokens);
+  ttft_ms_.push_back((first_token_s - admitted_s) * 1e3);
+  if (steps > 0) tpot_ms_.push_back((done_s - first_token_s) * 1e3 / static_cast<double>(steps));
+}
+
 void RunRecorder::fail() { ++failed_; }
 
 void RunRecorder::busy(int device, double start_s, double end_s) {
@@ -84,6 +90,8 @@ RunReport RunRecorder::report(std::string scenario, std::string backend, std::st
     r.tokens_per_s = r.throughput_rps * static_cast<double>(tokens_) / static_cast<double>(r.requests_completed);
   }
   r.latency_ms = summarize_latencies(latencies_ms_);
+  if (!ttft_ms_.empty()) r.ttft_ms = summarize_latencies(ttft_ms_);
+  if (!tpot_ms_.empty()) r.tpot_ms = summarize_latencies(tpot_ms_);
   double sum = 0;
   int holders = 0;
   for (size_t d = 0; d < names_.size(); ++d) {
@@ -106,7 +114,7 @@ RunReport merge_replicas(const partition::Scenario& scenario, const std::vector<
   merged.scenario = scenario.name;
   merged.backend = std::move(backend);
   merged.planner = std::move(planner);
-  std::vector<double> done, latencies;
+  std::vector<double> done, latencies, ttft, tpot;
   long long in_flight = 0, tokens = 0;
   for (size_t r = 0; r < runs.size() && r < replicas.size(); ++r) {
     const auto& run = runs[r];
@@ -116,6 +124,8 @@ RunReport merge_replicas(const partition::Scenario& scenario, const std::vector<
     merged.requests_failed += run.report.requests_failed;
     done.insert(done.end(), run.completions_s.begin(), run.completions_s.end());
     latencies.insert(latencies.end(), run.latencies_ms.begin(), run.latencies_ms.end());
+    ttft.insert(ttft.end(), run.ttft_ms.begin(), run.ttft_ms.end());
+    tpot.insert(tpot.end(), run.tpot_ms.begin(), run.tpot_ms.end());
     tokens += run.tokens;
     merged.faults.insert(merged.faults.end(), run.report.faults.begin(), run.report.faults.end());
   }
@@ -124,6 +134,8 @@ RunReport merge_replicas(const partition::Scenario& scenario, const std::vector<
     merged.tokens_per_s = merged.throughput_rps * static_cast<double>(tokens) / static_cast<double>(merged.requests_completed);
   }
   merged.latency_ms = summarize_latencies(std::move(latencies));
+  if (!ttft.empty()) merged.ttft_ms = summarize_latencies(std::move(ttft));
+  if (!tpot.empty()) merged.tpot_ms = summarize_latencies(std::move(tpot));
   // Each device's utilisation from the replica whose group holds it; the bubble over the stage holders.
   double stage_sum = 0;
   int stage_devices = 0;

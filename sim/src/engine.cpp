@@ -77,6 +77,7 @@ struct RequestSlot {
   int prefill_nodes_done = 0;  // the prefill has passed nodes [0, this) (node indices: plans change)
   int last_node = -1;          // last completed decode task: the last node of its stage, and its step (-1: none)
   int last_step = -1;
+  double first_token_s = -1;   // its prefill left the last stage (the first token): time to first token
 };
 
 struct DeviceState {
@@ -205,6 +206,8 @@ class Simulation {
     for (auto& rec : records_) recorder_.fault(std::move(rec));
     out_.report = recorder_.report(spec_.scenario, "sim", spec_.planner);
     out_.latencies_ms = recorder_.latencies_ms();
+    out_.ttft_ms = recorder_.ttfts_ms();
+    out_.tpot_ms = recorder_.tpots_ms();
     out_.completions_s = recorder_.completions_s();
     out_.makespan_s = now;
     out_.trace_events = trace_.events();
@@ -364,7 +367,7 @@ class Simulation {
     if (admitted_ == 0) out_.first_arrival_s = now;
     out_.last_arrival_s = now;
     recorder_.admit(now);
-    slots_[static_cast<size_t>(slot)] = {admitted_++, now, true, 0, -1, -1};
+    slots_[static_cast<size_t>(slot)] = {admitted_++, now, true, 0, -1, -1, -1};
     enqueue(Task{slot, 0, TaskKind::prefill});
   }
 
@@ -421,6 +424,7 @@ class Simulation {
         slot.last_node = stage.last_node;
         slot.last_step = task.step;
       }
+      if (task.stage == last && task.kind == TaskKind::prefill) slot.first_token_s = sg4::Engine::get_clock();
       if (task.stage < last) {
         on.push_back(Task{task.slot, task.stage + 1, task.kind, task.step});
       } else if (task.step + 1 >= spec_.output_tokens) {
@@ -440,7 +444,8 @@ class Simulation {
   void complete(int slot) {
     const double now = sg4::Engine::get_clock();
     auto& s = slots_[static_cast<size_t>(slot)];
-    recorder_.complete(s.admitted_s, now, spec_.output_tokens);
+    recorder_.complete(s.admitted_s, now, spec_.output_tokens, s.first_token_s < 0 ? now : s.first_token_s,
+                       spec_.output_tokens);
     s.active = false;
     free_slots_.push_back(slot);
     const long long done = recorder_.completed();

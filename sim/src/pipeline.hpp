@@ -123,6 +123,7 @@ struct EngineOutcome {
   runtime::RunReport report;
   double makespan_s = 0;
   std::vector<double> latencies_ms;   // per completed request
+  std::vector<double> ttft_ms, tpot_ms;
   std::vector<double> completions_s;  // per completed request, its completion time (same order)
   double first_arrival_s = 0;         // admission of the first and of the last request
   double last_arrival_s = 0;

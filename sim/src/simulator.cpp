@@ -75,6 +75,8 @@ Expected<SimResult> run_here(const PipelineSpec& spec, const EngineOptions& engi
   }
   result.report = std::move(outcome->report);
   result.latencies_ms = std::move(outcome->latencies_ms);
+  result.ttft_ms = std::move(outcome->ttft_ms);
+  result.tpot_ms = std::move(outcome->tpot_ms);
   result.completions_s = std::move(outcome->completions_s);
   return result;
 }
@@ -139,6 +141,8 @@ Expected<SimResult> run_isolated(const PipelineSpec& spec, EngineOptions engine_
                                  {"device_order", order},
                                  {"stats", stats_to_json(result->stats)},
                                  {"latencies_ms", result->latencies_ms},
+                                 {"ttft_ms", result->ttft_ms},
+                                 {"tpot_ms", result->tpot_ms},
                                  {"completions_s", result->completions_s}}
                       .dump());
     } else {
@@ -176,6 +180,8 @@ Expected<SimResult> run_isolated(const PipelineSpec& spec, EngineOptions engine_
         result.report = std::move(*report);
         result.stats = stats_from_json(j.at("stats"));
         result.latencies_ms = j.at("latencies_ms").get<std::vector<double>>();
+        result.ttft_ms = j.at("ttft_ms").get<std::vector<double>>();
+        result.tpot_ms = j.at("tpot_ms").get<std::vector<double>>();
         result.completions_s = j.at("completions_s").get<std::vector<double>>();
         answer = std::move(result);
       }
@@ -360,8 +366,10 @@ Expected<SimResult> run_replicated(const partition::CostModel& cost, const parti
   std::vector<runtime::ReplicaRun> runs;
   for (const auto& res : results) {
     runs.push_back({res.report, res.completions_s, res.latencies_ms,
-                    res.report.requests_completed * cost.shape().output_tokens});
+                    res.report.requests_completed * cost.shape().output_tokens, res.ttft_ms, res.tpot_ms});
     out.latencies_ms.insert(out.latencies_ms.end(), res.latencies_ms.begin(), res.latencies_ms.end());
+    out.ttft_ms.insert(out.ttft_ms.end(), res.ttft_ms.begin(), res.ttft_ms.end());
+    out.tpot_ms.insert(out.tpot_ms.end(), res.tpot_ms.begin(), res.tpot_ms.end());
     out.completions_s.insert(out.completions_s.end(), res.completions_s.begin(), res.completions_s.end());
     out.stats.wall_s += res.stats.wall_s;
     out.stats.sim_time_s = std::max(out.stats.sim_time_s, res.stats.sim_time_s);

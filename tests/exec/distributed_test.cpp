@@ -13,7 +13,9 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <atomic>
+#include <map>
 #include <set>
+#include <tuple>
 #include <thread>
 #include <zmq.hpp>
 
@@ -203,6 +205,62 @@ TEST_P(DistributedSchedule, SameTokensAndLogitsAsOneProcessForEveryFixtureWith2T
       EXPECT_EQ(static_cast<int>(devices.size()), stages);
     }
   }
+}
+
+// Batched stages through real workers: 8 requests in flight (images, text, short prompts, different lengths) over 3
+// stages, each worker running up to 8 waiting decode steps as one forward and passing them on as one batch message.
+// Every request gets its single-process tokens and prefill logits, and batches did form (decode events of several
+// requests with one start on one worker).
+TEST_P(DistributedSchedule, BatchedStagesGiveOneProcessTokensWith8RequestsInFlight) {
+  at::set_num_threads(1);
+  const std::string name = "llava_llama_gqa_sharded";
+  auto runner = LlavaRunner::load(kFixtures / name, *parse_exec_options("fp32", "cpu"));
+  ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
+  const auto base = requests_for(name);
+  std::vector<ExecRequest> requests;
+  for (int i = 0; i < 8; ++i) {
+    auto r = base[static_cast<size_t>(i) % base.size()];
+    r.id = fmt::format("{}-{}", r.id, i);
+    r.max_new_tokens = 6 + i;
+    requests.push_back(r);
+  }
+  std::vector<GenerateResult> want;
+  for (const auto& r : requests) {
+    GenerateOptions opt;
+    opt.max_new_tokens = r.max_new_tokens;
+    opt.eos_ids = std::vector<int64_t>{2};
+    opt.keep_prefill_logits = true;
+    auto g = (*runner)->generate(r.input_ids, r.pixel_values, opt);
+    ASSERT_TRUE(g.has_value()) << g.error().to_string();
+    want.push_back(*g);
+  }
+  CoordinatorOptions co;
+  co.model = kFixtures / name;
+  co.in_flight = 8;
+  co.max_batch = 8;
+  co.eos_ids = {2};
+  co.keep_prefill_logits = true;
+  co.hello_timeout_s = 30;
+  co.schedule = GetParam();
+  auto run = run_on(*workers_, spec_for((*runner)->graph(), 3), requests, co);
+  ASSERT_TRUE(run.has_value()) << run.error().to_string();
+  ASSERT_EQ(run->results.size(), requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const auto& got = run->results[i];
+    EXPECT_EQ(got.id, requests[i].id);
+    EXPECT_EQ(got.generated, want[i].generated) << "request " << got.id;
+    ASSERT_TRUE(got.prefill_logits.defined());
+    const double err = (got.prefill_logits - want[i].prefill_logits).abs().max().item<double>();
+    EXPECT_LE(err, 1e-5 * want[i].prefill_logits.abs().max().item<double>()) << got.id;
+  }
+  std::map<std::tuple<std::string, std::string, double>, std::set<int64_t>> starts;  // (device, what, start) -> requests
+  for (const auto& ev : run->events) starts[std::make_tuple(ev.device, ev.name, ev.start_s)].insert(ev.request);
+  size_t largest = 0;
+  for (const auto& [key, members] : starts) {
+    if (std::get<1>(key).rfind("decode", 0) == 0) largest = std::max(largest, members.size());
+  }
+  EXPECT_GE(largest, 2u) << "no decode batch formed";
+  std::printf("largest decode batch: %zu requests\n", largest);
 }
 
 // A worker's trace event "what [a, b]".
@@ -549,6 +607,58 @@ TEST(Wire, EncodeDecodeRoundTripAndLimits) {
   auto bad_type = wire::decode(frames);
   ASSERT_FALSE(bad_type.has_value());
   EXPECT_NE(bad_type.error().message.find("unknown message type 999"), std::string::npos);
+}
+
+// A batch message: its members back as they were sent; every malformed envelope an error that says what is wrong.
+TEST(Wire, BatchMessagesRoundTripAndMalformedOnesAreRefused) {
+  std::vector<wire::Message> members;
+  for (int i = 0; i < 3; ++i) {
+    wire::Message m;
+    m.type = wire::MsgType::step;
+    m.request = 10 + i;
+    m.seq = 4;
+    m.meta = {{"first", 5}};
+    if (i != 1) m.tensors.push_back({"f32", {1, 1, 2}, std::string(8, static_cast<char>('a' + i))});
+    members.push_back(m);
+  }
+  const auto frames = wire::encode_batch(members);
+  EXPECT_TRUE(wire::is_batch(frames));
+  EXPECT_FALSE(wire::is_batch(wire::encode(members[0])));
+  auto back = wire::decode_batch(frames);
+  ASSERT_TRUE(back.has_value()) << back.error().message;
+  ASSERT_EQ(back->size(), 3U);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ((*back)[static_cast<size_t>(i)].request, 10 + i);
+    EXPECT_EQ((*back)[static_cast<size_t>(i)].tensors.size(), i == 1 ? 0U : 1U);
+  }
+  EXPECT_EQ((*back)[2].tensors[0].data, std::string(8, 'c'));
+  auto refused = [](const std::vector<std::string>& f, const std::string& says) {
+    auto r = wire::decode_batch(f);
+    ASSERT_FALSE(r.has_value()) << says;
+    EXPECT_NE(r.error().message.find(says), std::string::npos) << r.error().message;
+  };
+  refused(wire::encode_batch({members[0]}), "1 members (2 to 1024)");
+  auto truncated = frames;
+  truncated.pop_back();
+  refused(truncated, "member 2 announces 3 frames, 2 remain");
+  auto extra = frames;
+  extra.push_back("x");
+  refused(extra, "1 frames after its last member");
+  const auto inner = wire::encode_batch({members[0], members[1]});
+  std::vector<std::string> outer = wire::encode_batch({members[0], members[0]});
+  // Member 1 replaced by a batch of two (its frame count updated in the envelope's meta).
+  wire::Message head;
+  head.type = wire::MsgType::batch;
+  head.meta["frames"] = {3, inner.size()};
+  auto forged = wire::encode(head);
+  for (size_t i = 2; i < 5; ++i) forged.push_back(outer[i]);
+  for (const auto& f : inner) forged.push_back(f);
+  refused(forged, "member 1: ");
+  wire::Limits small;
+  small.max_message_bytes = 100;
+  auto big = wire::decode_batch(frames, small);
+  ASSERT_FALSE(big.has_value());
+  EXPECT_NE(big.error().message.find("exceeds the limit"), std::string::npos);
 }
 
 TEST_F(Distributed, CoordinatorNamesAnUnreachableWorkerAndDoesNotHang) {

@@ -98,6 +98,61 @@ TEST_P(Golden, ChainedStagesGiveTheSameOutputs) {
   }
 }
 
+// Batched decode (Stage::forward_batch): 8 requests of different prompt lengths, with and without images, decoded in
+// batches of 2, 3 and 8 through one stage and through three give every request the tokens it gets alone, the
+// golden request transformers' tokens and prefill logits.
+TEST_P(Golden, BatchedDecodeGivesEachRequestItsOneAtATimeTokens) {
+  const auto name = GetParam();
+  const auto e = expected(name);
+  auto ref = reference(name);
+  const auto golden = ids_of(e);
+  const at::Tensor pixels = ref.at("pixel_values");
+  auto whole = LlavaRunner::load(kFixtures / name, fp32());
+  ASSERT_TRUE(whole.has_value()) << whole.error().to_string();
+  const int64_t image_token = (*whole)->checkpoint().config().image_token_index;
+  std::vector<int64_t> text;  // the golden prompt without its image tokens
+  for (int64_t id : golden) {
+    if (id != image_token) text.push_back(id);
+  }
+  std::vector<GenerateRequest> requests = {
+      {golden, pixels},
+      {text, at::Tensor()},
+      {std::vector<int64_t>(text.begin(), text.begin() + static_cast<long>(text.size() / 2)), at::Tensor()},
+      {golden, pixels.flip({3})},
+      {std::vector<int64_t>(text.begin(), text.begin() + 3), at::Tensor()},
+      {golden, pixels * 0.5},
+      {std::vector<int64_t>(text.rbegin(), text.rend()), at::Tensor()},
+      {std::vector<int64_t>(text.begin() + 1, text.end()), at::Tensor()},
+  };
+  GenerateOptions opt;
+  opt.max_new_tokens = static_cast<int>(e["generated"].size());
+  opt.keep_prefill_logits = true;
+  opt.eos_ids = std::vector<int64_t>{2};
+  std::vector<std::vector<int64_t>> alone;
+  for (const auto& r : requests) {
+    auto one = (*whole)->generate(r.input_ids, r.pixel_values, opt);
+    ASSERT_TRUE(one.has_value()) << one.error().to_string();
+    alone.push_back(one->generated);
+  }
+  ASSERT_EQ(alone.front(), e["generated"].get<std::vector<int64_t>>());
+  const at::Tensor want = ref.at("logits");
+  const double scale = want.abs().max().item<double>();
+  for (int stages : {1, 3}) {
+    auto runner = stages == 1 ? LlavaRunner::load(kFixtures / name, fp32())
+                              : LlavaRunner::load(kFixtures / name, fp32(), split_even((*whole)->graph(), stages));
+    ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
+    for (int max_batch : {2, 3, 8}) {
+      auto batched = (*runner)->generate_batch(requests, opt, max_batch);
+      ASSERT_TRUE(batched.has_value()) << batched.error().to_string();
+      ASSERT_EQ(batched->size(), requests.size());
+      for (size_t i = 0; i < requests.size(); ++i) {
+        EXPECT_EQ((*batched)[i].generated, alone[i]) << stages << " stage(s), max_batch " << max_batch << ", request " << i;
+      }
+      EXPECT_LE(((*batched)[0].prefill_logits - want).abs().max().item<double>() / scale, 1e-4);
+    }
+  }
+}
+
 TEST_P(Golden, HiddenStatesAtStageBoundariesMatchTransformers) {
   // Run [0, text_embed] then each decoder layer as its own stage and compare the text hidden states
   // with transformers' output_hidden_states (embeddings, then each layer; the last one is after the final norm).

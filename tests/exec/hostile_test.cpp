@@ -348,7 +348,8 @@ TEST(HostileInput, GarbageOnTheCoordinatorsPortIsDroppedAndTheRunCompletes) {
   ASSERT_TRUE(runner.has_value());
   const auto spec = two_stages_on(own, (*runner)->graph());
   std::vector<ExecRequest> requests;
-  for (int i = 0; i < 4; ++i) requests.push_back({fmt::format("r{}", i), {1, 5, static_cast<int64_t>(6 + i)}, {}, 20});
+  // Long enough that the garbage thread sends well over 30 frames during the run, however fast the machine.
+  for (int i = 0; i < 4; ++i) requests.push_back({fmt::format("r{}", i), {1, 5, static_cast<int64_t>(6 + i)}, {}, 80});
   CoordinatorOptions co;
   co.model = kFixture;
   co.in_flight = 2;

@@ -82,9 +82,18 @@ TEST(ExecProfile, EveryNodeOnceWithNonNegativeTimes) {
     EXPECT_GT(n.prefill_ms, 0) << n.name;
     EXPECT_GE(n.decode_ms_at_zero, 0) << n.name;
     EXPECT_GE(n.decode_ms_per_token, 0) << n.name;
+    // The batch dimension: one time per batch size for every node that decodes, growing with the batch but less
+    // than that many single steps (the weights are read once).
+    ASSERT_EQ(p.batch_sizes, (std::vector<int>{2, 4, 8, 16}));
+    if (!node.is_vision()) {
+      ASSERT_EQ(n.decode_batch_ms_at_zero.size(), 4u) << n.name;
+      EXPECT_GT(n.decode_batch_ms_at_zero[3], 0) << n.name;
+      EXPECT_LT(n.decode_batch_ms_at_zero[3], 16 * (n.decode_ms_at_zero + 1e-3)) << n.name;
+    }
     if (node.is_vision()) {
       EXPECT_EQ(n.decode_ms_at_zero, 0) << n.name;
       EXPECT_TRUE(n.decode_samples.empty());
+      EXPECT_TRUE(n.decode_batch_ms_at_zero.empty());
     } else if (node.kind == models::NodeKind::decoder_layer) {
       // Cache lengths 0, L/2, L (L = 12 + 4 image tokens + 20), the single timed step one past each.
       ASSERT_EQ(n.decode_samples.size(), 3u) << n.name;
@@ -101,6 +110,10 @@ TEST(ExecProfile, EveryNodeOnceWithNonNegativeTimes) {
   EXPECT_EQ(p.shape.prompt_tokens, 12);
   EXPECT_EQ(p.repeats, 1);
   EXPECT_EQ(p.dtype, "fp32");
+  // The batch table reaches the profile file and back.
+  const auto times = p.times();
+  ASSERT_EQ(times.decode_batch_ms_at_zero.size(), p.nodes.size());
+  EXPECT_EQ(times.batch_sizes, p.batch_sizes);
 }
 
 TEST(ExecProfile, TestbedFileRoundTripsAndScalesByTheSlowdown) {

@@ -141,3 +141,84 @@ TEST(Testbed, SlowdownIsTheFastestDevicesTflopsOverTheDevices) {
 }
 
 }  // namespace
+
+namespace {
+
+// Batched decode in the cost model, without a profile: per node, max(sum of flops / peak, (weights once + each
+// member's KV and activation bytes) / bandwidth), by hand from the graph's costs; batch 1 is the single step.
+TEST(CostModelBatch, RooflineReadsTheWeightsOncePerBatch) {
+  auto p = load("jetson-quartet");
+  const int agx = p->scenario.device_index("agx");
+  const auto& dev = p->scenario.devices[static_cast<size_t>(agx)];
+  const int d = p->graph.first_decoder_index();
+  const std::vector<int> pasts = {100, 350, 700};
+  double flops = 0, bytes = 0;
+  for (int past : pasts) {
+    const auto c = p->graph.decode_cost(d, past);
+    flops += c.flops;
+    bytes += c.bytes;
+  }
+  bytes -= 2 * p->graph.node(d).weight_read_bytes;
+  const double want = std::max(flops / (dev.tflops * 1e12), bytes / (dev.mem_bw_gbs * 1e9)) * 1e3;
+  EXPECT_NEAR(p->cost->node_decode_batch_ms(agx, d, pasts), want, 1e-12 * want);
+  const std::vector<int> one = {350};
+  EXPECT_EQ(p->cost->decode_batch_ms(agx, d, d + 3, one), p->cost->decode_step_ms(agx, d, d + 3, 350));
+  // Memory-bound decode: three steps cost far less than three single steps, more than one.
+  double singles = 0;
+  for (int past : pasts) singles += p->cost->node_decode_step_ms(agx, d, past);
+  EXPECT_LT(want, 0.5 * singles);
+  EXPECT_GT(want, p->cost->node_decode_step_ms(agx, d, 350));
+  // A request's share of full batches falls with the batch size.
+  const int last = p->graph.size() - 1;
+  EXPECT_EQ(p->cost->decode_total_share_ms(agx, d, last, 1), p->cost->decode_total_ms(agx, d, last));
+  EXPECT_LT(p->cost->decode_total_share_ms(agx, d, last, 8), 0.25 * p->cost->decode_total_ms(agx, d, last));
+}
+
+// A profile's batch dimension: written, read back, and interpolated by the cost model (linear in the batch size
+// between the measured ones, batch 1 the single step, the last segment's slope beyond); a profile without one still
+// loads; a malformed one is refused with the field named.
+TEST(CostModelBatch, ProfileBatchTableRoundTripsAndDrivesTheCostModel) {
+  auto p = load("jetson-quartet");
+  const int n = p->cost->num_nodes();
+  auto times = ramp(n, 1.0);
+  times.batch_sizes = {2, 4, 8};
+  for (int i = 0; i < n; ++i) {
+    const double z = times.decode_ms_at_zero[static_cast<size_t>(i)];
+    times.decode_batch_ms_at_zero.push_back({1.1 * z, 1.5 * z, 2.3 * z});
+  }
+  const auto json = part::profile_to_json(p->graph, {{"nano", "", times}});
+  auto parsed = part::parse_profile(json, *p->cost, "p.json");
+  ASSERT_TRUE(parsed) << parsed.error().to_string();
+  EXPECT_EQ((*parsed)[0].times.batch_sizes, times.batch_sizes);
+  EXPECT_EQ((*parsed)[0].times.decode_batch_ms_at_zero, times.decode_batch_ms_at_zero);
+  const int nano = p->scenario.device_index("nano");
+  p->cost->set_profile(nano, (*parsed)[0].times);
+  const int d = p->graph.first_decoder_index();
+  const double z = times.decode_ms_at_zero[static_cast<size_t>(d)];
+  const double k = times.decode_ms_per_token[static_cast<size_t>(d)];
+  auto batch = [&](std::vector<int> pasts) { return p->cost->node_decode_batch_ms(nano, d, pasts); };
+  EXPECT_NEAR(batch({10, 20}), 1.1 * z + 30 * k, 1e-12);
+  EXPECT_NEAR(batch({0, 0, 0}), (1.1 + 0.2) * z, 1e-12);          // between 2 and 4
+  EXPECT_NEAR(batch(std::vector<int>(6, 0)), 1.9 * z, 1e-12);      // between 4 and 8
+  EXPECT_NEAR(batch(std::vector<int>(16, 1)), (2.3 + 1.6) * z + 16 * k, 1e-12);  // past 8: 0.2 z per member
+  EXPECT_NEAR(batch({5}), z + 5 * k, 1e-12);
+  // Refused: sizes not ascending, a node without its times, a table of the wrong length.
+  auto bad = json;
+  bad["batch_sizes"] = {4, 2, 8};
+  EXPECT_FALSE(part::parse_profile(bad, *p->cost, "p.json"));
+  bad = json;
+  bad["nodes"][d].erase("decode_batch_ms_at_zero");
+  auto missing = part::parse_profile(bad, *p->cost, "p.json");
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message.find("decode_batch_ms_at_zero' is missing"), std::string::npos);
+  bad = json;
+  bad["nodes"][d]["decode_batch_ms_at_zero"] = {1.0, 2.0};
+  EXPECT_FALSE(part::parse_profile(bad, *p->cost, "p.json"));
+  bad = json;
+  bad.erase("batch_sizes");
+  auto orphan = part::parse_profile(bad, *p->cost, "p.json");
+  ASSERT_FALSE(orphan);
+  EXPECT_NE(orphan.error().message.find("needs the entry's 'batch_sizes'"), std::string::npos);
+}
+
+}  // namespace

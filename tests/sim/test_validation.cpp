@@ -37,6 +37,21 @@ TEST(Validation, OneRequestLatencyIsSumOfStagesAndTransfers) {
       // Closed loop with one request: throughput = 1 / latency.
       EXPECT_NEAR(report->throughput_rps, 1e3 / expected, 1e-3 * 1e3 / expected);
       EXPECT_NEAR(report->tokens_per_s, report->throughput_rps * sc.workload.shape.output_tokens, 1e-9);
+      // Time to first token: the prefill through every stage and its transfers; then each decode step's share.
+      double first_ms = 0;
+      for (size_t s = 0; s < pl.stages.size(); ++s) {
+        const auto& st = pl.stages[s];
+        first_ms += p->cost->prefill_ms(st.device, st.first_node, st.last_node);
+        if (s + 1 < pl.stages.size()) {
+          first_ms += p->cost->transfer_ms(st.device, pl.stages[s + 1].device,
+                                           p->graph.prefill_out_bytes(st.last_node, sc.workload.shape));
+        }
+      }
+      ASSERT_TRUE(report->ttft_ms && report->tpot_ms);
+      EXPECT_NEAR(report->ttft_ms->p50, first_ms, 1e-3 * first_ms);
+      EXPECT_NEAR(report->ttft_ms->p99, first_ms, 1e-3 * first_ms);
+      const double per_token = (expected - first_ms) / sc.workload.shape.output_tokens;
+      EXPECT_NEAR(report->tpot_ms->p50, per_token, 1e-3 * per_token);
     }
   }
 }

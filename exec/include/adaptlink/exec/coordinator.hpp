@@ -150,6 +150,9 @@ struct CoordinatorOptions {
   // How each worker orders the steps waiting for its stages (the scenario's planner.schedule; the hello's
   // "schedule"): runtime::StageQueue's order.
   partition::Schedule schedule = partition::Schedule::decode_first;
+  // Up to how many waiting decode steps of a stage a worker runs as one forward (the hello's "max_batch"; the
+  // scenario's planner.max_batch, "auto" resolved to its in_flight).
+  int max_batch = 1;
   double hello_timeout_s = 120;  // per worker, includes loading its weights
   // Heartbeats (the scenario's [recovery], as the simulator detects): a worker silent for the timeout is lost.
   double heartbeat_interval_s = partition::RecoverySettings{}.heartbeat_interval_s;

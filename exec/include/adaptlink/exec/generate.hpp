@@ -23,6 +23,12 @@ struct GenerateOptions {
   bool keep_prefill_logits = false;              // return the prefill logits of every position
 };
 
+// One request of a batch: its prompt and (optional) pixel values.
+struct GenerateRequest {
+  std::vector<int64_t> input_ids;
+  at::Tensor pixel_values;  // [crops, 3, H, W] float, or undefined
+};
+
 struct GenerateResult {
   std::vector<int64_t> generated;
   at::Tensor prefill_logits;  // [tokens, vocab] float32 on the CPU, when asked for
@@ -40,6 +46,12 @@ class LlavaRunner {
   // Greedy generation. pixel_values: [crops, 3, H, W] float, or undefined for a text-only prompt.
   Expected<GenerateResult> generate(const std::vector<int64_t>& input_ids, const at::Tensor& pixel_values,
                                     const GenerateOptions& options);
+  // Greedy generation of several requests: each prefill alone, then their decode steps in batches of up to
+  // `max_batch` (Stage::forward_batch through every stage), the requests taking turns in order as they go on; a
+  // request leaves at its EOS or max_new_tokens. Results in the requests' order; decode_ms is each request's time
+  // from the first batch to its last token. max_batch 1 is generate() for each, interleaved.
+  Expected<std::vector<GenerateResult>> generate_batch(const std::vector<GenerateRequest>& requests,
+                                                       const GenerateOptions& options, int max_batch);
 
   // Pixel values of an image file, preprocessed as preprocessor_config.json says.
   Expected<at::Tensor> pixel_values_for_image(const std::filesystem::path& image) const;

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -75,6 +76,13 @@ class Stage {
   // later: the piece with the stage's first text node starts the request's KV cache, and the cached length
   // advances only with the piece holding its last one (the pieces in between attend at the same positions).
   Expected<Activation> forward(const StepInput& step, const Activation& input, int from, int to);
+  // One decode step of each of `steps` (different requests, each with its own cache length) as one forward over the
+  // whole stage: embeddings, norms, projections, MLP and head over the stacked tokens, attention per request against
+  // its own KV cache and at its own RoPE position. `input` is text_hidden [batch, 1, hidden] (row i: steps[i]), or
+  // none when the stage starts at text_embed; the output is text_hidden or logits [batch, 1, ...], row i of
+  // steps[i]. Each row's arithmetic is its single step's (the matmuls take all rows at once, so only their
+  // rounding may differ). Errors (a prefill among them, a request twice, a wrong shape) leave every cache as it was.
+  Expected<Activation> forward_batch(std::span<const StepInput> steps, const Activation& input);
   void drop_request(int64_t request);
   [[nodiscard]] int64_t cached_tokens(int64_t request) const;
 
@@ -99,6 +107,9 @@ class Stage {
   at::Tensor run_projector(const at::Tensor& vision_hidden) const;
   Expected<at::Tensor> run_text_embed(const StepInput& step, const at::Tensor& image_features) const;
   at::Tensor run_decoder_layer(int layer, const at::Tensor& x, KvCache& cache, int64_t past) const;
+  // x [batch, T, hidden]: row b of request caches[b] with pasts[b] tokens cached (T == 1 when batch > 1).
+  at::Tensor run_decoder_layer(int layer, const at::Tensor& x, std::span<KvCache* const> caches,
+                               std::span<const int64_t> pasts) const;
   at::Tensor run_head(const at::Tensor& x, bool all_logits) const;
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
 

@@ -11,6 +11,9 @@
 //     `repeats` steps (the k-th sees k more cached tokens, which the fit accounts for); the medians are fitted by
 //     least squares to decode_ms_at_zero + decode_ms_per_token * cached (both clamped to >= 0). text_embed and
 //     the head do not read the cache: timed at length 0 only, per-token slope 0. Vision nodes do not decode (0).
+//   * decode batches (batch_sizes, default 2, 4, 8, 16): b requests with one cached token each run one decode step
+//     together (Stage::forward_batch), warm-up then the median of `repeats`, less the members' cache growth
+//     (decode_ms_per_token x their cached tokens): decode_batch_ms_at_zero, the profile's batch dimension.
 // Timings are wall-clock around Stage::forward on the CPU (synchronous). Before every run the CPU caches are
 // flushed (4x the L3 size is written): in a pipeline a stage streams through all its layers, so a layer's weights
 // are never as cache-hot as back-to-back repeats of one node would make them.
@@ -38,6 +41,7 @@ struct NodeProfile {
   std::vector<std::pair<double, double>> decode_samples;  // (cached tokens, median step ms) that were fitted
   double decode_ms_at_zero = 0;
   double decode_ms_per_token = 0;
+  std::vector<double> decode_batch_ms_at_zero;  // per MeasuredProfile::batch_sizes (0 for nodes that do not decode)
 };
 
 struct MeasuredProfile {
@@ -48,6 +52,7 @@ struct MeasuredProfile {
   std::string dtype;          // "fp32" | "bf16"
   std::filesystem::path model_dir;
   std::vector<NodeProfile> nodes;  // one per graph node, in graph order
+  std::vector<int> batch_sizes;    // the decode batches measured (ascending, > 1; empty: none)
 
   [[nodiscard]] partition::NodeTimes times() const;
 };
@@ -55,6 +60,7 @@ struct MeasuredProfile {
 struct ProfileOptions {
   models::RequestShape shape;  // images, prompt_tokens, output_tokens (decode fit covers the full context)
   int repeats = 3;             // >= 1
+  std::vector<int> batch_sizes = {2, 4, 8, 16};  // decode batches to measure (ascending, > 1; empty: none)
   ExecOptions exec;            // CPU only
   // Called after each node with (its result, index, node count): progress lines.
   std::function<void(const NodeProfile&, int, int)> progress;

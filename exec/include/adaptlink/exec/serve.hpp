@@ -50,6 +50,7 @@ struct ServeOptions {
   std::string dtype = "fp32";
   std::string device = "cpu";
   std::optional<int> in_flight;
+  std::optional<int> max_batch;  // overrides the scenario's planner.max_batch (partition::kAutoBatch: "auto")
   std::optional<int> synthetic_requests;  // number of synthetic requests (scenario workload shape)
   uint64_t seed = 1;
   bool ignore_eos = false;

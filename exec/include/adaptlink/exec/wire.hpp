@@ -30,6 +30,8 @@
 //   ping/pong heartbeats (pong answers at once, even while the worker computes; no meta)
 //   shutdown  coordinator -> worker: exit (no meta)
 //   release   coordinator -> worker: the run is over, the lease ends (no meta); the worker drops its stages
+//   batch     worker -> worker: the decode steps a stage ran as one batch, passed on as one message (encode_batch):
+//             meta {"frames": [n_1, ..., n_k]}, then each member's own step message (n_i frames each), k >= 2
 // Only the lease's owner is obeyed (worker.hpp); steps come from it or from the run's other workers.
 // Type number 11 is reserved (it once named a "resend" message that was never sent).
 #pragma once
@@ -62,8 +64,10 @@ enum class MsgType : uint16_t {
   shutdown = 10,
   // 11: reserved
   release = 12,
+  batch = 13,
 };
-inline constexpr uint16_t kLastMsgType = 12;
+inline constexpr uint16_t kLastMsgType = 13;
+inline constexpr int kMaxBatchMembers = 1024;  // members of one batch message (and a hello's max_batch)
 static_assert(static_cast<uint16_t>(MsgType::hello) == 1, "the handshake's message type never moves");
 std::string_view to_string(MsgType type);
 
@@ -112,6 +116,15 @@ std::vector<std::string> encode(const Message& message);
 // Checks and parses frames; the error says what is wrong ("frame 2 has 10 bytes, the header says 12", ...).
 Expected<Message> decode(const std::vector<std::string>& frames, const Limits& limits = {});
 
+// A batch message of `members` (each a whole message, e.g. a step) as one multipart message.
+std::vector<std::string> encode_batch(const std::vector<Message>& members);
+// Whether the frames announce a batch message (its header's type; decode_batch checks the rest).
+bool is_batch(const std::vector<std::string>& frames);
+// Checks a batch message (its header and meta, 2 to kMaxBatchMembers members, every frame accounted for, all of them
+// within limits.max_message_bytes) and decodes each member as decode() does; a member that does not decode is an
+// error naming it.
+Expected<std::vector<Message>> decode_batch(const std::vector<std::string>& frames, const Limits& limits = {});
+
 // An error message (type error) with `text` as meta.message.
 Message error_message(std::string text, int64_t request = 0, int32_t seq = 0);
 
@@ -153,6 +166,7 @@ struct Hello {
   std::string exec_device = "cpu";
   std::string coordinator;  // where results go back
   std::string schedule = "decode-first";
+  int max_batch = 1;  // up to how many waiting decode steps of a stage run as one forward (1 to kMaxBatchMembers)
   int64_t epoch = 0;
   double slowdown = 1;
   LinkMeta return_link;

@@ -15,8 +15,8 @@
 // A batch of b decode steps (of different requests, past_1..past_b cached tokens) as one forward, per node:
 //   time = max(sum_i flops(past_i) / peak, (weights + sum_i (KV read_i + activations_i)) / bandwidth)
 // i.e. the weights are read once for the batch. b = 1 is the single step exactly. With a profile, the
-// measured batch-1 time at an empty cache is scaled by the roofline's batch factor at an empty cache, plus
-// the measured growth per cached token for each member.
+// measured batch time at an empty cache (NodeTimes::batch_at_zero; without measured batches, the batch-1 time
+// scaled by the roofline's batch factor), plus the measured growth per cached token for each member.
 #pragma once
 
 #include <optional>
@@ -46,6 +46,14 @@ struct NodeTimes {
   std::vector<double> prefill_ms;           // per node, for the scenario's request shape
   std::vector<double> decode_ms_at_zero;    // per node, decode step with an empty cache
   std::vector<double> decode_ms_per_token;  // per node, growth per cached token
+  // Optional: decode batches measured at these sizes (ascending, each > 1) ...
+  std::vector<int> batch_sizes;
+  // ... [node][k]: a batch of batch_sizes[k] steps at an empty cache (each member then adds its cached tokens x
+  // decode_ms_per_token). Between sizes linear in the batch size (batch 1 is decode_ms_at_zero); beyond the largest,
+  // the last segment's slope. Empty: the roofline's batch factor scales decode_ms_at_zero.
+  std::vector<std::vector<double>> decode_batch_ms_at_zero;
+  // The batch-of-`batch` time at an empty cache of `node`, as described above.
+  [[nodiscard]] double batch_at_zero(int node, int batch) const;
 };
 
 class CostModel {

@@ -17,6 +17,11 @@
 // entry), its images and prompt_tokens must equal the scenario's workload: prefill times measured for another
 // shape would be silently wrong. output_tokens only says which cache lengths the decode fit covered.
 //
+// Batched decode (optional, written by `adaptlink-run profile`): an entry's "batch_sizes": [2, 4, 8, 16] and, per
+// node that decodes, "decode_batch_ms_at_zero": [one time per size]: a batch of that many decode steps at an empty
+// cache (NodeTimes::batch_at_zero interpolates; each member adds its cached tokens x decode_ms_per_token). A profile
+// without them still loads: its batches scale the batch-1 time by the roofline's batch factor.
+//
 // profile_to_json writes this format and parse_profile reads it: one definition for both sides.
 #pragma once
 

@@ -3,6 +3,7 @@
 //
 //   {"scenario", "backend": "sim"|"exec", "planner", "requests_completed", "requests_lost",
 //    ["requests_failed",] "throughput_rps", "tokens_per_s", "latency_ms": {"p50","p95","p99"},
+//    ["ttft_ms": {"p50","p95","p99"}, "tpot_ms": {"p50","p95","p99"},]
 //    "device_utilization": {name: 0..1}, "bubble_fraction",
 //    "faults": [{"at_s","device","kind","detected_s","recovered_s","recovery_ms","recomputed_tokens"}]}
 //
@@ -20,6 +21,10 @@
 //   tokens_per_s        throughput_rps * output_tokens per request
 //   latency_ms          percentiles (linear interpolation between closest ranks) over every completed request,
 //                       admission to last token
+//   ttft_ms             time to first token: admission to the first generated token (the prefill's), percentiles
+//                       over every completed request whose back-end records it (written when there are any)
+//   tpot_ms             time per output token after the first: (last token - first token) / decode steps after
+//                       the first token, over the completed requests that decoded
 //   device_utilization  busy time / length of the steady-state window, per scenario device (0 when idle)
 //   bubble_fraction     1 - mean utilisation over the devices that held a stage at some time during the run
 #pragma once
@@ -85,6 +90,8 @@ struct RunReport {
   double throughput_rps = 0;
   double tokens_per_s = 0;
   LatencySummary latency_ms;
+  std::optional<LatencySummary> ttft_ms;  // set when the back-end recorded first tokens
+  std::optional<LatencySummary> tpot_ms;
   std::vector<std::pair<std::string, double>> device_utilization;  // scenario order
   double bubble_fraction = 0;
   std::vector<FaultRecord> faults;

@@ -23,6 +23,9 @@ class RunRecorder {
 
   void admit(double t_s);  // a request entered (a Poisson run's window starts at the first)
   void complete(double admitted_s, double done_s, long long tokens);
+  // The same, with the time its first token was produced and the decode steps after it (time to first token, time
+  // per output token = (done - first token) / steps).
+  void complete(double admitted_s, double done_s, long long tokens, double first_token_s, long long steps);
   // A request that ended with an error record (exec): neither completed nor lost; the steady window is counted on
   // the requests that did not fail.
   void fail();
@@ -45,6 +48,8 @@ class RunRecorder {
   [[nodiscard]] long long completed() const { return static_cast<long long>(done_s_.size()); }
   [[nodiscard]] const std::vector<double>& completions_s() const { return done_s_; }
   [[nodiscard]] const std::vector<double>& latencies_ms() const { return latencies_ms_; }
+  [[nodiscard]] const std::vector<double>& ttfts_ms() const { return ttft_ms_; }
+  [[nodiscard]] const std::vector<double>& tpots_ms() const { return tpot_ms_; }
   [[nodiscard]] long long tokens() const { return tokens_; }
 
   [[nodiscard]] RunReport report(std::string scenario, std::string backend, std::string planner) const;
@@ -58,6 +63,7 @@ class RunRecorder {
   double first_admission_s_ = -1;
   std::vector<double> done_s_;  // completion order
   std::vector<double> latencies_ms_;
+  std::vector<double> ttft_ms_, tpot_ms_;
   long long tokens_ = 0;
   std::vector<std::vector<std::pair<double, double>>> busy_;  // per device
   std::vector<bool> holders_;
@@ -70,6 +76,7 @@ struct ReplicaRun {
   std::vector<double> completions_s;
   std::vector<double> latencies_ms;
   long long tokens = 0;  // generated, over all its completed requests
+  std::vector<double> ttft_ms, tpot_ms;  // per completed request that has them
 };
 
 // A replicated run (plan.replicas, every replica on its own devices) as one report: throughput over the steady

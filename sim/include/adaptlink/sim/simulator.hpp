@@ -107,6 +107,7 @@ struct SimResult {
   SimStats stats;
   // Raw per-request numbers behind the report, in completion order (replicated plans: replica by replica).
   std::vector<double> latencies_ms;
+  std::vector<double> ttft_ms, tpot_ms;  // per completed request: time to first token, time per output token
   std::vector<double> completions_s;  // simulated completion times
 };
 
