@@ -12,4 +12,4 @@ trap 'rm -rf "$ckpt"' EXIT
 "$build/cli/adaptlink-make-checkpoint" --config "$(dirname "$0")/../bench/testbed/llava7b-one-layer.json" \
   --dtype bf16 --out "$ckpt"
 # shellcheck disable=SC2086
-"$build/bench/bench_exec_batch" --model "$ckpt" --out "$out" ${BENCH_ARGS:-}
+"$build/bench/bench_exec_batch" --model "$ckpt" --out "$out" ${BENCH_ARGS:---threads $(nproc)}

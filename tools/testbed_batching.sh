@@ -5,7 +5,11 @@
 # by adaptlink-run testbed and predicted by adaptlink-sim run from a batch-aware profile (adaptlink-run profile
 # measures decode batches of 2, 4, 8 and 16) taken right before the runs. Writes OUT.json.
 #
-#   tools/testbed_batching.sh BUILD_DIR [OUT.json]   (THREADS per worker, default 1; REQUESTS, default 48)
+#   tools/testbed_batching.sh BUILD_DIR [OUT.json]   (THREADS per worker, default 1; REQUESTS, default 48; DTYPE,
+#                                                     default fp32)
+# Where adaptlink-sim is not built (the GPU host's exec/-only build): SKIP_SIM=1 KEEP=DIR measures into DIR (the
+# profile and both runs); then, where it is, SIMULATE=DIR tools/testbed_batching.sh BUILD_DIR OUT.json predicts from
+# that DIR's profile and writes OUT.json.
 set -euo pipefail
 build=${1:?usage: tools/testbed_batching.sh BUILD_DIR [OUT.json]}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,31 +17,52 @@ out=${2:-$root/bench/results/testbed_batching_jetson-quartet.json}
 threads=${THREADS:-1}
 population=${POPULATION:-16}
 requests=${REQUESTS:-48}
-work=$(mktemp -d "${TMPDIR:-/tmp}/adaptlink-batching.XXXXXX")
+dtype=${DTYPE:-fp32}
 scenario=$root/bench/testbed/jetson-quartet-testbed.toml
-trap 'rm -rf "$work" "${scenario%.toml}"-batch-*.tmp.toml' EXIT
+if [[ -n ${SIMULATE:-} ]]; then
+  work=$SIMULATE
+  trap 'rm -rf "${scenario%.toml}"-batch-*.tmp.toml "$work"/sim-*' EXIT
+elif [[ -n ${KEEP:-} ]]; then
+  work=$KEEP
+  mkdir -p "$work"
+  trap 'rm -rf "${scenario%.toml}"-batch-*.tmp.toml "$work/model"' EXIT
+else
+  work=$(mktemp -d "${TMPDIR:-/tmp}/adaptlink-batching.XXXXXX")
+  trap 'rm -rf "$work" "${scenario%.toml}"-batch-*.tmp.toml' EXIT
+fi
 run="$build/cli/adaptlink-run"
 sim="$build/cli/adaptlink-sim"
-"$build/cli/adaptlink-make-checkpoint" --config "$root/bench/testbed/medium-llava.json" --dtype fp32 --out "$work/model" |
-  tail -1
-"$run" profile --model "$work/model" --scenario "$scenario" --threads "$threads" --out "$work/profile.json" \
-  2> "$work/profile.log"
-grep "BLAS" "$work/profile.log" || true
-for batch in 1 auto; do
-  # Next to the original: its [model] config path stays valid.
-  tmp=${scenario%.toml}-batch-$batch.tmp.toml
+make_checkpoint=$build/cli/adaptlink-make-checkpoint
+[[ -x $make_checkpoint ]] || make_checkpoint=$build/adaptlink-make-checkpoint  # tools/exec_device's build
+scenario_for() {  # the scenario at this population and batch limit, next to the original (its [model] path stays valid)
+  local tmp=${scenario%.toml}-batch-$1.tmp.toml
   sed -e "s/^in_flight = .*/in_flight = $population/" -e "s/^requests = .*/requests = $requests/" \
-    -e "s/^\[planner\]/[planner]\nmax_batch = $([[ $batch == auto ]] && echo '"auto"' || echo "$batch")/" \
+    -e "s/^dtype = .*/dtype = \"$dtype\"/" \
+    -e "s/^\[planner\]/[planner]\nmax_batch = $([[ $1 == auto ]] && echo '"auto"' || echo "$1")/" \
     "$scenario" > "$tmp"
-  /usr/bin/time -v "$run" testbed --scenario "$tmp" --model "$work/model" --threads "$threads" \
-    --profile "$work/profile.json" --quiet --format json --out "$work/run-$batch" > "$work/run-$batch.json" \
-    2> "$work/run-$batch.time"
-  "$sim" run "$tmp" --profile "$work/profile.json" --format json --no-trace --quiet --out "$work/sim-$batch" \
-    > "$work/sim-$batch.json"
+  echo "$tmp"
+}
+if [[ -z ${SIMULATE:-} ]]; then
+  "$make_checkpoint" --config "$root/bench/testbed/medium-llava.json" --dtype "$dtype" --out "$work/model" | tail -1
+  "$run" profile --model "$work/model" --scenario "$scenario" --threads "$threads" --dtype "$dtype" \
+    --out "$work/profile.json" 2> "$work/profile.log"
+  grep "BLAS" "$work/profile.log" || true
+  for batch in 1 auto; do
+    # A run's status is its report's (a process that crashes after writing it is noted in run-*.time, not fatal).
+    /usr/bin/time -v "$run" testbed --scenario "$(scenario_for $batch)" --model "$work/model" --threads "$threads" \
+      --dtype "$dtype" --profile "$work/profile.json" --quiet --format json --out "$work/run-$batch" \
+      > "$work/run-$batch.json" 2> "$work/run-$batch.time" || [[ -s $work/run-$batch/report.json ]]
+  done
+fi
+[[ -n ${SKIP_SIM:-} ]] && exit 0
+for batch in 1 auto; do
+  "$sim" run "$(scenario_for $batch)" --profile "$work/profile.json" --format json --no-trace --quiet \
+    --out "$work/sim-$batch" > "$work/sim-$batch.json"
 done
-python3 - "$work" "$out" "$population" "$requests" "$threads" <<'PY'
+python3 - "$work" "$out" "$population" "$requests" "$threads" "$dtype" "${MACHINE:-}" <<'PY'
 import datetime, json, os, platform, sys
-work, out, population, requests, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+work, out, population, requests, threads, dtype, machine = (sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+                                                           int(sys.argv[5]), sys.argv[6], sys.argv[7])
 runs = {}
 for batch in ["1", "auto"]:
     measured = json.load(open(f"{work}/run-{batch}/report.json"))
@@ -57,7 +82,8 @@ doc = {
     "what": f"testbed of bench/testbed/jetson-quartet-testbed.toml (medium random LLaVA), population {population}, "
             f"{requests} requests, adaptlink's plan at max_batch 1 and auto, measured and simulated from one "
             "batch-aware profile taken right before",
-    "machine": f"{os.cpu_count()} CPUs, {platform.platform()}; {threads} thread(s) per worker",
+    "machine": (machine or f"{os.cpu_count()} CPUs, {platform.platform()}") + f"; {threads} thread(s) per worker",
+    "dtype": dtype,
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "command": "tools/testbed_batching.sh build",
     "runs": runs,

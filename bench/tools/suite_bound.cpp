@@ -4,10 +4,12 @@
 //                  each would reach running the whole model alone, with free communication and
 //                  unlimited memory, i.e. sum_d 1000 / (prefill_ms(d, all) + decode_total_ms(d, all))
 //   devices        each active device's alone_rps (the terms of that sum), and its batched_alone_rps at best_batch
-//   batched_bound_rps  the same with batched decode: each device serving the whole model alone with its decode
-//                  steps in batches of the largest size its memory holds (weights + that many requests' KV cache
-//                  at full context; at most 256; 1 when the model does not fit), prefills one at a time, free
-//                  communication: sum_d 1000 / (prefill_ms(d, all) + decode_total_share_ms(d, all, b_d))
+//   batched_bound_rps  the same with batched decode, at the largest batch the cluster's memory allows: B requests
+//                  in flight at most, where the active devices' memory holds the weights once and B requests' KV
+//                  caches at full context (at most 256; 1 when not even one fits). No stage sees a batch larger than
+//                  the requests in flight, and a request's share of a batch only falls with its size, so with free
+//                  communication and each device's work split at will (as the unbatched bound does):
+//                  sum_d 1000 / (prefill_ms(d, all) + decode_total_share_ms(d, all, B)); best_batch is B
 //   arithmetic_bound_rps  sum_d tflops_d / FLOPs per request (prefill and every decode step): no plan, batch or
 //                  memory gets past it
 //   min_link_mbps  the slowest link an activation may cross (access links in a star, pair links in a mesh)
@@ -68,14 +70,15 @@ nlohmann::json describe(const std::string& file, const std::vector<std::string>&
     for (int k = 0; k < cost.shape().output_tokens; ++k) request_flops += graph.decode_cost(i, prefill_tokens + k).flops;
   }
   const double kv_per_request = cost.kv_bytes(0, last) / std::max(1, sc.workload.in_flight);
+  double free = -cost.weight_bytes(0, last) - cost.buffer_bytes(0, last);
+  for (int d : active) free += sc.devices[d].mem_bytes;
+  const int batch = free <= 0 || kv_per_request <= 0
+                        ? 1
+                        : static_cast<int>(std::clamp(std::floor(free / kv_per_request), 1.0, 256.0));
   nlohmann::json devices = nlohmann::json::array();
   for (int d : active) {
     const double alone_ms = cost.prefill_ms(d, 0, last) + cost.decode_total_ms(d, 0, last);
     bound_rps += 1e3 / alone_ms;
-    const double free = sc.devices[d].mem_bytes - cost.weight_bytes(0, last) - cost.buffer_bytes(0, last);
-    const int batch = free <= 0 || kv_per_request <= 0
-                          ? 1
-                          : static_cast<int>(std::clamp(std::floor(free / kv_per_request), 1.0, 256.0));
     const double batched_ms = cost.prefill_ms(d, 0, last) + cost.decode_total_share_ms(d, 0, last, batch);
     batched_bound_rps += 1e3 / batched_ms;
     arithmetic_bound_rps += sc.devices[d].tflops * 1e12 / request_flops;
