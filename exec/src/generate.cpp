@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <deque>
+#include <span>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -143,6 +144,18 @@ Expected<std::vector<GenerateResult>> LlavaRunner::generate_batch(const std::vec
       for (int64_t id : ids) stage->drop_request(id);
     }
   };
+  // One step (a prefill) or a batch of decode steps through every stage; on an error every request's state goes.
+  auto chain = [&](std::span<const StepInput> steps, Activation act) -> Expected<Activation> {
+    for (auto& stage : stages_) {
+      auto out = stage->forward_batch(steps, act);
+      if (!out) {
+        drop();
+        return out.error();
+      }
+      act = std::move(out).value();
+    }
+    return act;
+  };
 
   // Prefills, one request at a time.
   std::vector<at::Tensor> last(n);  // each request's logits row for its next token
@@ -152,16 +165,11 @@ Expected<std::vector<GenerateResult>> LlavaRunner::generate_batch(const std::vec
     step.request = ids[i];
     step.input_ids = at::tensor(requests[i].input_ids, at::TensorOptions().dtype(at::kLong));
     step.all_logits = options.keep_prefill_logits;
-    Activation act;
-    if (requests[i].pixel_values.defined()) act = {ActivationKind::pixels, requests[i].pixel_values.to(at::kFloat)};
-    for (auto& stage : stages_) {
-      auto out = stage->forward(step, act);
-      if (!out) {
-        drop();
-        return out.error();
-      }
-      act = std::move(out).value();
-    }
+    Activation input;
+    if (requests[i].pixel_values.defined()) input = {ActivationKind::pixels, requests[i].pixel_values.to(at::kFloat)};
+    auto out = chain(std::span<const StepInput>(&step, 1), input);
+    if (!out) return out.error();
+    const Activation& act = *out;
     if (act.kind != ActivationKind::logits) {
       drop();
       return make_error("the last stage did not produce logits");
@@ -206,17 +214,10 @@ Expected<std::vector<GenerateResult>> LlavaRunner::generate_batch(const std::vec
       steps.push_back(std::move(step));
       members.push_back(i);
     }
-    Activation act;
-    for (auto& stage : stages_) {
-      auto out = stage->forward_batch(steps, act);
-      if (!out) {
-        drop();
-        return out.error();
-      }
-      act = std::move(out).value();
-    }
+    auto out = chain(steps, Activation{});
+    if (!out) return out.error();
     for (size_t b = 0; b < members.size(); ++b) {
-      last[members[b]] = act.tensor[static_cast<int64_t>(b)][act.tensor.size(1) - 1];
+      last[members[b]] = out->tensor[static_cast<int64_t>(b)][out->tensor.size(1) - 1];
       take_token(members[b]);
     }
   }

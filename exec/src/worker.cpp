@@ -599,20 +599,7 @@ class Worker {
       add_event(m.step, "decode", slot.stage->first(), slot.stage->last(), started_us, ended_us, m.request);
       const Activation row{out->kind, out->tensor.defined() ? out->tensor.narrow(0, static_cast<int64_t>(b), 1)
                                                             : at::Tensor()};
-      RequestLog& log = logs_[{first, m.request}];
-      log.last_seq = m.seq;
-      Logged& entry = log.steps[m.seq];
-      if (row.kind == ActivationKind::logits) {
-        entry.token = row.tensor[0][row.tensor.size(1) - 1].argmax().item<int64_t>();
-        send_token(m, entry.token, m.step.want_logits ? row.tensor[0].to(at::kFloat) : at::Tensor());
-        continue;
-      }
-      entry.out = row;
-      if (slot.next.empty()) {
-        fail_step(m, "stage has no next worker but does not end with the head");
-        continue;
-      }
-      onward.push_back(forward_message(slot, m, row, false));
+      if (auto next = log_result(slot, logs_[{first, m.request}], m, row)) onward.push_back(std::move(*next));
     }
     if (onward.size() == 1) {
       enqueue(slot.next, slot.next_key, wire::encode(onward.front()), slot.link);
@@ -775,16 +762,26 @@ class Worker {
   }
 
   void log_and_pass_on(const Slot& slot, RequestLog& log, const StepMessage& m, const Activation& out) {
+    if (auto onward = log_result(slot, log, m, out)) enqueue(slot.next, slot.next_key, wire::encode(*onward), slot.link);
+  }
+
+  // Logs a step's result; the last stage sends its token, any other returns the step message for the next stage
+  // (none, after an error reply, when the stage has no next worker).
+  std::optional<Message> log_result(const Slot& slot, RequestLog& log, const StepMessage& m, const Activation& out) {
     log.last_seq = m.seq;
     Logged& entry = log.steps[m.seq];
     if (out.kind == ActivationKind::logits) {
       const at::Tensor& logits = out.tensor;  // [1, tokens or 1, vocab]
       entry.token = logits[0][logits.size(1) - 1].argmax().item<int64_t>();
       send_token(m, entry.token, m.step.want_logits ? logits[0].to(at::kFloat) : at::Tensor());
-      return;
+      return std::nullopt;
     }
     entry.out = out;
-    forward(slot, m, out, false);
+    if (slot.next.empty()) {
+      fail_step(m, "stage has no next worker but does not end with the head");
+      return std::nullopt;
+    }
+    return forward_message(slot, m, out, false);
   }
 
   // Emulated slowdown: the step takes `slowdown_` times its measured time; the extra is idle waiting.

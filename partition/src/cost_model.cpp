@@ -161,36 +161,39 @@ double NodeTimes::batch_at_zero(int node, int batch) const {
   return t0;
 }
 
-double CostModel::node_decode_batch_ms(int device, int node, std::span<const int> pasts) const {
-  if (pasts.size() == 1) return node_decode_step_ms(device, node, pasts[0]);
-  if (pasts.empty() || graph_->node(node).is_vision()) return 0;
+double CostModel::node_batch_ms(int device, int node, int batch, models::Cost sum, double sum_past) const {
   const auto& dev = scenario_->devices[device];
   const double weights = graph_->node(node).weight_read_bytes;
-  const double others = static_cast<double>(pasts.size() - 1);
+  const double others = static_cast<double>(batch - 1);
   if (const auto& p = profile_[device]) {
     // The measured batch at an empty cache (or the single step scaled as the roofline scales it); each member's
     // cache growth as measured.
     double ms = 0;
     if (!p->batch_sizes.empty()) {
-      ms = p->batch_at_zero(node, static_cast<int>(pasts.size()));
+      ms = p->batch_at_zero(node, batch);
     } else {
       const auto one = graph_->decode_cost(node, 0);
-      const double batch =
-          roofline_ms({one.flops * static_cast<double>(pasts.size()), one.bytes * (others + 1) - others * weights}, dev);
+      const double scaled =
+          roofline_ms({one.flops * static_cast<double>(batch), one.bytes * (others + 1) - others * weights}, dev);
       const double single = roofline_ms(one, dev);
-      ms = p->decode_ms_at_zero[node] * (single > 0 ? batch / single : 1);
+      ms = p->decode_ms_at_zero[node] * (single > 0 ? scaled / single : 1);
     }
-    for (int past : pasts) ms += p->decode_ms_per_token[node] * past;
-    return ms * slowdown_[device];
+    return (ms + p->decode_ms_per_token[node] * sum_past) * slowdown_[device];
   }
-  models::Cost sum;
-  for (int past : pasts) {
-    const auto c = graph_->decode_cost(node, past);
-    sum.flops += c.flops;
-    sum.bytes += c.bytes;
-  }
-  sum.bytes -= others * weights;
+  sum.bytes -= others * weights;  // the weights are read once for the batch
   return roofline_ms(sum, dev) * slowdown_[device];
+}
+
+double CostModel::node_decode_batch_ms(int device, int node, std::span<const int> pasts) const {
+  if (pasts.size() == 1) return node_decode_step_ms(device, node, pasts[0]);
+  if (pasts.empty() || graph_->node(node).is_vision()) return 0;
+  models::Cost sum;
+  double sum_past = 0;
+  for (int past : pasts) {
+    sum += graph_->decode_cost(node, past);
+    sum_past += past;
+  }
+  return node_batch_ms(device, node, static_cast<int>(pasts.size()), sum, sum_past);
 }
 
 double CostModel::decode_batch_ms(int device, int first, int last, std::span<const int> pasts) const {
@@ -203,13 +206,16 @@ double CostModel::decode_batch_ms(int device, int first, int last, std::span<con
 double CostModel::decode_total_share_ms(int device, int first, int last, int batch) const {
   if (batch <= 1) return decode_total_ms(device, first, last);
   const int prefill_tokens = graph_->prefill_tokens(shape());
-  std::vector<int> pasts(static_cast<size_t>(batch));
+  const double b = batch;
   double ms = 0;
-  for (int k = 0; k < shape().output_tokens; ++k) {
-    std::fill(pasts.begin(), pasts.end(), prefill_tokens + k);
-    ms += decode_batch_ms(device, first, last, pasts);
+  for (int i = first; i <= last; ++i) {
+    if (graph_->node(i).is_vision()) continue;
+    for (int k = 0; k < shape().output_tokens; ++k) {  // `batch` alike steps: their sums are `batch` times one's
+      const auto c = graph_->decode_cost(i, prefill_tokens + k);
+      ms += node_batch_ms(device, i, batch, {b * c.flops, b * c.bytes}, b * (prefill_tokens + k));
+    }
   }
-  return ms / batch;
+  return ms / b;
 }
 
 void CostModel::rebuild_device(int device) {

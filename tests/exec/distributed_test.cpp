@@ -163,22 +163,44 @@ const auto kSchedules = ::testing::Values(partition::Schedule::decode_first, par
 
 class DistributedSchedule : public Distributed, public ::testing::WithParamInterface<partition::Schedule> {};
 
+// What one process gives each request: greedy tokens (EOS 2) and prefill logits.
+std::vector<GenerateResult> one_process(LlavaRunner& runner, const std::vector<ExecRequest>& requests) {
+  std::vector<GenerateResult> want;
+  for (const auto& r : requests) {
+    GenerateOptions opt;
+    opt.max_new_tokens = r.max_new_tokens;
+    opt.eos_ids = std::vector<int64_t>{2};
+    opt.keep_prefill_logits = true;
+    auto g = runner.generate(r.input_ids, r.pixel_values, opt);
+    EXPECT_TRUE(g.has_value()) << g.error().to_string();
+    if (g) want.push_back(*g);
+  }
+  return want;
+}
+
+// Every request of the run got the tokens and (within 1e-5 of the logit scale) the prefill logits of one process.
+void expect_one_process_results(const ExecRun& run, const std::vector<ExecRequest>& requests,
+                                const std::vector<GenerateResult>& want, const std::string& where) {
+  ASSERT_EQ(run.results.size(), requests.size()) << where;
+  ASSERT_EQ(want.size(), requests.size()) << where;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const auto& got = run.results[i];
+    EXPECT_EQ(got.id, requests[i].id);
+    EXPECT_EQ(got.generated, want[i].generated) << where << ", request " << got.id;
+    ASSERT_TRUE(got.prefill_logits.defined()) << where;
+    ASSERT_EQ(got.prefill_logits.sizes(), want[i].prefill_logits.sizes()) << where;
+    const double err = (got.prefill_logits - want[i].prefill_logits).abs().max().item<double>();
+    EXPECT_LE(err, 1e-5 * want[i].prefill_logits.abs().max().item<double>()) << where << ", request " << got.id;
+  }
+}
+
 TEST_P(DistributedSchedule, SameTokensAndLogitsAsOneProcessForEveryFixtureWith2To4StagesAndRequestsInFlight) {
   at::set_num_threads(1);
   for (const auto& name : kNames) {
     auto runner = LlavaRunner::load(kFixtures / name, *parse_exec_options("fp32", "cpu"));
     ASSERT_TRUE(runner.has_value()) << runner.error().to_string();
     const auto requests = requests_for(name);
-    std::vector<GenerateResult> want;
-    for (const auto& r : requests) {
-      GenerateOptions opt;
-      opt.max_new_tokens = r.max_new_tokens;
-      opt.eos_ids = std::vector<int64_t>{2};
-      opt.keep_prefill_logits = true;
-      auto g = (*runner)->generate(r.input_ids, r.pixel_values, opt);
-      ASSERT_TRUE(g.has_value()) << g.error().to_string();
-      want.push_back(*g);
-    }
+    const auto want = one_process(**runner, requests);
     for (int stages = 2; stages <= 4; ++stages) {
       CoordinatorOptions co;
       co.model = kFixtures / name;
@@ -189,16 +211,7 @@ TEST_P(DistributedSchedule, SameTokensAndLogitsAsOneProcessForEveryFixtureWith2T
       co.schedule = GetParam();
       auto run = run_on(*workers_, spec_for((*runner)->graph(), stages), requests, co);
       ASSERT_TRUE(run.has_value()) << name << " with " << stages << " stages: " << run.error().to_string();
-      ASSERT_EQ(run->results.size(), requests.size());
-      for (size_t i = 0; i < requests.size(); ++i) {
-        const auto& got = run->results[i];
-        EXPECT_EQ(got.id, requests[i].id);
-        EXPECT_EQ(got.generated, want[i].generated) << name << ", " << stages << " stages, request " << got.id;
-        ASSERT_TRUE(got.prefill_logits.defined());
-        ASSERT_EQ(got.prefill_logits.sizes(), want[i].prefill_logits.sizes());
-        const double err = (got.prefill_logits - want[i].prefill_logits).abs().max().item<double>();
-        EXPECT_LE(err, 1e-5 * want[i].prefill_logits.abs().max().item<double>()) << name << " " << stages;
-      }
+      expect_one_process_results(*run, requests, want, fmt::format("{}, {} stages", name, stages));
       // Every stage ran: events from each worker of the pipeline.
       std::set<std::string> devices;
       for (const auto& ev : run->events) devices.insert(ev.device);
@@ -224,16 +237,7 @@ TEST_P(DistributedSchedule, BatchedStagesGiveOneProcessTokensWith8RequestsInFlig
     r.max_new_tokens = 6 + i;
     requests.push_back(r);
   }
-  std::vector<GenerateResult> want;
-  for (const auto& r : requests) {
-    GenerateOptions opt;
-    opt.max_new_tokens = r.max_new_tokens;
-    opt.eos_ids = std::vector<int64_t>{2};
-    opt.keep_prefill_logits = true;
-    auto g = (*runner)->generate(r.input_ids, r.pixel_values, opt);
-    ASSERT_TRUE(g.has_value()) << g.error().to_string();
-    want.push_back(*g);
-  }
+  const auto want = one_process(**runner, requests);
   CoordinatorOptions co;
   co.model = kFixtures / name;
   co.in_flight = 8;
@@ -244,15 +248,7 @@ TEST_P(DistributedSchedule, BatchedStagesGiveOneProcessTokensWith8RequestsInFlig
   co.schedule = GetParam();
   auto run = run_on(*workers_, spec_for((*runner)->graph(), 3), requests, co);
   ASSERT_TRUE(run.has_value()) << run.error().to_string();
-  ASSERT_EQ(run->results.size(), requests.size());
-  for (size_t i = 0; i < requests.size(); ++i) {
-    const auto& got = run->results[i];
-    EXPECT_EQ(got.id, requests[i].id);
-    EXPECT_EQ(got.generated, want[i].generated) << "request " << got.id;
-    ASSERT_TRUE(got.prefill_logits.defined());
-    const double err = (got.prefill_logits - want[i].prefill_logits).abs().max().item<double>();
-    EXPECT_LE(err, 1e-5 * want[i].prefill_logits.abs().max().item<double>()) << got.id;
-  }
+  expect_one_process_results(*run, requests, want, "3 batched stages");
   std::map<std::tuple<std::string, std::string, double>, std::set<int64_t>> starts;  // (device, what, start) -> requests
   for (const auto& ev : run->events) starts[std::make_tuple(ev.device, ev.name, ev.start_s)].insert(ev.request);
   size_t largest = 0;

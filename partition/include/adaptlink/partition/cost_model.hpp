@@ -112,6 +112,8 @@ class CostModel {
   std::vector<std::vector<std::vector<Hop>>> routes_;  // [from][to]
   std::vector<std::string> link_names_;
   void rebuild_device(int device);
+  // A batch of `batch` decode steps over `node` from its members' summed costs and cached tokens (batch >= 2).
+  [[nodiscard]] double node_batch_ms(int device, int node, int batch, models::Cost sum, double sum_past) const;
 };
 
 }  // namespace adaptlink::partition
