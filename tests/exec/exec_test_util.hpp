@@ -54,11 +54,17 @@ struct RawClient {
     }
     s.connect(endpoint);
   }
-  // Ends the lease its hello took, so that a coordinator may have the worker.
+  // Ends the lease its hello took, so that a coordinator may have the worker. Returns once the worker has handled it:
+  // it takes one connection's messages in order, so the ping sent after it is answered only then (a coordinator's
+  // hello on another connection could otherwise overtake the release and find the worker still leased).
   void release() {
     wire::Message m;
     m.type = wire::MsgType::release;
     send(wire::encode(m));
+    wire::Message ping;
+    ping.type = wire::MsgType::ping;
+    send(wire::encode(ping));
+    (void)reply();
   }
   void send(const std::vector<std::string>& frames) {
     for (size_t i = 0; i < frames.size(); ++i) {
