@@ -65,11 +65,20 @@ int cmd_validate(const std::string& file, const std::string& format) {
   return al::cli::kExitOk;
 }
 
-std::string plan_table(const part::Plan& plan, const part::CostModel& cost, const al::Expected<part::Plan>& uniform) {
+// `cost`: the one the plan runs on (PlanCost); `workload`: the scenario's own (its population).
+std::string plan_table(const part::Plan& plan, const part::CostModel& cost, const part::Workload& workload,
+                       const al::Expected<part::Plan>& uniform) {
   const auto& sc = cost.scenario();
   const char* objective = plan.objective == part::Objective::throughput ? "throughput" : "latency";
-  std::string out = fmt::format("scenario {}: planner {}, objective {}, schedule {}, solved in {:.1f} ms\n\n", sc.name,
+  std::string out = fmt::format("scenario {}: planner {}, objective {}, schedule {}, solved in {:.1f} ms\n", sc.name,
                                 plan.planner, objective, part::schedule_name(sc.planner.schedule), plan.solve_ms);
+  out += fmt::format("admission: {} requests in flight{}, stage batches of up to {} decode steps\n\n",
+                     sc.workload.in_flight,
+                     workload.arrival == part::Arrival::saturate ? " (saturate: unlimited demand)"
+                     : part::closed_loop(workload) && workload.in_flight > sc.workload.in_flight
+                         ? fmt::format(" of {} users (the others wait in front)", workload.in_flight)
+                         : "",
+                     part::effective_max_batch(sc.planner, sc.workload.in_flight));
   // A replicated plan: one table row per stage of every replica, the replica in the first column.
   const bool replicated = !plan.replicas.empty();
   std::vector<std::string> header{"stage",      "device",    "nodes",     "layers",
@@ -136,11 +145,12 @@ int cmd_plan(const std::string& file, const std::string& planner, const std::str
     e.file = file;
     return al::cli::report(e, "adaptlink-sim");
   }
+  const part::PlanCost runs(*p.cost, *plan);  // its admission limit's KV reservation, its batch limit
   std::string text;
   if (format == "json") {
-    text = part::to_json(*plan, *p.cost).dump(2) + "\n";
+    text = part::to_json(*plan, runs.get()).dump(2) + "\n";
   } else {
-    text = plan_table(*plan, *p.cost, part::make_plan(*p.cost, "uniform", obj));
+    text = plan_table(*plan, runs.get(), p.scenario.workload, part::make_plan(*p.cost, "uniform", obj));
   }
   if (auto st = al::cli::write_output(output, text); !st) return al::cli::report(st.error(), "adaptlink-sim");
   return al::cli::kExitOk;

@@ -103,12 +103,17 @@ al::Expected<part::Plan> plan_for(const Loaded& l, const std::string& planner, c
   return plan;
 }
 
-std::string workload_text(const part::Scenario& sc, long long requests) {
+// `admitted`: the requests a plan admits at once (0: not known, as in a comparison of several plans).
+std::string workload_text(const part::Scenario& sc, long long requests, int admitted = 0) {
   const auto& w = sc.workload;
   const long long n = requests > 0 ? requests : w.requests;
+  const std::string admits = admitted > 0 ? fmt::format(", {} admitted at once", admitted) : "";
   if (w.arrival == part::Arrival::closed) {
-    return fmt::format("{} requests, closed loop with {} in flight, {} output tokens", n, w.in_flight,
-                       w.shape.output_tokens);
+    return fmt::format("{} requests, closed loop with {} in flight{}, {} output tokens", n, w.in_flight,
+                       admitted > 0 && admitted != w.in_flight ? admits : "", w.shape.output_tokens);
+  }
+  if (w.arrival == part::Arrival::saturate) {
+    return fmt::format("{} requests, saturate (unlimited demand){}, {} output tokens", n, admits, w.shape.output_tokens);
   }
   return fmt::format("{} requests, Poisson arrivals at {}/s, {} output tokens", n, w.rate_per_s, w.shape.output_tokens);
 }
@@ -159,13 +164,15 @@ al::Expected<fs::path> make_run_dir(const std::string& requested, const std::str
 
 al::Status write_file(const fs::path& path, const std::string& text) { return al::cli::write_output(path.string(), text); }
 
-std::string summary_table(const part::Plan& plan, const part::CostModel& cost, const al::sim::SimResult& result,
-                          const std::string& model, long long requests) {
+// `cost`: the one the plan ran on (PlanCost); `original`: the scenario as written (its workload).
+std::string summary_table(const part::Plan& plan, const part::CostModel& cost, const part::Scenario& original,
+                          const al::sim::SimResult& result, const std::string& model, long long requests) {
   const auto& r = result.report;
   const auto& stats = result.stats;
   const auto& sc = cost.scenario();
-  std::string out = fmt::format("scenario {}: planner {}, {}, network model {}\n\n", sc.name, plan.planner,
-                                workload_text(sc, requests), model);
+  std::string out = fmt::format("scenario {}: planner {}, {}, stage batches of up to {}, network model {}\n\n", sc.name,
+                                plan.planner, workload_text(original, requests, sc.workload.in_flight),
+                                part::effective_max_batch(sc.planner, sc.workload.in_flight), model);
   al::cli::Table t({"metric", "simulated", "predicted", "sim/pred"});
   const auto& p = plan.predicted;
   auto ratio = [](double a, double b) { return b > 0 ? fmt::format("{:.4f}", a / b) : std::string("-"); };
@@ -217,10 +224,11 @@ int cmd_run(const RunOptions& o) {
   auto loaded = load(o);
   if (!loaded) return al::cli::report(loaded.error(), "adaptlink-sim");
   const auto& problem = *loaded->problem;
-  const auto& cost = *problem.cost;
   const std::string planner = o.planner.empty() ? problem.scenario.planner.name : o.planner;
   auto plan = plan_for(*loaded, planner, o.scenario);
   if (!plan) return al::cli::report(plan.error(), "adaptlink-sim");
+  const part::PlanCost runs(*problem.cost, *plan);  // its admission limit and batch limit
+  const auto& cost = runs.get();
 
   auto dir = make_run_dir(o.out, problem.scenario.name);
   if (!dir) return al::cli::report(dir.error(), "adaptlink-sim");
@@ -256,7 +264,7 @@ int cmd_run(const RunOptions& o) {
   if (o.format == "json") {
     std::cout << al::runtime::to_json(result->report).dump(2) << "\n";
   } else {
-    std::cout << summary_table(*plan, cost, *result, o.network_model, o.requests);
+    std::cout << summary_table(*plan, cost, problem.scenario, *result, o.network_model, o.requests);
     std::cout << fmt::format("wrote {}/{{scenario.toml, plan.json, report.json{}}}\n", dir->string(),
                              o.no_trace ? "" : ", trace.json");
   }
@@ -300,7 +308,7 @@ int cmd_compare(const CompareOptions& o) {
       options.heartbeat_interval_s = o.heartbeat_interval_s;
       options.heartbeat_timeout_s = o.heartbeat_timeout_s;
       options.progress = progress_printer("simulating " + name, false);
-      auto report = al::sim::simulate(cost, *plan, options);
+      auto report = al::sim::simulate(part::PlanCost(cost, *plan).get(), *plan, options);
       if (!report) {
         row.error = report.error().to_string();
       } else {
@@ -338,6 +346,8 @@ int cmd_compare(const CompareOptions& o) {
           }
           j["replicas"] = replicas;
         }
+        j["in_flight"] = part::PlanCost(cost, *r.plan).scenario().workload.in_flight;
+        j["max_batch"] = r.plan->max_batch;
         j["predicted"] = {{"throughput_rps", r.plan->predicted.throughput_rps},
                           {"tokens_per_s", r.plan->predicted.tokens_per_s},
                           {"bottleneck_ms", r.plan->predicted.bottleneck_ms},
@@ -358,7 +368,7 @@ int cmd_compare(const CompareOptions& o) {
                        {"network_model", o.network_model},
                        {"seed", o.seed},
                        {"requests", o.requests > 0 ? o.requests : w.requests},
-                       {"arrival", w.arrival == part::Arrival::closed ? "closed" : "poisson"},
+                       {"arrival", part::arrival_name(w.arrival)},
                        {"in_flight", w.in_flight},
                        {"output_tokens", w.shape.output_tokens},
                        {"baseline", "uniform"},
@@ -368,12 +378,14 @@ int cmd_compare(const CompareOptions& o) {
     text = fmt::format("scenario {}: {}, network model {}\n\n", problem.scenario.name,
                        workload_text(problem.scenario, o.requests), o.network_model);
     al::cli::Table t({"planner", "stages", "pred_rps", "sim_rps", "sim/pred", "tokens/s", "p50_ms", "p95_ms", "util",
-                      "bubble", "x_uniform", "ttft_p50_ms", "tpot_p50_ms"});
+                      "bubble", "x_uniform", "in_flight", "batch", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms",
+                      "tpot_p99_ms"});
     for (const auto& r : rows) {
       if (!r.report) {
-        t.add({r.planner, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"});
+        t.add({r.planner, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"});
         continue;
       }
+      const part::PlanCost ran(cost, *r.plan);
       const auto& rep = *r.report;
       auto ratio = ratio_of(r);
       const double pred = r.plan->predicted.throughput_rps;
@@ -382,8 +394,12 @@ int cmd_compare(const CompareOptions& o) {
              fmt::format("{:.2f}", rep.tokens_per_s), fmt::format("{:.0f}", rep.latency_ms.p50),
              fmt::format("{:.0f}", rep.latency_ms.p95), fmt::format("{:.3f}", 1.0 - rep.bubble_fraction),
              fmt::format("{:.3f}", rep.bubble_fraction), ratio ? fmt::format("{:.3f}", *ratio) : "-",
+             std::to_string(ran.scenario().workload.in_flight),
+             std::to_string(part::effective_max_batch(ran.scenario().planner, ran.scenario().workload.in_flight)),
              rep.ttft_ms ? fmt::format("{:.0f}", rep.ttft_ms->p50) : "-",
-             rep.tpot_ms ? fmt::format("{:.1f}", rep.tpot_ms->p50) : "-"});
+             rep.ttft_ms ? fmt::format("{:.0f}", rep.ttft_ms->p99) : "-",
+             rep.tpot_ms ? fmt::format("{:.1f}", rep.tpot_ms->p50) : "-",
+             rep.tpot_ms ? fmt::format("{:.1f}", rep.tpot_ms->p99) : "-"});
     }
     text += t.str();
     for (const auto& r : rows) {

@@ -224,7 +224,8 @@ int cmd_sweep(const SweepCliOptions& o) {
       }
     };
   }
-  auto result = al::sim::run_sweep(*p.cost, *plan, options);
+  const part::PlanCost runs(*p.cost, *plan);  // its admission limit and batch limit
+  auto result = al::sim::run_sweep(runs.get(), *plan, options);
   if (!result) {
     al::cli::report(result.error(), "adaptlink-sim");
     return al::cli::kExitFailure;

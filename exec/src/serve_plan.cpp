@@ -83,6 +83,7 @@ Expected<std::vector<std::pair<std::string, std::pair<int, int>>>> plan_stages(c
   const auto& sc = problem->scenario;
   auto plan = partition::make_plan(*problem->cost, sc.planner.name, sc.planner.objective);
   if (!plan) return plan.error();
+  partition::adopt(*problem, *plan);
   std::vector<std::pair<std::string, std::pair<int, int>>> out;
   for (const auto& st : plan->stages) {
     out.push_back({sc.devices[static_cast<size_t>(st.device)].name, {st.first_node, st.last_node}});
@@ -109,11 +110,17 @@ Expected<ServedPlan> plan_served_run(const ServeOptions& options) {
   served.problem = partition::make_problem(std::move(scenario).value());
   auto applied = partition::apply_profiles(options.profiles, *served.problem->cost);
   if (!applied) return applied.error();
+  {
+    const auto& sc = served.scenario();
+    auto plan = partition::make_plan(served.cost(), sc.planner.name, sc.planner.objective);
+    if (!plan) return plan.error();
+    served.plan = std::move(*plan);
+  }
+  // The run's scenario and cost model are the plan's: its admission limit (in flight) and batch limit, which the
+  // coordinator and the workers take from them below, and recovery re-plans with.
+  partition::adopt(*served.problem, served.plan);
   const auto& sc = served.scenario();
   const auto& cost = served.cost();
-  auto plan = partition::make_plan(cost, sc.planner.name, sc.planner.objective);
-  if (!plan) return plan.error();
-  served.plan = std::move(*plan);
   if (!served.plan.replicas.empty() && options.testbed && options.inject_faults && !sc.faults.empty()) {
     return make_error(
         "faults are not injected on replicated plans ({} replicas): plan one pipeline to inject them (set [planner] "

@@ -86,7 +86,7 @@ Prediction evaluate(const CostModel& cost, std::vector<Stage>& stages) {
   p.alone_ms = alone_ms;
   p.bottleneck_ms = bottleneck_ms;
   const double capacity_rps = bottleneck_ms > 0 ? 1e3 / bottleneck_ms : std::numeric_limits<double>::infinity();
-  if (workload.arrival == Arrival::closed) {
+  if (closed_loop(workload)) {
     const double population_rps = workload.in_flight * 1e3 / alone_ms;
     p.throughput_rps = std::min(population_rps, capacity_rps);
     p.latency_ms = workload.in_flight * 1e3 / p.throughput_rps;  // Little's law; = R0 when not saturated
@@ -147,6 +147,9 @@ nlohmann::json to_json(const Plan& plan, const CostModel& cost) {
            {"unbacked_stages", plan.unbacked_stages},
            {"predicted", prediction_json(plan.predicted)},
            {"solve_ms", plan.solve_ms}};
+  const auto& sc = cost.scenario();
+  out["in_flight"] = plan.in_flight > 0 ? plan.in_flight : sc.workload.in_flight;
+  out["max_batch"] = plan.max_batch > 0 ? plan.max_batch : effective_max_batch(sc.planner, sc.workload.in_flight);
   if (!plan.replicas.empty()) {
     json replicas = json::array();
     for (const auto& r : plan.replicas) {
@@ -161,6 +164,28 @@ nlohmann::json to_json(const Plan& plan, const CostModel& cost) {
     out["replicas"] = replicas;
   }
   return out;
+}
+
+Scenario admitted(const Scenario& scenario, int in_flight, int max_batch) {
+  Scenario out = scenario;
+  out.workload.in_flight = std::max(1, in_flight);
+  if (out.workload.arrival == Arrival::saturate) out.workload.arrival = Arrival::closed;
+  out.planner.max_in_flight = out.workload.in_flight;
+  out.planner.max_batch = std::max(1, max_batch);
+  return out;
+}
+
+PlanCost::PlanCost(const CostModel& base, const Plan& plan) : cost_(&base) {
+  const auto& sc = base.scenario();
+  const int in_flight = plan.in_flight > 0 ? plan.in_flight : sc.workload.in_flight;
+  const int batch = plan.max_batch > 0 ? plan.max_batch : effective_max_batch(sc.planner, sc.workload.in_flight);
+  if (in_flight == sc.workload.in_flight && batch == effective_max_batch(sc.planner, sc.workload.in_flight) &&
+      sc.workload.arrival != Arrival::saturate) {
+    return;
+  }
+  scenario_ = std::make_unique<Scenario>(admitted(sc, in_flight, batch));
+  own_ = std::make_unique<CostModel>(base, *scenario_);
+  cost_ = own_.get();
 }
 
 }  // namespace adaptlink::partition

@@ -10,6 +10,15 @@ std::unique_ptr<Problem> make_problem(Scenario scenario) {
   return problem;
 }
 
+void adopt(Problem& problem, const Plan& plan) {
+  const PlanCost runs(*problem.cost, plan);
+  if (&runs.get() == problem.cost.get()) return;
+  Scenario scenario = runs.scenario();
+  auto old = std::move(problem.cost);
+  problem.scenario = std::move(scenario);
+  problem.cost = std::make_unique<CostModel>(*old, problem.scenario);
+}
+
 Expected<std::unique_ptr<Problem>> load_problem(const std::filesystem::path& scenario_file) {
   auto scenario = load_scenario(scenario_file);
   if (!scenario) return scenario.error();

@@ -74,7 +74,8 @@ constexpr std::string_view kNetworkKeys[] = {"topology", "bandwidth_mbps", "late
 constexpr std::string_view kLinkKeys[] = {"between", "bandwidth_mbps", "latency_ms"};
 constexpr std::string_view kWorkloadKeys[] = {"requests",           "arrival",       "in_flight",    "rate_per_s",
                                               "images_per_request", "prompt_tokens", "output_tokens"};
-constexpr std::string_view kPlannerKeys[] = {"name", "objective", "backups", "schedule", "replicas", "max_batch"};
+constexpr std::string_view kPlannerKeys[] = {"name",     "objective", "backups",      "schedule",
+                                             "replicas", "max_batch", "max_in_flight"};
 constexpr std::string_view kFaultKeys[] = {"at_s", "device", "kind", "factor", "bandwidth_mbps", "signal"};
 constexpr std::string_view kRecoveryKeys[] = {"heartbeat_interval_s", "heartbeat_timeout_s"};
 constexpr std::string_view kCatalogueTopKeys[] = {"device"};
@@ -95,7 +96,9 @@ constexpr double kBytesPerGb = 1e9;
 
 std::string_view to_string(Role role) { return role == Role::active ? "active" : "standby"; }
 std::string_view to_string(Topology topology) { return topology == Topology::star ? "star" : "mesh"; }
-std::string_view to_string(Arrival arrival) { return arrival == Arrival::closed ? "closed" : "poisson"; }
+std::string_view to_string(Arrival arrival) {
+  return arrival == Arrival::closed ? "closed" : arrival == Arrival::poisson ? "poisson" : "saturate";
+}
 std::string_view to_string(Objective objective) {
   return objective == Objective::throughput ? "throughput" : "latency";
 }
@@ -448,8 +451,8 @@ class Reader {
 
 constexpr std::pair<std::string_view, Role> kRoles[] = {{"active", Role::active}, {"standby", Role::standby}};
 constexpr std::pair<std::string_view, Topology> kTopologies[] = {{"star", Topology::star}, {"mesh", Topology::mesh}};
-constexpr std::pair<std::string_view, Arrival> kArrivals[] = {{"closed", Arrival::closed},
-                                                              {"poisson", Arrival::poisson}};
+constexpr std::pair<std::string_view, Arrival> kArrivals[] = {
+    {"closed", Arrival::closed}, {"poisson", Arrival::poisson}, {"saturate", Arrival::saturate}};
 constexpr std::pair<std::string_view, Objective> kObjectives[] = {{"throughput", Objective::throughput},
                                                                   {"latency", Objective::latency}};
 constexpr std::pair<std::string_view, Fault::Signal> kSignals[] = {{"kill", Fault::Signal::kill},
@@ -578,6 +581,9 @@ class ScenarioParser {
     parse_workload(root, s);
     check_context(root, s);
     parse_planner(root, s);
+    if (s.workload.arrival == Arrival::saturate) {
+      s.workload.in_flight = saturate_population(s.workload.requests, s.planner.max_in_flight);
+    }
     parse_faults(root, s);
     parse_recovery(root, s);
     return s;
@@ -812,6 +818,11 @@ class ScenarioParser {
       r_.fail(*t.get("arrival"), "workload.rate_per_s: arrival = \"poisson\" needs rate_per_s (requests per second)");
     }
     if (rate) w.rate_per_s = *rate;
+    if (w.arrival == Arrival::saturate && t.get("in_flight") != nullptr) {
+      r_.fail(*t.get("in_flight"),
+              "workload.in_flight: arrival = \"saturate\" has no users to count: the pipeline admits as many requests "
+              "as [planner] max_in_flight allows (\"auto\": the planner chooses); remove in_flight or set max_in_flight");
+    }
   }
 
   // A request's positions (prompt, image tokens, output) within the model's context (max_position_embeddings).
@@ -855,15 +866,21 @@ class ScenarioParser {
     if (auto v = r_.opt_bool(t, "backups", "planner")) s.planner.backups = *v;
     if (auto v = r_.opt_choice(t, "schedule", "planner", kSchedules)) s.planner.schedule = *v;
     if (auto v = r_.opt_bool(t, "replicas", "planner")) s.planner.replicas = *v;
-    if (const toml::node* batch = t.get("max_batch")) {
-      if (auto* text = batch->as_string(); text != nullptr && text->get() == "auto") {
-        s.planner.max_batch = kAutoBatch;
-      } else if (batch->is_string()) {
-        r_.fail(*batch, fmt::format("planner.max_batch: expected an integer >= 1 or \"auto\", got {}", literal(*batch)));
-      } else {
-        r_.require_at_least(t, "max_batch", "planner", 1);
-        s.planner.max_batch = *r_.opt_int(t, "max_batch", "planner");
-      }
+    int_or_auto(t, "max_batch", s.planner.max_batch);
+    int_or_auto(t, "max_in_flight", s.planner.max_in_flight);
+  }
+
+  // planner.<key> = an integer >= 1, or "auto" (0).
+  void int_or_auto(const toml::table& t, std::string_view key, int& value) {
+    const toml::node* node = t.get(key);
+    if (node == nullptr) return;
+    if (auto* text = node->as_string(); text != nullptr && text->get() == "auto") {
+      value = 0;
+    } else if (node->is_string()) {
+      r_.fail(*node, fmt::format("planner.{}: expected an integer >= 1 or \"auto\", got {}", key, literal(*node)));
+    } else {
+      r_.require_at_least(t, key, "planner", 1);
+      value = *r_.opt_int(t, key, "planner");
     }
   }
 
@@ -963,6 +980,13 @@ class ScenarioParser {
 
 // ---------------------------------------------------------------------------------------------
 // Public API
+
+std::string_view arrival_name(Arrival arrival) { return to_string(arrival); }
+
+int saturate_population(int requests, int max_in_flight) {
+  if (max_in_flight != kAutoInFlight) return std::max(1, max_in_flight);
+  return std::clamp(requests / 3, 1, kMaxSaturateInFlight);
+}
 
 int effective_max_batch(const PlannerSettings& planner, int in_flight) {
   return planner.max_batch == kAutoBatch ? std::max(1, in_flight) : std::max(1, planner.max_batch);
@@ -1083,7 +1107,7 @@ std::string to_toml(const Scenario& s) {
   out += "\n[workload]\n";
   line("requests", fmt::format("{}", w.requests));
   line("arrival", quote(to_string(w.arrival)));
-  line("in_flight", fmt::format("{}", w.in_flight));
+  if (w.arrival != Arrival::saturate) line("in_flight", fmt::format("{}", w.in_flight));
   line("rate_per_s", number(w.rate_per_s));  // used by arrival = "poisson" only
   line("images_per_request", fmt::format("{}", w.shape.images));
   line("prompt_tokens", fmt::format("{}", w.shape.prompt_tokens));
@@ -1095,7 +1119,9 @@ std::string to_toml(const Scenario& s) {
   line("backups", s.planner.backups ? "true" : "false");
   line("schedule", quote(schedule_name(s.planner.schedule)));
   line("replicas", s.planner.replicas ? "true" : "false");
-  line("max_batch", s.planner.max_batch == kAutoBatch ? quote("auto") : fmt::format("{}", s.planner.max_batch));
+  auto int_or_auto = [&](int v) { return v == 0 ? quote("auto") : fmt::format("{}", v); };
+  line("max_batch", int_or_auto(s.planner.max_batch));
+  line("max_in_flight", int_or_auto(s.planner.max_in_flight));
 
   out += "\n[recovery]\n";
   line("heartbeat_interval_s", number(s.recovery.heartbeat_interval_s));

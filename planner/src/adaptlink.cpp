@@ -97,7 +97,7 @@ class Search {
     steps_ = cost.shape().output_tokens;
     text_embed_ = graph.text_embed_index();
     in_flight_ = scenario.workload.in_flight;
-    closed_ = scenario.workload.arrival == Arrival::closed;
+    closed_ = closed_loop(scenario.workload);
     rerank_ = closed_ && objective == Objective::throughput;
     rate_ = scenario.workload.rate_per_s;
     for (int c = 0; c < nodes_; ++c) {
@@ -658,7 +658,7 @@ class AdaptlinkPlanner final : public Planner {
     plan.predicted = evaluate(cost, plan.stages);
     plan.search_bound_rps = plan.predicted.bound_rps;
     const auto& workload = cost.scenario().workload;
-    if (objective != Objective::throughput || workload.arrival != Arrival::closed) return plan;
+    if (objective != Objective::throughput || !closed_loop(workload)) return plan;
 
     ReplayRanker ranker(cost, replay_requests(workload));
     // 1. Rank: the full replay, best bound first (see above).
@@ -748,7 +748,7 @@ std::vector<Stage> adaptlink_screened(const CostModel& cost, Objective objective
   search.limit_orders(kScreenExactOrders, kScreenHeuristicOrders);
   seed_and_solve(cost, objective, devices, search);
   const auto& workload = cost.scenario().workload;
-  if (search.best().empty() || objective != Objective::throughput || workload.arrival != Arrival::closed) {
+  if (search.best().empty() || objective != Objective::throughput || !closed_loop(workload)) {
     return search.best();
   }
   std::vector<std::pair<double, std::vector<Stage>>> pool = search.candidates();

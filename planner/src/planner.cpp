@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "adaptlink/planner/backup.hpp"
@@ -141,17 +142,99 @@ Expected<std::unique_ptr<Planner>> make_planner(std::string_view name) {
   return p;
 }
 
+namespace {
+
+// A lower bound (ms) on any plan's latency alone: every node on its fastest active device, no transfers.
+double alone_lower_bound_ms(const CostModel& cost) {
+  const auto devices = active_devices(cost.scenario());
+  double ms = 0;
+  for (int i = 0; i < cost.num_nodes(); ++i) {
+    double best = std::numeric_limits<double>::infinity();
+    for (int d : devices) best = std::min(best, cost.prefill_ms(d, i, i) + cost.decode_total_ms(d, i, i));
+    if (std::isfinite(best)) ms += best;
+  }
+  return ms;
+}
+
+// One planner's plan with admission limit `in_flight` and batch limit `max_batch` (its cost model: the admitted
+// scenario's), predicted by the replay.
+struct Attempt {
+  std::unique_ptr<Scenario> scenario;
+  std::unique_ptr<CostModel> cost;
+  Expected<Plan> plan = make_error("not planned");
+};
+
+Attempt attempt(const Planner& planner, const CostModel& base, Objective objective, int in_flight, int max_batch) {
+  Attempt a;
+  a.scenario = std::make_unique<Scenario>(admitted(base.scenario(), in_flight, max_batch));
+  a.cost = std::make_unique<CostModel>(base, *a.scenario);
+  a.plan = planner.plan(*a.cost, objective);
+  if (!a.plan) return a;
+  a.plan->in_flight = in_flight;
+  a.plan->max_batch = max_batch;
+  // Planners search on the closed-form bound; the reported prediction replays the plan (a replicated plan's
+  // replicas were replayed on their own problems, replicas.cpp).
+  if (a.plan->replicas.empty()) a.plan->predicted = predict(*a.cost, a.plan->stages);
+  return a;
+}
+
+// The better of two attempts for the objective (one that failed loses; ties keep `a`).
+bool better(const Attempt& b, const Attempt& a, Objective objective) {
+  if (!b.plan) return false;
+  if (!a.plan) return true;
+  if (b.plan->predicted.feasible != a.plan->predicted.feasible) return b.plan->predicted.feasible;
+  return score(b.plan->predicted, objective) > score(a.plan->predicted, objective);
+}
+
+}  // namespace
+
 Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Objective objective) {
   auto p = make_planner(planner);
   if (!p) return p.error();
   const auto start = std::chrono::steady_clock::now();
-  auto plan = (*p)->plan(cost, objective);
-  if (!plan) return plan;
-  plan->solve_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  // Planners search on the closed-form bound; the reported prediction replays the plan (a replicated
-  // plan's replicas were replayed on their own problems, replicas.cpp).
-  if (plan->replicas.empty()) plan->predicted = predict(cost, plan->stages);
-  if (cost.scenario().planner.backups) place_backups(cost, *plan);
+  const auto& sc = cost.scenario();
+  const auto& settings = sc.planner;
+  // The admission limit: the population (closed loop: its users; saturate: saturate_population), or the scenario's
+  // max_in_flight when it fixes a smaller one; Poisson keeps the KV reservation of its in_flight.
+  const int population = std::max(1, sc.workload.in_flight);
+  const bool choose_in_flight = settings.max_in_flight == kAutoInFlight && closed_loop(sc.workload);
+  const int first = settings.max_in_flight != kAutoInFlight && closed_loop(sc.workload)
+                        ? std::min(population, settings.max_in_flight)
+                        : population;
+  const bool choose_batch = settings.max_batch == kAutoBatch;
+  auto batch_for = [&](int in_flight) { return choose_batch ? in_flight : std::min(settings.max_batch, in_flight); };
+
+  Attempt best = attempt(**p, cost, objective, first, batch_for(first));
+  // "auto" batches every waiting step; a profile can measure a batch slower than its steps one at a time, so
+  // unbatched is tried where it times the best plan's cut faster.
+  if (choose_batch && first > 1 && best.plan && best.plan->replicas.empty()) {
+    const Scenario one = admitted(sc, first, 1);
+    const CostModel one_cost(cost, one);
+    auto stages = best.plan->stages;
+    if (evaluate(one_cost, stages).bound_rps > best.plan->predicted.bound_rps) {
+      if (auto b = attempt(**p, cost, objective, first, 1); better(b, best, objective)) best = std::move(b);
+    }
+  }
+  // Fewer requests in flight hold less KV cache and may let a better cut fit; fewer than A in flight reach at
+  // most A / (the shortest possible latency alone), so the descent stops where that cannot beat the best.
+  // The latency objective admits every user (latency counts from admission) unless they do not fit.
+  if (choose_in_flight) {
+    const double lower_ms = alone_lower_bound_ms(cost);
+    for (int a = (first + 1) / 2; first > 1; a = (a + 1) / 2) {
+      if (best.plan && best.plan->predicted.feasible) {
+        if (objective == Objective::latency) break;
+        if (lower_ms > 0 && a * 1e3 / lower_ms <= best.plan->predicted.throughput_rps) break;
+      }
+      if (auto b = attempt(**p, cost, objective, a, batch_for(a)); better(b, best, objective) || !best.plan) {
+        best = std::move(b);
+      }
+      if (a == 1) break;
+    }
+  }
+  if (!best.plan) return best.plan;
+  Plan plan = std::move(*best.plan);
+  plan.solve_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  if (sc.planner.backups) place_backups(*best.cost, plan);
   return plan;
 }
 

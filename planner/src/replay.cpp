@@ -516,7 +516,8 @@ ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, lon
 long long replay_requests(const Workload& workload) {
   // Ranking uses the reported prediction's replay: a shorter one's steady window is noisy enough (several
   // percent with few requests in flight) to rank plans wrongly.
-  return std::min<long long>(kReplayRequests, workload.requests);
+  // At least 4 x in_flight, so that many in flight still leave a steady window (runtime/report.hpp).
+  return std::min<long long>(std::max<long long>(kReplayRequests, 4LL * workload.in_flight), workload.requests);
 }
 
 Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long max_requests) {
@@ -527,9 +528,10 @@ Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long 
   Prediction p = evaluate(cost, stages);
   p.bound_rps = p.throughput_rps;
   const auto& workload = cost.scenario().workload;
-  if (workload.arrival != Arrival::closed || !p.feasible) return p;
+  if (!closed_loop(workload) || !p.feasible) return p;
   // Enough requests for a steady window well past the warm-up, few enough to stay cheap.
-  const long long requests = std::min<long long>(workload.requests, max_requests);
+  const long long requests =
+      std::min<long long>(workload.requests, std::max<long long>(max_requests, 4LL * workload.in_flight));
   auto r = replay(cost, stages, requests, p.bottleneck_ms);
   if (r.throughput_rps > 0) {
     p.throughput_rps = std::min(r.throughput_rps, p.bound_rps);

@@ -153,7 +153,7 @@ Prediction predict_replicated(const CostModel& cost, std::vector<Replica>& repli
 
 bool replicas_allowed(const Scenario& scenario, Objective objective) {
   return scenario.planner.replicas && objective == Objective::throughput &&
-         scenario.workload.arrival == Arrival::closed && !scenario.planner.backups && scenario.faults.empty() &&
+         closed_loop(scenario.workload) && !scenario.planner.backups && scenario.faults.empty() &&
          scenario.workload.in_flight >= 2 && active_devices(scenario).size() >= 2;
 }
 

@@ -174,7 +174,7 @@ Expected<PipelineSpec> build_pipeline(const partition::CostModel& cost, const pa
   spec.ramp_gap_s = stagger_start ? bottleneck_s : 0.0;
 
   const auto& workload = scenario.workload;
-  spec.arrival = workload.arrival == partition::Arrival::closed ? ArrivalKind::closed : ArrivalKind::poisson;
+  spec.arrival = partition::closed_loop(workload) ? ArrivalKind::closed : ArrivalKind::poisson;
   spec.requests = max_requests > 0 ? max_requests : workload.requests;
   spec.in_flight = std::max(1, workload.in_flight);
   spec.max_batch = partition::effective_max_batch(scenario.planner, spec.in_flight);

@@ -107,10 +107,15 @@ void expect_valid_stages(const std::vector<part::Stage>& stages, const part::Cos
 
 // A valid one-pipeline plan, or replicas that are each valid on their own problem (the KV cache of their own
 // in_flight), on disjoint active devices, sharing out the whole workload.
+// Checked on the cost model the plan runs on (its admission limit's KV cache, plan.hpp's PlanCost).
 void expect_valid_plan(const part::Plan& plan, const part::Problem& p, const std::string& what) {
   EXPECT_TRUE(plan.predicted.feasible) << what;
+  const part::PlanCost runs(*p.cost, plan);
+  EXPECT_GE(plan.in_flight, 1) << what;
+  EXPECT_LE(plan.in_flight, p.scenario.workload.in_flight) << what << ": admits more than the population";
+  EXPECT_EQ(runs.scenario().workload.in_flight, plan.in_flight) << what;
   if (plan.replicas.empty()) {
-    expect_valid_stages(plan.stages, *p.cost, what);
+    expect_valid_stages(plan.stages, runs.get(), what);
     return;
   }
   ASSERT_GE(plan.replicas.size(), 2u) << what;
@@ -125,7 +130,7 @@ void expect_valid_plan(const part::Plan& plan, const part::Problem& p, const std
       EXPECT_TRUE(devices.insert(d).second) << name << ": device in two replicas";
       EXPECT_EQ(p.scenario.devices[d].role, part::Role::active) << name;
     }
-    auto own = part::replica_problem(*p.cost, rep.devices, rep.in_flight, rep.requests);
+    auto own = part::replica_problem(runs.get(), rep.devices, rep.in_flight, rep.requests);
     expect_valid_stages(rep.stages, *own.cost, name);
     for (const auto& st : rep.stages) {
       EXPECT_NE(std::find(rep.devices.begin(), rep.devices.end(), st.device), rep.devices.end()) << name;
@@ -136,7 +141,7 @@ void expect_valid_plan(const part::Plan& plan, const part::Problem& p, const std
     requests += rep.requests;
     sum_rps += rep.predicted.throughput_rps;
   }
-  EXPECT_EQ(in_flight, p.scenario.workload.in_flight) << what;
+  EXPECT_EQ(in_flight, plan.in_flight) << what;
   EXPECT_EQ(requests, p.scenario.workload.requests) << what;
   // Counted over the merged window, the plan's throughput is near the sum of the replicas' own.
   EXPECT_NEAR(plan.predicted.throughput_rps / sum_rps, 1.0, 0.1) << what;
@@ -407,6 +412,7 @@ TEST(Peers, DynamicProgramsAreExactForTheirOwnObjective) {
       s.network.direct[{0, 1}] = {50 + 950 * u(rng), 0.5};
     }
     s.workload.in_flight = 1 + static_cast<int>(rng() % 4);
+    s.planner.max_in_flight = s.workload.in_flight;  // the searches at one admission limit (make_plan's choice of it: test_admission.cpp)
     s.workload.shape.output_tokens = 4 + static_cast<int>(rng() % 60);
     auto problem = part::make_problem(std::move(s));
     const auto& cost = *problem->cost;

@@ -57,6 +57,7 @@ Instance random_instance(std::mt19937_64& rng, int index) {
     }
   }
   s.workload.in_flight = 1 + static_cast<int>(rng() % 8);
+  s.planner.max_in_flight = s.workload.in_flight;  // the searches at one admission limit (make_plan's choice of it: test_admission.cpp)
   s.workload.shape.prompt_tokens = 16 + static_cast<int>(rng() % 112);
   s.workload.shape.output_tokens = 4 + static_cast<int>(rng() % 60);
   s.planner.objective = rng() % 5 == 0 ? part::Objective::latency : part::Objective::throughput;

@@ -15,6 +15,7 @@
 //   latency                     R0 when X is not limited by W, else in_flight / X (Little's law)
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,30 @@ struct Plan {
   std::vector<Replica> replicas;
   double search_bound_rps = 0;  // adaptlink: the best closed-form bound its search found
   double solve_ms = 0;
+  // How the plan runs (make_plan's choice where the scenario says "auto", else the scenario's): requests admitted
+  // into the pipeline at once (with replicas: their sum) and every stage's batch limit. 0: the scenario's own
+  // (a plan made by a Planner directly).
+  int in_flight = 0;
+  int max_batch = 0;
+};
+
+// The scenario as a plan with admission limit `in_flight` and batch limit `max_batch` runs it: workload.in_flight
+// = in_flight (a saturate workload becomes the closed loop of its admitted requests), planner.max_in_flight and
+// planner.max_batch fixed to them (a re-plan after a fault keeps them).
+Scenario admitted(const Scenario& scenario, int in_flight, int max_batch);
+
+// The cost model a plan runs on: `base` itself when the plan's settings are its scenario's, else one over the
+// admitted scenario (same graph, profiles and slowdowns; the KV reservation of the plan's in_flight).
+class PlanCost {
+ public:
+  PlanCost(const CostModel& base, const Plan& plan);
+  [[nodiscard]] const CostModel& get() const { return *cost_; }
+  [[nodiscard]] const Scenario& scenario() const { return cost_->scenario(); }
+
+ private:
+  std::unique_ptr<Scenario> scenario_;
+  std::unique_ptr<CostModel> own_;
+  const CostModel* cost_;
 };
 
 // Index of the stage whose range holds text_embed (where each decode step starts), -1 if none.

@@ -54,12 +54,20 @@ struct Network {
   [[nodiscard]] std::optional<Link> direct_link(int i, int j) const;
 };
 
-enum class Arrival { closed, poisson };
+// closed    a closed loop of `in_flight` users: each sends its next request when its last one ends
+// poisson   requests arrive at rate_per_s
+// saturate  unlimited demand: a request waits for every admission slot that frees (the cluster's capacity)
+enum class Arrival { closed, poisson, saturate };
+// The names of the scenario's `arrival` key: "closed" | "poisson" | "saturate".
+std::string_view arrival_name(Arrival arrival);
 
 struct Workload {
   int requests = 100;
   Arrival arrival = Arrival::closed;
-  int in_flight = 4;       // closed loop: requests in the system; also sizes the KV cache reservation
+  // closed: the users (requests in the system); poisson: sizes the KV cache reservation. The planner admits at most
+  // [planner] max_in_flight of them into the pipeline at once; the rest wait in front of it. saturate: the parser
+  // sets it to the most the planner may admit (saturate_population).
+  int in_flight = 4;
   double rate_per_s = 1;   // poisson only
   models::RequestShape shape;  // images_per_request, prompt_tokens, output_tokens
 };
@@ -87,11 +95,24 @@ struct PlannerSettings {
   bool replicas = true;
   // Up to how many waiting decode steps of one stage run as one forward (runtime::StageQueue::next_batch).
   // kAutoBatch ("auto"): as many as wait (every request in flight may join). 1: one step at a time.
+  // "auto" (kAutoBatch) in a scenario: the planner chooses (make_plan, planner.hpp) and the plan carries its choice.
   int max_batch = 1;
+  // Admission limit: at most this many of the workload's requests are in the pipeline at once (each holds a KV
+  // cache on every stage). kAutoInFlight ("auto", the default): the planner chooses it, up to the population.
+  int max_in_flight = 0;
 };
 inline constexpr int kAutoBatch = 0;
+inline constexpr int kAutoInFlight = 0;
 // The batch limit a stage applies: max_batch, or the requests in flight for "auto".
 int effective_max_batch(const PlannerSettings& planner, int in_flight);
+
+// Closed loop or saturation: a new request enters when one ends (every back-end runs saturate as a closed loop
+// of the admission limit).
+inline bool closed_loop(const Workload& w) { return w.arrival != Arrival::poisson; }
+// saturate: the most requests the planner may admit at once: a third of `requests` (so the steady window of
+// runtime/report.hpp forms), at most kMaxSaturateInFlight, or the fixed max_in_flight.
+inline constexpr int kMaxSaturateInFlight = 1024;
+int saturate_population(int requests, int max_in_flight);
 
 enum class FaultKind { dropout, rejoin, slowdown, link };
 // The names of the scenario's `kind` key and of report.json's faults[].kind: "dropout" | "rejoin" | ...

@@ -32,8 +32,8 @@ struct ReplayOptions {
 ReplayResult replay(const CostModel& cost, const std::vector<Stage>& stages, long long requests,
                     double stagger_ms, const ReplayOptions& options = {});
 
-// How many requests predict() replays: the scenario's, at most kReplayRequests (enough for a steady window well
-// past the warm-up, few enough to rank thousands of candidates). Planners rank with the same replay they report.
+// How many requests predict() replays: the scenario's, at most kReplayRequests or 4 x in_flight (enough for a
+// steady window well past the warm-up, few enough to rank thousands of candidates). Planners rank with the same replay they report.
 inline constexpr long long kReplayRequests = 200;
 long long replay_requests(const Workload& workload);
 
