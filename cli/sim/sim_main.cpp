@@ -112,6 +112,10 @@ std::string plan_table(const part::Plan& plan, const part::CostModel& cost, cons
   out +=
       fmt::format("\npredicted: {:.4f} requests/s, {:.2f} tokens/s, bottleneck {:.1f} ms/request, latency {:.1f} ms\n",
                   pr.throughput_rps, pr.tokens_per_s, pr.bottleneck_ms, pr.latency_ms);
+  if (pr.ttft_p50_ms > 0) {
+    out += fmt::format("time to first token p50 {:.1f} ms, p99 {:.1f} ms; per output token p50 {:.2f} ms, p99 {:.2f} ms\n",
+                       pr.ttft_p50_ms, pr.ttft_p99_ms, pr.tpot_p50_ms, pr.tpot_p99_ms);
+  }
   if (uniform) {
     out += fmt::format("vs uniform: {:.3f}x throughput (uniform {:.4f} requests/s)\n",
                        pr.throughput_rps / uniform->predicted.throughput_rps, uniform->predicted.throughput_rps);

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
@@ -188,10 +189,16 @@ std::string summary_table(const part::Plan& plan, const part::CostModel& cost, c
   t.add({"latency p50 (ms)", fmt::format("{:.1f}", r.latency_ms.p50), "", ""});
   t.add({"latency p95 (ms)", fmt::format("{:.1f}", r.latency_ms.p95), "", ""});
   t.add({"latency p99 (ms)", fmt::format("{:.1f}", r.latency_ms.p99), "", ""});
-  for (auto [what, summary] : {std::pair{"time to first token", &r.ttft_ms}, std::pair{"time per output token", &r.tpot_ms}}) {
+  // The replay's percentiles cover its steady window (planner/replay.hpp), the simulator's every request.
+  const std::pair<double, double> predicted_ttft{p.ttft_p50_ms, p.ttft_p99_ms}, predicted_tpot{p.tpot_p50_ms, p.tpot_p99_ms};
+  for (auto [what, summary, pred] : {std::tuple{"time to first token", &r.ttft_ms, predicted_ttft},
+                                     std::tuple{"time per output token", &r.tpot_ms, predicted_tpot}}) {
     if (!*summary) continue;
-    t.add({fmt::format("{} p50 (ms)", what), fmt::format("{:.1f}", (*summary)->p50), "", ""});
-    t.add({fmt::format("{} p99 (ms)", what), fmt::format("{:.1f}", (*summary)->p99), "", ""});
+    auto cell = [](double v) { return v > 0 ? fmt::format("{:.1f}", v) : std::string(); };
+    t.add({fmt::format("{} p50 (ms)", what), fmt::format("{:.1f}", (*summary)->p50), cell(pred.first),
+           pred.first > 0 ? ratio((*summary)->p50, pred.first) : ""});
+    t.add({fmt::format("{} p99 (ms)", what), fmt::format("{:.1f}", (*summary)->p99), cell(pred.second),
+           pred.second > 0 ? ratio((*summary)->p99, pred.second) : ""});
   }
   t.add({"bubble fraction", fmt::format("{:.3f}", r.bubble_fraction), "", ""});
   t.add({"requests completed", std::to_string(r.requests_completed), "", ""});
@@ -352,6 +359,10 @@ int cmd_compare(const CompareOptions& o) {
                           {"tokens_per_s", r.plan->predicted.tokens_per_s},
                           {"bottleneck_ms", r.plan->predicted.bottleneck_ms},
                           {"latency_ms", r.plan->predicted.latency_ms}};
+        if (r.plan->predicted.ttft_p50_ms > 0) {
+          j["predicted"]["ttft_ms"] = {{"p50", r.plan->predicted.ttft_p50_ms}, {"p99", r.plan->predicted.ttft_p99_ms}};
+          j["predicted"]["tpot_ms"] = {{"p50", r.plan->predicted.tpot_p50_ms}, {"p99", r.plan->predicted.tpot_p99_ms}};
+        }
       }
       if (r.report) {
         j["report"] = al::runtime::to_json(*r.report);

@@ -124,8 +124,14 @@ nlohmann::json stages_json(const std::vector<Stage>& stages, const CostModel& co
 }
 
 nlohmann::json prediction_json(const Prediction& p) {
-  return {{"throughput_rps", p.throughput_rps}, {"tokens_per_s", p.tokens_per_s}, {"bottleneck_ms", p.bottleneck_ms},
-          {"latency_ms", p.latency_ms},         {"bound_rps", p.bound_rps},       {"alone_ms", p.alone_ms}};
+  nlohmann::json out{{"throughput_rps", p.throughput_rps}, {"tokens_per_s", p.tokens_per_s},
+                     {"bottleneck_ms", p.bottleneck_ms},   {"latency_ms", p.latency_ms},
+                     {"bound_rps", p.bound_rps},           {"alone_ms", p.alone_ms}};
+  if (p.ttft_p50_ms > 0) {
+    out["ttft_ms"] = {{"p50", p.ttft_p50_ms}, {"p99", p.ttft_p99_ms}};
+    out["tpot_ms"] = {{"p50", p.tpot_p50_ms}, {"p99", p.tpot_p99_ms}};
+  }
+  return out;
 }
 
 }  // namespace

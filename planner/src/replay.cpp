@@ -239,6 +239,7 @@ class Replay {
   void admit(double t) {
     if (admitted_count_ >= requests_) return;
     admitted_.push_back(t);
+    first_token_.push_back(t);
     events_.push({t, seq_++, Kind::task, static_cast<int>(admitted_count_++), 0, -1});
   }
 
@@ -450,6 +451,7 @@ class Replay {
   // Sends a finished step on (next stage, the token back, or the request's completion); true when it completed
   // the steady window's last request.
   bool pass_on(int request, int s, int step, double end) {
+    if (s + 1 == k_ && step < 0) first_token_[static_cast<size_t>(request)] = end;
     if (s + 1 < k_) {
       start_hop(request, s, s + 1, step, 0, step < 0 ? out_prefill_bytes_[s] : out_decode_bytes_[s], end);
       return false;
@@ -461,6 +463,9 @@ class Replay {
     ++done_;
     latency_sum_ += end - admitted_[request];
     result_.completions_ms.push_back(end - options_.time_origin_ms);
+    const double first = first_token_[static_cast<size_t>(request)];
+    result_.ttft_ms.push_back(first - admitted_[request]);
+    result_.tpot_ms.push_back(steps_ > 0 ? (end - first) / steps_ : 0.0);
     if (done_ == window_.first) {
       window_start_ = end;
       window_open_ = true;
@@ -498,6 +503,7 @@ class Replay {
   long long seq_ = 0;
   std::vector<StageState> queues_;
   std::vector<double> admitted_;
+  std::vector<double> first_token_;  // per request: when its prefill left the last stage
   long long admitted_count_ = 0, done_ = 0;
   double window_start_ = 0, window_end_ = 0, latency_sum_ = 0, cut_span_ms_ = 0;
   bool window_open_ = false;
@@ -537,6 +543,16 @@ Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long 
     p.throughput_rps = std::min(r.throughput_rps, p.bound_rps);
     p.tokens_per_s = p.throughput_rps * cost.shape().output_tokens;
     p.latency_ms = r.mean_latency_ms;
+    // Time to first token and per output token of the requests that completed in the steady window.
+    const auto w = runtime::steady_window(static_cast<long long>(r.ttft_ms.size()), workload.in_flight, true);
+    std::vector<double> ttft(r.ttft_ms.begin() + w.first, r.ttft_ms.begin() + w.last);
+    std::vector<double> tpot(r.tpot_ms.begin() + w.first, r.tpot_ms.begin() + w.last);
+    if (!ttft.empty()) {
+      p.ttft_p50_ms = runtime::percentile(ttft, 0.5);
+      p.ttft_p99_ms = runtime::percentile(ttft, 0.99);
+      p.tpot_p50_ms = runtime::percentile(tpot, 0.5);
+      p.tpot_p99_ms = runtime::percentile(tpot, 0.99);
+    }
   }
   if (replayed != nullptr) *replayed = std::move(r);
   return p;

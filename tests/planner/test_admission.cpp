@@ -200,3 +200,19 @@ TEST(Admission, SaturatedBatchedQuartetIsAtLeastFourTimesTheShippedPlan) {
               plan->max_batch);
   EXPECT_GE(ratio, 4.0);
 }
+
+// The replay's time to first token and per output token, in closed form: one request alone on one device takes
+// the prefill to its first token, then its decode steps one after another.
+TEST(Admission, ReplayTimesFirstTokenAndPerOutputTokenOfOneRequestAlone) {
+  auto p = quartet("requests = 12\nin_flight = 1", "max_batch = 1");
+  std::vector<part::Stage> stages{{0, 0, p->cost->num_nodes() - 1}};  // the AGX Orin holds the whole model
+  const auto pred = part::predict(*p->cost, stages);
+  const int last = p->cost->num_nodes() - 1;
+  const double prefill = p->cost->prefill_ms(0, 0, last);
+  const double per_token = p->cost->decode_total_ms(0, 0, last) / p->cost->shape().output_tokens;
+  EXPECT_NEAR(pred.ttft_p50_ms, prefill, 1e-9 * prefill);
+  EXPECT_NEAR(pred.ttft_p99_ms, prefill, 1e-9 * prefill);
+  EXPECT_NEAR(pred.tpot_p50_ms, per_token, 1e-9 * per_token);
+  EXPECT_NEAR(pred.tpot_p99_ms, per_token, 1e-9 * per_token);
+  EXPECT_NEAR(pred.latency_ms, prefill + per_token * p->cost->shape().output_tokens, 1e-9 * pred.latency_ms);
+}

@@ -55,6 +55,9 @@ struct Prediction {
   double latency_ms = 0;
   double alone_ms = 0;  // R0
   bool feasible = false;  // every stage fits its device's memory
+  // predict() on a closed loop: the replay's time to first token and per output token (p50, p99) over the
+  // requests of its steady window; 0 when not replayed.
+  double ttft_p50_ms = 0, ttft_p99_ms = 0, tpot_p50_ms = 0, tpot_p99_ms = 0;
 };
 
 // One pipeline of a replicated plan (adaptlink, closed loop; see replicas.hpp): it runs on its own device

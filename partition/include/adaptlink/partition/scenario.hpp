@@ -84,6 +84,9 @@ enum class Schedule { decode_first, fifo };
 std::string_view schedule_name(Schedule schedule);
 std::optional<Schedule> parse_schedule(std::string_view name);
 
+inline constexpr int kAutoBatch = 0;
+inline constexpr int kAutoInFlight = 0;
+
 struct PlannerSettings {
   std::string name = "adaptlink";
   Objective objective = Objective::throughput;
@@ -101,8 +104,6 @@ struct PlannerSettings {
   // cache on every stage). kAutoInFlight ("auto", the default): the planner chooses it, up to the population.
   int max_in_flight = 0;
 };
-inline constexpr int kAutoBatch = 0;
-inline constexpr int kAutoInFlight = 0;
 // The batch limit a stage applies: max_batch, or the requests in flight for "auto".
 int effective_max_batch(const PlannerSettings& planner, int in_flight);
 

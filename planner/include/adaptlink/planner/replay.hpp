@@ -14,6 +14,9 @@ struct ReplayResult {
   double mean_latency_ms = 0;
   bool cut = false;  // ReplayOptions::beat_rps: stopped early, the plan cannot beat it (throughput_rps = 0)
   std::vector<double> completions_ms;  // every request's completion time, in completion order
+  // The same requests' time to first token (admission to the end of its prefill on the last stage) and time per
+  // output token after the first ((completion - first token) / its decode steps, as runtime/report.hpp counts it).
+  std::vector<double> ttft_ms, tpot_ms;
   // ReplayOptions::busy: per scenario device, its busy time (ms) inside the steady window (runtime/report.hpp);
   // empty otherwise.
   std::vector<double> busy_ms;
