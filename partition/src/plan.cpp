@@ -57,9 +57,13 @@ Prediction evaluate(const CostModel& cost, std::vector<Stage>& stages) {
   double alone_ms = 0;
   double bottleneck_ms = 0;
   p.feasible = true;
-  // Batches of decode steps (planner.max_batch): at most as many as are in flight; a stage's busy time per request
-  // falls to its share of full batches (the bound), while a request alone still takes the batch-1 times.
-  const int batch = std::min(effective_max_batch(cost.scenario().planner, workload.in_flight), std::max(1, workload.in_flight));
+  // Batches of decode steps (planner.max_batch): a stage's busy time per request falls to its share of a batch, while
+  // a request alone still takes the batch-1 times. Each request has one step in flight, so the requests admitted
+  // spread over the stages: in steady state each stage batches about in_flight / stages of them (with decode
+  // memory-bound, K batches of A / K through K stages carry as many tokens as one batch of A would).
+  const int stage_count = static_cast<int>(stages.size());
+  const int batch = std::clamp((std::max(1, workload.in_flight) + stage_count / 2) / stage_count, 1,
+                               effective_max_batch(cost.scenario().planner, workload.in_flight));
   for (auto& st : stages) {
     st.prefill_ms = cost.prefill_ms(st.device, st.first_node, st.last_node);
     st.decode_ms = cost.decode_total_ms(st.device, st.first_node, st.last_node);

@@ -508,7 +508,8 @@ class ReplayRanker {
   ReplayRanker(const CostModel& cost, long long full_requests) : cost_(cost), full_requests_(full_requests) {
     const auto& w = cost.scenario().workload;
     screen_requests_ = std::min<long long>(full_requests, std::max<long long>(kScreenMinRequests,
-                                                                              kScreenInFlight * std::max(1, w.in_flight)));
+                                                                              kScreenInFlight * std::max(1, w.in_flight)));    // Batched, the closed form is an estimate, not a bound (plan.cpp): it neither cuts nor caps a replay.
+    batched_ = effective_max_batch(cost.scenario().planner, w.in_flight) > 1;
   }
 
   // Short-replay score of a plan, memoised; -inf when it does not fit or cannot reach `beat_rps`.
@@ -517,13 +518,13 @@ class ReplayRanker {
     if (auto it = screened_.find(key); it != screened_.end()) return it->second;
     const Prediction p = evaluate(cost_, stages);
     double x = -std::numeric_limits<double>::infinity();
-    if (p.feasible && p.throughput_rps > beat_rps) {
+    if (p.feasible && (batched_ || p.throughput_rps > beat_rps)) {
       work_ += static_cast<double>(screen_requests_) * static_cast<double>(stages.size());
       ReplayOptions opt;
       opt.stop_at_window_end = true;
       opt.beat_rps = beat_rps;
       const auto r = replay(cost_, stages, screen_requests_, p.bottleneck_ms, opt);
-      if (!r.cut && r.throughput_rps > 0) x = std::min(r.throughput_rps, p.throughput_rps);
+      if (!r.cut && r.throughput_rps > 0) x = batched_ ? r.throughput_rps : std::min(r.throughput_rps, p.throughput_rps);
       // A cut plan is worse than beat_rps: memoise only real values.
       if (!r.cut) screened_.emplace(key, x);
     }
@@ -532,7 +533,7 @@ class ReplayRanker {
   // Full replay (the reported prediction's length) that stops once it cannot beat `beat_rps`.
   double full(std::vector<Stage> stages, double beat_rps) {
     const Prediction p = evaluate(cost_, stages);
-    if (!p.feasible || p.throughput_rps <= beat_rps) return -std::numeric_limits<double>::infinity();
+    if (!p.feasible || (!batched_ && p.throughput_rps <= beat_rps)) return -std::numeric_limits<double>::infinity();
     const long long requests = std::min<long long>(cost_.scenario().workload.requests, full_requests_);
     work_ += static_cast<double>(requests) * static_cast<double>(stages.size());
     ReplayOptions opt;
@@ -540,7 +541,7 @@ class ReplayRanker {
     opt.beat_rps = beat_rps;
     const auto r = replay(cost_, stages, requests, p.bottleneck_ms, opt);
     if (r.cut || r.throughput_rps <= 0) return -std::numeric_limits<double>::infinity();
-    return std::min(r.throughput_rps, p.throughput_rps);
+    return batched_ ? r.throughput_rps : std::min(r.throughput_rps, p.throughput_rps);
   }
   void reset_budget() {
     work_ = 0;
@@ -567,6 +568,7 @@ class ReplayRanker {
   const CostModel& cost_;
   long long full_requests_;
   long long screen_requests_ = 0;
+  bool batched_ = false;
   double work_ = 0;
   std::map<std::vector<int>, double> screened_;
 };
@@ -674,8 +676,11 @@ class AdaptlinkPlanner final : public Planner {
     std::vector<std::vector<Stage>> screen_only;  // candidates beyond the first kFullyRanked
     std::vector<std::vector<Stage>> seen;
     size_t fully = 0;
+    // Unbatched the replay never exceeds the bound; batched the closed form is an estimate (plan.cpp), so every
+    // candidate and seed is replayed.
+    const bool batched = effective_max_batch(cost.scenario().planner, workload.in_flight) > 1;
     for (const auto& [bound, stages] : pool) {
-      if (bound <= best) break;  // the replay never exceeds the bound
+      if (!batched && bound <= best) break;
       if (std::find(seen.begin(), seen.end(), stages) != seen.end()) continue;
       seen.push_back(stages);
       const bool seed = std::find(search.seeds().begin(), search.seeds().end(), stages) != search.seeds().end();

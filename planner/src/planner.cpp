@@ -170,8 +170,13 @@ Attempt attempt(const Planner& planner, const CostModel& base, Objective objecti
   a.cost = std::make_unique<CostModel>(base, *a.scenario);
   a.plan = planner.plan(*a.cost, objective);
   if (!a.plan) return a;
+  // A replicated plan may admit fewer than asked: the replicas' KV caches hold their sum (replicas.cpp).
   a.plan->in_flight = in_flight;
-  a.plan->max_batch = max_batch;
+  if (!a.plan->replicas.empty()) {
+    a.plan->in_flight = 0;
+    for (const auto& r : a.plan->replicas) a.plan->in_flight += r.in_flight;
+  }
+  a.plan->max_batch = std::min(max_batch, a.plan->in_flight);
   // Planners search on the closed-form bound; the reported prediction replays the plan (a replicated plan's
   // replicas were replayed on their own problems, replicas.cpp).
   if (a.plan->replicas.empty()) a.plan->predicted = predict(*a.cost, a.plan->stages);

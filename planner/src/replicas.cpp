@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <tuple>
@@ -128,7 +129,9 @@ Prediction replay_replicas(const CostModel& cost, std::vector<Replica>& replicas
   auto plan = combine_predictions(replicas);
   const double merged = runtime::steady_throughput(completions, in_flight) * 1e3;
   if (plan.feasible && merged > 0) {
-    plan.throughput_rps = std::min(merged, plan.bound_rps);
+    // Unbatched the closed form bounds the replay; batched it is an estimate (plan.cpp) and the replay decides.
+    const bool batched = effective_max_batch(cost.scenario().planner, cost.scenario().workload.in_flight) > 1;
+    plan.throughput_rps = batched ? merged : std::min(merged, plan.bound_rps);
     plan.tokens_per_s = plan.throughput_rps * cost.shape().output_tokens;
     plan.latency_ms = latency_sum / static_cast<double>(completions.size());
   }
@@ -315,19 +318,35 @@ class ReplicaSearch {
     for (const auto& g : groups) {
       if (group_rps(g, 1) <= 0) return {};
     }
+    // A group whose KV cache cannot hold one more request is full; when every group is, fewer than in_flight are
+    // admitted (make_plan's admission limit is then the replicas' sum).
+    constexpr double kFull = -std::numeric_limits<double>::infinity();
+    std::vector<bool> full(groups.size(), false);
     for (int left = cost_.scenario().workload.in_flight - static_cast<int>(groups.size()); left > 0; --left) {
-      std::vector<double> gain(groups.size());
+      std::vector<double> gain(groups.size(), kFull);
       std::vector<bool> exact(groups.size(), false);
-      for (size_t g = 0; g < groups.size(); ++g) gain[g] = group_bound(groups[g], k[g] + 1) - group_rps(groups[g], k[g]);
+      for (size_t g = 0; g < groups.size(); ++g) {
+        if (!full[g]) gain[g] = group_bound(groups[g], k[g] + 1) - group_rps(groups[g], k[g]);
+      }
+      bool placed = false;
       for (;;) {
         const size_t top = static_cast<size_t>(std::max_element(gain.begin(), gain.end()) - gain.begin());
+        if (gain[top] == kFull) break;
         if (exact[top]) {
           ++k[top];
+          placed = true;
           break;
         }
-        gain[top] = group_rps(groups[top], k[top] + 1) - group_rps(groups[top], k[top]);
+        const double next = group_rps(groups[top], k[top] + 1);
+        if (next <= 0) {
+          full[top] = true;
+          gain[top] = kFull;
+          continue;
+        }
+        gain[top] = next - group_rps(groups[top], k[top]);
         exact[top] = true;
       }
+      if (!placed) break;
     }
     rps_of_ = 0;
     for (size_t g = 0; g < groups.size(); ++g) rps_of_ += group_rps(groups[g], k[g]);

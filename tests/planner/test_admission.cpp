@@ -162,10 +162,11 @@ TEST(Admission, LatencyObjectiveAdmitsEveryUserThatFits) {
 
 // A profile that times every decode batch at three times its steps one at a time: "auto" then runs unbatched.
 TEST(Admission, BatchLimitFollowsAProfileThatMakesBatchesSlower) {
-  auto p = quartet("requests = 100\nin_flight = 4", "max_batch = \"auto\"\nmax_in_flight = 4");
+  // 16 in flight over uniform's 4 stages: batches of about 4 at each stage.
+  auto p = quartet("requests = 100\nin_flight = 16", "max_batch = \"auto\"\nmax_in_flight = 16");
   auto roofline = part::make_plan(*p->cost, "uniform", part::Objective::throughput);
   ASSERT_TRUE(roofline);
-  EXPECT_EQ(roofline->max_batch, 4);
+  EXPECT_EQ(roofline->max_batch, 16);
   const int nodes = p->cost->num_nodes();
   for (int d = 0; d < p->cost->num_devices(); ++d) {
     part::NodeTimes t;
