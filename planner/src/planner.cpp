@@ -156,6 +156,22 @@ double alone_lower_bound_ms(const CostModel& cost) {
   return ms;
 }
 
+}  // namespace
+
+std::vector<int> admission_steps(int population) {
+  std::vector<int> out;
+  for (int k = 1; population > 1; ++k) {
+    const int a = std::max(1, static_cast<int>(std::lround(population / std::pow(2.0, k / 2.0))));
+    if (!out.empty() && a >= out.back()) continue;
+    if (a >= population) continue;
+    out.push_back(a);
+    if (a == 1) break;
+  }
+  return out;
+}
+
+namespace {
+
 // One planner's plan with admission limit `in_flight` and batch limit `max_batch` (its cost model: the admitted
 // scenario's), predicted by the replay.
 struct Attempt {
@@ -221,11 +237,12 @@ Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Object
     }
   }
   // Fewer requests in flight hold less KV cache and may let a better cut fit; fewer than A in flight reach at
-  // most A / (the shortest possible latency alone), so the descent stops where that cannot beat the best.
+  // most A / (the shortest possible latency alone), so the descent stops where that cannot beat the best. Every
+  // planner descends the same steps, so a planner at least as good as another at each limit stays so.
   // The latency objective admits every user (latency counts from admission) unless they do not fit.
   if (choose_in_flight) {
     const double lower_ms = alone_lower_bound_ms(cost);
-    for (int a = (first + 1) / 2; first > 1; a = (a + 1) / 2) {
+    for (int a : admission_steps(first)) {
       if (best.plan && best.plan->predicted.feasible) {
         if (objective == Objective::latency) break;
         if (lower_ms > 0 && a * 1e3 / lower_ms <= best.plan->predicted.throughput_rps) break;
@@ -233,7 +250,6 @@ Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Object
       if (auto b = attempt(**p, cost, objective, a, batch_for(a)); better(b, best, objective) || !best.plan) {
         best = std::move(b);
       }
-      if (a == 1) break;
     }
   }
   if (!best.plan) return best.plan;

@@ -41,14 +41,21 @@ std::unique_ptr<part::Problem> fixed(const part::Problem& p, int in_flight) {
   return part::make_problem(std::move(sc));
 }
 
-// The limits make_plan may try for a population: P, ceil(P / 2), ... 1.
+// The limits make_plan may try for a population: P, then admission_steps(P).
 std::vector<int> halvings(int population) {
   std::vector<int> out{population};
-  while (out.back() > 1) out.push_back((out.back() + 1) / 2);
+  for (int a : part::admission_steps(population)) out.push_back(a);
   return out;
 }
 
 }  // namespace
+
+TEST(Admission, StepsDescendByAboutTheSquareRootOfTwoDownToOne) {
+  EXPECT_EQ(part::admission_steps(64), (std::vector<int>{45, 32, 23, 16, 11, 8, 6, 4, 3, 2, 1}));
+  EXPECT_EQ(part::admission_steps(4), (std::vector<int>{3, 2, 1}));
+  EXPECT_EQ(part::admission_steps(2), (std::vector<int>{1}));
+  EXPECT_TRUE(part::admission_steps(1).empty());
+}
 
 TEST(Admission, ScenarioKeysParseAndRoundTrip) {
   auto p = quartet("requests = 90\narrival = \"saturate\"", "max_batch = \"auto\"\nmax_in_flight = \"auto\"");

@@ -33,8 +33,16 @@ class Planner {
 std::vector<std::string> planner_names();
 Expected<std::unique_ptr<Planner>> make_planner(std::string_view name);
 
-// Convenience: make_planner(name) -> plan -> timing (solve_ms) -> backups when the scenario asks.
+// Convenience: make_planner(name) -> plan -> timing (solve_ms) -> backups when the scenario asks. Where the scenario
+// says "auto", make_plan chooses the plan's admission limit ([planner] max_in_flight) and batch limit (max_batch) by
+// one rule for every planner: the population first, then admission_steps() while a smaller limit could still win,
+// each limit planned on its own cost model (its KV reservation) and replayed, the best kept (Plan::in_flight,
+// Plan::max_batch; run it on PlanCost / adopt, plan.hpp / problem.hpp).
 Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Objective objective);
+
+// The smaller admission limits make_plan tries below a population P: P / 2^(k/2) rounded, k = 1, 2, ..., distinct,
+// down to 1 (steps of about 1.41x).
+std::vector<int> admission_steps(int population);
 
 // Error naming the memory shortfall of a whole model on the given devices.
 Error memory_shortfall(const CostModel& cost, const std::vector<int>& devices);
