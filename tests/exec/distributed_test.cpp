@@ -952,7 +952,7 @@ TEST_F(Distributed, AKeyMismatchIsNamedAtOnce) {
   const auto start = std::chrono::steady_clock::now();
   auto wrong_worker_key = run_pipeline(spec, requests_for("llava_llama_mha_tied"), co);
   ASSERT_FALSE(wrong_worker_key.has_value());
-  EXPECT_NE(wrong_worker_key.error().message.find("worker 'w1'"), std::string::npos);
+  EXPECT_NE(wrong_worker_key.error().message.find("worker 'w1'"), std::string::npos) << wrong_worker_key.error().message;
   EXPECT_NE(wrong_worker_key.error().message.find("security handshake failed"), std::string::npos)
       << wrong_worker_key.error().message;
   spec.workers[1].public_key = workers_->public_keys()[1];
