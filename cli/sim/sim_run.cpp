@@ -295,18 +295,20 @@ int cmd_compare(const CompareOptions& o) {
   struct Row {
     std::string planner;
     std::optional<part::Plan> plan;
+    std::optional<part::PlanCost> runs;  // the cost model the plan runs on (its admission and batch limits)
     std::optional<al::runtime::RunReport> report;
     std::string error;
   };
   std::vector<Row> rows;
   bool any = false;
   for (const auto& name : planners) {
-    Row row{name, std::nullopt, std::nullopt, ""};
+    Row row{name, std::nullopt, std::nullopt, std::nullopt, ""};
     auto plan = plan_for(*loaded, name, o.scenario);
     if (!plan) {
       row.error = plan.error().message;
     } else {
       row.plan = *plan;
+      row.runs.emplace(cost, *row.plan);
       al::sim::SimOptions options;
       options.faults = true;
       options.seed = o.seed;
@@ -315,7 +317,7 @@ int cmd_compare(const CompareOptions& o) {
       options.heartbeat_interval_s = o.heartbeat_interval_s;
       options.heartbeat_timeout_s = o.heartbeat_timeout_s;
       options.progress = progress_printer("simulating " + name, false);
-      auto report = al::sim::simulate(part::PlanCost(cost, *plan).get(), *plan, options);
+      auto report = al::sim::simulate(row.runs->get(), *plan, options);
       if (!report) {
         row.error = report.error().to_string();
       } else {
@@ -353,16 +355,10 @@ int cmd_compare(const CompareOptions& o) {
           }
           j["replicas"] = replicas;
         }
-        j["in_flight"] = part::PlanCost(cost, *r.plan).scenario().workload.in_flight;
-        j["max_batch"] = r.plan->max_batch;
-        j["predicted"] = {{"throughput_rps", r.plan->predicted.throughput_rps},
-                          {"tokens_per_s", r.plan->predicted.tokens_per_s},
-                          {"bottleneck_ms", r.plan->predicted.bottleneck_ms},
-                          {"latency_ms", r.plan->predicted.latency_ms}};
-        if (r.plan->predicted.ttft_p50_ms > 0) {
-          j["predicted"]["ttft_ms"] = {{"p50", r.plan->predicted.ttft_p50_ms}, {"p99", r.plan->predicted.ttft_p99_ms}};
-          j["predicted"]["tpot_ms"] = {{"p50", r.plan->predicted.tpot_p50_ms}, {"p99", r.plan->predicted.tpot_p99_ms}};
-        }
+        const auto& ran = r.runs->scenario();
+        j["in_flight"] = ran.workload.in_flight;
+        j["max_batch"] = part::effective_max_batch(ran.planner, ran.workload.in_flight);
+        j["predicted"] = part::prediction_json(r.plan->predicted);
       }
       if (r.report) {
         j["report"] = al::runtime::to_json(*r.report);
@@ -396,7 +392,7 @@ int cmd_compare(const CompareOptions& o) {
         t.add({r.planner, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"});
         continue;
       }
-      const part::PlanCost ran(cost, *r.plan);
+      const auto& ran = r.runs->scenario();
       const auto& rep = *r.report;
       auto ratio = ratio_of(r);
       const double pred = r.plan->predicted.throughput_rps;
@@ -405,8 +401,8 @@ int cmd_compare(const CompareOptions& o) {
              fmt::format("{:.2f}", rep.tokens_per_s), fmt::format("{:.0f}", rep.latency_ms.p50),
              fmt::format("{:.0f}", rep.latency_ms.p95), fmt::format("{:.3f}", 1.0 - rep.bubble_fraction),
              fmt::format("{:.3f}", rep.bubble_fraction), ratio ? fmt::format("{:.3f}", *ratio) : "-",
-             std::to_string(ran.scenario().workload.in_flight),
-             std::to_string(part::effective_max_batch(ran.scenario().planner, ran.scenario().workload.in_flight)),
+             std::to_string(ran.workload.in_flight),
+             std::to_string(part::effective_max_batch(ran.planner, ran.workload.in_flight)),
              rep.ttft_ms ? fmt::format("{:.0f}", rep.ttft_ms->p50) : "-",
              rep.ttft_ms ? fmt::format("{:.0f}", rep.ttft_ms->p99) : "-",
              rep.tpot_ms ? fmt::format("{:.1f}", rep.tpot_ms->p50) : "-",

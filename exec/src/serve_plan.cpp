@@ -83,7 +83,6 @@ Expected<std::vector<std::pair<std::string, std::pair<int, int>>>> plan_stages(c
   const auto& sc = problem->scenario;
   auto plan = partition::make_plan(*problem->cost, sc.planner.name, sc.planner.objective);
   if (!plan) return plan.error();
-  partition::adopt(*problem, *plan);
   std::vector<std::pair<std::string, std::pair<int, int>>> out;
   for (const auto& st : plan->stages) {
     out.push_back({sc.devices[static_cast<size_t>(st.device)].name, {st.first_node, st.last_node}});

@@ -127,6 +127,14 @@ nlohmann::json stages_json(const std::vector<Stage>& stages, const CostModel& co
   return out;
 }
 
+// A plan's admission and batch limits: its own, or its scenario's where it has none (a Planner's plan).
+std::pair<int, int> limits_of(const Plan& plan, const Scenario& sc) {
+  return {plan.in_flight > 0 ? plan.in_flight : sc.workload.in_flight,
+          plan.max_batch > 0 ? plan.max_batch : effective_max_batch(sc.planner, sc.workload.in_flight)};
+}
+
+}  // namespace
+
 nlohmann::json prediction_json(const Prediction& p) {
   nlohmann::json out{{"throughput_rps", p.throughput_rps}, {"tokens_per_s", p.tokens_per_s},
                      {"bottleneck_ms", p.bottleneck_ms},   {"latency_ms", p.latency_ms},
@@ -138,7 +146,6 @@ nlohmann::json prediction_json(const Prediction& p) {
   return out;
 }
 
-}  // namespace
 
 nlohmann::json to_json(const Plan& plan, const CostModel& cost) {
   using nlohmann::json;
@@ -157,9 +164,9 @@ nlohmann::json to_json(const Plan& plan, const CostModel& cost) {
            {"unbacked_stages", plan.unbacked_stages},
            {"predicted", prediction_json(plan.predicted)},
            {"solve_ms", plan.solve_ms}};
-  const auto& sc = cost.scenario();
-  out["in_flight"] = plan.in_flight > 0 ? plan.in_flight : sc.workload.in_flight;
-  out["max_batch"] = plan.max_batch > 0 ? plan.max_batch : effective_max_batch(sc.planner, sc.workload.in_flight);
+  const auto [in_flight, max_batch] = limits_of(plan, cost.scenario());
+  out["in_flight"] = in_flight;
+  out["max_batch"] = max_batch;
   if (!plan.replicas.empty()) {
     json replicas = json::array();
     for (const auto& r : plan.replicas) {
@@ -187,8 +194,7 @@ Scenario admitted(const Scenario& scenario, int in_flight, int max_batch) {
 
 PlanCost::PlanCost(const CostModel& base, const Plan& plan) : cost_(&base) {
   const auto& sc = base.scenario();
-  const int in_flight = plan.in_flight > 0 ? plan.in_flight : sc.workload.in_flight;
-  const int batch = plan.max_batch > 0 ? plan.max_batch : effective_max_batch(sc.planner, sc.workload.in_flight);
+  const auto [in_flight, batch] = limits_of(plan, sc);
   if (in_flight == sc.workload.in_flight && batch == effective_max_batch(sc.planner, sc.workload.in_flight) &&
       sc.workload.arrival != Arrival::saturate) {
     return;

@@ -508,8 +508,9 @@ class ReplayRanker {
   ReplayRanker(const CostModel& cost, long long full_requests) : cost_(cost), full_requests_(full_requests) {
     const auto& w = cost.scenario().workload;
     screen_requests_ = std::min<long long>(full_requests, std::max<long long>(kScreenMinRequests,
-                                                                              kScreenInFlight * std::max(1, w.in_flight)));    // Batched, the closed form is an estimate, not a bound (plan.cpp): it neither cuts nor caps a replay.
-    batched_ = effective_max_batch(cost.scenario().planner, w.in_flight) > 1;
+                                                                              kScreenInFlight * std::max(1, w.in_flight)));
+    // Batched, the closed form is an estimate, not a bound (plan.cpp): it neither cuts nor caps a replay.
+    batched_ = batches_decode(cost.scenario());
   }
 
   // Short-replay score of a plan, memoised; -inf when it does not fit or cannot reach `beat_rps`.
@@ -678,7 +679,7 @@ class AdaptlinkPlanner final : public Planner {
     size_t fully = 0;
     // Unbatched the replay never exceeds the bound; batched the closed form is an estimate (plan.cpp), so every
     // candidate and seed is replayed.
-    const bool batched = effective_max_batch(cost.scenario().planner, workload.in_flight) > 1;
+    const bool batched = batches_decode(cost.scenario());
     for (const auto& [bound, stages] : pool) {
       if (!batched && bound <= best) break;
       if (std::find(seen.begin(), seen.end(), stages) != seen.end()) continue;

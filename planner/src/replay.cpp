@@ -542,8 +542,7 @@ Prediction predict(const CostModel& cost, std::vector<Stage>& stages, long long 
   if (r.throughput_rps > 0) {
     // Unbatched, the closed form bounds the replay (rounding aside); batched it is an estimate (plan.cpp), and the
     // replay decides.
-    const bool batched = effective_max_batch(cost.scenario().planner, workload.in_flight) > 1;
-    p.throughput_rps = batched ? r.throughput_rps : std::min(r.throughput_rps, p.bound_rps);
+    p.throughput_rps = batches_decode(cost.scenario()) ? r.throughput_rps : std::min(r.throughput_rps, p.bound_rps);
     p.tokens_per_s = p.throughput_rps * cost.shape().output_tokens;
     p.latency_ms = r.mean_latency_ms;
     // Time to first token and per output token of the requests that completed in the steady window.

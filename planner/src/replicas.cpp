@@ -130,8 +130,7 @@ Prediction replay_replicas(const CostModel& cost, std::vector<Replica>& replicas
   const double merged = runtime::steady_throughput(completions, in_flight) * 1e3;
   if (plan.feasible && merged > 0) {
     // Unbatched the closed form bounds the replay; batched it is an estimate (plan.cpp) and the replay decides.
-    const bool batched = effective_max_batch(cost.scenario().planner, cost.scenario().workload.in_flight) > 1;
-    plan.throughput_rps = batched ? merged : std::min(merged, plan.bound_rps);
+    plan.throughput_rps = batches_decode(cost.scenario()) ? merged : std::min(merged, plan.bound_rps);
     plan.tokens_per_s = plan.throughput_rps * cost.shape().output_tokens;
     plan.latency_ms = latency_sum / static_cast<double>(completions.size());
   }

@@ -124,6 +124,9 @@ double load_ms(const CostModel& cost, int device, int first, int last);
 // Scalar to maximise for an objective: throughput (rps), or -latency for the latency objective.
 double score(const Prediction& prediction, Objective objective);
 
+// A prediction's JSON (plan JSON's `predicted`).
+nlohmann::json prediction_json(const Prediction& prediction);
+
 // Plan JSON of DESIGN.md.
 nlohmann::json to_json(const Plan& plan, const CostModel& cost);
 

@@ -162,6 +162,12 @@ struct Scenario {
   [[nodiscard]] int device_index(std::string_view name) const;  // -1 when absent
 };
 
+// Whether the scenario's stages batch decode steps (effective_max_batch above 1). Then evaluate()'s closed form is an
+// estimate rather than a bound (plan.cpp), and the replay decides.
+inline bool batches_decode(const Scenario& scenario) {
+  return effective_max_batch(scenario.planner, scenario.workload.in_flight) > 1;
+}
+
 // Devices that take part in planning (role == active), in scenario order.
 std::vector<int> active_devices(const Scenario& scenario);
 
