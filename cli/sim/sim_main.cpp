@@ -72,13 +72,15 @@ std::string plan_table(const part::Plan& plan, const part::CostModel& cost, cons
   const char* objective = plan.objective == part::Objective::throughput ? "throughput" : "latency";
   std::string out = fmt::format("scenario {}: planner {}, objective {}, schedule {}, solved in {:.1f} ms\n", sc.name,
                                 plan.planner, objective, part::schedule_name(sc.planner.schedule), plan.solve_ms);
-  out += fmt::format("admission: {} requests in flight{}, stage batches of up to {} decode steps\n\n",
+  const int batch = part::effective_max_batch(sc.planner, sc.workload.in_flight);
+  out += fmt::format("admission: {} requests in flight{}, {}\n\n",
                      sc.workload.in_flight,
                      workload.arrival == part::Arrival::saturate ? " (saturate: unlimited demand)"
                      : part::closed_loop(workload) && workload.in_flight > sc.workload.in_flight
                          ? fmt::format(" of {} users (the others wait in front)", workload.in_flight)
                          : "",
-                     part::effective_max_batch(sc.planner, sc.workload.in_flight));
+                     batch > 1 ? fmt::format("stage batches of up to {} decode steps", batch)
+                               : std::string("one decode step at a time per stage"));
   // A replicated plan: one table row per stage of every replica, the replica in the first column.
   const bool replicated = !plan.replicas.empty();
   std::vector<std::string> header{"stage",      "device",    "nodes",     "layers",

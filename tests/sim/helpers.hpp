@@ -34,6 +34,13 @@ inline part::Scenario load(const std::filesystem::path& file) {
   return std::move(*sc);
 }
 
+// The closed forms below (and evaluate()'s in partition/plan.hpp) are exact for stages that run one decode step at a
+// time; a batched stage's time depends on the batches the run forms. Tests of those forms run unbatched.
+inline part::Scenario unbatched(part::Scenario scenario) {
+  scenario.planner.max_batch = 1;
+  return scenario;
+}
+
 inline std::unique_ptr<part::Problem> problem(part::Scenario scenario) { return part::make_problem(std::move(scenario)); }
 
 inline part::Plan plan(const part::Problem& p, const std::string& planner) {

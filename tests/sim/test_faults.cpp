@@ -50,8 +50,9 @@ struct Run {
   part::Plan plan;
 };
 
+// Unbatched: the redeploy closed form below replays the lost tokens one step at a time.
 Run run(bool backups) {
-  auto p = problem(dropout_scenario(backups));
+  auto p = problem(unbatched(dropout_scenario(backups)));
   auto pl = plan(*p, "adaptlink");
   auto report = simulate(*p->cost, pl, options());
   if (!report) ADD_FAILURE() << report.error().to_string();
@@ -124,7 +125,7 @@ TEST(Faults, BackupIsAtLeastTenTimesFasterThanRedeploy) {
   EXPECT_GE(redeploy, 10 * backup_ms) << "backup " << backup_ms << " ms, redeploy " << redeploy << " ms";
 
   // Redeploy closed form: detection + the weights over the spare's link (it is idle: least loaded) + replay.
-  auto p = problem(dropout_scenario(false));
+  auto p = problem(unbatched(dropout_scenario(false)));
   const auto& cost = *p->cost;
   const int spare = cost.scenario().device_index("spare");
   const auto& st = without.plan.stages[static_cast<size_t>(stage_of(without.plan, cost.scenario().device_index("nx")))];

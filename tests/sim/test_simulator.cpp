@@ -246,7 +246,7 @@ TEST(Simulator, AdaptlinkBeatsUniformByThePapersFactorOnJetsonQuartet) {
 }
 
 TEST(Simulator, LockstepStartIsAvailable) {
-  auto p = problem(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
+  auto p = problem(unbatched(load(source_dir() / "scenarios" / "jetson-quartet.toml")));  // bound_rps bounds it
   auto pl = plan(*p, "adaptlink");
   SimOptions options;
   options.stagger_start = false;

@@ -66,7 +66,7 @@ TEST(Validation, SaturatedThroughputIsOneOverBottleneck) {
   for (const auto& file : bundled_scenarios()) {
     for (const auto schedule : {part::Schedule::fifo, part::Schedule::decode_first}) {
       const double tolerance = schedule == part::Schedule::fifo ? 0.01 : 0.02;
-      auto loaded = load(file);
+      auto loaded = unbatched(load(file));
       loaded.planner.schedule = schedule;
       auto original = problem(loaded);
       for (const std::string name : {"uniform", "adaptlink"}) {
@@ -262,7 +262,7 @@ TEST(Validation, BatchedReplayAndSimGridAgreeTo1e9AndBatchingNeverLoses) {
 TEST(Validation, BundledPoissonScenariosAgreeWithPredictionWithin2Percent) {
   int rows = 0;
   for (const auto& file : bundled_scenarios()) {
-    auto p = problem(load(file));
+    auto p = problem(unbatched(load(file)));
     if (p->scenario.workload.arrival != part::Arrival::poisson) continue;
     for (const std::string name : {"uniform", "proportional", "memory", "adaptlink"}) {
       SCOPED_TRACE(file.filename().string() + " / " + name);
@@ -282,7 +282,7 @@ TEST(Validation, BundledPoissonScenariosAgreeWithPredictionWithin2Percent) {
 
 // Poisson arrivals below the capacity: throughput = the arrival rate; above it: the capacity.
 TEST(Validation, PoissonThroughputIsMinOfRateAndCapacity) {
-  auto sc = load(source_dir() / "scenarios" / "jetson-quartet.toml");
+  auto sc = unbatched(load(source_dir() / "scenarios" / "jetson-quartet.toml"));
   sc.workload.arrival = part::Arrival::poisson;
   for (double load_factor : {0.5, 2.0}) {
     auto p0 = problem(sc);

@@ -99,7 +99,7 @@ struct PlannerSettings {
   // Up to how many waiting decode steps of one stage run as one forward (runtime::StageQueue::next_batch).
   // kAutoBatch ("auto"): as many as wait (every request in flight may join). 1: one step at a time.
   // "auto" (kAutoBatch) in a scenario: the planner chooses (make_plan, planner.hpp) and the plan carries its choice.
-  int max_batch = 1;
+  int max_batch = kAutoBatch;
   // Admission limit: at most this many of the workload's requests are in the pipeline at once (each holds a KV
   // cache on every stage). kAutoInFlight ("auto", the default): the planner chooses it, up to the population.
   int max_in_flight = 0;
