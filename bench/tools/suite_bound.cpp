@@ -4,12 +4,17 @@
 //                  each would reach running the whole model alone, with free communication and
 //                  unlimited memory, i.e. sum_d 1000 / (prefill_ms(d, all) + decode_total_ms(d, all))
 //   devices        each active device's alone_rps (the terms of that sum), and its batched_alone_rps at best_batch
-//   batched_bound_rps  the same with batched decode, at the largest batch the cluster's memory allows: B requests
-//                  in flight at most, where the active devices' memory holds the weights once and B requests' KV
-//                  caches at full context (at most 256; 1 when not even one fits). No stage sees a batch larger than
-//                  the requests in flight, and a request's share of a batch only falls with its size, so with free
-//                  communication and each device's work split at will (as the unbatched bound does):
-//                  sum_d 1000 / (prefill_ms(d, all) + decode_total_share_ms(d, all, B)); best_batch is B
+//   batched_bound_rps  the same with batched decode, each device serving whole requests alone (free communication,
+//                  the active devices' memory pooled): the requests in flight at once are at most B, those whose
+//                  KV caches at full context fit in that memory beside one copy of the weights (at most 256; 1 when
+//                  not even one fits), and they are shared out among the devices: the best of
+//                  sum_d 1000 / (prefill_ms(d, all) + decode_total_share_ms(d, all, b_d)) over b_d >= 0 with
+//                  sum_d b_d <= B (a device with b_d = 0 serves nobody), found exactly by a knapsack over B. A
+//                  pipeline meets the same limit: each request's current step is at one stage, so the batches the
+//                  stages run at one time sum to at most the requests in flight. best_batch is b_d
+//   batched_bound_every_device_rps  the looser figure the bound had before: every device at batch B at once (only
+//                  a split of each step over all devices, tensor-parallel style, with free communication, could
+//                  reach it; it counts B KV caches per device)
 //   arithmetic_bound_rps  sum_d tflops_d / FLOPs per request (prefill and every decode step): no plan, batch or
 //                  memory gets past it
 //   min_link_mbps  the slowest link an activation may cross (access links in a star, pair links in a mesh)
@@ -75,17 +80,47 @@ nlohmann::json describe(const std::string& file, const std::vector<std::string>&
   const int batch = free <= 0 || kv_per_request <= 0
                         ? 1
                         : static_cast<int>(std::clamp(std::floor(free / kv_per_request), 1.0, 256.0));
+  // Each device alone at each batch b = 0..B (b = 0: it serves nobody), then the best sharing of B (knapsack).
+  std::vector<std::vector<double>> rate(active.size(), std::vector<double>(static_cast<size_t>(batch) + 1, 0.0));
+  for (size_t i = 0; i < active.size(); ++i) {
+    const int d = active[i];
+    for (int b = 1; b <= batch; ++b) {
+      rate[i][static_cast<size_t>(b)] =
+          1e3 / (cost.prefill_ms(d, 0, last) + cost.decode_total_share_ms(d, 0, last, b));
+    }
+  }
+  // best[i][k]: the most the first i devices serve with k requests in flight among them; take[i][k]: device i-1's b.
+  std::vector<std::vector<double>> best(active.size() + 1, std::vector<double>(static_cast<size_t>(batch) + 1, 0.0));
+  std::vector<std::vector<int>> take(active.size() + 1, std::vector<int>(static_cast<size_t>(batch) + 1, 0));
+  for (size_t i = 1; i <= active.size(); ++i) {
+    for (int k = 0; k <= batch; ++k) {
+      for (int b = 0; b <= k; ++b) {
+        const double v = best[i - 1][static_cast<size_t>(k - b)] + rate[i - 1][static_cast<size_t>(b)];
+        if (v > best[i][static_cast<size_t>(k)]) {
+          best[i][static_cast<size_t>(k)] = v;
+          take[i][static_cast<size_t>(k)] = b;
+        }
+      }
+    }
+  }
+  batched_bound_rps = best[active.size()][static_cast<size_t>(batch)];
+  std::vector<int> share(active.size(), 0);
+  for (size_t i = active.size(), k = static_cast<size_t>(batch); i > 0; --i) {
+    share[i - 1] = take[i][k];
+    k -= static_cast<size_t>(share[i - 1]);
+  }
+  double every_device_rps = 0;
   nlohmann::json devices = nlohmann::json::array();
-  for (int d : active) {
+  for (size_t i = 0; i < active.size(); ++i) {
+    const int d = active[i];
     const double alone_ms = cost.prefill_ms(d, 0, last) + cost.decode_total_ms(d, 0, last);
     bound_rps += 1e3 / alone_ms;
-    const double batched_ms = cost.prefill_ms(d, 0, last) + cost.decode_total_share_ms(d, 0, last, batch);
-    batched_bound_rps += 1e3 / batched_ms;
+    every_device_rps += rate[i][static_cast<size_t>(batch)];
     arithmetic_bound_rps += sc.devices[d].tflops * 1e12 / request_flops;
     devices.push_back({{"name", sc.devices[d].name},
                        {"alone_rps", 1e3 / alone_ms},
-                       {"batched_alone_rps", 1e3 / batched_ms},
-                       {"best_batch", batch}});
+                       {"batched_alone_rps", rate[i][static_cast<size_t>(share[i])]},
+                       {"best_batch", share[i]}});
   }
 
   double min_mbps = std::numeric_limits<double>::infinity();
@@ -107,6 +142,8 @@ nlohmann::json describe(const std::string& file, const std::vector<std::string>&
                      {"name", sc.name},
                      {"bound_rps", bound_rps},
                      {"batched_bound_rps", batched_bound_rps},
+                     {"batched_bound_every_device_rps", every_device_rps},
+                     {"batch_limit", batch},
                      {"arithmetic_bound_rps", arithmetic_bound_rps},
                      {"devices", devices},
                      {"min_link_mbps", min_mbps},

@@ -226,13 +226,26 @@ Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Object
   auto batch_for = [&](int in_flight) { return choose_batch ? in_flight : std::min(settings.max_batch, in_flight); };
 
   Attempt best = attempt(**p, cost, objective, first, batch_for(first));
-  // "auto" batches every waiting step; a profile can measure a batch slower than its steps one at a time, so
-  // unbatched is tried where it times the best plan's cut faster.
-  if (choose_batch && first > 1 && best.plan && best.plan->replicas.empty()) {
-    const Scenario one = admitted(sc, first, 1);
-    const CostModel one_cost(cost, one);
-    auto stages = best.plan->stages;
-    if (evaluate(one_cost, stages).bound_rps > best.plan->predicted.bound_rps) {
+  // "auto" batches every waiting step; but a profile can measure a batch slower than its steps one at a time, and a
+  // batched stage lets a waiting prefill take turns with its decode batches (runtime::StageQueue), which can put a
+  // prefill on a token's path where unbatched decode-first would have run it in a gap. So the unbatched plan at the
+  // same admission limit is planned too, and the better of the two is kept: "auto" never loses to max_batch 1 there.
+  // That search is skipped where it cannot or will not win: when the batched plan reaches the most any unbatched one
+  // could (every node of every request on its fastest device, all devices busy all the time), or runs 25 % faster
+  // than its own cut unbatched (the turns cost 9 % at most on the suite's cuts, tests/sim/test_validation.cpp), as
+  // at capacity, where batching gains 1.2-7x and a second full search would add half the planning time.
+  if (choose_batch && first > 1 && best.plan && best.plan->predicted.feasible && objective == Objective::throughput) {
+    const double lower_ms = alone_lower_bound_ms(cost);
+    const double unbatched_most_rps =
+        lower_ms > 0 ? static_cast<double>(active_devices(sc).size()) * 1e3 / lower_ms : 0;
+    bool try_unbatched = best.plan->predicted.throughput_rps < unbatched_most_rps;
+    if (try_unbatched && best.plan->replicas.empty()) {
+      const Scenario one = admitted(sc, first, 1);
+      const CostModel one_cost(cost, one);
+      auto stages = best.plan->stages;
+      try_unbatched = best.plan->predicted.throughput_rps < 1.25 * predict(one_cost, stages).throughput_rps;
+    }
+    if (try_unbatched) {
       if (auto b = attempt(**p, cost, objective, first, 1); better(b, best, objective)) best = std::move(b);
     }
   }

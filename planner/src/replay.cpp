@@ -392,11 +392,13 @@ class Replay {
       return pass_on(w.request, s, w.step, q.busy_until);
     }
     q.prefill_running = true;
-    q.yielding = false;
     q.request = w.request;
     q.from = w.node;
     q.from_t = t;
-    const auto [end, node] = node_end_after(s, std::numeric_limits<double>::infinity());
+    // Batched decode-first takes turns (runtime::StageQueue): a prefill may start while decode steps wait, and then
+    // runs one node before it yields to them.
+    q.yielding = q.queue.prefill_yields();
+    const auto [end, node] = node_end_after(s, q.yielding ? t : std::numeric_limits<double>::infinity());
     q.to = node;
     q.busy_until = end;
     wake_at(s, end);

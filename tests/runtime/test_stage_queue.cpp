@@ -96,6 +96,15 @@ std::string batches(StageQueue<std::string>& q) {
   }
 }
 
+// One pick of a one-stage queue (every decode step may join), as a string; "" when nothing waits.
+std::string take(StageQueue<std::string>& q) {
+  std::string one;
+  for (const auto& t : q.next_batch([](const std::string&, const std::string&) { return true; })) {
+    one += (one.empty() ? "" : "+") + t;
+  }
+  return one;
+}
+
 const std::vector<Arrival> kBatchable = {{TaskKind::decode, "1a"},  {TaskKind::decode, "1b"}, {TaskKind::prefill, "p1"},
                                          {TaskKind::decode, "2a"},  {TaskKind::decode, "1c"}, {TaskKind::rebuild, "r1"},
                                          {TaskKind::decode, "1d"},  {TaskKind::control, "e"}, {TaskKind::decode, "1e"}};
@@ -112,11 +121,56 @@ TEST(StageQueue, MaxBatchOneIsNextExactly) {
 TEST(StageQueue, DecodeFirstBatchesTheOldestDecodeStepsOfOneStageAfterTheRebuilds) {
   auto q = queue_of(Schedule::decode_first, kBatchable);
   q.set_max_batch(3);
-  // The rebuild alone first; then stage 1's three oldest, stage 2's, stage 1's rest; prefills and control alone.
-  EXPECT_EQ(batches(q), "r1 1a+1b+1c 2a 1d+1e p1 e");
+  // The rebuild alone first; then stage 1's three oldest, stage 2's, stage 1's rest, each decode batch followed by
+  // the turn of a waiting prefill or control task (alone).
+  EXPECT_EQ(batches(q), "r1 1a+1b+1c p1 2a e 1d+1e");
   auto big = queue_of(Schedule::decode_first, kBatchable);
   big.set_max_batch(16);
-  EXPECT_EQ(batches(big), "r1 1a+1b+1c+1d+1e 2a p1 e");
+  EXPECT_EQ(batches(big), "r1 1a+1b+1c+1d+1e p1 2a e");
+}
+
+// A stage whose decode steps never stop coming (one stage: each token comes straight back) still lets the prefills
+// in: what a decode batch passed over goes next, and a prefill's one node then yields to the decode steps waiting.
+TEST(StageQueue, BatchedDecodeFirstTakesTurnsWithThePrefills) {
+  StageQueue<std::string> q(Schedule::decode_first, 8);
+  q.push(TaskKind::decode, "a1");
+  q.push(TaskKind::prefill, "pb");
+  q.push(TaskKind::prefill, "pc");
+  EXPECT_EQ(take(q), "a1");
+  q.push(TaskKind::decode, "a2");  // a's next step is back before the stage picks again
+  EXPECT_EQ(take(q), "pb");
+  EXPECT_TRUE(q.prefill_yields());  // pb runs one node, then yields to a2
+  q.park("pb'");
+  EXPECT_EQ(take(q), "a2");
+  q.push(TaskKind::decode, "a3");
+  EXPECT_EQ(take(q), "pb'");  // the parked rest goes on before pc
+  q.park("pb''");
+  q.push(TaskKind::decode, "b1");   // pb ended meanwhile (its last node): b decodes with a
+  EXPECT_EQ(take(q), "a3+b1");
+  EXPECT_EQ(take(q), "pb''");
+  // Nothing waiting is no turn: after a decode batch and an empty pick, the decode steps that come next still
+  // make way for a prefill first.
+  EXPECT_EQ(take(q), "pc");
+  q.park("pc'");
+  q.push(TaskKind::decode, "a4");
+  EXPECT_EQ(take(q), "a4");
+  EXPECT_EQ(take(q), "pc'");
+  EXPECT_EQ(take(q), "");
+  q.push(TaskKind::decode, "a5");
+  EXPECT_EQ(take(q), "a5");
+  EXPECT_EQ(take(q), "");
+  // A prefill that arrives after a decode batch waits for the next one: the turn goes to what a batch passed over.
+  q.push(TaskKind::decode, "a6");
+  q.push(TaskKind::prefill, "pd");
+  EXPECT_EQ(take(q), "a6");
+  q.push(TaskKind::decode, "a7");
+  EXPECT_EQ(take(q), "pd");
+  // Unbatched decode-first keeps its order: every decode step before any prefill.
+  StageQueue<std::string> one(Schedule::decode_first, 1);
+  one.push(TaskKind::decode, "a1");
+  one.push(TaskKind::prefill, "pb");
+  one.push(TaskKind::decode, "a2");
+  EXPECT_EQ(batches(one), "a1 a2 pb");
 }
 
 TEST(StageQueue, FifoBatchesOnlyConsecutiveDecodeStepsOfOneStage) {

@@ -23,7 +23,10 @@
 // Which decode steps join: decode-first, the oldest waiting ones of the first's stage, wherever they are in the
 // queue; fifo, the decode steps of the first's stage that follow it in arrival order without a prefill, rebuild or
 // control task between them (nothing overtakes a task that arrived earlier). A device does not wait for a batch to
-// fill: it takes what waits. max_batch 1 is next() exactly.
+// fill: it takes what waits. Batched decode-first takes turns: a prefill or control task that a decode batch passed
+// over goes next (a prefill then runs one node and yields to the decode steps waiting), so a stage whose decode
+// steps never stop arriving (one stage, or any stage at capacity) still lets new requests in to join its batches
+// instead of serving the requests it decodes one cohort at a time. max_batch 1 is next() exactly.
 #pragma once
 
 #include <cstddef>
@@ -91,7 +94,10 @@ class StageQueue {
       if (auto t = next()) batch.push_back(std::move(*t));
       return batch;
     }
-    if (!decodes_.empty()) {  // decode-first: the oldest decode steps of the first's stage
+    if (empty()) return batch;  // taking nothing is no turn
+    const bool turn_of_others = passed_over_ && !others_.empty();
+    if (!decodes_.empty() && !turn_of_others) {  // decode-first: the oldest decode steps of the first's stage
+      passed_over_ = !others_.empty();
       batch.push_back(std::move(decodes_.front()));
       decodes_.pop_front();
       for (auto it = decodes_.begin(); it != decodes_.end() && static_cast<int>(batch.size()) < max_batch_;) {
@@ -105,6 +111,7 @@ class StageQueue {
       return batch;
     }
     if (others_.empty()) return batch;
+    passed_over_ = false;
     const bool decode = others_.front().kind == TaskKind::decode;
     batch.push_back(std::move(others_.front().task));
     others_.pop_front();
@@ -129,6 +136,7 @@ class StageQueue {
     rebuilds_.clear();
     decodes_.clear();
     others_.clear();
+    passed_over_ = false;
   }
 
  private:
@@ -138,6 +146,7 @@ class StageQueue {
   };
   partition::Schedule schedule_;
   int max_batch_ = 1;
+  bool passed_over_ = false;  // the last batch was decode steps taken while a prefill or control task waited
   std::deque<T> rebuilds_, decodes_;
   std::deque<Other> others_;  // prefills, control tasks (and fifo's decode steps), with their kinds
 };
