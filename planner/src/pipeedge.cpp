@@ -15,9 +15,10 @@
 //     per-request work on the device, prefill + all decode steps (CostModel::prefill_ms +
 //     decode_total_ms), which is exactly the stage busy time of plan.hpp.
 //   * Communication: bytes that cross the cut per request (prefill activation + one activation per
-//     decode step) divided by min(bandwidth of the two devices). PipeEdge describes a device by one
-//     bandwidth figure (`bw_Mbps`): we take its access link in a star, the default link in a mesh
-//     (per-pair overrides are invisible to it). No latency, no store-and-forward through the access
+//     decode step) divided by the bandwidth between the two devices: the pair's direct link where the
+//     scenario gives one (PipeEdge's model takes a bandwidth per device pair), else min(bandwidth of the
+//     two devices), one figure per device (`bw_Mbps`): its access link in a star, the default link in a
+//     mesh. Devices named in a direct link are types of their own. No latency, no store-and-forward through the access
 //     point, no sharing of one access link by a stage's incoming and outgoing transfers, no token back
 //     edge from the last stage to the first, and no closed-loop population limit — PipeEdge's model
 //     has none of these.
@@ -184,15 +185,29 @@ class PipeEdgePlanner final : public Planner {
     const int last = nodes - 1;
     const double steps = cost.shape().output_tokens;
 
-    // One bandwidth figure per device, as PipeEdge's device types have.
+    // One bandwidth figure per device, as PipeEdge's device types have; a pair's direct link overrides it.
     auto device_mbps = [&](int d) {
       return net.topology == Topology::star ? net.access_link(d).bandwidth_mbps : net.default_link.bandwidth_mbps;
     };
+    auto pair_mbps = [&](int a, int b) {
+      if (auto direct = net.direct_link(a, b)) return direct->bandwidth_mbps;
+      return std::min(device_mbps(a), device_mbps(b));
+    };
+    // Devices named in a direct link have pair-specific bandwidths: they are types of their own.
+    std::vector<bool> has_direct(scenario.devices.size(), false);
+    for (const auto& [pair, link] : net.direct) {
+      has_direct[pair.first] = true;
+      has_direct[pair.second] = true;
+    }
     TypeDp dp;
     dp.nodes = nodes;
     std::map<std::tuple<double, double, double, double, double, double>, int> type_of;
     for (int d : devices) {
       const auto& dev = scenario.devices[d];
+      if (has_direct[d]) {
+        dp.classes.push_back({{d}});
+        continue;
+      }
       const auto key = std::make_tuple(dev.tflops, dev.mem_bytes, dev.mem_bw_gbs, device_mbps(d),
                                        cost.prefill_ms(d, 0, last), cost.decode_total_ms(d, 0, last));
       auto [it, inserted] = type_of.try_emplace(key, static_cast<int>(dp.classes.size()));
@@ -208,8 +223,9 @@ class PipeEdgePlanner final : public Planner {
       return cost.prefill_ms(rep(cls), first, end - 1) + cost.decode_total_ms(rep(cls), first, end - 1);
     };
     dp.transfer_ms = [&](int from, int to, int cut) {
-      const double mbps = std::min(device_mbps(rep(from)), device_mbps(rep(to)));
-      return cut_bytes[cut] * 8.0 / (mbps * 1e6) * 1e3;
+      const auto& b = dp.classes[to].devices;
+      const int db = from == to ? b.at(1) : b.front();  // two devices of one type (no direct link between them)
+      return cut_bytes[cut] * 8.0 / (pair_mbps(rep(from), db) * 1e6) * 1e3;
     };
     dp.fits = [&](int cls, int first, int end) {
       return cost.memory_bytes(first, end - 1) <= scenario.devices[rep(cls)].mem_bytes;

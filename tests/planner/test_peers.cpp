@@ -452,3 +452,143 @@ TEST(Peers, ManyDistinctDevicesStayBounded) {
     EXPECT_LT(plan->solve_ms, 20000) << name;
   }
 }
+
+namespace {
+
+// PipeEdge's own model (planner/src/pipeedge.cpp's header): a stage's time is its whole per-request work on its
+// device, a cut's is the bytes crossing it per request over the pair's direct link where the scenario gives one,
+// else over the slower of the two devices' one bandwidth figure; the bottleneck is the largest of those.
+struct PipeEdgeModel {
+  const part::CostModel& cost;
+  [[nodiscard]] double device_mbps(int d) const {
+    const auto& net = cost.scenario().network;
+    return net.topology == part::Topology::star ? net.access_link(d).bandwidth_mbps : net.default_link.bandwidth_mbps;
+  }
+  [[nodiscard]] double pair_mbps(int a, int b) const {
+    if (auto l = cost.scenario().network.direct_link(a, b)) return l->bandwidth_mbps;
+    return std::min(device_mbps(a), device_mbps(b));
+  }
+  [[nodiscard]] double bottleneck(const std::vector<part::Stage>& stages) const {
+    const auto& g = cost.graph();
+    double worst = 0;
+    for (size_t s = 0; s < stages.size(); ++s) {
+      const auto& st = stages[s];
+      if (cost.memory_bytes(st.first_node, st.last_node) > cost.scenario().devices[st.device].mem_bytes) {
+        return std::numeric_limits<double>::infinity();
+      }
+      worst = std::max(worst, cost.prefill_ms(st.device, st.first_node, st.last_node) +
+                                  cost.decode_total_ms(st.device, st.first_node, st.last_node));
+      if (s + 1 < stages.size()) {
+        const double bytes = g.prefill_out_bytes(st.last_node, cost.shape()) +
+                             cost.shape().output_tokens * g.decode_out_bytes(st.last_node);
+        worst = std::max(worst, bytes * 8.0 / (pair_mbps(st.device, stages[s + 1].device) * 1e6) * 1e3);
+      }
+    }
+    return worst;
+  }
+  // Every ordered choice of distinct devices and every cut of the nodes among them.
+  [[nodiscard]] double brute_force() const {
+    const int n = static_cast<int>(cost.scenario().devices.size());
+    const int nodes = cost.num_nodes();
+    double best = std::numeric_limits<double>::infinity();
+    std::vector<int> order;
+    std::vector<bool> used(static_cast<size_t>(n), false);
+    std::vector<part::Stage> stages;
+    std::function<void(int)> place = [&](int first) {
+      if (first == nodes) {
+        best = std::min(best, bottleneck(stages));
+        return;
+      }
+      for (int d = 0; d < n; ++d) {
+        if (used[static_cast<size_t>(d)]) continue;
+        used[static_cast<size_t>(d)] = true;
+        for (int last = first; last < nodes; ++last) {
+          part::Stage st;
+          st.device = d;
+          st.first_node = first;
+          st.last_node = last;
+          stages.push_back(st);
+          place(last + 1);
+          stages.pop_back();
+        }
+        used[static_cast<size_t>(d)] = false;
+      }
+    };
+    place(0);
+    return best;
+  }
+};
+
+}  // namespace
+
+// Deliverable 2 of the planner issue: pipeedge plans with the scenario's per-pair links, and on small instances
+// (2-4 devices, some of one type, star and mesh, direct links on some pairs) its DP finds PipeEdge's own optimum.
+TEST(PipeEdge, EqualsTheBruteForceOptimumOfItsModelWithPerPairLinks) {
+  std::mt19937_64 rng(20261203);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  auto planner = part::make_planner("pipeedge");
+  ASSERT_TRUE(planner);
+  int compared = 0, with_direct = 0, direct_used = 0;
+  for (int t = 0; t < 150; ++t) {
+    part::Scenario s;
+    s.name = "pairs-" + std::to_string(t);
+    s.model.llava = adaptlink::testing::small_llava();
+    s.model.dtype = adaptlink::models::Dtype::fp16;
+    const int n = 2 + static_cast<int>(rng() % 3);
+    for (int d = 0; d < n; ++d) {
+      part::Device dev;
+      if (d > 0 && rng() % 3 == 0) {
+        dev = s.devices.back();  // another of the same type
+      } else {
+        dev.tflops = 0.3 * std::pow(30.0, u(rng));
+        dev.mem_bw_gbs = 17 * std::pow(10.0, u(rng));
+        dev.mem_bytes = 1.2e9 * std::pow(4.0, u(rng));
+      }
+      dev.name = "d" + std::to_string(d);
+      s.devices.push_back(dev);
+    }
+    s.network.topology = rng() % 2 == 0 ? part::Topology::mesh : part::Topology::star;
+    s.network.default_link = {50 * std::pow(20.0, u(rng)), 1};
+    for (int d = 0; d < n; ++d) {
+      if (s.network.topology == part::Topology::star) s.network.access[d] = {50 * std::pow(20.0, u(rng)), 1};
+      for (int e = d + 1; e < n; ++e) {
+        if (rng() % 2 == 0) s.network.direct[{d, e}] = {20 * std::pow(50.0, u(rng)), 1};
+      }
+    }
+    s.workload.arrival = part::Arrival::closed;
+    s.workload.in_flight = 1;
+    s.workload.requests = 8;
+    s.workload.shape.prompt_tokens = 32;
+    s.workload.shape.output_tokens = 16;
+    s.planner.max_batch = 1;
+    s.planner.max_in_flight = 1;
+    s.planner.backups = false;
+    s.planner.replicas = false;
+    const bool direct = !s.network.direct.empty();
+    auto problem = part::make_problem(std::move(s));
+    const auto& cost = *problem->cost;
+    const PipeEdgeModel model{cost};
+    const double truth = model.brute_force();
+    auto plan = (*planner)->plan(cost, part::Objective::throughput);
+    if (!std::isfinite(truth)) {
+      EXPECT_FALSE(plan) << "pairs-" << t << ": nothing fits, yet pipeedge planned";
+      continue;
+    }
+    ASSERT_TRUE(plan) << "pairs-" << t << ": " << plan.error().to_string();
+    EXPECT_NEAR(model.bottleneck(plan->stages), truth, 1e-9 * truth) << "pairs-" << t;
+    ++compared;
+    if (direct) {
+      ++with_direct;
+      for (size_t k = 0; k + 1 < plan->stages.size(); ++k) {
+        if (cost.scenario().network.direct_link(plan->stages[k].device, plan->stages[k + 1].device)) {
+          ++direct_used;
+          break;
+        }
+      }
+    }
+  }
+  std::printf("pipeedge = brute force on %d instances (%d with direct links; %d plans cross one)\n", compared,
+              with_direct, direct_used);
+  EXPECT_GE(compared, 100);
+  EXPECT_GE(direct_used, 20);
+}
