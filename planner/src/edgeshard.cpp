@@ -54,11 +54,7 @@ class EdgeShardPlanner final : public Planner {
     const double steps = cost.shape().output_tokens;
 
     // Devices named in a direct link have pair-specific bandwidths: they are classes of their own.
-    std::vector<bool> has_direct(scenario.devices.size(), false);
-    for (const auto& [pair, link] : net.direct) {
-      has_direct[pair.first] = true;
-      has_direct[pair.second] = true;
-    }
+    const auto has_direct = named_in_direct_links(scenario);
     TypeDp dp;
     dp.nodes = nodes;
     dp.classes.push_back({{devices.front()}});  // the source device

@@ -18,8 +18,8 @@
 //     decode step) divided by the bandwidth between the two devices: the pair's direct link where the
 //     scenario gives one (PipeEdge's model takes a bandwidth per device pair), else min(bandwidth of the
 //     two devices), one figure per device (`bw_Mbps`): its access link in a star, the default link in a
-//     mesh. Devices named in a direct link are types of their own. No latency, no store-and-forward through the access
-//     point, no sharing of one access link by a stage's incoming and outgoing transfers, no token back
+//     mesh. Devices named in a direct link are types of their own. No latency, no store-and-forward
+//     through the access point, no sharing of one access link by a stage's incoming and outgoing transfers, no token back
 //     edge from the last stage to the first, and no closed-loop population limit — PipeEdge's model
 //     has none of these.
 //   * Memory: PipeEdge counts weights + send/receive/processing buffers. An autoregressive decoder also
@@ -42,6 +42,15 @@
 #include "planners_internal.hpp"
 
 namespace adaptlink::partition::detail {
+
+std::vector<bool> named_in_direct_links(const Scenario& scenario) {
+  std::vector<bool> named(scenario.devices.size(), false);
+  for (const auto& [pair, link] : scenario.network.direct) {
+    named[pair.first] = true;
+    named[pair.second] = true;
+  }
+  return named;
+}
 
 std::vector<Stage> solve_type_dp(const TypeDp& p, size_t max_states) {
   const int classes = static_cast<int>(p.classes.size());
@@ -193,12 +202,7 @@ class PipeEdgePlanner final : public Planner {
       if (auto direct = net.direct_link(a, b)) return direct->bandwidth_mbps;
       return std::min(device_mbps(a), device_mbps(b));
     };
-    // Devices named in a direct link have pair-specific bandwidths: they are types of their own.
-    std::vector<bool> has_direct(scenario.devices.size(), false);
-    for (const auto& [pair, link] : net.direct) {
-      has_direct[pair.first] = true;
-      has_direct[pair.second] = true;
-    }
+    const auto has_direct = named_in_direct_links(scenario);  // types of their own
     TypeDp dp;
     dp.nodes = nodes;
     std::map<std::tuple<double, double, double, double, double, double>, int> type_of;

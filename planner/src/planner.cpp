@@ -225,6 +225,8 @@ Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Object
   const bool choose_batch = settings.max_batch == kAutoBatch;
   auto batch_for = [&](int in_flight) { return choose_batch ? in_flight : std::min(settings.max_batch, in_flight); };
 
+  // A lower bound on any plan's latency alone: the admission descent's stop rule and the unbatched ceiling below.
+  const double lower_ms = alone_lower_bound_ms(cost);
   Attempt best = attempt(**p, cost, objective, first, batch_for(first));
   // "auto" batches every waiting step; but a profile can measure a batch slower than its steps one at a time, and a
   // batched stage lets a waiting prefill take turns with its decode batches (runtime::StageQueue), which can put a
@@ -235,7 +237,6 @@ Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Object
   // than its own cut unbatched (the turns cost 9 % at most on the suite's cuts, tests/sim/test_validation.cpp), as
   // at capacity, where batching gains 1.2-7x and a second full search would add half the planning time.
   if (choose_batch && first > 1 && best.plan && best.plan->predicted.feasible && objective == Objective::throughput) {
-    const double lower_ms = alone_lower_bound_ms(cost);
     const double unbatched_most_rps =
         lower_ms > 0 ? static_cast<double>(active_devices(sc).size()) * 1e3 / lower_ms : 0;
     bool try_unbatched = best.plan->predicted.throughput_rps < unbatched_most_rps;
@@ -254,7 +255,6 @@ Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Object
   // planner descends the same steps, so a planner at least as good as another at each limit stays so.
   // The latency objective admits every user (latency counts from admission) unless they do not fit.
   if (choose_in_flight) {
-    const double lower_ms = alone_lower_bound_ms(cost);
     for (int a : admission_steps(first)) {
       if (best.plan && best.plan->predicted.feasible) {
         if (objective == Objective::latency) break;

@@ -47,4 +47,8 @@ struct TypeDp {
 // beyond it the per-class counts are capped, then the slowest classes are left out.
 std::vector<Stage> solve_type_dp(const TypeDp& problem, size_t max_states = 1'500'000);
 
+// Per scenario device: whether a direct link names it (its bandwidths are pair-specific, so the peers' DPs give it a
+// class of its own).
+std::vector<bool> named_in_direct_links(const Scenario& scenario);
+
 }  // namespace adaptlink::partition::detail
