@@ -102,10 +102,27 @@ std::string plan_table(const part::Plan& plan, const part::CostModel& cost, cons
       t.add(row);
     }
   };
-  if (!replicated) add_stages(plan.stages, "");
-  for (size_t r = 0; r < plan.replicas.size(); ++r) add_stages(plan.replicas[r].stages, std::to_string(r));
-  out += t.str();
-  for (size_t r = 0; r < plan.replicas.size(); ++r) {
+  const bool compact = replicated && static_cast<int>(sc.devices.size()) >= part::kCompactDevices;
+  if (compact) {
+    // One row per replica: its stages' devices and cuts in one line each.
+    al::cli::Table c({"replica", "stages", "devices", "layers", "in_flight", "requests", "requests/s"});
+    for (size_t r = 0; r < plan.replicas.size(); ++r) {
+      const auto& rep = plan.replicas[r];
+      std::string devices, layers;
+      for (const auto& st : rep.stages) {
+        devices += (devices.empty() ? "" : ",") + sc.devices[st.device].name;
+        layers += (layers.empty() ? "" : ",") + fmt::format("{}-{}", st.first_node, st.last_node);
+      }
+      c.add({std::to_string(r), std::to_string(rep.stages.size()), devices, layers, std::to_string(rep.in_flight),
+             std::to_string(rep.requests), fmt::format("{:.4f}", rep.predicted.throughput_rps)});
+    }
+    out += c.str();
+  } else {
+    if (!replicated) add_stages(plan.stages, "");
+    for (size_t r = 0; r < plan.replicas.size(); ++r) add_stages(plan.replicas[r].stages, std::to_string(r));
+    out += t.str();
+  }
+  for (size_t r = 0; r < plan.replicas.size() && !compact; ++r) {
     const auto& rep = plan.replicas[r];
     out += fmt::format("{}replica {}: {} in flight, {} requests, {:.4f} requests/s\n", r == 0 ? "\n" : "", r,
                        rep.in_flight, rep.requests, rep.predicted.throughput_rps);
@@ -117,6 +134,12 @@ std::string plan_table(const part::Plan& plan, const part::CostModel& cost, cons
   if (pr.ttft_p50_ms > 0) {
     out += fmt::format("time to first token p50 {:.1f} ms, p99 {:.1f} ms; per output token p50 {:.2f} ms, p99 {:.2f} ms\n",
                        pr.ttft_p50_ms, pr.ttft_p99_ms, pr.tpot_p50_ms, pr.tpot_p99_ms);
+  }
+  if (plan.upper_bound_rps > 0) {
+    out += fmt::format("certificate: no {} at this admission limit, one decode step at a time per stage, exceeds "
+                       "{:.4f} requests/s; gap {:.1f} %\n",
+                       plan.bound_kind == "one pipeline" ? "one-pipeline plan" : "plan of any kind", plan.upper_bound_rps,
+                       100.0 * (1.0 - pr.throughput_rps / plan.upper_bound_rps));
   }
   if (uniform) {
     out += fmt::format("vs uniform: {:.3f}x throughput (uniform {:.4f} requests/s)\n",

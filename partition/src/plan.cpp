@@ -110,19 +110,24 @@ double score(const Prediction& prediction, Objective objective) {
 
 namespace {
 
-nlohmann::json stages_json(const std::vector<Stage>& stages, const CostModel& cost) {
+// `names`: each stage lists its nodes by name (left out of the replicas of plans on kCompactDevices or more devices,
+// where they would repeat the same names hundreds of times; first_layer and last_layer say the same).
+nlohmann::json stages_json(const std::vector<Stage>& stages, const CostModel& cost, bool names = true) {
   const auto& graph = cost.graph();
   nlohmann::json out = nlohmann::json::array();
   for (const auto& st : stages) {
-    nlohmann::json nodes = nlohmann::json::array();
-    for (int i = st.first_node; i <= st.last_node; ++i) nodes.push_back(graph.node(i).name);
-    out.push_back({{"device", cost.scenario().devices[st.device].name},
-                   {"first_layer", st.first_node},
-                   {"last_layer", st.last_node},
-                   {"nodes", nodes},
-                   {"compute_ms", {{"prefill", st.prefill_ms}, {"decode", st.decode_ms}}},
-                   {"memory_bytes", st.memory_bytes},
-                   {"memory_available_bytes", cost.scenario().devices[st.device].mem_bytes}});
+    nlohmann::json stage{{"device", cost.scenario().devices[st.device].name},
+                         {"first_layer", st.first_node},
+                         {"last_layer", st.last_node}};
+    if (names) {
+      nlohmann::json nodes = nlohmann::json::array();
+      for (int i = st.first_node; i <= st.last_node; ++i) nodes.push_back(graph.node(i).name);
+      stage["nodes"] = nodes;
+    }
+    stage["compute_ms"] = {{"prefill", st.prefill_ms}, {"decode", st.decode_ms}};
+    stage["memory_bytes"] = st.memory_bytes;
+    stage["memory_available_bytes"] = cost.scenario().devices[st.device].mem_bytes;
+    out.push_back(stage);
   }
   return out;
 }
@@ -167,6 +172,13 @@ nlohmann::json to_json(const Plan& plan, const CostModel& cost) {
   const auto [in_flight, max_batch] = limits_of(plan, cost.scenario());
   out["in_flight"] = in_flight;
   out["max_batch"] = max_batch;
+  if (plan.upper_bound_rps > 0) {
+    out["certificate"] = {{"kind", plan.bound_kind},
+                          {"upper_bound_rps", plan.upper_bound_rps},
+                          {"gap", 1.0 - plan.predicted.throughput_rps / plan.upper_bound_rps}};
+  } else {
+    out["certificate"] = nullptr;
+  }
   if (!plan.replicas.empty()) {
     json replicas = json::array();
     for (const auto& r : plan.replicas) {
@@ -175,7 +187,7 @@ nlohmann::json to_json(const Plan& plan, const CostModel& cost) {
       replicas.push_back({{"devices", devices},
                           {"in_flight", r.in_flight},
                           {"requests", r.requests},
-                          {"stages", stages_json(r.stages, cost)},
+                          {"stages", stages_json(r.stages, cost, cost.num_devices() < kCompactDevices)},
                           {"predicted", prediction_json(r.predicted)}});
     }
     out["replicas"] = replicas;

@@ -13,6 +13,9 @@
 // Otherwise (mesh, direct links) a transfer depends on the previous device and the DP loops over
 // it (O(n^2 L^2)).
 //
+// Before the orders, the exact one-pipeline search for the bottleneck (bottleneck.cpp) proposes its plan: at
+// saturation nothing beats it, whatever the device order; in closed loops the replay ranks it with the others.
+//
 // Orders: every distinct permutation (identical devices are interchangeable) while there are at
 // most kMaxExactOrders; beyond that, seed orders (by memory bandwidth, compute, memory, link,
 // scenario order) improved by pairwise swaps until no swap helps or the budget is spent. The
@@ -25,6 +28,7 @@
 #include <map>
 #include <tuple>
 
+#include "adaptlink/planner/bottleneck.hpp"
 #include "adaptlink/planner/replicas.hpp"
 #include "planners_internal.hpp"
 
@@ -631,7 +635,22 @@ constexpr double kRefineBudgetPerDeviceSq = 0.1;
 
 // The search: the baselines seed the incumbent (adaptlink is never below them), so do the peers' plans where
 // their dynamic programs are small (a few ms); then the DP over device orders.
-void seed_and_solve(const CostModel& cost, Objective objective, const std::vector<int>& devices, Search& search) {
+void seed_and_solve(const CostModel& cost, Objective objective, const std::vector<int>& devices, Search& search,
+                    bool seeds = true) {
+  // The exact one-pipeline search for the bottleneck (bottleneck.cpp), whatever the device order: the best plan at
+  // saturation, and a candidate that the replay ranks in closed loops.
+  if (objective == Objective::throughput) {
+    auto exact = min_bottleneck_pipeline(cost, devices);
+    if (!exact.stages.empty()) {
+      Plan p;
+      p.stages = std::move(exact.stages);
+      search.offer(p);
+    }
+  }
+  if (!seeds) {
+    search.solve();
+    return;
+  }
   for (const char* baseline : {"uniform", "proportional", "memory"}) {
     auto p = make_planner(baseline);
     if (auto seeded = (*p)->plan(cost, objective)) search.offer(*seeded);
@@ -647,12 +666,13 @@ void seed_and_solve(const CostModel& cost, Objective objective, const std::vecto
 
 class AdaptlinkPlanner final : public Planner {
  public:
+  explicit AdaptlinkPlanner(AdaptlinkOptions options = {}) : options_(options) {}
   [[nodiscard]] std::string name() const override { return "adaptlink"; }
   [[nodiscard]] Expected<Plan> plan(const CostModel& cost, Objective objective) const override {
     const auto devices = active_devices(cost.scenario());
     if (devices.empty()) return make_error("adaptlink: no active device");
     Search search(cost, objective, devices);
-    seed_and_solve(cost, objective, devices, search);
+    seed_and_solve(cost, objective, devices, search, options_.seeds);
     if (search.best().empty()) return memory_shortfall(cost, devices);
     Plan plan;
     plan.planner = "adaptlink";
@@ -741,11 +761,26 @@ class AdaptlinkPlanner final : public Planner {
     }
     return plan;
   }
+
+ private:
+  AdaptlinkOptions options_;
 };
 
 }  // namespace
 
 std::unique_ptr<Planner> make_adaptlink_planner() { return std::make_unique<AdaptlinkPlanner>(); }
+
+}  // namespace adaptlink::partition::detail
+
+namespace adaptlink::partition {
+
+std::unique_ptr<Planner> make_adaptlink(const AdaptlinkOptions& options) {
+  return std::make_unique<detail::AdaptlinkPlanner>(options);
+}
+
+}  // namespace adaptlink::partition
+
+namespace adaptlink::partition::detail {
 
 std::vector<Stage> adaptlink_screened(const CostModel& cost, Objective objective) {
   const auto devices = active_devices(cost.scenario());

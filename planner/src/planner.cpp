@@ -18,6 +18,7 @@
 #include <numeric>
 
 #include "adaptlink/planner/backup.hpp"
+#include "adaptlink/planner/bottleneck.hpp"
 #include "planners_internal.hpp"
 
 namespace adaptlink::partition {
@@ -156,6 +157,30 @@ double alone_lower_bound_ms(const CostModel& cost) {
   return ms;
 }
 
+// The plan's certificate (Plan::upper_bound_rps), on the cost model it runs on. The demand caps every kind: a closed
+// loop of A admitted requests reaches at most A / (the shortest possible latency alone), Poisson its rate.
+void certify(const CostModel& base, Plan& plan) {
+  if (!plan.predicted.feasible) return;
+  const PlanCost run(base, plan);
+  const CostModel& cost = run.get();
+  const auto& sc = cost.scenario();
+  if (batches_decode(sc)) return;
+  const double lower_ms = alone_lower_bound_ms(cost);
+  if (lower_ms <= 0) return;
+  const auto devices = active_devices(sc);
+  const double demand = closed_loop(sc.workload) ? sc.workload.in_flight * 1e3 / lower_ms : sc.workload.rate_per_s;
+  if (plan.replicas.empty()) {
+    const auto exact = min_bottleneck_pipeline(cost, devices);
+    if (exact.capped || exact.lower_bound_ms <= 0) return;
+    plan.upper_bound_rps = std::min(demand, 1e3 / exact.lower_bound_ms);
+    plan.bound_kind = "one pipeline";
+  } else {
+    // Replicas on any grouping: every device busy all the time, every node on its fastest device.
+    plan.upper_bound_rps = std::min(demand, static_cast<double>(devices.size()) * 1e3 / lower_ms);
+    plan.bound_kind = "any";
+  }
+}
+
 }  // namespace
 
 std::vector<int> admission_steps(int population) {
@@ -269,6 +294,7 @@ Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Object
   Plan plan = std::move(*best.plan);
   plan.solve_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   if (sc.planner.backups) place_backups(*best.cost, plan);
+  certify(cost, plan);
   return plan;
 }
 

@@ -182,8 +182,18 @@ class ReplicaSearch {
     weights_ = cost.weight_bytes(0, last);
     kv_per_request_ = cost.kv_bytes(0, last) / cost.scenario().workload.in_flight;
     buffer_ = cost.buffer_bytes(0, last);
-    for (int d : active_devices(cost.scenario())) {
+    const auto& sc = cost.scenario();
+    const auto named = detail::named_in_direct_links(sc);
+    std::map<std::tuple<double, double, double, double, double, double, double>, int> types;
+    type_of_.assign(sc.devices.size(), -1);
+    for (int d : active_devices(sc)) {
       alone_rps_[d] = 1e3 / (cost.prefill_ms(d, 0, last) + cost.decode_total_ms(d, 0, last));
+      const auto& dev = sc.devices[d];
+      const Link l = sc.network.topology == Topology::star ? sc.network.access_link(d) : sc.network.default_link;
+      const auto key = std::make_tuple(dev.mem_bytes, dev.tflops, dev.mem_bw_gbs, l.bandwidth_mbps, l.latency_ms,
+                                       cost.prefill_ms(d, 0, last), cost.decode_total_ms(d, 0, last));
+      type_of_[d] = named[d] ? static_cast<int>(sc.devices.size()) + d
+                             : types.try_emplace(key, static_cast<int>(types.size())).first->second;
     }
   }
 
@@ -254,15 +264,46 @@ class ReplicaSearch {
     return out;
   }
 
-  // adaptlink's search on the group (memoised); empty when it cannot hold the model.
-  const std::vector<Stage>& base_stages(const Group& group) {
-    auto& base = base_plans_[group];
+  // Interchangeable devices (same specs, node times and links, none named in a direct link) share a type, and groups
+  // of the same types plan and replay alike: the memos below are keyed by a group's types, and a plan made for one
+  // group serves another relabelled (many identical boards then cost one search, not one per group).
+  [[nodiscard]] std::vector<int> types_of(const Group& group) const {
+    std::vector<int> t;
+    for (int d : group) t.push_back(type_of_[d]);
+    std::sort(t.begin(), t.end());
+    return t;
+  }
+  // `stages` of group `from` on group `to` of the same types: the r-th device of a type in `from` becomes the r-th
+  // of that type in `to`.
+  [[nodiscard]] std::vector<Stage> relabel(std::vector<Stage> stages, const Group& from, const Group& to) const {
+    if (from == to) return stages;
+    for (auto& st : stages) {
+      const int type = type_of_[st.device];
+      int rank = 0;
+      for (int d : from) {
+        if (d == st.device) break;
+        rank += type_of_[d] == type ? 1 : 0;
+      }
+      for (int d : to) {
+        if (type_of_[d] == type && rank-- == 0) {
+          st.device = d;
+          break;
+        }
+      }
+    }
+    return stages;
+  }
+
+  // adaptlink's search on the group (memoised by types); empty when it cannot hold the model.
+  std::vector<Stage> base_stages(const Group& group) {
+    auto& [from, base] = base_plans_[types_of(group)];
     if (!base) {
       const int k = std::min(static_cast<int>(group.size()), cost_.scenario().workload.in_flight);
       auto problem = replica_problem(cost_, group, k, cost_.scenario().workload.requests);
       base = detail::adaptlink_screened(*problem.cost, objective_);
+      from = group;
     }
-    return *base;
+    return relabel(*base, from, group);
   }
 
   // The problem at k requests in flight, for replaying any group's stages (memoised).
@@ -277,9 +318,17 @@ class ReplicaSearch {
   const Plan* full_plan(const Group& group, int k) {
     auto [it, fresh] = full_plans_.try_emplace(std::make_pair(group, k));
     if (fresh) {
-      auto problem = replica_problem(cost_, group, k, cost_.scenario().workload.requests);
-      if (auto plan = planner_->plan(*problem.cost, objective_); plan && plan->predicted.feasible) {
-        it->second = std::move(*plan);
+      auto& [from, typed] = full_by_types_[std::make_pair(types_of(group), k)];
+      if (from.empty()) {
+        from = group;
+        auto problem = replica_problem(cost_, group, k, cost_.scenario().workload.requests);
+        if (auto plan = planner_->plan(*problem.cost, objective_); plan && plan->predicted.feasible) {
+          typed = std::move(*plan);
+        }
+      }
+      if (typed) {
+        it->second = *typed;
+        it->second->stages = relabel(typed->stages, from, group);
       }
     }
     return it->second ? &*it->second : nullptr;
@@ -290,7 +339,7 @@ class ReplicaSearch {
   // per group and slot would cost many times more; the winning groups are planned in full at their own k).
   // 0 when the group cannot hold the model.
   double group_rps(const Group& group, int k) {
-    const auto key = std::make_pair(group, k);
+    const auto key = std::make_pair(types_of(group), k);
     if (auto it = rps_.find(key); it != rps_.end()) return it->second;
     double rps = 0;
     if (auto stages = base_stages(group); !stages.empty()) {
@@ -360,10 +409,13 @@ class ReplicaSearch {
   std::unique_ptr<Planner> planner_;
   double weights_ = 0, kv_per_request_ = 0, buffer_ = 0;
   std::map<int, double> alone_rps_;  // active devices
-  std::map<Group, std::optional<std::vector<Stage>>> base_plans_;
+  std::vector<int> type_of_;  // per scenario device (-1: not active)
+  // Keyed by a group's types: the group it was made for, and the plan.
+  std::map<std::vector<int>, std::pair<Group, std::optional<std::vector<Stage>>>> base_plans_;
   std::map<int, ReplicaProblem> problems_;  // by k: replays read only the workload, not the device roles
-  std::map<std::pair<Group, int>, std::optional<Plan>> full_plans_;
-  std::map<std::pair<Group, int>, double> rps_;
+  std::map<std::pair<Group, int>, std::optional<Plan>> full_plans_;  // relabelled copies, per group
+  std::map<std::pair<std::vector<int>, int>, std::pair<Group, std::optional<Plan>>> full_by_types_;
+  std::map<std::pair<std::vector<int>, int>, double> rps_;
   double rps_of_ = 0;
 };
 

@@ -61,11 +61,13 @@ TEST(Validation, OneRequestLatencyIsSumOfStagesAndTransfers) {
 // FIFO stages needs that population to keep the slowest one busy all the time (see sim/README.md).
 // Decode-first is work-conserving too, so the bottleneck stays busy; but with that many requests decoding,
 // new prefills wait for gaps and completions come in bursts, so the finite steady window (4 x in_flight
-// requests) reads up to ~1.2 % low (0.2 % with 16 x): it gets 2 %.
+// requests) reads up to ~1.2 % low (0.2 % with 16 x): it gets 2 %. FIFO gets 1 %, or 2 % where two or more stages
+// are within 5 % of the bottleneck: there the closed network needs a larger population still (phone-laptop-pi's
+// adaptlink plan, stages of 2,670 and 2,723 ms, reads 1.55 % low at 20 x the knee, 1.71 % with 16 x the requests,
+// 0.92 % at 40 x: the population, not the window).
 TEST(Validation, SaturatedThroughputIsOneOverBottleneck) {
   for (const auto& file : bundled_scenarios()) {
     for (const auto schedule : {part::Schedule::fifo, part::Schedule::decode_first}) {
-      const double tolerance = schedule == part::Schedule::fifo ? 0.01 : 0.02;
       auto loaded = unbatched(load(file));
       loaded.planner.schedule = schedule;
       auto original = problem(loaded);
@@ -82,8 +84,14 @@ TEST(Validation, SaturatedThroughputIsOneOverBottleneck) {
         auto p = problem(sc);
         auto report = simulate(*p->cost, pl);
         ASSERT_TRUE(report) << report.error().to_string();
+        int near_bottleneck = 0;
+        for (const auto& st : pl.stages) {
+          near_bottleneck += st.prefill_ms + st.decode_ms >= 0.95 * w ? 1 : 0;
+        }
+        const double tolerance = schedule == part::Schedule::fifo && near_bottleneck < 2 ? 0.01 : 0.02;
         const double expected = 1e3 / w;
-        EXPECT_NEAR(report->throughput_rps, expected, tolerance * expected) << "in_flight " << sc.workload.in_flight;
+        EXPECT_NEAR(report->throughput_rps, expected, tolerance * expected)
+            << "in_flight " << sc.workload.in_flight << ", stages within 5 % of the bottleneck " << near_bottleneck;
         // The bottleneck device is busy all the time.
         double busiest = 0;
         for (const auto& [name_, u] : report->device_utilization) busiest = std::max(busiest, u);

@@ -71,6 +71,10 @@ struct Replica {
   Prediction predicted;  // on its own problem (replica_problem in replicas.hpp)
 };
 
+// From this many devices in the scenario on, plans list their replicas compactly: one table row per replica, and the
+// JSON's replica stages without their node names.
+inline constexpr int kCompactDevices = 64;
+
 struct Plan {
   std::string planner;
   Objective objective = Objective::throughput;
@@ -87,6 +91,11 @@ struct Plan {
   // (a plan made by a Planner directly).
   int in_flight = 0;
   int max_batch = 0;
+  // make_plan's certificate: no plan of `bound_kind` on the same devices, costs, admission limit and one decode step
+  // at a time per stage reaches more than `upper_bound_rps` (the closed form, which the unbatched replay never
+  // exceeds). 0 where none is proven: batched stages (their closed form is an estimate), or a search table capped.
+  double upper_bound_rps = 0;
+  std::string bound_kind;  // "one pipeline" (exact bottleneck search), or "any" (every node on its fastest device)
 };
 
 // The scenario as a plan with admission limit `in_flight` and batch limit `max_batch` runs it: workload.in_flight

@@ -44,6 +44,13 @@ Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Object
 // down to 1 (steps of about 1.41x).
 std::vector<int> admission_steps(int population);
 
+// adaptlink with its seeds switched off: the baselines' and the peers' plans are not offered to its search (tests show
+// that the search alone is at least as good as each peer).
+struct AdaptlinkOptions {
+  bool seeds = true;
+};
+std::unique_ptr<Planner> make_adaptlink(const AdaptlinkOptions& options);
+
 // Error naming the memory shortfall of a whole model on the given devices.
 Error memory_shortfall(const CostModel& cost, const std::vector<int>& devices);
 
