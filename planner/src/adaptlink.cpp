@@ -629,9 +629,12 @@ constexpr double kPeerSeedMaxCells = 20000;
 // Candidates (besides the bound-best plan and the seeds) that step 1 replays in full; the others are
 // screened in step 2.
 constexpr size_t kFullyRanked = 3;
-// Refinement budget, in full replays: grows with the search space as issue 3's time targets do.
+// Refinement budget, in full replays: grows with the search space as issue 3's time targets do, up to its value at 16
+// devices (the suite's largest): beyond that the neighbours of one plan are no more numerous per stage, and a budget
+// growing with the square of the devices made planning 64 devices take seconds of replays alone.
 constexpr double kMinRefineBudget = 6.0;
 constexpr double kRefineBudgetPerDeviceSq = 0.1;
+constexpr double kMaxRefineBudget = kRefineBudgetPerDeviceSq * 16 * 16;
 
 // The search: the baselines seed the incumbent (adaptlink is never below them), so do the peers' plans where
 // their dynamic programs are small (a few ms); then the DP over device orders.
@@ -722,7 +725,7 @@ class AdaptlinkPlanner final : public Planner {
     //    (like with like: short replays run lower than full ones) and its full replay beats it too.
     ranker.reset_budget();
     const double n_dev = static_cast<double>(devices.size());
-    const double budget = std::max(kMinRefineBudget, kRefineBudgetPerDeviceSq * n_dev * n_dev);
+    const double budget = std::clamp(kRefineBudgetPerDeviceSq * n_dev * n_dev, kMinRefineBudget, kMaxRefineBudget);
     double chosen_screen = ranker.screen(chosen, 0.0);
     auto try_plan = [&](std::vector<Stage>& n) {
       auto st = n;

@@ -11,6 +11,7 @@
 #include "adaptlink/planner/bottleneck.hpp"
 #include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
+#include "brute_force.hpp"
 #include "small_llava.hpp"
 
 namespace al = adaptlink;
@@ -24,28 +25,8 @@ double bottleneck_of(const part::CostModel& cost, std::vector<part::Stage> stage
 
 // Brute force: every ordered subset of the devices and every cut, evaluate()'s bottleneck of each that fits.
 double brute_force(const part::CostModel& cost) {
-  const int n = cost.num_devices(), nodes = cost.num_nodes();
   double best = std::numeric_limits<double>::infinity();
-  std::vector<bool> used(static_cast<size_t>(n), false);
-  std::vector<part::Stage> stages;
-  std::function<void(int)> extend = [&](int first) {
-    if (first == nodes) {
-      best = std::min(best, bottleneck_of(cost, stages));
-      return;
-    }
-    for (int d = 0; d < n; ++d) {
-      if (used[d]) continue;
-      used[d] = true;
-      for (int last = first; last < nodes; ++last) {
-        if (cost.memory_bytes(first, last) > cost.scenario().devices[d].mem_bytes) break;
-        stages.push_back(part::Stage{d, first, last});
-        extend(last + 1);
-        stages.pop_back();
-      }
-      used[d] = false;
-    }
-  };
-  extend(0);
+  al::testing::for_each_plan(cost, [&](const std::vector<part::Stage>& stages) { best = std::min(best, bottleneck_of(cost, stages)); });
   return best;
 }
 
@@ -255,4 +236,33 @@ TEST(Certificate, BoundsEveryPlannerAndIsTightForAdaptlinkAtSaturation) {
   }
   EXPECT_GE(certified, 25);
   EXPECT_GE(batched_plans, 20);
+}
+
+// From 64 devices on, a replicated plan's JSON lists each replica's stages without their node names (first_layer and
+// last_layer say the same); below, with them. The top-level stages keep them.
+TEST(PlanJson, ListsReplicasCompactlyFrom64Devices) {
+  for (const int n : {8, part::kCompactDevices}) {
+    std::mt19937_64 rng(7);
+    part::Scenario s = random_cluster(rng, n, 2, "compact");
+    for (auto& d : s.devices) d.mem_bytes = 64e9;
+    auto problem = part::make_problem(std::move(s));
+    const auto& cost = *problem->cost;
+    part::Plan plan;
+    plan.planner = "adaptlink";
+    for (int r = 0; r < 2; ++r) {
+      part::Replica rep;
+      rep.devices = {r};
+      rep.stages = {part::Stage{r, 0, cost.num_nodes() - 1}};
+      part::evaluate(cost, rep.stages);
+      plan.replicas.push_back(rep);
+    }
+    plan.stages = plan.replicas[0].stages;
+    const auto j = part::to_json(plan, cost);
+    ASSERT_EQ(j.at("replicas").size(), 2u);
+    const auto& stage = j.at("replicas")[1].at("stages")[0];
+    EXPECT_EQ(stage.at("first_layer"), 0);
+    EXPECT_EQ(stage.at("last_layer"), cost.num_nodes() - 1);
+    EXPECT_EQ(stage.contains("nodes"), n < part::kCompactDevices) << n << " devices";
+    EXPECT_TRUE(j.at("stages")[0].contains("nodes"));
+  }
 }

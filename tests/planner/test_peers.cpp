@@ -15,6 +15,7 @@
 
 #include "adaptlink/planner/planner.hpp"
 #include "adaptlink/planner/replicas.hpp"
+#include "brute_force.hpp"
 #include "small_llava.hpp"
 #include "adaptlink/partition/problem.hpp"
 
@@ -354,33 +355,13 @@ double own_bottleneck(const part::CostModel& cost, const std::vector<part::Stage
   return w;
 }
 
-// Brute force over ordered device subsets and cuts: the smallest own bottleneck of a plan that fits.
+// Brute force over ordered device subsets and cuts: the smallest own bottleneck of a plan that fits (EdgeShard's
+// first stage on the source device, device 0).
 double brute_force_bottleneck(const part::CostModel& cost, bool edgeshard) {
-  const int n = cost.num_devices();
-  const int nodes = cost.num_nodes();
   double best = std::numeric_limits<double>::infinity();
-  std::vector<int> order;
-  std::vector<bool> used(static_cast<size_t>(n), false);
-  std::vector<part::Stage> stages;
-  // Recursive: extend the plan with a stage on an unused device starting at `first`.
-  std::function<void(int)> extend = [&](int first) {
-    if (first == nodes) {
-      best = std::min(best, own_bottleneck(cost, stages, edgeshard));
-      return;
-    }
-    for (int d = 0; d < n; ++d) {
-      if (used[d] || (edgeshard && first == 0 && d != 0) || (edgeshard && first > 0 && d == 0)) continue;
-      used[d] = true;
-      for (int last = first; last < nodes; ++last) {
-        if (cost.memory_bytes(first, last) > cost.scenario().devices[d].mem_bytes) break;
-        stages.push_back(part::Stage{d, first, last});
-        extend(last + 1);
-        stages.pop_back();
-      }
-      used[d] = false;
-    }
-  };
-  extend(0);
+  adaptlink::testing::for_each_plan(
+      cost, [&](const std::vector<part::Stage>& stages) { best = std::min(best, own_bottleneck(cost, stages, edgeshard)); },
+      [&](int d, int first) { return !edgeshard || (first == 0) == (d == 0); });
   return best;
 }
 

@@ -23,6 +23,6 @@ struct MinBottleneck {
 // `max_cells` bounds the table (count vectors x last-stage types); beyond it the largest types' counts are cut (then
 // `capped`). Counts above the number of nodes are cut without loss (a pipeline has at most one stage per node).
 MinBottleneck min_bottleneck_pipeline(const CostModel& cost, const std::vector<int>& devices,
-                                      double max_cells = 1 << 21);
+                                      double max_cells = 1 << 18);
 
 }  // namespace adaptlink::partition
