@@ -90,6 +90,24 @@ class BottleneckTable {
       --*largest;
       capped_ = true;
     }
+    // Still too many (many distinct devices): leave out the slowest types (whole model alone), keeping one.
+    while (cells() > max_cells) {
+      int slowest = -1, left = 0;
+      double slowest_ms = -1;
+      for (int t = 0; t < n_types; ++t) {
+        if (counts_[t] == 0) continue;
+        ++left;
+        const int d = types_[t].front();
+        const double ms = cost.prefill_ms(d, 0, last) + cost.decode_total_ms(d, 0, last);
+        if (ms > slowest_ms) {
+          slowest_ms = ms;
+          slowest = t;
+        }
+      }
+      if (left <= 1) break;
+      counts_[slowest] = 0;
+      capped_ = true;
+    }
     radix_.assign(n_types + 1, 1);
     for (int t = 0; t < n_types; ++t) radix_[t + 1] = radix_[t] * static_cast<size_t>(counts_[t] + 1);
     sets_ = radix_[n_types];

@@ -266,3 +266,26 @@ TEST(PlanJson, ListsReplicasCompactlyFrom64Devices) {
     EXPECT_TRUE(j.at("stages")[0].contains("nodes"));
   }
 }
+
+// Many distinct devices, some named in direct links (so the last stage's type stays in the state): the table is
+// bounded by leaving out the slowest types, the result says so, and it is still a valid plan.
+TEST(MinBottleneck, ManyDistinctDevicesStayBoundedAndStillPlan) {
+  std::mt19937_64 rng(40);
+  part::Scenario s = random_cluster(rng, 40, 8, "distinct40");
+  for (size_t d = 0; d < s.devices.size(); ++d) {
+    s.devices[d].tflops = 0.5 + 0.1 * static_cast<double>(d);  // all distinct
+    s.devices[d].mem_bytes = 2e9 + 1e8 * static_cast<double>(d);
+  }
+  s.network.direct[{0, 1}] = {500, 0.5};
+  auto problem = part::make_problem(std::move(s));
+  const auto& cost = *problem->cost;
+  const auto start = std::chrono::steady_clock::now();
+  const auto got = part::min_bottleneck_pipeline(cost, part::active_devices(problem->scenario));
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_TRUE(got.capped);
+  EXPECT_EQ(got.lower_bound_ms, 0);
+  EXPECT_LE(got.cells, 1 << 18);
+  ASSERT_FALSE(got.stages.empty());
+  EXPECT_NEAR(bottleneck_of(cost, got.stages), got.bottleneck_ms, 1e-12 * got.bottleneck_ms);
+  EXPECT_LT(ms, 20000);
+}
