@@ -189,7 +189,6 @@ class BottleneckTable {
       }
       spread(radix_[v], uniform_ ? 0 : v, 0, a, d);
     }
-    std::vector<Word> bits(words_);
     for (size_t set = 1; set < sets_; ++set) {
       for (int u = 0; u < last_dim_; ++u) {
         for (int e = 0; e < 2; ++e) {
