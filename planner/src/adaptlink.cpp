@@ -638,12 +638,15 @@ constexpr double kMaxRefineBudget = kRefineBudgetPerDeviceSq * 16 * 16;
 
 // The search: the baselines seed the incumbent (adaptlink is never below them), so do the peers' plans where
 // their dynamic programs are small (a few ms); then the DP over device orders.
-void seed_and_solve(const CostModel& cost, Objective objective, const std::vector<int>& devices, Search& search,
-                    bool seeds = true) {
+// Returns the exact search's lower bound on any one-pipeline plan's bottleneck (ms; 0 when none is proven).
+double seed_and_solve(const CostModel& cost, Objective objective, const std::vector<int>& devices, Search& search,
+                      bool seeds = true) {
   // The exact one-pipeline search for the bottleneck (bottleneck.cpp), whatever the device order: the best plan at
   // saturation, and a candidate that the replay ranks in closed loops.
+  double lower_bound_ms = 0;
   if (objective == Objective::throughput) {
     auto exact = min_bottleneck_pipeline(cost, devices);
+    if (!exact.capped) lower_bound_ms = exact.lower_bound_ms;
     if (!exact.stages.empty()) {
       Plan p;
       p.stages = std::move(exact.stages);
@@ -652,7 +655,7 @@ void seed_and_solve(const CostModel& cost, Objective objective, const std::vecto
   }
   if (!seeds) {
     search.solve();
-    return;
+    return lower_bound_ms;
   }
   for (const char* baseline : {"uniform", "proportional", "memory"}) {
     auto p = make_planner(baseline);
@@ -665,6 +668,7 @@ void seed_and_solve(const CostModel& cost, Objective objective, const std::vecto
     }
   }
   search.solve();
+  return lower_bound_ms;
 }
 
 class AdaptlinkPlanner final : public Planner {
@@ -675,7 +679,7 @@ class AdaptlinkPlanner final : public Planner {
     const auto devices = active_devices(cost.scenario());
     if (devices.empty()) return make_error("adaptlink: no active device");
     Search search(cost, objective, devices);
-    seed_and_solve(cost, objective, devices, search, options_.seeds);
+    const double lower_bound_ms = seed_and_solve(cost, objective, devices, search, options_.seeds);
     if (search.best().empty()) return memory_shortfall(cost, devices);
     Plan plan;
     plan.planner = "adaptlink";
@@ -720,6 +724,20 @@ class AdaptlinkPlanner final : public Planner {
     }
     if (chosen.empty()) return plan;  // no replay finished (cannot happen for a feasible plan)
 
+    // Replicas (replicas.cpp) win when they beat the one-pipeline plan by kReplicaMinGain. Unbatched, no one-pipeline
+    // plan exceeds 1 / (the exact search's lower bound on the bottleneck): when the replicated plan beats that by
+    // kReplicaMinGain the refinement below cannot change the outcome, and is skipped. The replica search sees the ranked
+    // plan's throughput, a lower bar than the refined one's (it prunes groupings below it).
+    std::optional<Plan> replicated;
+    const bool replicas_first = !batched && lower_bound_ms > 0 && replicas_allowed(cost.scenario(), objective);
+    if (replicas_first) {
+      replicated = plan_replicas(cost, objective, best);
+      if (replicated && replicated->predicted.throughput_rps > kReplicaMinGain * 1e3 / lower_bound_ms) {
+        replicated->search_bound_rps = std::max(replicated->search_bound_rps, plan.search_bound_rps);
+        return std::move(*replicated);
+      }
+    }
+
     // 2. Refine: the other candidates, then one-step neighbours, until none improves or the budget
     //    is spent. A plan replaces the current one when its short replay beats the current plan's
     //    (like with like: short replays run lower than full ones) and its full replay beats it too.
@@ -758,7 +776,8 @@ class AdaptlinkPlanner final : public Planner {
     plan.predicted = evaluate(cost, plan.stages);
     plan.predicted.throughput_rps = best;
     // Several independent pipelines on disjoint device groups, when they beat this one (replicas.cpp).
-    if (auto replicated = plan_replicas(cost, objective, best)) {
+    if (!replicas_first) replicated = plan_replicas(cost, objective, best);
+    if (replicated && replicated->predicted.throughput_rps > kReplicaMinGain * best) {
       replicated->search_bound_rps = std::max(replicated->search_bound_rps, plan.search_bound_rps);
       return std::move(*replicated);
     }

@@ -19,11 +19,33 @@
 //   * throughput is counted over the steady window of report.hpp (completions first..last).
 // No SimGrid here: this is the core's cost model of a whole pipeline, fast enough (a few ms for
 // 40 requests) to rank a planner's best candidates.
+//
+// The steady-state skip (ReplayOptions::skip_steady). A pipeline of alike requests often settles into a cycle:
+// after some completion n its whole state is that of an earlier completion m, dt = t_n - t_m later, with every
+// request dp = n - m admissions younger. The state is everything the future depends on: the pending events (their
+// times relative to now, in pop order, which also fixes the ties), each stage's queue, its busy time and running
+// prefill, each link's flows (their remaining bytes, in departure order), and the admission and first-token times
+// of the requests in flight. The replay is deterministic, invariant under a shift of its clock (it only adds
+// durations to times and compares times), and requests are alike (an id only names one), so from n on it plays
+// the stretch m..n again, dt later, for as long as admissions go on: the completions of each repeat are those of
+// m..n, k * dt later, with the same time to first token and per output token. The skip plays k whole repeats at
+// once (as many as end before the steady window's last completion and the last admission), moves the state dt * k
+// later and dp * k admissions on, and goes on event by event: the window's end and the drain are replayed.
+// The error bound: in exact arithmetic the skip is exact. In floating point the two states are matched with the
+// discrete part (kinds, stages, steps, queue orders, request ages) equal and every time and byte count equal to a
+// relative 1e-9 (kSkipTolerance; rounding of times of 1e5 ms is ~1e-11); the shift adds k * dt, one rounding per
+// value. Tests/planner/test_replay.cpp holds every completion, time to first token and per output token, the
+// throughput and the mean latency to 1e-9 of the event-by-event replay on the suite (as it is, batched, fifo, one
+// in flight). A pipeline that never repeats (many stages and requests in flight whose steps keep interleaving
+// differently) is replayed event by event, as before.
 #include <algorithm>
+#include <cstdint>
+#include <cmath>
 #include <deque>
 #include <limits>
 #include <queue>
 #include <tuple>
+#include <unordered_map>
 
 #include "adaptlink/planner/replay.hpp"
 #include "adaptlink/runtime/report.hpp"
@@ -33,6 +55,9 @@
 namespace adaptlink::partition {
 
 namespace {
+
+// The steady-state skip's match: continuous state values equal to this relative precision (see the top).
+constexpr double kSkipTolerance = 1e-9;
 
 enum class Kind { task, join, check, wake };
 
@@ -64,31 +89,71 @@ class EventQueue {
       free_.pop_back();
       pool_[static_cast<size_t>(slot)] = e;
     }
-    heap_.push(Key{e.t, e.kind == Kind::wake ? 1 : 0, e.seq, slot});
+    // (rank, seq, slot) in one word, compared as one: seq below 2^40, slots (pending events) below 2^23.
+    const auto tie = (static_cast<uint64_t>(e.kind == Kind::wake) << 63) | (static_cast<uint64_t>(e.seq) << 23) |
+                     static_cast<uint64_t>(slot);
+    // An arrival at the current instant goes after every pending event of this instant (its seq is the largest), so
+    // a queue in push order holds it in pop order without the heap.
+    if (e.t == now_ && e.kind != Kind::wake) {
+      now_queue_.push_back(Key{e.t, tie});
+      return;
+    }
+    heap_.push_back(Key{e.t, tie});
+    std::push_heap(heap_.begin(), heap_.end(), std::greater<>());
   }
-  [[nodiscard]] bool empty() const { return heap_.empty(); }
+  [[nodiscard]] bool empty() const { return heap_.empty() && now_head_ == now_queue_.size(); }
   Event pop() {
-    const Key k = heap_.top();
-    heap_.pop();
-    free_.push_back(k.slot);
-    return pool_[static_cast<size_t>(k.slot)];
+    Key k;
+    if (now_head_ < now_queue_.size() && (heap_.empty() || heap_.front() > now_queue_[now_head_])) {
+      k = now_queue_[now_head_++];
+      if (now_head_ == now_queue_.size()) {
+        now_queue_.clear();
+        now_head_ = 0;
+      }
+    } else {
+      std::pop_heap(heap_.begin(), heap_.end(), std::greater<>());
+      k = heap_.back();
+      heap_.pop_back();
+    }
+    now_ = k.t;
+    const auto slot = static_cast<size_t>(k.tie & kSlotMask);
+    free_.push_back(static_cast<int>(slot));
+    return pool_[slot];
+  }
+  // The pending events in the order pop() takes them.
+  [[nodiscard]] std::vector<Event> in_order() const {
+    auto keys = heap_;
+    keys.insert(keys.end(), now_queue_.begin() + static_cast<std::ptrdiff_t>(now_head_), now_queue_.end());
+    std::sort(keys.begin(), keys.end(), [](const Key& a, const Key& b) { return b > a; });
+    std::vector<Event> out;
+    out.reserve(keys.size());
+    for (const auto& k : keys) out.push_back(pool_[static_cast<size_t>(k.tie & kSlotMask)]);
+    return out;
+  }
+  // Replaces the pending events (their order by (t, seq) as push() keeps it).
+  void assign(const std::vector<Event>& events) {
+    heap_.clear();
+    now_queue_.clear();
+    now_head_ = 0;
+    pool_.clear();
+    free_.clear();
+    now_ = -std::numeric_limits<double>::infinity();  // every event goes to the heap, which orders them
+    for (const auto& e : events) push(e);
   }
 
  private:
   // At one instant, arrivals (tasks, link events) go before a stage's wake: a step that lands when a stage frees up
   // is seen by its pick, as the simulator's devices see it (they yield before picking).
+  static constexpr uint64_t kSlotMask = (uint64_t{1} << 23) - 1;
   struct Key {
     double t;
-    int rank;  // 0: task, join, check; 1: wake
-    long long seq;
-    int slot;
-    bool operator>(const Key& o) const {
-      if (t != o.t) return t > o.t;
-      if (rank != o.rank) return rank > o.rank;
-      return seq > o.seq;
-    }
+    uint64_t tie;  // rank (0: task, join, check; 1: wake), then seq, then the pool slot
+    bool operator>(const Key& o) const { return t != o.t ? t > o.t : tie > o.tie; }
   };
-  std::priority_queue<Key, std::vector<Key>, std::greater<>> heap_;
+  std::vector<Key> heap_;  // a min-heap by (t, rank, seq)
+  std::vector<Key> now_queue_;  // arrivals pushed at the instant of the last pop, in push order, from now_head_
+  size_t now_head_ = 0;
+  double now_ = -std::numeric_limits<double>::infinity();
   std::vector<Event> pool_;
   std::vector<int> free_;
 };
@@ -191,6 +256,7 @@ class Replay {
     cut_span_ms_ = options.beat_rps > 0 ? (window_.last - window_.first) * 1e3 / options.beat_rps
                                         : std::numeric_limits<double>::infinity();
     window_open_ = window_.first == 0;
+    skip_ = options.skip_steady && !options.busy;
   }
 
   ReplayResult run(double stagger_ms) {
@@ -221,6 +287,10 @@ class Replay {
           break;
       }
       if (window_ended && options_.stop_at_window_end) break;
+      if (completed_) {
+        completed_ = false;
+        if (skip_) skip_periods(e.t);
+      }
     }
     const double span_ms = window_end_ - window_start_;
     result_.throughput_rps = span_ms > 0 ? (window_.last - window_.first) * 1e3 / span_ms : 0;
@@ -381,10 +451,17 @@ class Replay {
   // Starts the stage's next waiting task at t. Returns true when it completed the steady window.
   bool start_next(int s, double t) {
     auto& q = queues_[s];
-    auto next = q.queue.next_batch([](const Waiting&, const Waiting&) { return true; });  // a stage's own queue
-    if (next.empty()) return false;
-    const Waiting w = next.front();
-    if (next.size() > 1) return start_batch(s, t, std::move(next));
+    Waiting w{};
+    if (max_batch_ == 1) {  // next_batch() is next() then, without a vector per pick
+      auto one = q.queue.next();
+      if (!one) return false;
+      w = *one;
+    } else {
+      auto next = q.queue.next_batch([](const Waiting&, const Waiting&) { return true; });  // a stage's own queue
+      if (next.empty()) return false;
+      w = next.front();
+      if (next.size() > 1) return start_batch(s, t, std::move(next));
+    }
     if (w.step >= 0 || !decode_first_) {  // a decode step, or a fifo prefill over the whole range: its end is known
       q.busy_until = t + (w.step >= 0 ? decode_ms_[s][w.step] : prefill_ms_[s]);
       if (options_.busy) recorder_.busy(stages_[s].device, t, q.busy_until);
@@ -473,9 +550,175 @@ class Replay {
       window_open_ = true;
     }
     admit(end);
+    completed_ = true;
     if (done_ != window_.last) return false;
     window_end_ = end;
     return true;
+  }
+
+  struct Snapshot {
+    long long done = 0;
+    double t = 0, latency_sum = 0;
+    std::vector<long long> discrete;
+    std::vector<double> times;
+  };
+
+  // The steady-state skip (see the top). The state at `now`, after a completion, as a discrete part that must match
+  // exactly and a continuous part matched to within kSkipTolerance: requests by age (admissions since), times
+  // relative to now, a link's flows by their remaining bytes. `ids` gets the requests in flight.
+  void state_of(double now, std::vector<long long>& d, std::vector<double>& c, std::vector<int>& ids) const {
+    d.clear();
+    c.clear();
+    ids.clear();
+    const auto age = [&](int r) -> long long { return r < 0 ? -1 : admitted_count_ - r; };
+    const auto put_request = [&](int r) {
+      d.push_back(age(r));
+      if (r >= 0) ids.push_back(r);
+    };
+    const auto put_batch = [&](int batch) {
+      if (batch < 0) {
+        d.push_back(-1);
+        return;
+      }
+      const auto& members = batches_[static_cast<size_t>(batch)];
+      d.push_back(static_cast<long long>(members.size()));
+      for (const auto& m : members) {
+        put_request(m.request);
+        d.push_back(m.step);
+        d.push_back(m.node);
+      }
+    };
+    d.push_back(admitted_count_ - done_);
+    for (const auto& e : events_.in_order()) {
+      if (e.kind == Kind::check && e.version != links_[static_cast<size_t>(e.link)].version) continue;  // void
+      if (e.kind == Kind::wake && e.version != queues_[static_cast<size_t>(e.stage)].wake_version) continue;
+      const bool own = e.kind == Kind::task || e.kind == Kind::join;
+      d.insert(d.end(), {static_cast<long long>(e.kind), e.stage, e.step, e.hop, e.from, e.link});
+      put_request(own ? e.request : -1);
+      put_batch(own ? e.batch : -1);
+      c.push_back(e.t - now);
+      c.push_back(e.bytes);
+    }
+    for (const auto& q : queues_) {
+      d.insert(d.end(), {static_cast<long long>(q.queue.size()), q.queue.passed_over(), q.wake, q.prefill_running});
+      q.queue.for_each([&](runtime::TaskKind kind, const Waiting& w) {
+        d.insert(d.end(), {static_cast<long long>(kind), w.step, w.node});
+        put_request(w.request);
+      });
+      c.push_back(std::max(0.0, q.busy_until - now));
+      if (q.prefill_running) {
+        d.insert(d.end(), {q.yielding, q.from, q.to});
+        put_request(q.request);
+        c.push_back(q.from_t - now);
+      }
+    }
+    for (size_t l = 0; l < links_.size(); ++l) {
+      const auto& link = links_[l];
+      if (link.finish.empty()) continue;
+      d.insert(d.end(), {static_cast<long long>(l), static_cast<long long>(link.finish.size())});
+      c.push_back(link.bytes_per_ms);
+      const double v = link.v + (now - link.last_t) * link.bytes_per_ms / static_cast<double>(link.finish.size());
+      auto flows = link.finish;
+      while (!flows.empty()) {
+        const auto [finish, id] = flows.top();
+        flows.pop();
+        const Event& f = flows_[static_cast<size_t>(id)];
+        d.insert(d.end(), {f.stage, f.step, f.hop, f.from});
+        put_request(f.request);
+        put_batch(f.batch);
+        c.push_back(finish - v);
+        c.push_back(f.bytes);
+      }
+    }
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    for (const int r : ids) {
+      c.push_back(admitted_[static_cast<size_t>(r)] - now);
+      c.push_back(first_token_[static_cast<size_t>(r)] - now);
+    }
+  }
+
+  // After a completion in the steady window: when the state equals an earlier completion's, shifted by dt and by
+  // dp admissions, the replay from here is that stretch repeated, so whole periods are played at once (their
+  // completions copied dt later each) and the replay goes on event by event for the rest.
+  void skip_periods(double now) {
+    if (!window_open_ || done_ < window_.first || admitted_count_ >= requests_) return;
+    Snapshot snap;
+    snap.done = done_;
+    snap.t = now;
+    snap.latency_sum = latency_sum_;
+    state_of(now, snap.discrete, snap.times, ids_);
+    size_t h = 1469598103934665603ULL;
+    for (const long long x : snap.discrete) h = (h ^ static_cast<size_t>(x)) * 1099511628211ULL;
+    auto& same = by_hash_[h];
+    for (auto it = same.rbegin(); it != same.rend(); ++it) {
+      const Snapshot& m = snapshots_[static_cast<size_t>(*it)];
+      if (m.discrete != snap.discrete || !close(m.times, snap.times)) continue;
+      const long long dp = done_ - m.done;
+      const double dt = now - m.t;
+      const long long k = std::min((window_.last - 1 - done_) / dp, (requests_ - 1 - admitted_count_) / dp);
+      if (k < 1 || dt <= 0) return;
+      shift(m, k, dp, dt);
+      skip_ = false;
+      return;
+    }
+    same.push_back(static_cast<int>(snapshots_.size()));
+    snapshots_.push_back(std::move(snap));
+  }
+
+  [[nodiscard]] static bool close(const std::vector<double>& a, const std::vector<double>& b) {
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (std::abs(a[i] - b[i]) > kSkipTolerance * std::max({1.0, std::abs(a[i]), std::abs(b[i])})) return false;
+    }
+    return true;
+  }
+
+  // Plays k periods of (dp completions, dt ms) after the matched snapshot m: the state moves dt * k later and its
+  // requests dp * k admissions on; the period's completions repeat.
+  void shift(const Snapshot& m, long long k, long long dp, double dt) {
+    const long long n = k * dp;
+    const double span = static_cast<double>(k) * dt;
+    const int ni = static_cast<int>(n);
+    std::vector<Event> live;
+    for (auto e : events_.in_order()) {
+      if (e.kind == Kind::check && e.version != links_[static_cast<size_t>(e.link)].version) continue;
+      if (e.kind == Kind::wake && e.version != queues_[static_cast<size_t>(e.stage)].wake_version) continue;
+      e.t += span;
+      if ((e.kind == Kind::task || e.kind == Kind::join) && e.request >= 0) e.request += ni;
+      live.push_back(e);
+    }
+    events_.assign(live);
+    for (auto& b : batches_) {
+      for (auto& w : b) w.request += ni;
+    }
+    for (auto& f : flows_) {
+      if (f.request >= 0) f.request += ni;
+    }
+    for (auto& q : queues_) {
+      q.busy_until += span;
+      q.from_t += span;
+      q.request += ni;
+      q.queue.for_each_mut([&](Waiting& w) { w.request += ni; });
+    }
+    for (auto& link : links_) link.last_t += span;
+    admitted_.resize(static_cast<size_t>(admitted_count_ + n), 0.0);
+    first_token_.resize(static_cast<size_t>(admitted_count_ + n), 0.0);
+    for (const int r : ids_) {
+      admitted_[static_cast<size_t>(r + ni)] = admitted_[static_cast<size_t>(r)] + span;
+      first_token_[static_cast<size_t>(r + ni)] = first_token_[static_cast<size_t>(r)] + span;
+    }
+    for (long long j = 1; j <= k; ++j) {
+      for (long long i = m.done; i < m.done + dp; ++i) {
+        const auto at = static_cast<size_t>(i);
+        result_.completions_ms.push_back(result_.completions_ms[at] + static_cast<double>(j) * dt);
+        result_.ttft_ms.push_back(result_.ttft_ms[at]);
+        result_.tpot_ms.push_back(result_.tpot_ms[at]);
+      }
+    }
+    latency_sum_ += static_cast<double>(k) * (latency_sum_ - m.latency_sum);
+    admitted_count_ += n;
+    done_ += n;
+    result_.skipped = n;
   }
 
   const CostModel& cost_;
@@ -510,6 +753,10 @@ class Replay {
   double window_start_ = 0, window_end_ = 0, latency_sum_ = 0, cut_span_ms_ = 0;
   bool window_open_ = false;
   runtime::RunRecorder recorder_;  // busy intervals (ReplayOptions::busy)
+  bool skip_ = false, completed_ = false;  // the steady-state skip may still run; a request just completed
+  std::vector<Snapshot> snapshots_;       // the state after each completion in the window, until the skip
+  std::unordered_map<size_t, std::vector<int>> by_hash_;  // snapshots by their discrete part's hash
+  std::vector<int> ids_;                                  // the requests in flight at the last snapshot
   ReplayResult result_;
 };
 

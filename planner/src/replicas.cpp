@@ -162,7 +162,6 @@ bool replicas_allowed(const Scenario& scenario, Objective objective) {
 namespace {
 
 constexpr double kMemorySlack = 1.05;
-constexpr double kMinGain = 1.01;
 // Groupings finished (planned in full and replayed) after the screen.
 constexpr size_t kFinished = 2;
 // Groups of more devices keep their screened plan when finished: adaptlink in full on a group of 12 devices
@@ -480,14 +479,14 @@ std::optional<Plan> plan_replicas(const CostModel& cost, Objective objective, do
   std::vector<std::tuple<double, std::vector<Group>, std::vector<int>>> screened;
   for (const auto& groups : search.groupings()) {
     const auto k = search.share_slots(groups);
-    if (!k.empty() && search.shared_rps() > single_rps * kMinGain) screened.emplace_back(search.shared_rps(), groups, k);
+    if (!k.empty() && search.shared_rps() > single_rps * kReplicaMinGain) screened.emplace_back(search.shared_rps(), groups, k);
   }
   std::stable_sort(screened.begin(), screened.end(),
                    [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
   std::optional<Plan> best;
   for (size_t i = 0; i < std::min(screened.size(), kFinished); ++i) {
     auto plan = finish(cost, objective, search, std::get<1>(screened[i]), std::get<2>(screened[i]));
-    if (plan.predicted.throughput_rps > single_rps * kMinGain &&
+    if (plan.predicted.throughput_rps > single_rps * kReplicaMinGain &&
         (!best || plan.predicted.throughput_rps > best->predicted.throughput_rps)) {
       best = std::move(plan);
     }

@@ -3,9 +3,13 @@
 // adaptlink's replay-aware choice is deterministic and never below the plans it ranks.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 
 #include "adaptlink/planner/planner.hpp"
+#include "adaptlink/planner/replay.hpp"
 #include "adaptlink/partition/problem.hpp"
 
 namespace fs = std::filesystem;
@@ -94,4 +98,58 @@ TEST(Replay, AdaptlinkChoiceIsDeterministicAndAtLeastItsSeeds) {
       EXPECT_GE(a->predicted.throughput_rps, s->predicted.throughput_rps * (1 - 1e-12)) << name << " " << seed;
     }
   }
+}
+
+// The steady-state skip (replay.cpp): once a state after a completion repeats an earlier one, shifted in time and in
+// requests, the replay plays the repeats at once. Against the same replay event by event, on every suite scenario
+// as it is, batched (max_batch 8), fifo and with one request in flight, under three planners: every completion
+// time, time to first token and per output token, the steady throughput and the mean latency agree to 1e-9; and
+// the skip does run (most replays skip most of their window).
+TEST(Replay, SteadyStateSkipGivesTheFullReplaysResults) {
+  const auto close = [](double a, double b) { return std::abs(a - b) <= 1e-9 * std::max({1.0, std::abs(a), std::abs(b)}); };
+  int replays = 0, skipping = 0;
+  long long skipped = 0, window = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(ADAPTLINK_SOURCE_DIR) / "scenarios" / "suite")) {
+    auto loaded = part::load_scenario(e.path());
+    ASSERT_TRUE(loaded) << e.path();
+    for (int variant = 0; variant < 4; ++variant) {
+      auto scenario = *loaded;
+      if (variant == 1) scenario.planner.max_batch = 8;
+      if (variant == 2) scenario.planner.schedule = part::Schedule::fifo;
+      if (variant == 3) scenario.workload.in_flight = 1;
+      const auto problem = part::make_problem(scenario);
+      const auto& cost = *problem->cost;
+      for (const char* planner : {"uniform", "proportional", "pipeedge"}) {
+        auto plan = part::make_plan(cost, planner, part::Objective::throughput);
+        if (!plan) continue;
+        auto stages = plan->stages;
+        const double stagger = part::evaluate(cost, stages).bottleneck_ms;
+        const long long requests = part::replay_requests(scenario.workload);
+        part::ReplayOptions off;
+        off.skip_steady = false;
+        const auto full = part::replay(cost, stages, requests, stagger, off);
+        const auto fast = part::replay(cost, stages, requests, stagger);
+        const std::string where = e.path().stem().string() + " variant " + std::to_string(variant) + " " + planner;
+        ++replays;
+        EXPECT_EQ(full.skipped, 0);
+        skipping += fast.skipped > 0;
+        skipped += fast.skipped;
+        window += requests - 2 * std::min<long long>(requests, scenario.workload.in_flight);
+        ASSERT_EQ(fast.completions_ms.size(), full.completions_ms.size()) << where;
+        EXPECT_TRUE(close(fast.throughput_rps, full.throughput_rps))
+            << where << ": " << fast.throughput_rps << " skipped vs " << full.throughput_rps;
+        EXPECT_TRUE(close(fast.mean_latency_ms, full.mean_latency_ms)) << where;
+        for (size_t i = 0; i < full.completions_ms.size(); ++i) {
+          ASSERT_TRUE(close(fast.completions_ms[i], full.completions_ms[i]) && close(fast.ttft_ms[i], full.ttft_ms[i]) &&
+                      close(fast.tpot_ms[i], full.tpot_ms[i]))
+              << where << ": completion " << i << " at " << fast.completions_ms[i] << " vs " << full.completions_ms[i];
+        }
+      }
+    }
+  }
+  std::printf("%d replays, %d skipped periods, %lld of %lld window completions skipped\n", replays, skipping, skipped,
+              window);
+  EXPECT_GT(replays, 200);
+  EXPECT_GT(skipping, replays / 2);
+  EXPECT_GT(skipped, window / 2);
 }

@@ -20,6 +20,8 @@ struct ReplayResult {
   // ReplayOptions::busy: per scenario device, its busy time (ms) inside the steady window (runtime/report.hpp);
   // empty otherwise.
   std::vector<double> busy_ms;
+  // Completions the steady-state skip played as repeated periods instead of event by event (ReplayOptions).
+  long long skipped = 0;
 };
 // What a replay may skip (ranking) or add (conformance checks) without changing its throughput.
 struct ReplayOptions {
@@ -29,6 +31,9 @@ struct ReplayOptions {
   // Where the clock starts (ms). The pipeline is time-invariant, so results move only by rounding: a probe of how
   // much a plan's replay amplifies rounding differences (tests compare two clocks' results).
   double time_origin_ms = 0;
+  // Once the pipeline's state after a completion repeats an earlier one's (shifted in time and in requests), play the
+  // repeats at once (replay.cpp). Not with `busy`.
+  bool skip_steady = true;
 };
 // Deterministic event-driven replay of `requests` closed-loop requests through the stages, the first
 // in_flight admitted `stagger_ms` apart: what the bound leaves out when prefills and decode steps share stages.

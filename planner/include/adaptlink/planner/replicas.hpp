@@ -52,10 +52,13 @@ Prediction predict_replicated(const CostModel& cost, std::vector<Replica>& repli
 // Whether the scenario lets adaptlink consider replicas (see PlannerSettings::replicas).
 bool replicas_allowed(const Scenario& scenario, Objective objective);
 
+// A replicated plan replaces the one-pipeline plan only when it is this much faster.
+inline constexpr double kReplicaMinGain = 1.01;
+
 // adaptlink's replica search (replicas.cpp): device groups from memory (devices that hold the model alone,
 // then groups just large enough to hold it, then coarser merges), in-flight slots handed out by marginal
 // gain, each group planned by adaptlink itself. Returns the replicated plan when it beats
-// `single_rps` by more than 1 % (both by the reported, replayed prediction), else nothing.
+// `single_rps` by more than kReplicaMinGain (both by the reported, replayed prediction), else nothing.
 std::optional<Plan> plan_replicas(const CostModel& cost, Objective objective, double single_rps);
 
 }  // namespace adaptlink::partition

@@ -132,6 +132,24 @@ class StageQueue {
     while (auto t = next()) out.push_back(std::move(*t));
     return out;
   }
+  // Every waiting task with its kind: rebuilds, then decode-first's decode steps, then the rest, each in queue order.
+  // A back-end that compares its state (the replay's steady-state skip) reads it with for_each and relabels with
+  // for_each_mut.
+  template <class F>
+  void for_each(F f) const {
+    for (const auto& t : rebuilds_) f(TaskKind::rebuild, t);
+    for (const auto& t : decodes_) f(TaskKind::decode, t);
+    for (const auto& o : others_) f(o.kind, o.task);
+  }
+  template <class F>
+  void for_each_mut(F f) {
+    for (auto& t : rebuilds_) f(t);
+    for (auto& t : decodes_) f(t);
+    for (auto& o : others_) f(o.task);
+  }
+  // Whether the last batch passed over a waiting prefill or control task (the turn rule above).
+  [[nodiscard]] bool passed_over() const { return passed_over_; }
+
   void clear() {
     rebuilds_.clear();
     decodes_.clear();
