@@ -16,7 +16,26 @@ double roofline_ms(const models::Cost& cost, const Device& device) {
 }  // namespace
 
 CostModel::CostModel(const models::LayerGraph& graph, const Scenario& scenario)
-    : graph_(&graph), scenario_(&scenario) {
+    : graph_(&graph), scenario_(&scenario), links_(build_links(scenario)) {
+  build_tables();
+  for (int d = 0; d < num_devices(); ++d) rebuild_device(d);
+}
+
+CostModel::CostModel(const CostModel& base, const Scenario& scenario)
+    : graph_(base.graph_), scenario_(&scenario), links_(base.links_) {
+  ADAPTLINK_CHECK(scenario.devices.size() == base.scenario_->devices.size(), "replica scenario with other devices");
+  ADAPTLINK_CHECK(scenario.network.topology == base.scenario_->network.topology &&
+                      scenario.network.direct.size() == base.scenario_->network.direct.size(),
+                  "derived cost model on another network");
+  build_tables();
+  profile_ = base.profile_;
+  slowdown_ = base.slowdown_;
+  for (int d = 0; d < num_devices(); ++d) rebuild_device(d);
+}
+
+void CostModel::build_tables() {
+  const auto& graph = *graph_;
+  const auto& scenario = *scenario_;
   const int n = num_devices();
   const int nodes = num_nodes();
   slowdown_.assign(static_cast<size_t>(n), 1.0);
@@ -64,44 +83,42 @@ CostModel::CostModel(const models::LayerGraph& graph, const Scenario& scenario)
     }
     node_buffer_[i] = io + widest;
   }
+}
 
-  for (int d = 0; d < n; ++d) rebuild_device(d);
-
+std::shared_ptr<const CostModel::Links> CostModel::build_links(const Scenario& scenario) {
+  auto links = std::make_shared<Links>();
+  const int n = static_cast<int>(scenario.devices.size());
+  auto& names = links->names;
+  auto& routes = links->routes;
   // Links: star -> one access link per device (index = device), then direct links; mesh -> one
   // link per pair.
   const auto& net = scenario.network;
   std::map<std::pair<int, int>, int> direct_index;
   if (net.topology == Topology::star) {
-    for (int d = 0; d < n; ++d) link_names_.push_back(scenario.devices[d].name + "<->ap");
+    for (int d = 0; d < n; ++d) names.push_back(scenario.devices[d].name + "<->ap");
   }
   for (int i = 0; i < n; ++i) {
     for (int j = i + 1; j < n; ++j) {
       if (net.direct_link(i, j)) {
-        direct_index[{i, j}] = static_cast<int>(link_names_.size());
-        link_names_.push_back(scenario.devices[i].name + "<->" + scenario.devices[j].name);
+        direct_index[{i, j}] = static_cast<int>(names.size());
+        names.push_back(scenario.devices[i].name + "<->" + scenario.devices[j].name);
       }
     }
   }
-  routes_.assign(static_cast<size_t>(n), std::vector<std::vector<Hop>>(static_cast<size_t>(n)));
+  routes.assign(static_cast<size_t>(n), std::vector<std::vector<Hop>>(static_cast<size_t>(n)));
   for (int i = 0; i < n; ++i) {
     for (int j = 0; j < n; ++j) {
       if (i == j) continue;
       const auto key = std::make_pair(std::min(i, j), std::max(i, j));
       if (auto direct = net.direct_link(i, j)) {
-        routes_[i][j] = {Hop{direct_index.at(key), *direct}};
+        routes[i][j] = {Hop{direct_index.at(key), *direct}};
       } else {
         ADAPTLINK_CHECK(net.topology == Topology::star, "mesh without a direct link");
-        routes_[i][j] = {Hop{i, net.access_link(i)}, Hop{j, net.access_link(j)}};
+        routes[i][j] = {Hop{i, net.access_link(i)}, Hop{j, net.access_link(j)}};
       }
     }
   }
-}
-
-CostModel::CostModel(const CostModel& base, const Scenario& scenario) : CostModel(*base.graph_, scenario) {
-  ADAPTLINK_CHECK(scenario.devices.size() == base.scenario_->devices.size(), "replica scenario with other devices");
-  profile_ = base.profile_;
-  slowdown_ = base.slowdown_;
-  for (int d = 0; d < num_devices(); ++d) rebuild_device(d);
+  return links;
 }
 
 void CostModel::set_profile(int device, const NodeTimes& times) {
@@ -250,7 +267,7 @@ double CostModel::decode_step_ms(int device, int first, int last, int past_token
   return ms;
 }
 
-const std::vector<Hop>& CostModel::route(int from, int to) const { return routes_[from][to]; }
+const std::vector<Hop>& CostModel::route(int from, int to) const { return links_->routes[from][to]; }
 
 double CostModel::transfer_ms(int from, int to, double bytes) const {
   double ms = 0;

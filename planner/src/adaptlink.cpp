@@ -452,9 +452,10 @@ void Search::solve() {
   seeds.push_back(sorted_by([&](int d) { return std::min(devs[d].tflops * 1e3 / 2, devs[d].mem_bw_gbs); }));
   if (net.topology == Topology::star) seeds.push_back(sorted_by([&](int d) { return net.access_link(d).bandwidth_mbps; }));
   seeds.push_back(devices_);
-  // The general DP costs a factor n more per order than the decomposable one.
+  // One order's DP costs O(n L^2) decomposable and O(n^2 L^2) general: the budget keeps the orders' work flat beyond
+  // 16 devices (the suite's largest, 600 orders there).
   const int n_dev = static_cast<int>(devices_.size());
-  int budget = decomposable_ ? max_heuristic_orders_ : std::max(24, 9600 / (n_dev * n_dev));
+  int budget = decomposable_ ? std::max(24, 9600 / n_dev) : std::max(24, 9600 / (n_dev * n_dev));
   budget = std::min(budget, max_heuristic_orders_);
   std::vector<int> best_order;
   double best_run = -std::numeric_limits<double>::infinity();
@@ -676,6 +677,9 @@ class AdaptlinkPlanner final : public Planner {
   explicit AdaptlinkPlanner(AdaptlinkOptions options = {}) : options_(options) {}
   [[nodiscard]] std::string name() const override { return "adaptlink"; }
   [[nodiscard]] Expected<Plan> plan(const CostModel& cost, Objective objective) const override {
+    return plan_to_beat(cost, objective, 0);
+  }
+  [[nodiscard]] Expected<Plan> plan_to_beat(const CostModel& cost, Objective objective, double beat_rps) const override {
     const auto devices = active_devices(cost.scenario());
     if (devices.empty()) return make_error("adaptlink: no active device");
     Search search(cost, objective, devices);
@@ -689,6 +693,26 @@ class AdaptlinkPlanner final : public Planner {
     plan.search_bound_rps = plan.predicted.bound_rps;
     const auto& workload = cost.scenario().workload;
     if (objective != Objective::throughput || !closed_loop(workload)) return plan;
+
+    // Replicas (replicas.cpp) win when they beat the one-pipeline plan by kReplicaMinGain. Unbatched, no one-pipeline
+    // plan exceeds one_pipeline_rps = 1 / (the exact search's lower bound on the bottleneck): a replicated plan that
+    // beats that by kReplicaMinGain wins whatever the ranking and refinement below would find, so they are skipped.
+    // And when one_pipeline_rps cannot beat `beat_rps`, only a replicated plan faster than `beat_rps` could matter.
+    const bool batched = batches_decode(cost.scenario());
+    const double one_pipeline_rps = !batched && lower_bound_ms > 0 ? 1e3 / lower_bound_ms : 0;
+    std::optional<Plan> replicated;
+    const bool replicas_first = one_pipeline_rps > 0 && replicas_allowed(cost.scenario(), objective);
+    if (replicas_first) {
+      replicated = plan_replicas(cost, objective);
+      const double x = replicated ? replicated->predicted.throughput_rps : 0;
+      if (x > kReplicaMinGain * one_pipeline_rps || (one_pipeline_rps <= beat_rps && x <= beat_rps)) {
+        if (!replicated) return plan;  // nothing here beats beat_rps
+        replicated->search_bound_rps = std::max(replicated->search_bound_rps, plan.search_bound_rps);
+        return std::move(*replicated);
+      }
+    } else if (one_pipeline_rps > 0 && one_pipeline_rps <= beat_rps) {
+      return plan;  // no one-pipeline plan beats beat_rps
+    }
 
     ReplayRanker ranker(cost, replay_requests(workload));
     // 1. Rank: the full replay, best bound first (see above).
@@ -706,7 +730,6 @@ class AdaptlinkPlanner final : public Planner {
     size_t fully = 0;
     // Unbatched the replay never exceeds the bound; batched the closed form is an estimate (plan.cpp), so every
     // candidate and seed is replayed.
-    const bool batched = batches_decode(cost.scenario());
     for (const auto& [bound, stages] : pool) {
       if (!batched && bound <= best) break;
       if (std::find(seen.begin(), seen.end(), stages) != seen.end()) continue;
@@ -723,20 +746,6 @@ class AdaptlinkPlanner final : public Planner {
       }
     }
     if (chosen.empty()) return plan;  // no replay finished (cannot happen for a feasible plan)
-
-    // Replicas (replicas.cpp) win when they beat the one-pipeline plan by kReplicaMinGain. Unbatched, no one-pipeline
-    // plan exceeds 1 / (the exact search's lower bound on the bottleneck): when the replicated plan beats that by
-    // kReplicaMinGain the refinement below cannot change the outcome, and is skipped. The replica search sees the ranked
-    // plan's throughput, a lower bar than the refined one's (it prunes groupings below it).
-    std::optional<Plan> replicated;
-    const bool replicas_first = !batched && lower_bound_ms > 0 && replicas_allowed(cost.scenario(), objective);
-    if (replicas_first) {
-      replicated = plan_replicas(cost, objective, best);
-      if (replicated && replicated->predicted.throughput_rps > kReplicaMinGain * 1e3 / lower_bound_ms) {
-        replicated->search_bound_rps = std::max(replicated->search_bound_rps, plan.search_bound_rps);
-        return std::move(*replicated);
-      }
-    }
 
     // 2. Refine: the other candidates, then one-step neighbours, until none improves or the budget
     //    is spent. A plan replaces the current one when its short replay beats the current plan's
@@ -776,7 +785,7 @@ class AdaptlinkPlanner final : public Planner {
     plan.predicted = evaluate(cost, plan.stages);
     plan.predicted.throughput_rps = best;
     // Several independent pipelines on disjoint device groups, when they beat this one (replicas.cpp).
-    if (!replicas_first) replicated = plan_replicas(cost, objective, best);
+    if (!replicas_first) replicated = plan_replicas(cost, objective);
     if (replicated && replicated->predicted.throughput_rps > kReplicaMinGain * best) {
       replicated->search_bound_rps = std::max(replicated->search_bound_rps, plan.search_bound_rps);
       return std::move(*replicated);

@@ -205,11 +205,15 @@ struct Attempt {
   Expected<Plan> plan = make_error("not planned");
 };
 
-Attempt attempt(const Planner& planner, const CostModel& base, Objective objective, int in_flight, int max_batch) {
+// `beat_rps`: the best attempt's throughput so far; the planner may stop early where it proves it cannot beat it
+// (Planner::plan_to_beat).
+Attempt attempt(const Planner& planner, const CostModel& base, Objective objective, int in_flight, int max_batch,
+                double beat_rps = 0) {
   Attempt a;
   a.scenario = std::make_unique<Scenario>(admitted(base.scenario(), in_flight, max_batch));
   a.cost = std::make_unique<CostModel>(base, *a.scenario);
-  a.plan = planner.plan(*a.cost, objective);
+  a.plan = objective == Objective::throughput ? planner.plan_to_beat(*a.cost, objective, beat_rps)
+                                              : planner.plan(*a.cost, objective);
   if (!a.plan) return a;
   // A replicated plan may admit fewer than asked: the replicas' KV caches hold their sum (replicas.cpp).
   a.plan->in_flight = in_flight;
@@ -222,6 +226,11 @@ Attempt attempt(const Planner& planner, const CostModel& base, Objective objecti
   // replicas were replayed on their own problems, replicas.cpp).
   if (a.plan->replicas.empty()) a.plan->predicted = predict(*a.cost, a.plan->stages);
   return a;
+}
+
+// What a later attempt must beat to replace `a` (throughput objective; 0 when `a` failed or does not fit).
+double beat(const Attempt& a) {
+  return a.plan && a.plan->predicted.feasible ? a.plan->predicted.throughput_rps : 0;
 }
 
 // The better of two attempts for the objective (one that failed loses; ties keep `a`).
@@ -272,7 +281,7 @@ Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Object
       try_unbatched = best.plan->predicted.throughput_rps < 1.25 * predict(one_cost, stages).throughput_rps;
     }
     if (try_unbatched) {
-      if (auto b = attempt(**p, cost, objective, first, 1); better(b, best, objective)) best = std::move(b);
+      if (auto b = attempt(**p, cost, objective, first, 1, beat(best)); better(b, best, objective)) best = std::move(b);
     }
   }
   // Fewer requests in flight hold less KV cache and may let a better cut fit; fewer than A in flight reach at
@@ -285,7 +294,7 @@ Expected<Plan> make_plan(const CostModel& cost, std::string_view planner, Object
         if (objective == Objective::latency) break;
         if (lower_ms > 0 && a * 1e3 / lower_ms <= best.plan->predicted.throughput_rps) break;
       }
-      if (auto b = attempt(**p, cost, objective, a, batch_for(a)); better(b, best, objective) || !best.plan) {
+      if (auto b = attempt(**p, cost, objective, a, batch_for(a), beat(best)); better(b, best, objective) || !best.plan) {
         best = std::move(b);
       }
     }

@@ -313,7 +313,8 @@ class ReplicaSearch {
   }
 
   // adaptlink's own plan of `group` at `k` requests in flight (the scenario's requests), memoised; nullptr when
-  // the group cannot hold the model.
+  // the group cannot hold the model. Only a plan faster than the group's screened plan (group_rps) is used, and
+  // adaptlink is told so (Planner::plan_to_beat).
   const Plan* full_plan(const Group& group, int k) {
     auto [it, fresh] = full_plans_.try_emplace(std::make_pair(group, k));
     if (fresh) {
@@ -321,7 +322,8 @@ class ReplicaSearch {
       if (from.empty()) {
         from = group;
         auto problem = replica_problem(cost_, group, k, cost_.scenario().workload.requests);
-        if (auto plan = planner_->plan(*problem.cost, objective_); plan && plan->predicted.feasible) {
+        if (auto plan = planner_->plan_to_beat(*problem.cost, objective_, group_rps(group, k));
+            plan && plan->predicted.feasible) {
           typed = std::move(*plan);
         }
       }
@@ -471,7 +473,7 @@ Plan finish(const CostModel& cost, Objective objective, ReplicaSearch& search, c
 
 }  // namespace
 
-std::optional<Plan> plan_replicas(const CostModel& cost, Objective objective, double single_rps) {
+std::optional<Plan> plan_replicas(const CostModel& cost, Objective objective) {
   if (!replicas_allowed(cost.scenario(), objective)) return std::nullopt;
   ReplicaSearch search(cost, objective);
   // Screen every grouping, then finish the best few: the screen's short replays of cheaper plans can order
@@ -479,15 +481,14 @@ std::optional<Plan> plan_replicas(const CostModel& cost, Objective objective, do
   std::vector<std::tuple<double, std::vector<Group>, std::vector<int>>> screened;
   for (const auto& groups : search.groupings()) {
     const auto k = search.share_slots(groups);
-    if (!k.empty() && search.shared_rps() > single_rps * kReplicaMinGain) screened.emplace_back(search.shared_rps(), groups, k);
+    if (!k.empty()) screened.emplace_back(search.shared_rps(), groups, k);
   }
   std::stable_sort(screened.begin(), screened.end(),
                    [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
   std::optional<Plan> best;
   for (size_t i = 0; i < std::min(screened.size(), kFinished); ++i) {
     auto plan = finish(cost, objective, search, std::get<1>(screened[i]), std::get<2>(screened[i]));
-    if (plan.predicted.throughput_rps > single_rps * kReplicaMinGain &&
-        (!best || plan.predicted.throughput_rps > best->predicted.throughput_rps)) {
+    if (plan.predicted.throughput_rps > 0 && (!best || plan.predicted.throughput_rps > best->predicted.throughput_rps)) {
       best = std::move(plan);
     }
   }

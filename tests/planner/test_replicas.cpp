@@ -202,3 +202,42 @@ TEST(Replicas, ChosenOnlyWhenTheyBeatOnePipelineAndListedInThePlanJson) {
   ASSERT_TRUE(plan);
   EXPECT_TRUE(plan->replicas.empty());
 }
+
+// Planner::plan_to_beat (make_plan's admission descent tells each attempt what it must beat): adaptlink may stop early
+// only where it proves that plan() would return nothing faster than the bar, so a plan that plan() returns above the
+// bar comes back unchanged, and whatever it returns is never reported faster than the bar when plan()'s is not.
+TEST(Replicas, PlanToBeatKeepsEveryPlanThatBeatsTheBar) {
+  int early = 0;
+  for (const std::string name : {"pi-cluster-nx-gbe", "homogeneous-agx2-mesh", "jetson-quartet-gbe", "small-boards-tight-gbe",
+                                 "pi-cluster-nx-gbe/one", "jetson-quartet-gbe/one", "eight-mesh-gbe/one"}) {
+    auto p = suite(name.substr(0, name.find('/')));
+    if (name.ends_with("/one")) {  // replicas off: one pipeline
+      auto sc = p->scenario;
+      sc.planner.replicas = false;
+      p = part::make_problem(sc);
+    }
+    const auto planner = part::make_adaptlink({});
+    const auto full = planner->plan(*p->cost, part::Objective::throughput);
+    ASSERT_TRUE(full) << name;
+    const double x = full->predicted.throughput_rps;
+    ASSERT_GT(x, 0) << name;
+    for (const double bar : {0.0, 0.5 * x, x * (1 - 1e-6), x, 1.2 * x, 3.0 * x}) {
+      const auto hinted = planner->plan_to_beat(*p->cost, part::Objective::throughput, bar);
+      ASSERT_TRUE(hinted) << name << " bar " << bar;
+      // What the hinted plan reaches by the reported prediction (a replicated plan carries its own).
+      auto stages = hinted->stages;
+      const double y = hinted->replicas.empty() ? part::predict(*p->cost, stages).throughput_rps
+                                                : hinted->predicted.throughput_rps;
+      if (x > bar) {
+        EXPECT_EQ(hinted->stages, full->stages) << name << " bar " << bar;
+        EXPECT_EQ(hinted->replicas.size(), full->replicas.size()) << name << " bar " << bar;
+        EXPECT_DOUBLE_EQ(hinted->predicted.throughput_rps, x) << name << " bar " << bar;
+      } else {
+        EXPECT_LE(y, bar * (1 + 1e-12)) << name << " bar " << bar;
+        early += hinted->stages != full->stages || hinted->predicted.throughput_rps != x ? 1 : 0;
+      }
+    }
+  }
+  // The bars above every plan let adaptlink stop early somewhere (else the test shows nothing).
+  EXPECT_GT(early, 0);
+}

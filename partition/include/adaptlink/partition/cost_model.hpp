@@ -21,6 +21,7 @@
 
 #include <optional>
 #include <span>
+#include <memory>
 #include <vector>
 
 #include "adaptlink/models/graph.hpp"
@@ -59,8 +60,8 @@ struct NodeTimes {
 class CostModel {
  public:
   CostModel(const models::LayerGraph& graph, const Scenario& scenario);
-  // The same graph, profiles and slowdowns on another scenario with the same devices (a replica's: other
-  // device roles, in_flight and requests; the KV reservation follows its in_flight).
+  // The same graph, profiles, slowdowns and network on another scenario with the same devices and network (a
+  // replica's: other device roles, in_flight and requests; the KV reservation follows its in_flight).
   CostModel(const CostModel& base, const Scenario& scenario);
 
   [[nodiscard]] const models::LayerGraph& graph() const { return *graph_; }
@@ -90,8 +91,8 @@ class CostModel {
   // Route between two devices (empty when from == to) and the time to send `bytes` along it.
   [[nodiscard]] const std::vector<Hop>& route(int from, int to) const;
   [[nodiscard]] double transfer_ms(int from, int to, double bytes) const;
-  [[nodiscard]] int num_links() const { return static_cast<int>(link_names_.size()); }
-  [[nodiscard]] const std::vector<std::string>& link_names() const { return link_names_; }
+  [[nodiscard]] int num_links() const { return static_cast<int>(links_->names.size()); }
+  [[nodiscard]] const std::vector<std::string>& link_names() const { return links_->names; }
 
   // Memory a device needs to hold nodes [first, last]: weights + KV cache for `in_flight`
   // requests at full context + activation buffers (largest prefill intermediate, double-buffered).
@@ -109,8 +110,15 @@ class CostModel {
   std::vector<double> node_buffer_;  // per node: transient prefill buffer bytes
   std::vector<double> slowdown_;
   std::vector<std::optional<NodeTimes>> profile_;
-  std::vector<std::vector<std::vector<Hop>>> routes_;  // [from][to]
-  std::vector<std::string> link_names_;
+  // The network's links and routes (quadratic in the devices, as a mesh is): built once and shared by the cost
+  // models derived from this one, which keep its devices and network.
+  struct Links {
+    std::vector<std::vector<std::vector<Hop>>> routes;  // [from][to]
+    std::vector<std::string> names;
+  };
+  std::shared_ptr<const Links> links_;
+  static std::shared_ptr<const Links> build_links(const Scenario& scenario);
+  void build_tables();
   void rebuild_device(int device);
   // A batch of `batch` decode steps over `node` from its members' summed costs and cached tokens (batch >= 2).
   [[nodiscard]] double node_batch_ms(int device, int node, int batch, models::Cost sum, double sum_past) const;

@@ -27,6 +27,13 @@ class Planner {
   [[nodiscard]] virtual std::string name() const = 0;
   // `objective` overrides the scenario's planner.objective.
   [[nodiscard]] virtual Expected<Plan> plan(const CostModel& cost, Objective objective) const = 0;
+  // The same when only a plan faster than `beat_rps` (by the reported prediction) will be kept, as in make_plan's
+  // admission descent: a planner may stop early and return a slower plan where it proves that plan() would return
+  // nothing faster than `beat_rps`; a plan it returns that is faster than `beat_rps` is the one plan() returns.
+  [[nodiscard]] virtual Expected<Plan> plan_to_beat(const CostModel& cost, Objective objective, double beat_rps) const {
+    (void)beat_rps;
+    return plan(cost, objective);
+  }
 };
 
 // The registry's names, in the order above (help texts and error messages list them from here).

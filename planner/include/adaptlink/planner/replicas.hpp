@@ -57,8 +57,9 @@ inline constexpr double kReplicaMinGain = 1.01;
 
 // adaptlink's replica search (replicas.cpp): device groups from memory (devices that hold the model alone,
 // then groups just large enough to hold it, then coarser merges), in-flight slots handed out by marginal
-// gain, each group planned by adaptlink itself. Returns the replicated plan when it beats
-// `single_rps` by more than kReplicaMinGain (both by the reported, replayed prediction), else nothing.
-std::optional<Plan> plan_replicas(const CostModel& cost, Objective objective, double single_rps);
+// gain, each group planned by adaptlink itself. Returns the best replicated plan it finished (its prediction the
+// reported, replayed one), or nothing where the scenario allows no replicas or no grouping fits; the caller keeps it
+// only when it beats the one-pipeline plan by kReplicaMinGain.
+std::optional<Plan> plan_replicas(const CostModel& cost, Objective objective);
 
 }  // namespace adaptlink::partition
