@@ -65,6 +65,24 @@ int cmd_validate(const std::string& file, const std::string& format) {
   return al::cli::kExitOk;
 }
 
+// "request: 64 prompt tokens + 1 image of 672x672 (5 crops, 2928 image tokens), 128 output tokens"
+std::string request_line(const part::CostModel& cost) {
+  const auto& shape = cost.shape();
+  const auto& config = cost.graph().config();
+  std::string images;
+  if (shape.images > 0) {
+    const auto size =
+        shape.image_width > 0 ? std::array<int, 2>{shape.image_width, shape.image_height} : config.default_image_size();
+    const int crops = config.vision_crops_for(size[0], size[1]);
+    images =
+        fmt::format(" + {} image{}{} ({} crop{}, {} image tokens{})", shape.images, shape.images > 1 ? "s" : "",
+                    config.model_type == "llava_next" ? fmt::format(" of {}x{}", size[0], size[1]) : "", crops,
+                    crops > 1 ? "s" : "", config.image_tokens_for(size[0], size[1]), shape.images > 1 ? " each" : "");
+  }
+  return fmt::format("request: {} prompt tokens{}, {} output tokens\n", shape.prompt_tokens, images,
+                     shape.output_tokens);
+}
+
 // `cost`: the one the plan runs on (PlanCost); `workload`: the scenario's own (its population).
 std::string plan_table(const part::Plan& plan, const part::CostModel& cost, const part::Workload& workload,
                        const al::Expected<part::Plan>& uniform) {
@@ -81,6 +99,7 @@ std::string plan_table(const part::Plan& plan, const part::CostModel& cost, cons
                          : "",
                      batch > 1 ? fmt::format("stage batches of up to {} decode steps", batch)
                                : std::string("one decode step at a time per stage"));
+  out.insert(out.size() - 1, request_line(cost));
   // A replicated plan: one table row per stage of every replica, the replica in the first column.
   const bool replicated = !plan.replicas.empty();
   std::vector<std::string> header{"stage",      "device",    "nodes",     "layers",

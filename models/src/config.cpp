@@ -375,6 +375,9 @@ AnyresGrid worst_anyres_grid(const LlavaConfig& config) {
   return worst;
 }
 
+// Python's int(round(x, 7)) for the non-negative x of unpad_image.
+int round7_int(double x) { return static_cast<int>(std::nearbyint(x * 1e7) / 1e7); }
+
 long long vision_layer_params(const VisionConfig& v) {
   const long long h = v.hidden_size;
   const long long i = v.intermediate_size;
@@ -411,6 +414,74 @@ int LlavaConfig::vision_crops_per_image() const {
 int LlavaConfig::image_tokens_per_image() const {
   if (model_type != "llava_next") return vision_features_per_crop();
   return vision_features_per_crop() + worst_anyres_grid(*this).feature_tokens;
+}
+
+std::array<int, 2> LlavaConfig::default_image_size() const {
+  if (model_type != "llava_next" || image_grid_pinpoints.empty()) return {vision.image_size, vision.image_size};
+  std::array<int, 2> largest = image_grid_pinpoints.front();
+  for (const auto& p : image_grid_pinpoints) {
+    if (static_cast<long long>(p[0]) * p[1] > static_cast<long long>(largest[0]) * largest[1]) largest = p;
+  }
+  return {largest[1], largest[0]};
+}
+
+AnyresLayout LlavaConfig::anyres_layout(int width, int height) const {
+  if (width <= 0 || height <= 0) {
+    const auto d = default_image_size();
+    width = d[0];
+    height = d[1];
+  }
+  AnyresLayout l;
+  l.best = select_best_resolution(width, height, image_grid_pinpoints);
+  l.tile_rows = l.best[0] / vision.image_size;
+  l.tile_cols = l.best[1] / vision.image_size;
+  // unpad_image: the tiles' feature map, cropped to the image's aspect ratio (centred).
+  const int per_side = vision.patches_per_side();
+  int rows = l.tile_rows * per_side;
+  int cols = l.tile_cols * per_side;
+  const double image_aspect = static_cast<double>(width) / height;
+  const double map_aspect = static_cast<double>(cols) / rows;
+  if (image_aspect > map_aspect) {
+    const int padding = (rows - round7_int(height * (static_cast<double>(cols) / width))) / 2;
+    rows = std::max(0, rows - 2 * padding);
+  } else {
+    const int padding = (cols - round7_int(width * (static_cast<double>(rows) / height))) / 2;
+    cols = std::max(0, cols - 2 * padding);
+  }
+  l.feature_rows = rows;
+  l.feature_cols = cols;
+  return l;
+}
+
+int LlavaConfig::image_tokens_for(int width, int height) const {
+  if (model_type != "llava_next") return vision_features_per_crop();
+  const auto l = anyres_layout(width, height);
+  return vision_features_per_crop() + l.feature_rows * (l.feature_cols + 1);
+}
+
+int LlavaConfig::vision_crops_for(int width, int height) const {
+  if (model_type != "llava_next") return 1;
+  return anyres_layout(width, height).crops();
+}
+
+std::array<int, 2> select_best_resolution(int width, int height, const std::vector<std::array<int, 2>>& pinpoints) {
+  std::array<int, 2> best{};
+  long long most_kept = 0;
+  long long least_waste = std::numeric_limits<long long>::max();
+  const long long pixels = static_cast<long long>(width) * height;
+  for (const auto& [h, w] : pinpoints) {
+    const double scale = std::min(static_cast<double>(w) / width, static_cast<double>(h) / height);
+    const auto scaled_w = static_cast<long long>(width * scale);
+    const auto scaled_h = static_cast<long long>(height * scale);
+    const long long kept = std::min(scaled_w * scaled_h, pixels);
+    const long long waste = static_cast<long long>(w) * h - kept;
+    if (kept > most_kept || (kept == most_kept && waste < least_waste)) {
+      most_kept = kept;
+      least_waste = waste;
+      best = {h, w};
+    }
+  }
+  return best;
 }
 
 // ---- parsing -----------------------------------------------------------------------------------
@@ -468,6 +539,14 @@ Expected<LlavaConfig> parse_llava_config(const nlohmann::json& root, std::string
   }
 
   if (config.model_type == "llava_next") {
+    // transformers' LlavaNextModel lays each tile's features out as a patches_per_side^2 grid: a tile's CLS token
+    // ("full") does not fit it, and transformers fails on such a config (tools/make_next_goldens.py records how).
+    if (config.vision_feature_select_strategy == "full") {
+      reader.fail("vision_feature_select_strategy",
+                  "'full' is not supported for llava_next: the anyres packing lays each tile's features out as a "
+                  "patches_per_side^2 grid with no room for its CLS token (transformers fails on it too); expected "
+                  "'default'");
+    }
     config.image_grid_pinpoints = {{336, 672}, {672, 336}, {672, 672}, {1008, 336}, {336, 1008}};
     if (reader.has_value("image_grid_pinpoints")) {
       const auto& pinpoints = reader.at("image_grid_pinpoints");

@@ -23,7 +23,7 @@
 //   prefill, vision nodes:  tokens = images·C·P, pairs = images·C·P² (bidirectional per crop); nothing
 //                           at all when the request has no image
 //   prefill, projector:     tokens = images·C·F
-//   prefill, text nodes:    tokens = T = prompt + images·image_tokens_per_image, pairs = T(T+1)/2
+//   prefill, text nodes:    tokens = T = prompt + images·image_tokens_for(image size), pairs = T(T+1)/2
 //                           (causal; with a sliding window W: Σ_{i=1..T} min(i, W)), past = 0
 //   prefill, head:          tokens = 1 (generate() keeps only the last position's logits)
 //   decode step:            text nodes 1 token with past + 1 pairs (min(past + 1, W) with a window);
@@ -230,7 +230,7 @@ LayerGraph LayerGraph::build(const LlavaConfig& config, Dtype dtype) {
 // ---- costs -------------------------------------------------------------------------------------
 
 int LayerGraph::prefill_tokens(const RequestShape& shape) const {
-  return shape.prompt_tokens + shape.images * config_.image_tokens_per_image();
+  return shape.prompt_tokens + shape.images * config_.image_tokens_for(shape.image_width, shape.image_height);
 }
 
 Cost LayerGraph::prefill_cost(int i, const RequestShape& shape) const {
@@ -238,7 +238,8 @@ Cost LayerGraph::prefill_cost(int i, const RequestShape& shape) const {
   double tokens = 0;
   double pairs = 0;
   double kv_tokens = 0;
-  const double crops = static_cast<double>(shape.images) * config_.vision_crops_per_image();
+  const double crops =
+      static_cast<double>(shape.images) * config_.vision_crops_for(shape.image_width, shape.image_height);
   switch (n.kind) {
     case NodeKind::vision_embed:
     case NodeKind::vision_layer: {
@@ -282,7 +283,8 @@ Cost LayerGraph::decode_cost(int i, int past_tokens) const {
 
 double LayerGraph::prefill_out_bytes(int i, const RequestShape& shape) const {
   const Node& n = node(i);
-  const double crops = static_cast<double>(shape.images) * config_.vision_crops_per_image();
+  const double crops =
+      static_cast<double>(shape.images) * config_.vision_crops_for(shape.image_width, shape.image_height);
   switch (n.kind) {
     case NodeKind::vision_embed:
     case NodeKind::vision_layer:

@@ -58,7 +58,8 @@ void CostModel::build_tables() {
   const auto& cfg = graph.config();
   const double act = models::activation_bytes(graph.dtype());
   const double text_tokens = graph.prefill_tokens(shape());
-  const double crop_tokens = static_cast<double>(shape().images) * cfg.vision_crops_per_image() *
+  const double crop_tokens = static_cast<double>(shape().images) *
+                             cfg.vision_crops_for(shape().image_width, shape().image_height) *
                              cfg.vision.num_positions();
   node_buffer_.assign(static_cast<size_t>(nodes), 0.0);
   for (int i = 0; i < nodes; ++i) {

@@ -172,6 +172,17 @@ nlohmann::json to_json(const Plan& plan, const CostModel& cost) {
   const auto [in_flight, max_batch] = limits_of(plan, cost.scenario());
   out["in_flight"] = in_flight;
   out["max_batch"] = max_batch;
+  // What one request brings: the image geometry the plan was made for (LLaVA-NeXT's crops and tokens follow the size).
+  const auto& shape = cost.shape();
+  const auto& config = graph.config();
+  const auto size =
+      shape.image_width > 0 ? std::array<int, 2>{shape.image_width, shape.image_height} : config.default_image_size();
+  out["request"] = {{"prompt_tokens", shape.prompt_tokens},
+                    {"images", shape.images},
+                    {"image_size", size},
+                    {"crops_per_image", config.vision_crops_for(size[0], size[1])},
+                    {"image_tokens_per_image", config.image_tokens_for(size[0], size[1])},
+                    {"output_tokens", shape.output_tokens}};
   if (plan.upper_bound_rps > 0) {
     out["certificate"] = {{"kind", plan.bound_kind},
                           {"upper_bound_rps", plan.upper_bound_rps},

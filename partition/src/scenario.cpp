@@ -72,8 +72,10 @@ bool is_z85_key(std::string_view key) {
 }
 constexpr std::string_view kNetworkKeys[] = {"topology", "bandwidth_mbps", "latency_ms"};
 constexpr std::string_view kLinkKeys[] = {"between", "bandwidth_mbps", "latency_ms"};
-constexpr std::string_view kWorkloadKeys[] = {"requests",           "arrival",       "in_flight",    "rate_per_s",
-                                              "images_per_request", "prompt_tokens", "output_tokens"};
+constexpr std::string_view kWorkloadKeys[] = {"requests",           "arrival",       "in_flight",     "rate_per_s",
+                                              "images_per_request", "prompt_tokens", "output_tokens", "image_size"};
+// Image sides in pixels: a 32k-pixel side is beyond any camera's, and keeps the anyres arithmetic in range.
+constexpr int kMaxImageSide = 32768;
 constexpr std::string_view kPlannerKeys[] = {"name",     "objective", "backups",      "schedule",
                                              "replicas", "max_batch", "max_in_flight"};
 constexpr std::string_view kFaultKeys[] = {"at_s", "device", "kind", "factor", "bandwidth_mbps", "signal"};
@@ -813,6 +815,26 @@ class ScenarioParser {
     if (auto v = r_.opt_int(t, "images_per_request", path)) w.shape.images = *v;
     if (auto v = r_.opt_int(t, "prompt_tokens", path)) w.shape.prompt_tokens = *v;
     if (auto v = r_.opt_int(t, "output_tokens", path)) w.shape.output_tokens = *v;
+    if (const toml::node* size = t.get("image_size")) {
+      const toml::array* wh = size->as_array();
+      const auto expected = fmt::format(
+          "workload.image_size: expected [width, height] in pixels, two integers from 1 "
+          "to {}, got",
+          kMaxImageSide);
+      if (wh == nullptr || wh->size() != 2) {
+        r_.fail(*size,
+                fmt::format("{} {}", expected, wh ? fmt::format("an array of {}", wh->size()) : describe(*size)));
+      }
+      for (size_t k = 0; k < 2; ++k) {
+        const toml::node& side = *wh->get(k);
+        const auto* v = side.as_integer();
+        if (v == nullptr || v->get() < 1 || v->get() > kMaxImageSide) {
+          r_.fail(side, fmt::format("{} {} for the {}", expected, literal(side), k == 0 ? "width" : "height"));
+        }
+      }
+      w.shape.image_width = static_cast<int>(wh->get(0)->as_integer()->get());
+      w.shape.image_height = static_cast<int>(wh->get(1)->as_integer()->get());
+    }
     auto rate = r_.opt_number(t, "rate_per_s", path);
     if (w.arrival == Arrival::poisson && !rate) {
       r_.fail(*t.get("arrival"), "workload.rate_per_s: arrival = \"poisson\" needs rate_per_s (requests per second)");
@@ -1112,6 +1134,7 @@ std::string to_toml(const Scenario& s) {
   line("images_per_request", fmt::format("{}", w.shape.images));
   line("prompt_tokens", fmt::format("{}", w.shape.prompt_tokens));
   line("output_tokens", fmt::format("{}", w.shape.output_tokens));
+  if (w.shape.image_width > 0) line("image_size", fmt::format("[{}, {}]", w.shape.image_width, w.shape.image_height));
 
   out += "\n[planner]\n";
   line("name", quote(s.planner.name));

@@ -167,6 +167,69 @@ TEST(ImageTokens, LlavaNextCustomPinpoints) {
   EXPECT_EQ(c.vision_crops_per_image(), 10);
 }
 
+// Against transformers' own anyres code (tests/fixtures/next_image_layouts.json, tools/make_next_goldens.py): the
+// pinpoint chosen, the CLIP crops and the image tokens LlavaNextModel.pack_image_features makes, for three pinpoint
+// grids and images square, wide, tall, panoramic, smaller than a tile and of odd sizes.
+TEST(ImageTokens, LlavaNextLayoutsEqualTransformers) {
+  std::ifstream in(std::filesystem::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures" / "next_image_layouts.json");
+  ASSERT_TRUE(in) << "tests/fixtures/next_image_layouts.json";
+  const auto goldens = json::parse(in);
+  int checked = 0, refused = 0;
+  for (const auto& c : goldens["cases"]) {
+    const json config_json = {{"model_type", "llava_next"},
+                              {"image_grid_pinpoints", c["pinpoints"]},
+                              {"vision_feature_select_strategy", c["strategy"]},
+                              {"vision_config",
+                               {{"image_size", c["image_size"]},
+                                {"patch_size", c["patch_size"]},
+                                {"hidden_size", 64},
+                                {"intermediate_size", 128},
+                                {"num_attention_heads", 4},
+                                {"num_hidden_layers", 3}}}};
+    if (c["strategy"] == "full") {
+      // transformers cannot pack 'full' features for NeXT (every image of these cases records its error): refused.
+      for (const auto& img : c["images"]) EXPECT_TRUE(img.contains("error")) << c["grid"];
+      EXPECT_NE(parse_error(config_json).message.find("'full' is not supported for llava_next"), std::string::npos);
+      ++refused;
+      continue;
+    }
+    const LlavaConfig config = parse_ok(config_json);
+    for (const auto& img : c["images"]) {
+      const int w = img["width"], h = img["height"];
+      const std::string what = c["grid"].get<std::string>() + " " + std::to_string(w) + "x" + std::to_string(h);
+      const auto best = select_best_resolution(w, h, config.image_grid_pinpoints);
+      EXPECT_EQ(best[0], img["best"][0].get<int>()) << what;
+      EXPECT_EQ(best[1], img["best"][1].get<int>()) << what;
+      EXPECT_EQ(config.vision_crops_for(w, h), img["crops"].get<int>()) << what;
+      EXPECT_EQ(config.image_tokens_for(w, h), img["tokens"].get<int>()) << what;
+      // The bound used for limits holds.
+      EXPECT_LE(config.image_tokens_for(w, h), config.image_tokens_per_image()) << what;
+      EXPECT_LE(config.vision_crops_for(w, h), config.vision_crops_per_image()) << what;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 19 + 19 + 10);
+  EXPECT_EQ(refused, 3);
+}
+
+TEST(ImageTokens, DefaultImageSize) {
+  for (const char* name : {"llava-v1.6-vicuna-7b", "llava-v1.6-mistral-7b"}) {
+    const LlavaConfig c = preset(name);
+    EXPECT_EQ(c.default_image_size(), (std::array<int, 2>{672, 672})) << name;
+    // The default is the largest pinpoint's square image: the most tokens and crops the usual grid gives.
+    EXPECT_EQ(c.image_tokens_for(0, 0), c.image_tokens_per_image()) << name;
+    EXPECT_EQ(c.vision_crops_for(0, 0), c.vision_crops_per_image()) << name;
+  }
+  const LlavaConfig wide =
+      parse_ok({{"model_type", "llava_next"}, {"image_grid_pinpoints", {{336, 1344}, {672, 672}}}});
+  // Equal areas: the first ([336, 1344], height x width) is the default, as [width, height].
+  EXPECT_EQ(wide.default_image_size(), (std::array<int, 2>{1344, 336}));
+  const LlavaConfig v15 = preset("llava-1.5-7b");
+  EXPECT_EQ(v15.default_image_size(), (std::array<int, 2>{336, 336}));
+  EXPECT_EQ(v15.image_tokens_for(1920, 1080), 576);  // one crop, whatever the size
+  EXPECT_EQ(v15.vision_crops_for(1920, 1080), 1);
+}
+
 TEST(VisionLayersUsed, HiddenStatesIndexing) {
   LlavaConfig c = preset("llava-1.5-7b");
   c.vision_feature_layer = -1;

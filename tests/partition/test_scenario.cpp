@@ -540,6 +540,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"in-flight-zero.toml", 11, 13, "workload.in_flight: must be >= 1, got 0"},
         BadCase{"requests-zero.toml", 10, 12, "workload.requests: must be >= 1, got 0"},
         BadCase{"output-tokens-zero.toml", 10, 17, "workload.output_tokens: must be >= 1, got 0"},
+        BadCase{"image-size-negative.toml", 10, 20,
+                "workload.image_size: expected [width, height] in pixels, two integers from 1 to 32768, got -480 for "
+                "the height"},
+        BadCase{"image-size-one-number.toml", 10, 14,
+                "workload.image_size: expected [width, height] in pixels, two integers from 1 to 32768, got integer "
+                "672"},
         BadCase{"poisson-without-rate.toml", 10, 11, "workload.rate_per_s: arrival = \"poisson\" needs rate_per_s"},
         BadCase{"unknown-arrival.toml", 10, 11, "workload.arrival: unknown arrival \"open\""},
         BadCase{"unknown-planner.toml", 10, 8, "planner.name: unknown planner \"adaptive\""},
@@ -551,11 +557,13 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"unknown-schedule.toml", 10, 12, "planner.schedule: unknown schedule \"lifo\""},
         BadCase{"signal-not-dropout.toml", 14, 10, "faults[0].signal: only for kind = \"dropout\""},
         BadCase{"unknown-signal.toml", 13, 10, "faults[0].signal: unknown signal \"pause\""},
-        BadCase{"replicas-not-bool.toml", 10, 12, "planner.replicas: expected a boolean (true or false), got string \"auto\""},
+        BadCase{"replicas-not-bool.toml", 10, 12,
+                "planner.replicas: expected a boolean (true or false), got string \"auto\""},
         BadCase{"mem-gb-huge.toml", 8, 10, "devices[0].mem_gb: must be <= 1e+06"},
         BadCase{"tflops-tiny.toml", 8, 10, "devices[0].tflops: must be >= 1e-06"},
         BadCase{"bandwidth-huge.toml", 15, 18, "links[0].bandwidth_mbps: must be <= 1e+09"},
-        BadCase{"name-control-character.toml", 6, 8, "devices[0].name: must not contain control characters (found 0x1b)"},
+        BadCase{"name-control-character.toml", 6, 8,
+                "devices[0].name: must not contain control characters (found 0x1b)"},
         BadCase{"output-past-context.toml", 12, 17,
                 "workload.output_tokens: a request needs 4640 positions (64 prompt + 576 image tokens + 4000 output "
                 "tokens), more than the model's context of 4096 (max_position_embeddings): at most 3456 output "
@@ -588,7 +596,7 @@ TEST(ScenarioErrors, ExpectLinesMatchAndEveryFileIsCovered) {
     std::string expected = first.substr(prefix.size());
     EXPECT_NE(s.error().message.find(expected), std::string::npos) << s.error().to_string();
   }
-  EXPECT_EQ(files, 46);  // keep in step with the BadScenarioFile list
+  EXPECT_EQ(files, 48);  // keep in step with the BadScenarioFile list
 }
 
 TEST(ScenarioErrors, RandomBinaryGarbage) {

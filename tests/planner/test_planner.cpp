@@ -2,11 +2,12 @@
 // the uniform baseline, and the headline ratios on the bundled scenarios.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <optional>
 #include <random>
 
-#include "adaptlink/planner/planner.hpp"
 #include "adaptlink/partition/problem.hpp"
+#include "adaptlink/planner/planner.hpp"
 #include "small_llava.hpp"
 
 namespace al = adaptlink;
@@ -241,4 +242,51 @@ TEST(Planner, PlanJsonHasTheDesignFields) {
     EXPECT_TRUE(st["compute_ms"].contains("decode"));
   }
   EXPECT_EQ(expected_first, (*problem)->graph.size());
+}
+
+// LLaVA-NeXT: the image size sets the crops and image tokens (models::LlavaConfig::anyres_layout, checked against
+// transformers in tests/models), so the vision tower's and the text prefill's work grow with it and the plan follows.
+// next-vicuna-gbe-lab (one pipeline) at a 336 x 336 image (3 crops, 1176 image tokens) and a 672 x 672 one (5 crops,
+// 2928 tokens).
+TEST(NextImageSize, WorkGrowsWithTheCropsAndThePlanFollows) {
+  auto load = [](int width, int height) {
+    auto p = part::load_problem(std::filesystem::path(ADAPTLINK_SOURCE_DIR) / "scenarios" / "suite" /
+                                "next-vicuna-gbe-lab.toml");
+    EXPECT_TRUE(p) << p.error().to_string();
+    auto sc = (*p)->scenario;
+    sc.workload.shape.image_width = width;
+    sc.workload.shape.image_height = height;
+    sc.planner.replicas = false;
+    return part::make_problem(sc);
+  };
+  auto small = load(336, 336);
+  auto large = load(672, 672);
+  const auto& g = small->graph;
+  EXPECT_EQ(g.prefill_tokens(small->scenario.workload.shape), 64 + 1176);
+  EXPECT_EQ(large->graph.prefill_tokens(large->scenario.workload.shape), 64 + 2928);
+  // Vision: every crop is one CLIP pass, so its FLOPs scale with the crops exactly.
+  for (int i = 0; i < g.size(); ++i) {
+    const auto a = g.prefill_cost(i, small->scenario.workload.shape);
+    const auto b = large->graph.prefill_cost(i, large->scenario.workload.shape);
+    if (g.node(i).is_vision()) {
+      EXPECT_NEAR(b.flops / a.flops, 5.0 / 3.0, 1e-12) << g.node(i).name;
+    } else if (g.node(i).kind == al::models::NodeKind::decoder_layer) {
+      EXPECT_GT(b.flops / a.flops, 2928.0 / 1176.0) << g.node(i).name;  // linear in tokens, attention quadratic
+    }
+  }
+  // The same share of the model costs more time on the same device, prefill and memory (a longer KV cache).
+  const int last = g.size() - 1;
+  EXPECT_GT(large->cost->prefill_ms(0, 0, last), 2 * small->cost->prefill_ms(0, 0, last));
+  EXPECT_GT(large->cost->memory_bytes(0, last), small->cost->memory_bytes(0, last));
+  // The plans differ, and each is the better of the two on its own image size.
+  auto a = part::make_plan(*small->cost, "adaptlink", part::Objective::throughput);
+  auto b = part::make_plan(*large->cost, "adaptlink", part::Objective::throughput);
+  ASSERT_TRUE(a && b);
+  EXPECT_NE(a->stages, b->stages);
+  auto swapped_a = b->stages, swapped_b = a->stages;
+  EXPECT_GE(a->predicted.throughput_rps, part::predict(*small->cost, swapped_a).throughput_rps);
+  // The small image's plan does not even fit the large one's requests (longer KV caches and prefill buffers).
+  const auto pb = part::predict(*large->cost, swapped_b);
+  EXPECT_FALSE(pb.feasible) << pb.throughput_rps;
+  EXPECT_GT(a->predicted.throughput_rps, 1.3 * b->predicted.throughput_rps);  // 2.5x the image tokens cost
 }

@@ -58,6 +58,20 @@ struct VisionConfig {
   [[nodiscard]] int num_positions() const { return num_patches() + 1; }  // + CLS
 };
 
+// Where a LLaVA-NeXT (anyres) image goes, as transformers lays it out (select_best_resolution, the tiles of
+// image_size_to_num_patches, LlavaNextModel.pack_image_features: the base crop's features, then the tiles' feature map
+// unpadded to the image's aspect ratio with one image_newline after each row).
+struct AnyresLayout {
+  std::array<int, 2> best{};  // the pinpoint chosen, [height, width]
+  int tile_rows = 0, tile_cols = 0;
+  int feature_rows = 0, feature_cols = 0;  // the tiles' feature map after unpadding (before the newlines)
+  [[nodiscard]] int crops() const { return 1 + tile_rows * tile_cols; }
+};
+
+// The pinpoint [height, width] transformers picks for an image of width x height pixels: the one that keeps the most
+// of the image's resolution when it is scaled to fit, then the one that pads least; ties keep the earlier one.
+std::array<int, 2> select_best_resolution(int width, int height, const std::vector<std::array<int, 2>>& pinpoints);
+
 struct LlavaConfig {
   std::string model_type = "llava";  // llava | llava_next
   TextConfig text;
@@ -72,11 +86,20 @@ struct LlavaConfig {
 
   // CLIP layers whose output is used: hidden_states[vision_feature_layer] needs this many layers.
   [[nodiscard]] int vision_layers_used() const;
-  // Image feature tokens per image as the text tower sees them (576 for LLaVA-1.5 at 336 px; for
-  // LLaVA-NeXT the worst case of the largest grid pinpoint on a square image, newline tokens included).
+  // The most image feature tokens one image can bring as the text tower sees them (576 for LLaVA-1.5 at 336 px; for
+  // LLaVA-NeXT the largest pinpoint's grid before unpadding, newline tokens included): a bound, for limits.
   [[nodiscard]] int image_tokens_per_image() const;
-  // How many CLIP forward passes (crops) one image takes: 1, or 1 + tiles for LLaVA-NeXT anyres.
+  // The most CLIP forward passes (crops) one image takes: 1, or 1 + the largest pinpoint's tiles for LLaVA-NeXT.
   [[nodiscard]] int vision_crops_per_image() const;
+  // One image of width x height pixels (0 x 0: default_image_size()): the tokens the text tower sees and the CLIP
+  // crops. LLaVA-1.5 resizes every image to one crop (576 tokens at 336 px); LLaVA-NeXT per anyres_layout().
+  [[nodiscard]] int image_tokens_for(int width, int height) const;
+  [[nodiscard]] int vision_crops_for(int width, int height) const;
+  // LLaVA-NeXT: the layout of an image of width x height pixels (0 x 0: default_image_size()).
+  [[nodiscard]] AnyresLayout anyres_layout(int width, int height) const;
+  // The image size [width, height] a request's images have when none is given: LLaVA-NeXT's largest pinpoint by area
+  // (672 x 672 for the usual grids; ties the first), else the vision tower's input size.
+  [[nodiscard]] std::array<int, 2> default_image_size() const;
   // Tokens per CLIP crop after the select strategy (576 default, 577 full).
   [[nodiscard]] int vision_features_per_crop() const;
   // The most CLIP crops one request can bring: one image's, or as many as the context has room for the features of

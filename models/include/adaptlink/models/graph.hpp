@@ -73,6 +73,10 @@ struct RequestShape {
   int images = 1;
   int prompt_tokens = 64;  // text tokens of the prompt (the image tokens come on top)
   int output_tokens = 128;
+  // Each image's size in pixels (0 x 0: the model's default_image_size()): LLaVA-NeXT's crops and image tokens follow
+  // it (LlavaConfig::anyres_layout); LLaVA-1.5 resizes every image to one crop.
+  int image_width = 0;
+  int image_height = 0;
 };
 
 class LayerGraph {
