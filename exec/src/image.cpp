@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "adaptlink/models/config.hpp"
 #include "adaptlink/read_file.hpp"
 
 #define STB_IMAGE_IMPLEMENTATION
@@ -394,6 +395,67 @@ Expected<PixelValues> preprocess_image(const RgbImage& image, const ImageProcess
         out.data[(static_cast<size_t>(ch) * out_h + y) * out_w + x] = static_cast<float>(v);
       }
     }
+  }
+  return out;
+}
+
+Expected<AnyresPixels> preprocess_anyres(const RgbImage& image, const ImageProcessorConfig& config,
+                                         const std::vector<std::array<int, 2>>& pinpoints) {
+  if (image.width <= 0 || image.height <= 0) return make_error("empty image");
+  if (pinpoints.empty()) return make_error("anyres preprocessing needs image_grid_pinpoints");
+  const int tile = config.crop_height;
+  if (tile <= 0 || config.crop_width != tile) return make_error("anyres preprocessing needs a square crop_size");
+  const auto [best_h, best_w] = models::select_best_resolution(image.width, image.height, pinpoints);
+  if (best_h % tile != 0 || best_w % tile != 0) {
+    return make_error("image_grid_pinpoints entry [{}, {}] is not a multiple of crop_size {}", best_h, best_w, tile);
+  }
+  // _resize_for_patching: fit into the pinpoint, aspect kept.
+  const double scale_w = static_cast<double>(best_w) / image.width;
+  const double scale_h = static_cast<double>(best_h) / image.height;
+  int new_w = best_w;
+  int new_h = best_h;
+  if (scale_w < scale_h) {
+    new_h = std::min(static_cast<int>(std::ceil(image.height * scale_w)), best_h);
+  } else {
+    new_w = std::min(static_cast<int>(std::ceil(image.width * scale_h)), best_w);
+  }
+  const RgbImage resized = resize_image(image, new_w, new_h, config.resample, config.flavour);
+  // _pad_for_patching: centred on a black canvas of the pinpoint's size.
+  RgbImage padded{best_w, best_h, std::vector<uint8_t>(static_cast<size_t>(best_w) * best_h * 3, 0)};
+  const int left = (best_w - new_w) / 2;
+  const int top = (best_h - new_h) / 2;
+  for (int y = 0; y < new_h; ++y) {
+    std::copy_n(resized.pixels.begin() + static_cast<std::ptrdiff_t>(y) * new_w * 3, static_cast<size_t>(new_w) * 3,
+                padded.pixels.begin() + (static_cast<std::ptrdiff_t>(y + top) * best_w + left) * 3);
+  }
+  // The base view: the whole image at the processor's size (size.height x size.width, or shortest_edge squared).
+  const int base_w = config.shortest_edge > 0 ? config.shortest_edge : config.resize_width;
+  const int base_h = config.shortest_edge > 0 ? config.shortest_edge : config.resize_height;
+  std::vector<RgbImage> crops{resize_image(image, base_w, base_h, config.resample, config.flavour)};
+  for (int y = 0; y < best_h; y += tile) {
+    for (int x = 0; x < best_w; x += tile) {
+      RgbImage t{tile, tile, std::vector<uint8_t>(static_cast<size_t>(tile) * tile * 3)};
+      for (int r = 0; r < tile; ++r) {
+        std::copy_n(padded.pixels.begin() + (static_cast<std::ptrdiff_t>(y + r) * best_w + x) * 3,
+                    static_cast<size_t>(tile) * 3, t.pixels.begin() + static_cast<std::ptrdiff_t>(r) * tile * 3);
+      }
+      crops.push_back(std::move(t));
+    }
+  }
+  AnyresPixels out;
+  out.crops = static_cast<int>(crops.size());
+  out.image_size = {image.height, image.width};
+  for (const auto& c : crops) {
+    auto pv = preprocess_image(c, config);
+    if (!pv) return pv.error();
+    if (out.height == 0) {
+      out.height = pv->height;
+      out.width = pv->width;
+    } else if (pv->height != out.height || pv->width != out.width) {
+      return make_error("anyres crops of different sizes ({}x{} and {}x{})", pv->width, pv->height, out.width,
+                        out.height);
+    }
+    out.data.insert(out.data.end(), pv->data.begin(), pv->data.end());
   }
   return out;
 }

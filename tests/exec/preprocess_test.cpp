@@ -87,6 +87,62 @@ INSTANTIATE_TEST_SUITE_P(Images, Preprocess,
                            return s;
                          });
 
+// LLaVA-NeXT anyres preprocessing against transformers' LlavaNextImageProcessor (tests/fixtures/next_pixels, made by
+// tools/make_next_goldens.py): 28-pixel crops, pinpoints [28, 56], [56, 28], [56, 56], [84, 28]; square-ish, wide,
+// tall and smaller-than-a-tile images. `pixel_values_pil` is the same steps with Pillow's resampler.
+class PreprocessAnyres : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PreprocessAnyres, MatchesTransformersWithin002) {
+  const std::string file = GetParam();
+  const auto dir = std::filesystem::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures" / "next_pixels";
+  std::string stem = file;
+  std::replace(stem.begin(), stem.end(), '.', '_');
+  auto ref = read_safetensors(dir / (stem + ".safetensors"));
+  ASSERT_TRUE(ref.has_value()) << ref.error().to_string();
+  auto image = decode_image(std::filesystem::exists(dir / file) ? dir / file : kImages / file);
+  ASSERT_TRUE(image.has_value()) << image.error().to_string();
+  const std::vector<std::array<int, 2>> pinpoints{{28, 56}, {56, 28}, {56, 56}, {84, 28}};
+  const bool exact = file.ends_with(".png") || jpeg_decoder() == "libjpeg";
+  for (const auto flavour : {ResizeFlavour::torchvision, ResizeFlavour::pillow}) {
+    auto got = preprocess_anyres(*image, clip(28, flavour), pinpoints);
+    ASSERT_TRUE(got.has_value()) << got.error().to_string();
+    const at::Tensor want = ref->at(flavour == ResizeFlavour::torchvision ? "pixel_values" : "pixel_values_pil");
+    ASSERT_EQ(want.size(0), got->crops) << file;
+    const at::Tensor t = at::from_blob(got->data.data(), {got->crops, 3, got->height, got->width},
+                                       at::TensorOptions().dtype(at::kFloat));
+    ASSERT_EQ(t.sizes(), want.sizes());
+    const double err = (t - want).abs().max().item<double>();
+    if (flavour == ResizeFlavour::torchvision) {
+      EXPECT_LE(err, exact ? 0.02 : 0.06) << file << " vs transformers' LlavaNextImageProcessor";
+    } else {
+      EXPECT_LE(err, exact ? 1e-5 : 0.02 + 8 / 255.0 / 0.26) << file << " vs Pillow";
+    }
+    const at::Tensor sizes = ref->at("image_sizes");
+    EXPECT_EQ(got->image_size[0], sizes[0].item<int64_t>()) << file;
+    EXPECT_EQ(got->image_size[1], sizes[1].item<int64_t>()) << file;
+    std::printf("%s anyres (%s): %d crops, max |diff| %.6f\n", file.c_str(),
+                flavour == ResizeFlavour::torchvision ? "transformers" : "Pillow", got->crops, err);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Images, PreprocessAnyres,
+                         ::testing::Values("test.png", "small.png", "gray.png", "test.jpg", "wide.png", "tall.png"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           std::replace(s.begin(), s.end(), '.', '_');
+                           return s;
+                         });
+
+TEST(PreprocessAnyresErrors, NamesWhatIsWrong) {
+  RgbImage img{10, 10, std::vector<uint8_t>(300, 7)};
+  auto none = preprocess_anyres(img, clip(28, ResizeFlavour::torchvision), {});
+  ASSERT_FALSE(none.has_value());
+  EXPECT_NE(none.error().message.find("image_grid_pinpoints"), std::string::npos);
+  auto odd = preprocess_anyres(img, clip(28, ResizeFlavour::torchvision), {{30, 56}});
+  ASSERT_FALSE(odd.has_value());
+  EXPECT_NE(odd.error().message.find("not a multiple of crop_size 28"), std::string::npos);
+}
+
 TEST(PreprocessConfig, ReadsPreprocessorConfig) {
   auto c = load_image_processor_config(std::filesystem::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures" /
                                        "llava_mistral_gqa_full" / "preprocessor_config.json");

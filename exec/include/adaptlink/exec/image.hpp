@@ -77,4 +77,20 @@ struct PixelValues {
 };
 Expected<PixelValues> preprocess_image(const RgbImage& image, const ImageProcessorConfig& config);
 
+// LLaVA-NeXT (transformers' LlavaNextImageProcessor, "anyres"): the pinpoint [height, width] transformers picks
+// (models::select_best_resolution), the image resized into it keeping its aspect ratio (the side that limits the
+// scale exact, the other ceil'd), padded with zeros to it (centred), cut into crop-size tiles row by row, after a
+// base view of the whole image resized to the processor's size (aspect not kept); every crop then goes through
+// preprocess_image. `crops` x [3, height, width] channel-first, and the image's [height, width] (transformers'
+// image_sizes), from which the model lays the tiles' features out (models::LlavaConfig::anyres_layout).
+struct AnyresPixels {
+  int crops = 0;
+  int height = 0;
+  int width = 0;
+  std::vector<float> data;  // [crops, 3, height, width]
+  std::array<int, 2> image_size{};  // [height, width] of the original image
+};
+Expected<AnyresPixels> preprocess_anyres(const RgbImage& image, const ImageProcessorConfig& config,
+                                         const std::vector<std::array<int, 2>>& pinpoints);
+
 }  // namespace adaptlink::exec
