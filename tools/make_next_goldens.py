@@ -5,7 +5,9 @@ CLIP crops (image_size_to_num_patches) and the image tokens the text tower sees 
 on features of the right shape: base crop, unpadded tiles, one image_newline per row). tests/models checks
 models::LlavaConfig's anyres functions against them.
 
-It also writes golden anyres pixel values (--pixels DIR): for a tiny processor (28-pixel crops, four pinpoints) and
+--pack FILE writes inputs and outputs of pack_image_features itself (seeded random projected features and
+image_newline, the tiny grid, several image sizes) for exec's packing. It also writes golden anyres pixel values
+(--pixels DIR): for a tiny processor (28-pixel crops, four pinpoints) and
 the test images plus a wide and a tall one cut from test.png, what transformers' LlavaNextImageProcessor returns
 (`pixel_values`, its `image_sizes`) and the same steps written out with Pillow + numpy (`pixel_values_pil`: the
 behaviour exec/ implements with Pillow's resampler).
@@ -13,7 +15,7 @@ behaviour exec/ implements with Pillow's resampler).
 Run where torch, transformers and Pillow are installed (the GPU machine; CPU only, a few seconds):
 
     python3 tools/make_next_goldens.py --out tests/fixtures/next_image_layouts.json \
-        --images tests/fixtures/images --pixels tests/fixtures/next_pixels
+        --images tests/fixtures/images --pixels tests/fixtures/next_pixels --pack tests/fixtures/next_pack.safetensors
 """
 import argparse
 import json
@@ -110,12 +112,45 @@ def make_pixels(src, out):
     print("pixels:", json.dumps(summary))
 
 
+PACK_SIZES = [[32, 32], [64, 48], [48, 64], [100, 20], [20, 100], [200, 200], [65, 33], [1, 1], [2000, 10],
+              [10, 2000]]
+
+
+def make_pack(path):
+    name, image_size, patch, pinpoints = GRIDS[2]  # tiny
+    torch.manual_seed(7)
+    model, inner = model_for(image_size, patch, pinpoints, "default")
+    hidden = model.config.text_config.hidden_size
+    with torch.no_grad():
+        inner.image_newline.copy_(torch.randn(hidden))
+    per_crop = (image_size // patch) ** 2
+    tensors = {"image_newline": inner.image_newline.detach().clone().contiguous(),
+               "sizes": torch.tensor(PACK_SIZES, dtype=torch.int64)}
+    for i, (width, height) in enumerate(PACK_SIZES):
+        crops = int(image_size_to_num_patches(image_size=(height, width), grid_pinpoints=pinpoints, patch_size=image_size))
+        feats = torch.randn(crops, per_crop, hidden)
+        with torch.no_grad():
+            packed, _ = inner.pack_image_features([feats], torch.tensor([[height, width]]),
+                                                  vision_feature_select_strategy="default",
+                                                  image_newline=inner.image_newline)
+        tensors[f"features_{i}"] = feats.contiguous()
+        # One image: the packed tokens are all of it (a tensor [tokens, hidden], or a list of one).
+        packed = packed if isinstance(packed, torch.Tensor) else packed[0]
+        assert packed.dim() == 2, packed.shape
+        tensors[f"packed_{i}"] = packed.detach().contiguous()
+    save_file(tensors, path)
+    print(f"wrote {path}: {len(PACK_SIZES)} images, grid {name} {pinpoints}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--images", help="the test images (tests/fixtures/images)")
     ap.add_argument("--pixels", help="where the golden pixel values go (tests/fixtures/next_pixels)")
+    ap.add_argument("--pack", help="where pack_image_features' goldens go (tests/fixtures/next_pack.safetensors)")
     args = ap.parse_args()
+    if args.pack:
+        make_pack(args.pack)
     if args.pixels:
         make_pixels(args.images, args.pixels)
     cases = []

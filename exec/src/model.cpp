@@ -183,6 +183,33 @@ at::Tensor affine(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bi
 
 // ---- vision ------------------------------------------------------------------------------------
 
+Expected<at::Tensor> pack_anyres_features(const models::LlavaConfig& config, const at::Tensor& features, int width,
+                                          int height, const at::Tensor& newline) {
+  const auto l = config.anyres_layout(width, height);
+  const int64_t side = config.vision.patches_per_side();
+  if (features.dim() != 3 || features.size(0) != l.crops() || features.size(1) != side * side) {
+    return make_error(
+        "image features have shape {}, expected [{}, {}, hidden] for a {}x{} image ({} crops of {} "
+        "features)",
+        shape_string(features.sizes().vec()), l.crops(), side * side, width, height, l.crops(), side * side);
+  }
+  const int64_t hidden = features.size(2);
+  if (newline.dim() != 1 || newline.size(0) != hidden) {
+    return make_error("image_newline has shape {}, expected [{}]", shape_string(newline.sizes().vec()), hidden);
+  }
+  // [tiles, side, side, hidden] -> [hidden, tile_rows * side, tile_cols * side], as transformers permutes it.
+  at::Tensor map = features.narrow(0, 1, l.crops() - 1)
+                       .reshape({l.tile_rows, l.tile_cols, side, side, hidden})
+                       .permute({4, 0, 2, 1, 3})
+                       .reshape({hidden, l.tile_rows * side, l.tile_cols * side});
+  // unpad_image: centred, as many rows / columns off each side.
+  const int64_t top = (l.tile_rows * side - l.feature_rows) / 2;
+  const int64_t left = (l.tile_cols * side - l.feature_cols) / 2;
+  map = map.narrow(1, top, l.feature_rows).narrow(2, left, l.feature_cols);
+  map = at::cat({map, newline.to(map.scalar_type()).view({hidden, 1, 1}).expand({hidden, l.feature_rows, 1})}, 2);
+  return at::cat({features[0], map.reshape({hidden, -1}).transpose(0, 1)}, 0);
+}
+
 at::Tensor Stage::run_vision_embed(const at::Tensor& pixels) const {
   const auto& v = graph_.config().vision;
   const int64_t crops = pixels.size(0);

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adaptlink/exec/image.hpp"
+#include "adaptlink/exec/model.hpp"
 #include "adaptlink/exec/tensor_io.hpp"
 
 namespace adaptlink::exec {
@@ -184,6 +185,57 @@ TEST(Decode, BombsAndSpecialFilesAreRefusedUpFront) {
   auto zero = decode_image("/dev/zero");
   ASSERT_FALSE(zero.has_value());
   EXPECT_NE(zero.error().to_string().find("not a regular file"), std::string::npos) << zero.error().to_string();
+}
+
+}  // namespace
+}  // namespace adaptlink::exec
+
+namespace adaptlink::exec {
+namespace {
+
+// LLaVA-NeXT's packing of one image's projected features against transformers' LlavaNextModel.pack_image_features
+// (tests/fixtures/next_pack.safetensors, tools/make_next_goldens.py): seeded random features and image_newline, the
+// tiny grid (32-pixel tiles of 4x4 patches, pinpoints [32, 64], [64, 32], [64, 64], [96, 32]), ten image sizes from
+// 1x1 to 2000x10 (some unpadded to no rows at all).
+TEST(PackAnyres, EqualsTransformers) {
+  auto ref =
+      read_safetensors(std::filesystem::path(ADAPTLINK_SOURCE_DIR) / "tests" / "fixtures" / "next_pack.safetensors");
+  ASSERT_TRUE(ref.has_value()) << ref.error().to_string();
+  const nlohmann::json json = {{"model_type", "llava_next"},
+                               {"image_grid_pinpoints", {{32, 64}, {64, 32}, {64, 64}, {96, 32}}},
+                               {"vision_config",
+                                {{"image_size", 32},
+                                 {"patch_size", 8},
+                                 {"hidden_size", 8},
+                                 {"intermediate_size", 16},
+                                 {"num_attention_heads", 1},
+                                 {"num_hidden_layers", 1}}},
+                               {"text_config",
+                                {{"hidden_size", 16},
+                                 {"intermediate_size", 32},
+                                 {"num_attention_heads", 2},
+                                 {"num_key_value_heads", 2},
+                                 {"num_hidden_layers", 1},
+                                 {"vocab_size", 64}}}};
+  auto config = models::parse_llava_config(json, "config.json");
+  ASSERT_TRUE(config.has_value()) << config.error().to_string();
+  const at::Tensor sizes = ref->at("sizes");
+  const at::Tensor newline = ref->at("image_newline");
+  for (int64_t i = 0; i < sizes.size(0); ++i) {
+    const int w = static_cast<int>(sizes[i][0].item<int64_t>());
+    const int h = static_cast<int>(sizes[i][1].item<int64_t>());
+    const at::Tensor want = ref->at(fmt::format("packed_{}", i));
+    auto got = pack_anyres_features(*config, ref->at(fmt::format("features_{}", i)), w, h, newline);
+    ASSERT_TRUE(got.has_value()) << got.error().to_string();
+    ASSERT_EQ(got->sizes(), want.sizes()) << w << "x" << h;
+    EXPECT_EQ(got->size(0), config->image_tokens_for(w, h)) << w << "x" << h;
+    EXPECT_TRUE(at::equal(*got, want)) << w << "x" << h << ": max |diff| " << (*got - want).abs().max().item<double>();
+  }
+  // A tensor of the wrong crop count names the shape and the image.
+  auto bad = pack_anyres_features(*config, ref->at("features_0").narrow(0, 0, 2), 32, 32, newline);
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.error().message.find("expected [3, 16, hidden] for a 32x32 image"), std::string::npos)
+      << bad.error().message;
 }
 
 }  // namespace

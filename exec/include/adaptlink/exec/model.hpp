@@ -49,6 +49,14 @@ bool cuda_available();
 enum class ActivationKind { none, pixels, vision_hidden, image_features, text_hidden, logits };
 std::string_view to_string(ActivationKind kind);
 
+// LLaVA-NeXT: one image's projected crop features [crops, patches_per_side^2, text hidden] (the base view first, then
+// the tiles row by row) laid out as transformers' LlavaNextModel.pack_image_features does: the base view's features,
+// then the tiles' feature map unpadded to the image's aspect ratio with `newline` [text hidden] after each of its
+// rows (models::LlavaConfig::anyres_layout). [config.image_tokens_for(width, height), text hidden]; errors name a
+// shape that does not match the image.
+Expected<at::Tensor> pack_anyres_features(const models::LlavaConfig& config, const at::Tensor& features, int width,
+                                          int height, const at::Tensor& newline);
+
 struct Activation {
   ActivationKind kind = ActivationKind::none;
   at::Tensor tensor;
