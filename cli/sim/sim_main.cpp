@@ -71,8 +71,7 @@ std::string request_line(const part::CostModel& cost) {
   const auto& config = cost.graph().config();
   std::string images;
   if (shape.images > 0) {
-    const auto size =
-        shape.image_width > 0 ? std::array<int, 2>{shape.image_width, shape.image_height} : config.default_image_size();
+    const auto size = config.image_size_or_default(shape.image_width, shape.image_height);
     const int crops = config.vision_crops_for(size[0], size[1]);
     images =
         fmt::format(" + {} image{}{} ({} crop{}, {} image tokens{})", shape.images, shape.images > 1 ? "s" : "",

@@ -425,12 +425,14 @@ std::array<int, 2> LlavaConfig::default_image_size() const {
   return {largest[1], largest[0]};
 }
 
+std::array<int, 2> LlavaConfig::image_size_or_default(int width, int height) const {
+  return width > 0 && height > 0 ? std::array<int, 2>{width, height} : default_image_size();
+}
+
 AnyresLayout LlavaConfig::anyres_layout(int width, int height) const {
-  if (width <= 0 || height <= 0) {
-    const auto d = default_image_size();
-    width = d[0];
-    height = d[1];
-  }
+  const auto size = image_size_or_default(width, height);
+  width = size[0];
+  height = size[1];
   AnyresLayout l;
   l.best = select_best_resolution(width, height, image_grid_pinpoints);
   l.tile_rows = l.best[0] / vision.image_size;

@@ -175,8 +175,7 @@ nlohmann::json to_json(const Plan& plan, const CostModel& cost) {
   // What one request brings: the image geometry the plan was made for (LLaVA-NeXT's crops and tokens follow the size).
   const auto& shape = cost.shape();
   const auto& config = graph.config();
-  const auto size =
-      shape.image_width > 0 ? std::array<int, 2>{shape.image_width, shape.image_height} : config.default_image_size();
+  const auto size = config.image_size_or_default(shape.image_width, shape.image_height);
   out["request"] = {{"prompt_tokens", shape.prompt_tokens},
                     {"images", shape.images},
                     {"image_size", size},

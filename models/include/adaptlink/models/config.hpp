@@ -100,6 +100,8 @@ struct LlavaConfig {
   // The image size [width, height] a request's images have when none is given: LLaVA-NeXT's largest pinpoint by area
   // (672 x 672 for the usual grids; ties the first), else the vision tower's input size.
   [[nodiscard]] std::array<int, 2> default_image_size() const;
+  // [width, height] as given, or default_image_size() for 0 x 0.
+  [[nodiscard]] std::array<int, 2> image_size_or_default(int width, int height) const;
   // Tokens per CLIP crop after the select strategy (576 default, 577 full).
   [[nodiscard]] int vision_features_per_crop() const;
   // The most CLIP crops one request can bring: one image's, or as many as the context has room for the features of
