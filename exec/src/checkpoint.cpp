@@ -136,13 +136,13 @@ std::vector<TensorRequirement> node_tensors(const models::LayerGraph& graph, int
   return out;
 }
 
-Expected<models::LlavaConfig> load_checkpoint_config(const std::filesystem::path& dir) {
+Expected<models::LlavaConfig> load_checkpoint_config(const std::filesystem::path& dir, NextCheckpoints next) {
   auto path = dir / "config.json";
   auto json = read_json(path);
   if (!json) return json.error();
   auto config = models::parse_llava_config(*json, path.string());
   if (!config) return config.error();
-  if (config->model_type == "llava_next") {
+  if (config->model_type == "llava_next" && next == NextCheckpoints::refuse) {
     return file_error(path,
                       "model_type 'llava_next' (LLaVA-NeXT anyres) is not supported by adaptlink-run yet; "
                       "use a LLaVA-1.5 ('llava') checkpoint");
@@ -178,12 +178,12 @@ Expected<models::LlavaConfig> load_checkpoint_config(const std::filesystem::path
   return config;
 }
 
-Expected<Checkpoint> Checkpoint::open(const std::filesystem::path& dir) {
+Expected<Checkpoint> Checkpoint::open(const std::filesystem::path& dir, NextCheckpoints next) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) return file_error(dir, "not a checkpoint directory");
   Checkpoint ckpt;
   ckpt.dir_ = dir;
-  auto config = load_checkpoint_config(dir);
+  auto config = load_checkpoint_config(dir, next);
   if (!config) return config.error();
   ckpt.config_ = std::move(config).value();
   auto raw = read_json(dir / "config.json");

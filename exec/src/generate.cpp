@@ -65,8 +65,9 @@ std::vector<std::pair<int, int>> split_even(const models::LayerGraph& graph, int
 }
 
 Expected<std::unique_ptr<LlavaRunner>> LlavaRunner::load(const std::filesystem::path& dir, const ExecOptions& options,
-                                                         std::vector<std::pair<int, int>> ranges) {
-  auto checkpoint = Checkpoint::open(dir);
+                                                         std::vector<std::pair<int, int>> ranges,
+                                                         NextCheckpoints next) {
+  auto checkpoint = Checkpoint::open(dir, next);
   if (!checkpoint) return checkpoint.error();
   auto graph = models::LayerGraph::build(checkpoint->config(),
                                          options.dtype == at::kFloat ? models::Dtype::fp32 : models::Dtype::bf16);
@@ -165,6 +166,7 @@ Expected<std::vector<GenerateResult>> LlavaRunner::generate_batch(const std::vec
     step.request = ids[i];
     step.input_ids = at::tensor(requests[i].input_ids, at::TensorOptions().dtype(at::kLong));
     step.all_logits = options.keep_prefill_logits;
+    step.image_sizes = requests[i].image_sizes;
     Activation input;
     if (requests[i].pixel_values.defined()) input = {ActivationKind::pixels, requests[i].pixel_values.to(at::kFloat)};
     auto out = chain(std::span<const StepInput>(&step, 1), input);

@@ -291,15 +291,40 @@ Expected<at::Tensor> Stage::run_text_embed(const StepInput& step, const at::Tens
                       ids.max().item<int64_t>());
   }
   at::Tensor h = at::embedding(w("text.embed_tokens.weight"), ids);  // [T, ht]
-  if (image_features.defined()) {
+  at::Tensor features = image_features;
+  if (features.defined() && config.model_type == "llava_next") {
+    // The projector's output, crop by crop, laid out per image as transformers' pack_image_features does.
+    if (step.image_sizes.empty()) {
+      return make_error("a LLaVA-NeXT prefill with pixels needs each image's size (image_sizes, [height, width])");
+    }
+    const int64_t per_crop = static_cast<int64_t>(config.vision.patches_per_side()) * config.vision.patches_per_side();
+    const at::Tensor crops = features.reshape({-1, per_crop, features.size(-1)});
+    std::vector<at::Tensor> images;
+    int64_t next = 0;
+    for (const auto& [height, width] : step.image_sizes) {
+      const int64_t n = config.vision_crops_for(width, height);
+      if (next + n > crops.size(0)) break;
+      auto packed = pack_anyres_features(config, crops.narrow(0, next, n), width, height, w("image_newline"));
+      if (!packed) return packed.error();
+      images.push_back(*packed);
+      next += n;
+    }
+    if (images.size() != step.image_sizes.size() || next != crops.size(0)) {
+      int64_t want = 0;
+      for (const auto& [height, width] : step.image_sizes) want += config.vision_crops_for(width, height);
+      return make_error("the images' sizes need {} crops, the pixels hold {}", want, crops.size(0));
+    }
+    features = at::cat(images, 0);
+  }
+  if (features.defined()) {
     at::Tensor mask = ids.eq(config.image_token_index);
     const int64_t slots = mask.sum().item<int64_t>();
-    if (slots != image_features.size(0)) {
+    if (slots != features.size(0)) {
       return make_error("the prompt has {} image tokens (id {}) but the image gives {} features", slots,
-                        config.image_token_index, image_features.size(0));
+                        config.image_token_index, features.size(0));
     }
     // transformers: inputs_embeds.masked_scatter(image_mask, image_features), in order.
-    h = h.masked_scatter(mask.unsqueeze(1).expand_as(h), image_features.to(h.scalar_type()));
+    h = h.masked_scatter(mask.unsqueeze(1).expand_as(h), features.to(h.scalar_type()));
   }
   return h.unsqueeze(0);  // [1, T, ht]
 }

@@ -277,3 +277,87 @@ TEST(GoldenPrompt, ImageTokenCountMismatchIsAnError) {
 
 }  // namespace
 }  // namespace adaptlink::exec
+
+namespace adaptlink::exec {
+namespace {
+
+// LLaVA-NeXT in one process and through three stages against transformers' LlavaNextForConditionalGeneration
+// (tests/fixtures/next_*, tools/make_next_fixtures.py): two tiny checkpoints (Llama MHA and Mistral GQA text towers,
+// two pinpoint grids), four images each (80x60, wide 80x16, tall 12x60, 20x26 smaller than a tile). Pixel values from
+// preprocess_anyres against the processor's, prefill logits within 1e-4 of the logit scale, greedy tokens identical.
+class NextGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(NextGolden, MatchesTransformers) {
+  const auto dir = kFixtures / GetParam();
+  std::ifstream in(dir / "expected.json");
+  ASSERT_TRUE(in);
+  const auto expected = nlohmann::json::parse(in);
+  auto ref = read_safetensors(dir / "reference.safetensors");
+  ASSERT_TRUE(ref.has_value()) << ref.error().to_string();
+  // Refused where image sizes cannot reach the stages yet.
+  auto refused = LlavaRunner::load(dir, fp32());
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_NE(refused.error().message.find("llava_next"), std::string::npos);
+  auto whole = LlavaRunner::load(dir, fp32(), {}, NextCheckpoints::accept);
+  ASSERT_TRUE(whole.has_value()) << whole.error().to_string();
+  const auto& graph = (*whole)->graph();
+  const int te = graph.text_embed_index();
+  auto split =
+      LlavaRunner::load(dir, fp32(), {{0, te - 1}, {te, te + 1}, {te + 2, graph.size() - 1}}, NextCheckpoints::accept);
+  ASSERT_TRUE(split.has_value()) << split.error().to_string();
+  const auto& config = (*whole)->checkpoint().config();
+  for (size_t i = 0; i < expected["cases"].size(); ++i) {
+    const auto& c = expected["cases"][i];
+    const std::string image = c["image"];
+    const at::Tensor sizes = ref->at(fmt::format("image_sizes_{}", i));
+    const std::array<int, 2> hw{static_cast<int>(sizes[0].item<int64_t>()), static_cast<int>(sizes[1].item<int64_t>())};
+    // Preprocessing and the layout.
+    const auto path = std::filesystem::exists(kFixtures / "images" / image) ? kFixtures / "images" / image
+                                                                            : kFixtures / "next_pixels" / image;
+    auto rgb = decode_image(path);
+    ASSERT_TRUE(rgb.has_value());
+    auto pv = preprocess_anyres(*rgb, (*whole)->image_processor(), config.image_grid_pinpoints);
+    ASSERT_TRUE(pv.has_value()) << pv.error().to_string();
+    const at::Tensor want_pv = ref->at(fmt::format("pixel_values_{}", i));
+    ASSERT_EQ(pv->crops, want_pv.size(0)) << image;
+    const at::Tensor got_pv =
+        at::from_blob(pv->data.data(), {pv->crops, 3, pv->height, pv->width}, at::TensorOptions().dtype(at::kFloat));
+    EXPECT_LE((got_pv - want_pv).abs().max().item<double>(), 0.02) << image;
+    EXPECT_EQ(pv->image_size, hw) << image;
+    EXPECT_EQ(config.image_tokens_for(hw[1], hw[0]), c["image_tokens"].get<int>()) << image;
+    // The model, on transformers' own pixels.
+    const at::Tensor ids = ref->at(fmt::format("input_ids_{}", i));
+    GenerateRequest request{
+        std::vector<int64_t>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel()), want_pv, {hw}};
+    GenerateOptions options;
+    options.max_new_tokens = static_cast<int>(c["generated"].size());
+    options.keep_prefill_logits = true;
+    const double scale = c["logit_scale"];
+    for (auto* runner : {whole->get(), split->get()}) {
+      auto out = runner->generate_batch({request}, options, 1);
+      ASSERT_TRUE(out.has_value()) << out.error().to_string();
+      const at::Tensor logits = ref->at(fmt::format("logits_{}", i));
+      ASSERT_EQ(out->front().prefill_logits.sizes(), logits.sizes()) << image;
+      const double err = (out->front().prefill_logits - logits).abs().max().item<double>();
+      EXPECT_LE(err, 1e-4 * scale) << image << " (" << runner->stages().size() << " stages)";
+      EXPECT_EQ(out->front().generated, c["generated"].get<std::vector<int64_t>>())
+          << image << " (" << runner->stages().size() << " stages)";
+      std::printf("%s %s (%zu stages): %d crops, %d image tokens, max |logit diff| %.2e\n", GetParam().c_str(),
+                  image.c_str(), runner->stages().size(), pv->crops, c["image_tokens"].get<int>(), err);
+    }
+  }
+  // Without the image sizes the text_embed stage says what it needs.
+  const at::Tensor ids = ref->at("input_ids_0");
+  GenerateRequest bare{std::vector<int64_t>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel()),
+                       ref->at("pixel_values_0"),
+                       {}};
+  auto out = (*whole)->generate_batch({bare}, GenerateOptions{}, 1);
+  ASSERT_FALSE(out.has_value());
+  EXPECT_NE(out.error().message.find("needs each image's size"), std::string::npos) << out.error().message;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, NextGolden, ::testing::Values("next_llama_mha", "next_mistral_gqa"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace adaptlink::exec

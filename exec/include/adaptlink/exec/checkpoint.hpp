@@ -46,10 +46,15 @@ struct CheckpointTensor {
   std::string key;  // as stored in the file
 };
 
+// LLaVA-NeXT needs each image's size with its pixels (StepInput::image_sizes, GenerateRequest::image_sizes): only the
+// single-process Stage and LlavaRunner API carries them so far, so every other entry point (the CLI, workers, serve,
+// testbed, profile) refuses NeXT checkpoints; `accept` is for that API.
+enum class NextCheckpoints { refuse, accept };
+
 class Checkpoint {
  public:
   // Reads config.json and the safetensors headers (all shards; no tensor data is touched).
-  static Expected<Checkpoint> open(const std::filesystem::path& dir);
+  static Expected<Checkpoint> open(const std::filesystem::path& dir, NextCheckpoints next = NextCheckpoints::refuse);
 
   [[nodiscard]] const std::filesystem::path& dir() const { return dir_; }
   [[nodiscard]] const models::LlavaConfig& config() const { return config_; }
@@ -74,7 +79,8 @@ class Checkpoint {
   std::string key_layout_;
 };
 
-// Reads the config of a checkpoint directory (with the LLaVA-NeXT refusal that exec/ applies).
-Expected<models::LlavaConfig> load_checkpoint_config(const std::filesystem::path& dir);
+// Reads the config of a checkpoint directory (with the LLaVA-NeXT refusal, unless `next` accepts them).
+Expected<models::LlavaConfig> load_checkpoint_config(const std::filesystem::path& dir,
+                                                     NextCheckpoints next = NextCheckpoints::refuse);
 
 }  // namespace adaptlink::exec

@@ -3,6 +3,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -27,6 +28,7 @@ struct GenerateOptions {
 struct GenerateRequest {
   std::vector<int64_t> input_ids;
   at::Tensor pixel_values;  // [crops, 3, H, W] float, or undefined
+  std::vector<std::array<int, 2>> image_sizes;  // LLaVA-NeXT: each image's [height, width], in the crops' order
 };
 
 struct GenerateResult {
@@ -41,7 +43,8 @@ class LlavaRunner {
  public:
   // Loads the checkpoint as `ranges` (contiguous node ranges covering the DAG in order); empty: one stage.
   static Expected<std::unique_ptr<LlavaRunner>> load(const std::filesystem::path& dir, const ExecOptions& options,
-                                                     std::vector<std::pair<int, int>> ranges = {});
+                                                     std::vector<std::pair<int, int>> ranges = {},
+                                                     NextCheckpoints next = NextCheckpoints::refuse);
 
   // Greedy generation. pixel_values: [crops, 3, H, W] float, or undefined for a text-only prompt.
   Expected<GenerateResult> generate(const std::vector<int64_t>& input_ids, const at::Tensor& pixel_values,

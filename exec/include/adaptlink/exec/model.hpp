@@ -23,6 +23,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -67,6 +68,9 @@ struct StepInput {
   at::Tensor input_ids;  // [tokens] int64 (CPU or device): the prompt in the prefill, one token per decode step
   bool prefill = true;
   bool all_logits = false;  // head: logits of every position (else only the last one)
+  // LLaVA-NeXT prefill: each image's [height, width] (transformers' image_sizes), in the order of its crops in the
+  // pixels; the text_embed stage lays the crops' features out by them (pack_anyres_features).
+  std::vector<std::array<int, 2>> image_sizes;
 };
 
 class Stage {
