@@ -155,7 +155,7 @@ def run_cases(f, model, processor, args):
         ref[f"logits_{i}"] = logits.float().contiguous()
         ref[f"generated_{i}"] = torch.tensor(seq, dtype=torch.long)
         cases.append({"image": name, "image_size": [int(x) for x in image_sizes[0]], "crops": int(pixel_values.shape[1]),
-                      "image_tokens": n, "generated": seq, "min_margin": min(margins),
+                      "image_tokens": n, "input_ids": input_ids[0].tolist(), "generated": seq, "min_margin": min(margins),
                       "logit_scale": float(logits.abs().max())})
     return ref, cases
 

@@ -14,6 +14,7 @@
 // Exit status: 0 ok; 1 the run failed (a worker lost beyond recovery, unreachable, stuck, interrupted); 2 bad input (flags, files,
 // checkpoints, requests), with one line "adaptlink-run: error: ..." on stderr.
 #include <ATen/Parallel.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/tensor.h>
 
 #include <CLI/CLI.hpp>
@@ -199,14 +200,15 @@ int run_generate(const GenerateArgs& args) {
   if (!options) return fail(options.error());
 
   const auto load_start = std::chrono::steady_clock::now();
-  auto probe = Checkpoint::open(args.model);
+  // LLaVA-NeXT runs in this process only so far: the workers' wire does not carry image sizes yet.
+  const bool distributed = args.stages > 1 || args.plan || args.scenario;
+  auto probe = Checkpoint::open(args.model, distributed ? NextCheckpoints::refuse : NextCheckpoints::accept);
   if (!probe) return fail(probe.error());
   auto graph = models::LayerGraph::build(probe->config(), models::Dtype::fp32);
   if (args.stages > graph.size()) {
     return fail(fmt::format("--stages {}: the model has {} nodes, so at most {} stages", args.stages, graph.size(),
                             graph.size()));
   }
-  const bool distributed = args.stages > 1 || args.plan || args.scenario;
   NamedStages stages;
   if (distributed) {
     auto made = pipeline_stages(args, graph);
@@ -215,7 +217,8 @@ int run_generate(const GenerateArgs& args) {
   }
   std::unique_ptr<LlavaRunner> runner;
   if (!distributed) {
-    auto loaded = LlavaRunner::load(args.model, *options, split_even(graph, args.local_stages));
+    auto loaded =
+        LlavaRunner::load(args.model, *options, split_even(graph, args.local_stages), NextCheckpoints::accept);
     if (!loaded) return fail(loaded.error());
     runner = std::move(loaded).value();
   }
@@ -223,14 +226,31 @@ int run_generate(const GenerateArgs& args) {
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
   const auto& config = probe->config();
 
-  // Image.
+  // Image. LLaVA-NeXT: anyres crops, and the image's size (it sets how the crops' features are laid out).
+  const bool next = config.model_type == "llava_next";
   at::Tensor pixels;
+  std::vector<std::array<int, 2>> image_sizes;
   if (args.image) {
     auto processor = checkpoint_image_processor(args.model, config);
     if (!processor) return fail(processor.error());
-    auto pv = pixel_values_for_image(*args.image, *processor);
-    if (!pv) return fail(pv.error());
-    pixels = *pv;
+    if (next) {
+      auto rgb = decode_image(*args.image);
+      if (!rgb) return fail(rgb.error());
+      auto pv = preprocess_anyres(*rgb, *processor, config.image_grid_pinpoints);
+      if (!pv) return fail(Error{pv.error().message, *args.image, 0, 0});
+      pixels =
+          at::from_blob(pv->data.data(), {pv->crops, 3, pv->height, pv->width}, at::TensorOptions().dtype(at::kFloat))
+              .clone();
+      image_sizes.push_back(pv->image_size);
+    } else {
+      auto pv = pixel_values_for_image(*args.image, *processor);
+      if (!pv) return fail(pv.error());
+      pixels = *pv;
+    }
+  } else if (args.pixel_values && next) {
+    return fail(
+        "--pixel-values: a LLaVA-NeXT checkpoint needs --image (the image's size sets how its crops are laid "
+        "out)");
   } else if (args.pixel_values) {
     auto pv = read_safetensors_tensor(*args.pixel_values, "pixel_values");
     if (!pv) return fail(pv.error());
@@ -260,9 +280,10 @@ int run_generate(const GenerateArgs& args) {
       return fail(fmt::format("{} has no tokenizer.model: use --input-ids instead of --prompt", args.model));
     }
     const std::string text = llava_prompt_text(*args.prompt, pixels.defined());
-    ids =
-        tokenize_with_images(*tokenizer, text, config.image_token_index,
-                             pixels.defined() ? config.image_tokens_per_image() * static_cast<int>(pixels.size(0)) : 0);
+    const int image_tokens = !pixels.defined() ? 0
+                             : next            ? config.image_tokens_for(image_sizes[0][1], image_sizes[0][0])
+                                               : config.image_tokens_per_image() * static_cast<int>(pixels.size(0));
+    ids = tokenize_with_images(*tokenizer, text, config.image_token_index, image_tokens);
   }
 
   if (auto fits = check_context(config, ids.size(), args.max_new_tokens); !fits) return fail(fits.error());
@@ -271,8 +292,13 @@ int run_generate(const GenerateArgs& args) {
   GenerateOptions gen;
   gen.max_new_tokens = args.max_new_tokens;
   gen.keep_prefill_logits = args.dump_logits.has_value();
-  auto result = runner ? runner->generate(ids, pixels, gen)
-                       : generate_distributed(args, stages, ids, pixels, read_eos_ids(args.model, config));
+  Expected<GenerateResult> result = make_error("not run");
+  if (runner) {
+    auto one = runner->generate_batch({GenerateRequest{ids, pixels, image_sizes}}, gen, 1);
+    result = one ? Expected<GenerateResult>(std::move(one->front())) : Expected<GenerateResult>(one.error());
+  } else {
+    result = generate_distributed(args, stages, ids, pixels, read_eos_ids(args.model, config));
+  }
   if (!result) return fail(result.error());
   // Which BLAS the fp32 matmuls ran on: in the JSON (the warning for the reference one on stderr too), else a line
   // on stderr (after the run: bad input stays one line).

@@ -144,8 +144,9 @@ Expected<models::LlavaConfig> load_checkpoint_config(const std::filesystem::path
   if (!config) return config.error();
   if (config->model_type == "llava_next" && next == NextCheckpoints::refuse) {
     return file_error(path,
-                      "model_type 'llava_next' (LLaVA-NeXT anyres) is not supported by adaptlink-run yet; "
-                      "use a LLaVA-1.5 ('llava') checkpoint");
+                      "model_type 'llava_next' (LLaVA-NeXT anyres) is not supported here yet: it runs in one "
+                      "process only (adaptlink-run generate without --stages, --plan or --scenario); workers, serve, "
+                      "testbed and profile do not carry its image sizes yet");
   }
   const auto& t = config->text;
   if (t.model_type != "llama" && t.model_type != "mistral") {

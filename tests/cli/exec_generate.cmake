@@ -143,3 +143,37 @@ if(NOT rc EQUAL 2 OR NOT err MATCHES "exec_generate_context.jsonl:3: request id 
   message(FATAL_ERROR "duplicate request ids: expected exit 2 naming line 3, got ${rc}: '${err}'")
 endif()
 file(REMOVE ${req})
+
+# LLaVA-NeXT in one process: --image goes through the anyres preprocessing, the image's size lays its crops out, and
+# the tokens equal transformers' (tests/fixtures/next_llama_mha, the 80x16 image); with --stages it is refused by name.
+set(nx ${SRC}/tests/fixtures/next_llama_mha)
+file(READ ${nx}/expected.json next_expected)
+string(JSON wide_ids GET "${next_expected}" cases 1 input_ids)
+string(REGEX REPLACE "[][ \n]" "" wide_ids "${wide_ids}")
+execute_process(COMMAND ${run} generate --model ${nx} --input-ids ${wide_ids} --image ${SRC}/tests/fixtures/next_pixels/wide.png
+                        --max-new-tokens 10 --format json
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "NeXT generate failed (${rc}): ${err}")
+endif()
+string(JSON n LENGTH "${next_expected}" cases 1 generated)
+math(EXPR last "${n} - 1")
+foreach(i RANGE ${last})
+  string(JSON want GET "${next_expected}" cases 1 generated ${i})
+  string(JSON got GET "${out}" generated ${i})
+  if(NOT want EQUAL got)
+    message(FATAL_ERROR "NeXT generate: generated[${i}] = ${got}, transformers gave ${want}\n${out}")
+  endif()
+endforeach()
+execute_process(COMMAND ${run} generate --model ${nx} --input-ids ${wide_ids} --image ${SRC}/tests/fixtures/next_pixels/wide.png
+                        --stages 2 --max-new-tokens 2
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "llava_next.*not supported here yet")
+  message(FATAL_ERROR "NeXT with --stages: exit ${rc} (want 2)\n${err}")
+endif()
+execute_process(COMMAND ${run} generate --model ${nx} --input-ids ${wide_ids}
+                        --pixel-values ${nx}/reference.safetensors --max-new-tokens 2
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "needs --image")
+  message(FATAL_ERROR "NeXT with --pixel-values: exit ${rc} (want 2)\n${err}")
+endif()
