@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include <cstdlib>
-
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -15,6 +14,7 @@
 #include "adaptlink/exec/checkpoint.hpp"
 #include "adaptlink/exec/generate.hpp"
 #include "adaptlink/exec/model.hpp"
+#include "adaptlink/exec/tensor_io.hpp"
 
 namespace adaptlink::exec {
 namespace {
@@ -360,6 +360,97 @@ TEST(StageRange, SplitEvenCoversTheGraph) {
     }
     EXPECT_EQ(next, graph.size());
   }
+}
+
+}  // namespace
+}  // namespace adaptlink::exec
+
+namespace adaptlink::exec {
+namespace {
+
+// LLaVA-NeXT checkpoints (tests/fixtures/next_llama_mha, saved by transformers 5.17 in the legacy key layout): the
+// other key layout and a sharded copy load and give transformers' tokens; a missing image_newline is named.
+std::vector<int64_t> next_tokens(const fs::path& dir) {
+  auto runner = LlavaRunner::load(dir, *parse_exec_options("fp32", "cpu"), {}, NextCheckpoints::accept);
+  EXPECT_TRUE(runner.has_value()) << (runner ? "" : runner.error().to_string());
+  if (!runner) return {};
+  const auto expected = nlohmann::json::parse(slurp(kFixtures / "next_llama_mha" / "expected.json"));
+  auto ref = read_safetensors(kFixtures / "next_llama_mha" / "reference.safetensors");
+  EXPECT_TRUE(ref.has_value());
+  const at::Tensor sizes = ref->at("image_sizes_1");
+  GenerateRequest r{expected["cases"][1]["input_ids"].get<std::vector<int64_t>>(),
+                    ref->at("pixel_values_1"),
+                    {{static_cast<int>(sizes[0].item<int64_t>()), static_cast<int>(sizes[1].item<int64_t>())}}};
+  GenerateOptions options;
+  options.max_new_tokens = 10;
+  auto out = (*runner)->generate_batch({r}, options, 1);
+  EXPECT_TRUE(out.has_value()) << (out ? "" : out.error().to_string());
+  return out ? out->front().generated : std::vector<int64_t>{};
+}
+
+TEST(LoaderNext, BothKeyLayoutsAndShardsLoadAndAgree) {
+  const auto expected = nlohmann::json::parse(slurp(kFixtures / "next_llama_mha" / "expected.json"));
+  const auto want = expected["cases"][1]["generated"].get<std::vector<int64_t>>();
+  auto legacy = Checkpoint::open(kFixtures / "next_llama_mha", NextCheckpoints::accept);
+  ASSERT_TRUE(legacy.has_value()) << legacy.error().to_string();
+  EXPECT_EQ(legacy->key_layout(), "legacy");
+  EXPECT_EQ(next_tokens(kFixtures / "next_llama_mha"), want);
+
+  // transformers 5's layout: model.language_model.*, model.vision_tower.*, model.multi_modal_projector.*,
+  // model.image_newline, lm_head.*.
+  TempCopy v5("next_llama_mha");
+  rewrite_header(v5.dir() / "model.safetensors", [](nlohmann::json& h) {
+    nlohmann::json out;
+    for (auto& [k, v] : h.items()) {
+      std::string key = k;
+      for (const auto& [from, to] :
+           std::vector<std::pair<std::string, std::string>>{{"language_model.model.", "model.language_model."},
+                                                            {"language_model.lm_head.", "lm_head."},
+                                                            {"vision_tower.", "model.vision_tower."},
+                                                            {"multi_modal_projector.", "model.multi_modal_projector."},
+                                                            {"image_newline", "model.image_newline"}}) {
+        if (key.rfind(from, 0) == 0) {
+          key = to + key.substr(from.size());
+          break;
+        }
+      }
+      out[key] = v;
+    }
+    h = out;
+  });
+  auto other = Checkpoint::open(v5.dir(), NextCheckpoints::accept);
+  ASSERT_TRUE(other.has_value()) << other.error().to_string();
+  EXPECT_EQ(other->key_layout(), "transformers5");
+  EXPECT_EQ(next_tokens(v5.dir()), want);
+
+  // Two shards and an index.
+  TempCopy sharded("next_llama_mha");
+  auto all = read_safetensors(sharded.dir() / "model.safetensors");
+  ASSERT_TRUE(all.has_value());
+  std::vector<std::pair<std::string, at::Tensor>> a, b;
+  nlohmann::json weight_map;
+  for (const auto& [k, t] : *all) {
+    const bool first = a.size() <= b.size();
+    (first ? a : b).emplace_back(k, t);
+    weight_map[k] = first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+  }
+  ASSERT_TRUE(write_safetensors(sharded.dir() / "model-00001-of-00002.safetensors", a).has_value());
+  ASSERT_TRUE(write_safetensors(sharded.dir() / "model-00002-of-00002.safetensors", b).has_value());
+  spit(sharded.dir() / "model.safetensors.index.json", nlohmann::json{{"weight_map", weight_map}}.dump());
+  ::unlink((sharded.dir() / "model.safetensors").c_str());
+  auto shards = Checkpoint::open(sharded.dir(), NextCheckpoints::accept);
+  ASSERT_TRUE(shards.has_value()) << shards.error().to_string();
+  EXPECT_EQ(shards->files().size(), 2u);
+  EXPECT_EQ(next_tokens(sharded.dir()), want);
+}
+
+TEST(LoaderNext, MissingImageNewlineIsNamed) {
+  TempCopy c("next_llama_mha");
+  rewrite_header(c.dir() / "model.safetensors", [](nlohmann::json& h) { h.erase("image_newline"); });
+  auto ckpt = Checkpoint::open(c.dir(), NextCheckpoints::accept);
+  ASSERT_TRUE(ckpt.has_value()) << ckpt.error().to_string();
+  auto graph = models::LayerGraph::build(ckpt->config(), models::Dtype::fp32);
+  expect_error(ckpt->check_nodes(graph, 0, graph.size() - 1), {"missing tensor", "image_newline", "model.safetensors"});
 }
 
 }  // namespace
