@@ -33,6 +33,10 @@ FIXTURES = [
     dict(name="next_mistral_gqa", text_type="mistral", hidden=64, inter=96, layers=3, heads=4, kv_heads=2, vocab=288,
          image_token=280, theta=1e6, v_layers=3, v_hidden=32, v_heads=2, v_inter=64, feature_layer=-1,
          pinpoints=[[28, 28], [28, 84], [84, 28], [56, 56]]),
+    # A sliding window shorter than every request (44 to 80 positions): prefill and decode both windowed.
+    dict(name="next_mistral_window", text_type="mistral", hidden=64, inter=96, layers=2, heads=4, kv_heads=2,
+         vocab=288, image_token=280, theta=1e6, v_layers=2, v_hidden=32, v_heads=2, v_inter=64, feature_layer=-2,
+         pinpoints=[[28, 56], [56, 28], [56, 56]], sliding_window=24),
 ]
 IMAGES = ["test.png", "wide.png", "tall.png", "small.png"]
 
@@ -42,7 +46,8 @@ def build(f):
     text = text_cls(hidden_size=f["hidden"], intermediate_size=f["inter"], num_hidden_layers=f["layers"],
                     num_attention_heads=f["heads"], num_key_value_heads=f["kv_heads"], vocab_size=f["vocab"],
                     max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=f["theta"], tie_word_embeddings=False,
-                    bos_token_id=1, eos_token_id=2, pad_token_id=None, initializer_range=0.08)
+                    bos_token_id=1, eos_token_id=2, pad_token_id=None, initializer_range=0.08,
+                    **({"sliding_window": f["sliding_window"]} if "sliding_window" in f else {}))
     vision = CLIPVisionConfig(hidden_size=f["v_hidden"], intermediate_size=f["v_inter"],
                               num_hidden_layers=f["v_layers"], num_attention_heads=f["v_heads"], image_size=28,
                               patch_size=7, projection_dim=16, hidden_act="quick_gelu", layer_norm_eps=1e-5)

@@ -399,11 +399,15 @@ at::Tensor Stage::run_decoder_layer(int layer, const at::Tensor& x, std::span<Kv
     // GQA without copying the cache: group the query heads that share a KV head.
     at::Tensor qg = q.narrow(0, b, 1).reshape({1, kvh, rep * T, hd});
     at::Tensor scores = at::matmul(qg, keys.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(hd)));
-    if (T > 1) {
-      // Causal: query i (absolute position past + i) sees keys j <= past + i.
+    // Mistral's sliding window (transformers: key j is seen by query i when i - j < sliding_window).
+    const int64_t window = t.sliding_window;
+    const bool windowed = window > 0 && past + T > window;
+    if (T > 1 || windowed) {
+      // Causal: query i (absolute position past + i) sees keys j <= past + i (and j > past + i - window).
       at::Tensor qpos = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(options_.device));
       at::Tensor kpos = at::arange(0, S, at::TensorOptions().dtype(at::kLong).device(options_.device));
       at::Tensor masked = kpos.unsqueeze(0).gt(qpos.unsqueeze(1));  // [T, S]
+      if (windowed) masked = masked.logical_or(kpos.unsqueeze(0).le(qpos.unsqueeze(1) - window));
       scores = scores.view({1, kvh, rep, T, S}).masked_fill(masked, -std::numeric_limits<float>::infinity());
       scores = scores.view({1, kvh, rep * T, S});
     }

@@ -66,15 +66,6 @@ std::vector<ExecRequest> synthetic_requests(const models::LlavaConfig& config, c
 Expected<Ok> check_context(const models::LlavaConfig& config, size_t prompt_ids, long long max_new_tokens) {
   const long long context = config.text.max_position_embeddings;
   const long long prompt = static_cast<long long>(prompt_ids);
-  // The decoder attends to every cached position: past a sliding window (Mistral's sliding_window) it would not
-  // compute what the model does, so a request must stay within it.
-  const long long window = config.text.sliding_window;
-  if (window > 0 && window < context && prompt + max_new_tokens > window) {
-    return make_error(
-        "{} prompt tokens (image tokens included) + {} new tokens exceed the model's sliding_window of {}, which "
-        "adaptlink-run does not apply yet (it attends to every position): at most {} new tokens stay within it",
-        prompt, max_new_tokens, window, std::max(0LL, window - prompt));
-  }
   if (prompt + max_new_tokens <= context) return Ok{};
   if (prompt >= context) {
     return make_error(

@@ -356,7 +356,8 @@ TEST_P(NextGolden, MatchesTransformers) {
   EXPECT_NE(out.error().message.find("needs each image's size"), std::string::npos) << out.error().message;
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, NextGolden, ::testing::Values("next_llama_mha", "next_mistral_gqa"),
+INSTANTIATE_TEST_SUITE_P(Fixtures, NextGolden,
+                         ::testing::Values("next_llama_mha", "next_mistral_gqa", "next_mistral_window"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

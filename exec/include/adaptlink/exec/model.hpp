@@ -17,7 +17,8 @@
 //
 // Numerics follow transformers' LlavaForConditionalGeneration (eager attention): CLIP with
 // pre-layernorm and quick_gelu, the GELU projector, LLaMA/Mistral decoder layers (RMSNorm computed in
-// fp32, RoPE with the config's theta in fp32, GQA, SiLU-gated MLP, softmax in fp32).
+// fp32, RoPE with the config's theta in fp32, GQA, Mistral's sliding window where set, SiLU-gated MLP, softmax in
+// fp32). LLaVA-NeXT: the text_embed stage lays each image's crops out by its size (pack_anyres_features).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -86,9 +86,8 @@ Expected<ServeOutcome> run_serve(const ServeOptions& options);
 Expected<std::vector<std::pair<std::string, std::pair<int, int>>>> plan_stages(const ServeOptions& options);
 
 // A request fits the model's context: its prompt ids (image tokens included) and the tokens it may generate, at most
-// max_position_embeddings positions, and at most sliding_window where the config sets a smaller one (the decoder
-// attends to every position, so past a window it would not compute the model's attention). The error says how many
-// new tokens would fit.
+// max_position_embeddings positions (a sliding_window does not bound it: the decoder applies the window). The error
+// says how many new tokens would fit.
 Expected<Ok> check_context(const models::LlavaConfig& config, size_t prompt_ids, long long max_new_tokens);
 // A prompt with image tokens (config.image_token_index) needs an image: without one they would embed nothing.
 Expected<Ok> check_image_tokens(const models::LlavaConfig& config, const std::vector<int64_t>& ids, bool has_image);
