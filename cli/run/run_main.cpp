@@ -14,7 +14,6 @@
 // Exit status: 0 ok; 1 the run failed (a worker lost beyond recovery, unreachable, stuck, interrupted); 2 bad input (flags, files,
 // checkpoints, requests), with one line "adaptlink-run: error: ..." on stderr.
 #include <ATen/Parallel.h>
-#include <ATen/ops/from_blob.h>
 #include <ATen/ops/tensor.h>
 
 #include <CLI/CLI.hpp>
@@ -233,20 +232,10 @@ int run_generate(const GenerateArgs& args) {
   if (args.image) {
     auto processor = checkpoint_image_processor(args.model, config);
     if (!processor) return fail(processor.error());
-    if (next) {
-      auto rgb = decode_image(*args.image);
-      if (!rgb) return fail(rgb.error());
-      auto pv = preprocess_anyres(*rgb, *processor, config.image_grid_pinpoints);
-      if (!pv) return fail(Error{pv.error().message, *args.image, 0, 0});
-      pixels =
-          at::from_blob(pv->data.data(), {pv->crops, 3, pv->height, pv->width}, at::TensorOptions().dtype(at::kFloat))
-              .clone();
-      image_sizes.push_back(pv->image_size);
-    } else {
-      auto pv = pixel_values_for_image(*args.image, *processor);
-      if (!pv) return fail(pv.error());
-      pixels = *pv;
-    }
+    auto px = image_pixels_for(*args.image, *processor, config);
+    if (!px) return fail(px.error());
+    pixels = px->pixel_values;
+    image_sizes = px->image_sizes;
   } else if (args.pixel_values && next) {
     return fail(
         "--pixel-values: a LLaVA-NeXT checkpoint needs --image (the image's size sets how its crops are laid "

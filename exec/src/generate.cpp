@@ -116,6 +116,23 @@ Expected<at::Tensor> pixel_values_for_image(const std::filesystem::path& image, 
       .clone();
 }
 
+Expected<ImagePixels> image_pixels_for(const std::filesystem::path& image, const ImageProcessorConfig& processor,
+                                       const models::LlavaConfig& config) {
+  if (config.model_type != "llava_next") {
+    auto pv = pixel_values_for_image(image, processor);
+    if (!pv) return pv.error();
+    return ImagePixels{*pv, {}};
+  }
+  auto rgb = decode_image(image);
+  if (!rgb) return rgb.error();
+  auto pv = preprocess_anyres(*rgb, processor, config.image_grid_pinpoints);
+  if (!pv) return Error{pv.error().message, image.string(), 0, 0};
+  return ImagePixels{
+      at::from_blob(pv->data.data(), {pv->crops, 3, pv->height, pv->width}, at::TensorOptions().dtype(at::kFloat))
+          .clone(),
+      {pv->image_size}};
+}
+
 Expected<at::Tensor> LlavaRunner::pixel_values_for_image(const std::filesystem::path& image) const {
   return exec::pixel_values_for_image(image, image_processor_);
 }

@@ -556,6 +556,12 @@ class Replay {
     return true;
   }
 
+  // A pending link check or stage wake that a later change of its link or stage made void (on_check, on_wake skip it).
+  [[nodiscard]] bool voided(const Event& e) const {
+    return (e.kind == Kind::check && e.version != links_[static_cast<size_t>(e.link)].version) ||
+           (e.kind == Kind::wake && e.version != queues_[static_cast<size_t>(e.stage)].wake_version);
+  }
+
   struct Snapshot {
     long long done = 0;
     double t = 0, latency_sum = 0;
@@ -590,8 +596,7 @@ class Replay {
     };
     d.push_back(admitted_count_ - done_);
     for (const auto& e : events_.in_order()) {
-      if (e.kind == Kind::check && e.version != links_[static_cast<size_t>(e.link)].version) continue;  // void
-      if (e.kind == Kind::wake && e.version != queues_[static_cast<size_t>(e.stage)].wake_version) continue;
+      if (voided(e)) continue;
       const bool own = e.kind == Kind::task || e.kind == Kind::join;
       d.insert(d.end(), {static_cast<long long>(e.kind), e.stage, e.step, e.hop, e.from, e.link});
       put_request(own ? e.request : -1);
@@ -681,8 +686,7 @@ class Replay {
     const int ni = static_cast<int>(n);
     std::vector<Event> live;
     for (auto e : events_.in_order()) {
-      if (e.kind == Kind::check && e.version != links_[static_cast<size_t>(e.link)].version) continue;
-      if (e.kind == Kind::wake && e.version != queues_[static_cast<size_t>(e.stage)].wake_version) continue;
+      if (voided(e)) continue;
       e.t += span;
       if ((e.kind == Kind::task || e.kind == Kind::join) && e.request >= 0) e.request += ni;
       live.push_back(e);

@@ -84,6 +84,14 @@ Expected<ImageProcessorConfig> checkpoint_image_processor(const std::filesystem:
                                                           const models::LlavaConfig& config);
 // [1, 3, H, W] float pixel values of an image file.
 Expected<at::Tensor> pixel_values_for_image(const std::filesystem::path& image, const ImageProcessorConfig& processor);
+// An image file's pixel values for the model of `config`: one CLIP crop (LLaVA-1.5, pixel_values_for_image), or
+// LLaVA-NeXT's anyres crops (preprocess_anyres) with the image's [height, width] in `image_sizes` (empty otherwise).
+struct ImagePixels {
+  at::Tensor pixel_values;  // [crops, 3, H, W] float
+  std::vector<std::array<int, 2>> image_sizes;
+};
+Expected<ImagePixels> image_pixels_for(const std::filesystem::path& image, const ImageProcessorConfig& processor,
+                                       const models::LlavaConfig& config);
 
 // Splits the DAG into `count` contiguous ranges with about equal weight bytes (at least one node each).
 std::vector<std::pair<int, int>> split_even(const models::LayerGraph& graph, int count);
